@@ -1,0 +1,8 @@
+"""Continual-learning methods: small objects with hooks, driven by one loop (:mod:`nscl.train`).
+
+``METHODS`` maps a method name (the ``method`` parameter) to its class. A new method subclasses
+:class:`~nscl.methods.base.Method`, overrides the hooks it needs and registers itself with
+``@register("name")``; its module is imported below.
+"""
+from .base import METHODS, Method, register  # noqa: F401
+from . import baselines, adam_nscl  # noqa: F401,E402  (registration side effects)

@@ -1,0 +1,36 @@
+"""Adam-NSCL (Wang et al., CVPR 2021): Adam steps projected into the null space of old inputs.
+
+From task 2 on, every backbone Linear/Conv layer's Adam step is right-multiplied by ``U2 U2^T``
+(:class:`nscl.optim.NullSpaceAdam`), where ``U2`` spans the approximate null space of the
+accumulated uncentred covariance of that layer's inputs on all previous tasks (kept by the
+trainer's :class:`nscl.nullspace.NullSpaceTracker`). BatchNorm is protected per the ``bn``
+parameter; old heads are frozen.
+"""
+from __future__ import annotations
+
+from ..optim import NullSpaceAdam
+from .base import Method, register
+
+
+@register("adam_nscl")
+class AdamNSCL(Method):
+    protects_bn = True
+
+    def backbone_lr(self, t):
+        if t > 0 and self.cfg["lr_projected"] is not None:
+            return self.cfg["lr_projected"]
+        return self.cfg["lr"]
+
+    def make_optimizer(self, t):
+        opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"],
+                            project=self.cfg["project"])
+        if t > 0:  # first task: plain Adam (nothing to protect yet)
+            tracker = self.trainer.tracker
+            for name, layer in self.tracked_layers().items():
+                opt.set_projector(layer.weight, layer.bias, tracker.projector(name))
+        self.optimizer = opt
+        return opt, self.make_scheduler(opt)
+
+    def diagnostics(self):
+        opt = getattr(self, "optimizer", None)
+        return {"optimizer_stats": dict(opt.stats)} if opt is not None else {}

@@ -1,0 +1,272 @@
+"""The one training loop: tasks in sequence, method hooks, evaluation, records, checkpoints.
+
+``run(cfg, out_dir)`` returns the results dict (FACIL style: the accuracy matrix is the product)
+and, with ``out_dir``, writes the run directory described in :mod:`nscl.runs`. Deterministic on
+CPU for a given seed: every task re-seeds torch from ``(seed, task)``, so a run resumed from its
+per-task checkpoint ends with the same results as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import config as config_mod
+from . import metrics as metrics_mod
+from . import runs
+from .data import make_stream
+from .methods import METHODS
+from .models import build_model
+from .nullspace import NullSpaceTracker
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names task, epoch and step."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise config_mod.ConfigError(f"parameter 'device' is {name!r} but CUDA is not available; use auto or cpu")
+    return dev
+
+
+def _progress(iterable, quiet: bool, **kw):
+    if quiet:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kw)
+
+
+class Trainer:
+    """Holds the stream, model, method and null-space tracker of one run; :meth:`run` trains it."""
+
+    def __init__(self, cfg: dict, out_dir: str | os.PathLike | None = None, stream=None):
+        self.cfg = cfg = config_mod.validate(cfg)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if cfg["threads"]:
+            torch.set_num_threads(cfg["threads"])
+        self.device = resolve_device(cfg["device"])
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg["seed"])
+        self.stream = stream if stream is not None else make_stream(
+            cfg["benchmark"], data_root=cfg["data_root"], seed=cfg["seed"], n_tasks=cfg["n_tasks"],
+            samples_per_task=cfg["samples_per_task"], test_samples_per_task=cfg["test_samples_per_task"],
+            val_fraction=cfg["val_fraction"], class_order=cfg["class_order"], download=cfg["download"])
+        torch.manual_seed(cfg["seed"])
+        self.model = build_model(cfg, self.stream.input_shape, [t.n_classes for t in self.stream]).to(self.device)
+        self.method = METHODS[cfg["method"]](cfg, self.model, self.stream, self.device)
+        self.method.trainer = self
+        self.tracker = NullSpaceTracker(self.method.tracked_layers(), cfg)
+        T = len(self.stream)
+        self.acc: list[list] = [[None] * T for _ in range(T)]
+        self.timing: list[dict] = []
+        self.generator = torch.Generator()
+
+    # ---- data ------------------------------------------------------------------------------
+    def batches(self, sets, batch_size: int | None = None, shuffle: bool = True, train: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Mini-batches ``(x, y, task)`` on the device over one or more ``(TaskData, task_index)``."""
+        batch_size = batch_size or self.cfg["batch_size"]
+        sizes = [len(d) for d, _ in sets]
+        offsets = np.cumsum([0] + sizes)
+        n = int(offsets[-1])
+        order = torch.randperm(n, generator=generator or self.generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            xs, ys, ts = [], [], []
+            for k, (data, task) in enumerate(sets):
+                sel = idx[(idx >= offsets[k]) & (idx < offsets[k + 1])] - int(offsets[k])
+                if len(sel) == 0:
+                    continue
+                x, y = data.get(sel, generator=generator or self.generator, train=train)
+                xs.append(x)
+                ys.append(y)
+                ts.append(torch.full((len(sel),), task, dtype=torch.long))
+            x, y, t = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+            yield x.to(self.device, non_blocking=True), y.to(self.device), t.to(self.device)
+
+    # ---- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def accuracy(self, t: int, split: str = "test") -> float:
+        """Task-aware accuracy (percent) of task ``t`` on ``split`` through its own head."""
+        was = self.model.training
+        self.model.eval()
+        data = getattr(self.stream[t], split)
+        correct = total = 0
+        for x, y, _ in self.batches([(data, t)], self.cfg["eval_batch_size"], shuffle=False):
+            correct += (self.model(x, t).argmax(1) == y).sum().item()
+            total += len(y)
+        self.model.train(was)
+        return 100.0 * correct / max(total, 1)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _train_task(self, t: int, bar) -> float:
+        cfg, method, model = self.cfg, self.method, self.model
+        method.before_task(t)
+        opt, sched = method.make_optimizer(t)
+        sets = method.train_sets(t)
+        train_augment = True
+        t0 = time.perf_counter()
+        for epoch in range(cfg["epochs"]):
+            method.set_train_mode(t)
+            for step, (x, y, tasks) in enumerate(self.batches(sets, train=train_augment)):
+                logits = model(x, tasks)
+                loss = F.cross_entropy(logits, y)
+                pen = method.penalty(t)
+                if pen is not None:
+                    loss = loss + pen
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at task {t + 1}, epoch {epoch + 1}, step {step + 1} "
+                        f"(method {cfg['method']}, lr {method.backbone_lr(t)}); lower the learning rate or "
+                        f"penalty strength. Results of the tasks finished before are kept.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                method.after_backward(t)
+                opt.step()
+                method.after_step(t)
+            sched.step()
+            if bar is not None:
+                bar.set_postfix(task=t + 1, epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        return time.perf_counter() - t0
+
+    def _task_boundary(self, t: int) -> dict:
+        """after_task hook, covariance + null spaces on task t, evaluation of tasks 0..t."""
+        timing = {}
+        t0 = time.perf_counter()
+        self.method.after_task(t)
+        timing["after_task_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.model.eval()
+        bs = self.cfg["cov_batch_size"] or self.cfg["batch_size"]
+        gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t)
+        xs = (x for x, _, _ in self.batches([(self.stream[t].train, t)], bs, shuffle=True, generator=gen))
+        self.tracker.cov.update(lambda x: self.model.features(x), xs)
+        timing["covariance_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.tracker.recompute(t)
+        timing["eigen_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for j in range(t + 1):
+            self.acc[t][j] = self.accuracy(j)
+        timing["eval_s"] = time.perf_counter() - t0
+        return timing
+
+    def results(self, status: str, error: str | None = None, total_s: float | None = None) -> dict:
+        return {
+            "schema": runs.SCHEMA,
+            "status": status,
+            "error": error,
+            "name": self.out_dir.name if self.out_dir else None,
+            "params": self.cfg,
+            "stream": self.stream.info,
+            "tasks": [t.name for t in self.stream],
+            "acc": self.acc,
+            "metrics": metrics_mod.summary(self.acc),
+            "null_space": self.tracker.history,
+            "method_diagnostics": self.method.diagnostics(),
+            "timing": {"per_task": self.timing, "total_s": total_s if total_s is not None else
+                       sum(sum(v for v in d.values()) for d in self.timing)},
+            "env": runs.env_info(self.device, self.cfg["seed"]),
+        }
+
+    def _write(self, status: str, error: str | None = None, total_s: float | None = None) -> dict:
+        res = self.results(status, error, total_s)
+        if self.out_dir is not None:
+            runs.write_spectra(self.out_dir, self.tracker.spectra)
+            runs.write_json(self.out_dir / runs.RESULTS, res)
+        return res
+
+    def _checkpoint(self, t: int) -> None:
+        if self.out_dir is None or not self.cfg["checkpoint"]:
+            return
+        runs.save_checkpoint(self.out_dir, {
+            "task": t, "params": self.cfg, "model": self.model.state_dict(),
+            "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
+            "acc": self.acc, "timing": self.timing})
+
+    def _resume(self) -> int:
+        """Load the checkpoint of the last finished task, if any; return the next task index."""
+        if self.out_dir is None:
+            return 0
+        state = runs.load_checkpoint(self.out_dir)
+        if state is None:
+            return 0
+        ignore = {"quiet", "device", "threads", "checkpoint"}
+        diff = {k for k in self.cfg if k not in ignore and state["params"].get(k) != self.cfg[k]}
+        if diff:
+            raise config_mod.ConfigError(
+                f"{self.out_dir / runs.CHECKPOINT} was written with other parameters ({', '.join(sorted(diff))}); "
+                f"use another output directory or delete the checkpoint")
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.acc, self.timing = state["acc"], state["timing"]
+        return state["task"] + 1
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            runs.write_params(self.out_dir, cfg)
+        done = self._completed()
+        if done is not None:
+            return done
+        start = self._resume()
+        T = len(self.stream)
+        t_start = time.perf_counter()
+        previous = sum(sum(d.values()) for d in self.timing)
+        bar = _progress(range(start, T), cfg["quiet"], desc=f"{cfg['method']} on {cfg['benchmark']}",
+                        unit="task", initial=start, total=T)
+        try:
+            for t in bar:
+                torch.manual_seed(cfg["seed"] * 1000 + t)
+                self.generator.manual_seed(cfg["seed"] * 1000 + t)
+                train_s = self._train_task(t, bar if not cfg["quiet"] else None)
+                timing = {"train_s": train_s, **self._task_boundary(t)}
+                self.timing.append(timing)
+                self._checkpoint(t)
+                self._write("running", total_s=previous + time.perf_counter() - t_start)
+        except NonFiniteLossError as e:
+            self._write("failed", error=str(e), total_s=previous + time.perf_counter() - t_start)
+            raise
+        res = self._write("complete", total_s=previous + time.perf_counter() - t_start)
+        if self.out_dir is not None and (self.out_dir / runs.CHECKPOINT).exists():
+            (self.out_dir / runs.CHECKPOINT).unlink()
+        return res
+
+    def _completed(self) -> dict | None:
+        """Results of an identical, already complete run in ``out_dir`` (then nothing is retrained)."""
+        if self.out_dir is None or not (self.out_dir / runs.RESULTS).exists():
+            return None
+        try:
+            res = runs.load(self.out_dir)
+        except (ValueError, OSError):
+            return None
+        ignore = {"quiet", "device", "threads", "checkpoint"}
+        same = all(res.get("params", {}).get(k) == v for k, v in self.cfg.items() if k not in ignore)
+        return res if res.get("status") == "complete" and same else None
+
+
+def run(cfg: dict, out_dir: str | os.PathLike | None = None, stream=None) -> dict:
+    """Train ``cfg['method']`` on the configured stream; return (and with ``out_dir`` write) results."""
+    return Trainer(cfg, out_dir, stream).run()

@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny configurations that train in seconds on CPU."""
+import pytest
+import torch
+
+from nscl import config
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A resolved config for a 3-task split_digits stream, 1 epoch, CPU, quiet."""
+    def make(**overrides):
+        base = dict(benchmark="split_digits", n_tasks=3, epochs=1, batch_size=32, hidden=[32, 32],
+                    device="cpu", quiet=True, seed=0)
+        base.update(overrides)
+        return config.resolve(overrides=base)
+    return make
