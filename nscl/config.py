@@ -48,7 +48,7 @@ register("benchmark", "split_fmnist", "str", "task stream, see nscl.data.BENCHMA
 register("data_root", None, "str", "directory with the dataset files (else NSCL_DATA_ROOT, system paths)")
 register("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)")
 register("n_tasks", None, "int", "override the benchmark's number of tasks")
-register("samples_per_task", None, "int", "keep this many training samples per task (tiny runs)")
+register("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)")
 register("test_samples_per_task", None, "int", "keep this many test samples per task")
 register("val_fraction", 0.1, "float", "held-out fraction of each task's training data")
 register("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
@@ -90,7 +90,7 @@ register("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambd
 register("project", "update", "str", "project the final Adam step (official) or the gradient before Adam",
          choices=("update", "grad"))
 register("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector")
-register("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size)")
+register("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for batch_mean, eval_batch_size for per_sample)")
 # --- run --------------------------------------------------------------------------------------
 register("seed", 0, "int", "seed for data order, init and everything else")
 register("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N")
@@ -100,6 +100,11 @@ register("preset", None, "str", "named recipe applied before files and overrides
 register("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes")
 
 PRESETS: dict[str, dict] = {
+    # Adam-NSCL's official switches (research/adam_nscl.md 1.4-1.6), on any benchmark/model:
+    # batch-mean covariance, raw a*lambda_min rule, 1/sqrt(r) step scaling, EWC on BatchNorm.
+    "adam_nscl_official": dict(method="adam_nscl", covariance="batch_mean", a_min_floor="none",
+                               scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min",
+                               project="update"),
     # The paper's 10-split CIFAR-100 recipe as the official script runs it (research/adam_nscl.md 1.7).
     "cifar100_10_paper": dict(
         benchmark="split_cifar100_10", model="resnet18", method="adam_nscl", epochs=80, batch_size=32,

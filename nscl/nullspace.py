@@ -32,7 +32,7 @@ import torch
 class NullSpace:
     """Eigen-decomposition of one layer's covariance and the chosen null-space dimension ``r``."""
 
-    eigvals: torch.Tensor  # (d,) ascending, float64
+    eigvals: torch.Tensor  # (d,) |lambda| ascending, float64
     eigvecs: torch.Tensor  # (d, d) columns, float64
     r: int
 
@@ -87,7 +87,10 @@ def compute(cov: torch.Tensor, **rule) -> NullSpace:
     cov = cov.to(torch.float64)
     cov = (cov + cov.T) / 2
     eigvals, eigvecs = torch.linalg.eigh(cov)
-    return NullSpace(eigvals, eigvecs, null_dim(eigvals, **rule))
+    # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
+    # values the official code's SVD returns), so the null space is always a prefix.
+    eigvals, order = eigvals.abs().sort()
+    return NullSpace(eigvals, eigvecs[:, order], null_dim(eigvals, **rule))
 
 
 class Projector:

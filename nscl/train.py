@@ -157,7 +157,10 @@ class Trainer:
         timing["after_task_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.model.eval()
-        bs = self.cfg["cov_batch_size"] or self.cfg["batch_size"]
+        # batch_mean depends on the batch (the official code uses the training batch size);
+        # per_sample does not, so it takes large batches (fewer, bigger float64 Gram updates)
+        bs = self.cfg["cov_batch_size"] or (self.cfg["batch_size"] if self.cfg["covariance"] == "batch_mean"
+                                             else self.cfg["eval_batch_size"])
         gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t)
         xs = (x for x, _, _ in self.batches([(self.stream[t].train, t)], bs, shuffle=True, generator=gen))
         self.tracker.cov.update(lambda x: self.model.features(x), xs)

@@ -13,9 +13,9 @@ def _threads():
 
 @pytest.fixture
 def tiny_cfg():
-    """A resolved config for a 3-task split_digits stream, 1 epoch, CPU, quiet."""
+    """A resolved config for a 5-task split_digits stream (~290 samples/task), 1 epoch, CPU, quiet."""
     def make(**overrides):
-        base = dict(benchmark="split_digits", n_tasks=3, epochs=1, batch_size=32, hidden=[32, 32],
+        base = dict(benchmark="split_digits", epochs=1, batch_size=32, hidden=[32, 32],
                     device="cpu", quiet=True, seed=0)
         base.update(overrides)
         return config.resolve(overrides=base)
