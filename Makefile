@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 
-.PHONY: venv data test run lab clean
+.PHONY: venv data slurm test run notebooks compare lab clean
 
 venv: $(STAMP)
 
@@ -33,13 +33,35 @@ data:
 	       "or set NSCL_DATA_ROOT to a folder with the IDX files (or with internet: -p download=true)."; exit 1; \
 	fi
 
-test: venv data
-	$(PY) -m pytest -q
+# A real single-node SLURM for tests/test_sweep_slurm.py (installed + started when root; idempotent).
+slurm:
+	@if [ "$$(id -u)" = 0 ]; then bash .ci/slurm.sh start; \
+	elif ! bash .ci/slurm.sh status >/dev/null 2>&1; then \
+	  echo "WARNING: no SLURM running and not root: tests/test_sweep_slurm.py will FAIL." \
+	       "Start one with 'sudo .ci/slurm.sh start'."; fi
 
+# Unit tests (tests/, incl. every notebook through papermill on params/ci.yaml), then nbval: the
+# committed notebooks' stored outputs must reproduce (their runs go to a fresh temporary folder).
+test: venv data slurm
+	$(PY) -m pytest -q
+	NSCL_OUTPUT_ROOT=$$(mktemp -d) $(PY) -m pytest -q --nbval --nbval-current-env notebooks/
+
+# The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
+# notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"
+NAME ?= default
 run: venv data
-	$(PY) -m nscl run -f params/base.yaml -p method=finetune -o results/default/finetune
-	$(PY) -m nscl run -f params/base.yaml -p method=adam_nscl -o results/default/adam_nscl
-	$(PY) -m nscl show results/default
+	$(PY) -m nscl suite -f params/base.yaml -f params/suite.yaml -o results/$(NAME) $(ARGS)
+
+# Re-execute the committed notebooks in place with their own (tiny CPU) defaults: the outputs nbval checks.
+notebooks: venv data
+	$(PY) -m nscl suite --regenerate
+
+# All methods x {split,permuted} Fashion-MNIST x 3 seeds on CPU (local executor), then the comparison notebook.
+compare: venv data
+	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
+	$(PY) -m nscl sweep collect results/sweeps/compare_fmnist
+	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
+	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
 
 lab: venv
 	$(PY) -m ipykernel install --user --name nscl --display-name "Python (nscl)" >/dev/null

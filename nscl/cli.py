@@ -44,17 +44,29 @@ def format_results(results: list[dict], matrix: bool = False) -> str:
     fmt = lambda v: f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'-':>7}"  # noqa: E731
     for res in results:
         p, m = res["params"], res["metrics"]
-        name = (res.get("name") or "-")[:28]
+        name = _short(res)
         lines.append(f"{name:<28} {p['method']:<12} {p['benchmark']:<16} {p['seed']:>4} {fmt(m['acc'])} "
                      f"{fmt(m['bwt'])} {fmt(m['plasticity'])} {fmt(m['forgetting'])} "
                      f"{fmt(res['timing']['total_s'])}")
     if matrix:
         for res in results:
-            lines.append(f"\naccuracy matrix of {res.get('name') or res['params']['method']} "
+            lines.append(f"\naccuracy matrix of {_short(res, 60)} "
                          f"(row i: after training task i; column j: task j)")
             for i, row in enumerate(res["acc"]):
                 lines.append(f"  {i + 1:>2} " + " ".join(f"{v:6.1f}" if v is not None else f"{'':>6}" for v in row))
     return "\n".join(lines)
+
+
+def _short(res: dict, width: int = 28) -> str:
+    """The run's directory (last components that fit), else its name."""
+    d = res.get("_dir") or res.get("name") or "-"
+    parts = d.replace("\\", "/").split("/")
+    out = parts[-1]
+    for p in reversed(parts[:-1]):
+        if len(p) + 1 + len(out) > width:
+            break
+        out = f"{p}/{out}"
+    return out[-width:]
 
 
 def cmd_show(args) -> int:
@@ -64,6 +76,13 @@ def cmd_show(args) -> int:
     if not dirs:
         print(f"no results.json under {', '.join(args.paths)}", file=sys.stderr)
         return 1
+    if args.seeds:
+        df = runs.aggregate(args.paths)
+        for _, r in df.iterrows():
+            cells = "  ".join(f"{m.upper()} {r[m + '_mean']:6.2f} ± {r[m + '_std']:4.2f}"
+                              for m in ("acc", "bwt", "plasticity"))
+            print(f"{r['label']:<60} n={r['n']}  {cells}  ({r['time_s_mean']:.0f} s/run)")
+        return 0
     print(format_results([runs.load(d) for d in dirs], matrix=args.matrix))
     return 0
 
@@ -75,7 +94,19 @@ def cmd_params(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run]
+def _add_sweep(sub) -> None:
+    from .sweep import add_cli  # python -m nscl sweep run|status|collect
+
+    add_cli(sub)
+
+
+def _add_suite(sub) -> None:
+    from .report import add_cli  # python -m nscl suite: the notebook suite behind `make run`
+
+    add_cli(sub)
+
+
+COMMANDS = [_add_run, _add_sweep, _add_suite]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print the metrics of run directories")
     p.add_argument("paths", nargs="+")
     p.add_argument("--matrix", action="store_true", help="also print the accuracy matrices")
+    p.add_argument("--seeds", action="store_true",
+                   help="mean ± std over seeds of runs that share all other parameters")
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("params", help="list every parameter with its default")
     p.set_defaults(func=cmd_params)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -96,7 +97,7 @@ register("seed", 0, "int", "seed for data order, init and everything else")
 register("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N")
 register("threads", None, "int", "torch CPU threads (default: torch's)")
 register("quiet", False, "bool", "no progress bars")
-register("preset", None, "str", "named recipe applied before files and overrides, e.g. cifar100_10_paper")
+register("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named")
 register("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes")
 
 PRESETS: dict[str, dict] = {
@@ -141,6 +142,14 @@ def _unknown(key: str) -> ConfigError:
     return ConfigError(f"unknown parameter {key!r}.{hint} Valid keys: {', '.join(sorted(PARAMS))}")
 
 
+# YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as a string; float parameters accept that spelling.
+_SCI_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _as_float(v: Any) -> Any:
+    return float(v) if isinstance(v, str) and _SCI_FLOAT.fullmatch(v.strip()) else v
+
+
 def _check_type(key: str, value: Any) -> Any:
     p = PARAMS[key]
     if value is None:
@@ -157,6 +166,7 @@ def _check_type(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
     elif t == "float":
+        value = _as_float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         value = float(value)
@@ -174,6 +184,7 @@ def _check_type(key: str, value: Any) -> Any:
             if inner == "int" and (isinstance(v, bool) or not isinstance(v, int)):
                 raise bad
             if inner == "float":
+                v = _as_float(v)
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise bad
                 v = float(v)
@@ -254,18 +265,20 @@ def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = No
             **kwargs: Any) -> dict:
     """Layer parameter files (left to right), then ``overrides``, then keyword arguments.
 
-    A ``preset`` named anywhere is applied first, under everything else.
+    A ``preset`` is a named bundle of parameters expanded where it is named: under the keys of the
+    same source (file / overrides / kwargs) but over everything layered before it. So
+    ``-f params/base.yaml -p preset=adam_nscl_official`` switches base's run to the official
+    variant, and a file with ``preset: cifar100_10_paper`` plus ``epochs: 10`` shortens the recipe.
     """
     layered: dict = {}
-    for f in files:
-        layered.update(load_file(f))
-    layered.update(overrides or {})
-    layered.update(kwargs)
-    preset = layered.get("preset")
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"parameter 'preset': unknown {preset!r}; valid: {', '.join(PRESETS)}")
-        layered = {**PRESETS[preset], **layered}
+    sources = [load_file(f) for f in files] + [dict(overrides or {}), dict(kwargs)]
+    for source in sources:
+        preset = source.get("preset")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(f"parameter 'preset': unknown {preset!r}; valid: {', '.join(PRESETS)}")
+            layered.update(PRESETS[preset])
+        layered.update(source)
     return validate(layered)
 
 

@@ -77,9 +77,11 @@ class NullSpaceAdam(torch.optim.Optimizer):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            grads = [p.grad.clone() for p in params]
+            grads = [p.grad for p in params]  # never modified in place: p.grad stays the raw gradient
             if group["weight_decay"]:
-                torch._foreach_add_(grads, params, alpha=group["weight_decay"])
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            elif self.project == "grad" and self.layers:
+                grads = [g.clone() for g in grads]
             if self.project == "grad" and self.layers:
                 self._project({id(p): g for p, g in zip(params, grads)})
             exp_avg, exp_avg_sq = [], []
@@ -101,9 +103,11 @@ class NullSpaceAdam(torch.optim.Optimizer):
             denom = torch._foreach_sqrt(exp_avg_sq)
             torch._foreach_div_(denom, math.sqrt(bc2))
             torch._foreach_add_(denom, group["eps"])
-            updates = torch._foreach_div(exp_avg, denom)
-            torch._foreach_mul_(updates, group["lr"] / bc1)
-            if self.project == "update" and self.layers:
+            if self.project == "update" and any(id(p) in self._projected for p in params):
+                updates = torch._foreach_div(exp_avg, denom)
+                torch._foreach_mul_(updates, group["lr"] / bc1)
                 self._project({id(p): u for p, u in zip(params, updates)})
-            torch._foreach_sub_(params, updates)
+                torch._foreach_sub_(params, updates)
+            else:  # nothing to project after the moments: torch Adam's fused form, no update buffers
+                torch._foreach_addcdiv_(params, exp_avg, denom, value=-group["lr"] / bc1)
         return loss

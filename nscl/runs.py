@@ -189,3 +189,44 @@ def null_space_frame(paths: Iterable[str | os.PathLike]):
                              "kept_energy": rec["kept_energy"][t],
                              "rank": rec.get("rank", [None] * (t + 1))[t]})
     return pd.DataFrame(rows)
+
+
+#: parameters that do not change what a run computes (left out when grouping runs over seeds)
+NON_SEMANTIC = ("seed", "threads", "quiet", "device", "data_root", "checkpoint", "download")
+
+
+def aggregate(paths: Iterable[str | os.PathLike], metrics=("acc", "bwt", "plasticity", "forgetting")):
+    """Mean and std over seeds of runs that share every other parameter; one row per group.
+
+    The ``label`` column names each group by the parameters that differ between groups.
+    """
+    import pandas as pd
+
+    from .config import defaults
+
+    base = defaults()  # runs written before a parameter existed had its default
+    rows = []
+    for d in find_runs(paths):
+        res = load(d)
+        if res.get("status") != "complete":
+            continue
+        key = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+               for k, v in {**base, **res["params"]}.items() if k not in NON_SEMANTIC}
+        rows.append({**key, "_seed": res["params"]["seed"], "_s": (res.get("timing") or {}).get("total_s"),
+                     **{f"_{m}": (res["metrics"] or {}).get(m) for m in metrics}})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    keys = [c for c in df.columns if not c.startswith("_")]
+    varying = [k for k in keys if df[k].astype(str).nunique() > 1]
+    out = []
+    for vals, g in df.groupby(keys, dropna=False, sort=False):
+        vals = dict(zip(keys, vals if isinstance(vals, tuple) else (vals,)))
+        row = {"label": " ".join(f"{k}={vals[k]}" for k in varying) or "all", **{k: vals[k] for k in varying},
+               "n": len(g), "seeds": ",".join(map(str, sorted(g["_seed"])))}
+        for m in metrics:
+            row[f"{m}_mean"] = g[f"_{m}"].mean()
+            row[f"{m}_std"] = g[f"_{m}"].std(ddof=1) if len(g) > 1 else float("nan")
+        row["time_s_mean"] = g["_s"].mean()
+        out.append(row)
+    return pd.DataFrame(out)

@@ -55,6 +55,30 @@ def _progress(iterable, quiet: bool, **kw):
     return tqdm(iterable, **kw)
 
 
+def _stream_to_device(stream, device: torch.device) -> None:
+    """Keep every task's raw (uint8) tensors on the GPU once, so batches never cross PCIe.
+
+    Tensors shared between tasks (permuted streams) are moved once and stay shared.
+    """
+    moved: dict[int, torch.Tensor] = {}
+    for task in stream:
+        for split in (task.train, task.val, task.test):
+            for attr in ("x", "y", "perm"):
+                tensor = getattr(split, attr)
+                if tensor is not None:
+                    if id(tensor) not in moved:
+                        moved[id(tensor)] = tensor.to(device)
+                    setattr(split, attr, moved[id(tensor)])
+
+
+def _differing(saved: dict, cfg: dict) -> set[str]:
+    """Parameters that differ between a saved run and ``cfg`` (keys the saved run predates count
+    at their defaults; parameters that don't change results are ignored)."""
+    ignore = {"quiet", "device", "threads", "checkpoint"}
+    saved = {**config_mod.defaults(), **saved}
+    return {k for k in cfg if k not in ignore and saved.get(k) != cfg[k]}
+
+
 class Trainer:
     """Holds the stream, model, method and null-space tracker of one run; :meth:`run` trains it."""
 
@@ -71,6 +95,8 @@ class Trainer:
             cfg["benchmark"], data_root=cfg["data_root"], seed=cfg["seed"], n_tasks=cfg["n_tasks"],
             samples_per_task=cfg["samples_per_task"], test_samples_per_task=cfg["test_samples_per_task"],
             val_fraction=cfg["val_fraction"], class_order=cfg["class_order"], download=cfg["download"])
+        if self.device.type == "cuda":
+            _stream_to_device(self.stream, self.device)
         torch.manual_seed(cfg["seed"])
         self.model = build_model(cfg, self.stream.input_shape, [t.n_classes for t in self.stream]).to(self.device)
         self.method = METHODS[cfg["method"]](cfg, self.model, self.stream, self.device)
@@ -214,8 +240,7 @@ class Trainer:
         state = runs.load_checkpoint(self.out_dir)
         if state is None:
             return 0
-        ignore = {"quiet", "device", "threads", "checkpoint"}
-        diff = {k for k in self.cfg if k not in ignore and state["params"].get(k) != self.cfg[k]}
+        diff = _differing(state["params"], self.cfg)
         if diff:
             raise config_mod.ConfigError(
                 f"{self.out_dir / runs.CHECKPOINT} was written with other parameters ({', '.join(sorted(diff))}); "
@@ -265,8 +290,7 @@ class Trainer:
             res = runs.load(self.out_dir)
         except (ValueError, OSError):
             return None
-        ignore = {"quiet", "device", "threads", "checkpoint"}
-        same = all(res.get("params", {}).get(k) == v for k, v in self.cfg.items() if k not in ignore)
+        same = not _differing(res.get("params", {}), self.cfg)
         return res if res.get("status") == "complete" and same else None
 
 

@@ -1,0 +1,273 @@
+"""``clnp`` (Golkar et al. 2019) and ``nscl_prune`` (CLNP pruning + Adam-NSCL projection).
+
+Both train each task with an L1 penalty on the free units, prune by graceful forgetting after
+it, and re-initialise the pruned units as the next task's free capacity (:mod:`nscl.pruning`
+holds the unit graph, masks and the threshold search; read its docstring first).
+
+``clnp``: units kept by a task are frozen for good (incoming weights, bias, BN affine and running
+statistics); interference weights into them stay 0. Old tasks' outputs are bit-identical.
+
+``nscl_prune``: kept units are *not* frozen: their incoming rows keep learning, with every update
+projected into the null space of the old tasks' layer-input covariance (the trainer's tracker,
+computed after pruning, so pruned units' exact-zero outputs are exact null directions).
+
+The boundary between free and kept units (row ``r`` = consuming unit, column ``j`` = producing
+unit, ``o(.)`` = the task that kept a unit, ``FREE`` = none):
+
+* free row ``r``: free, unprojected (re-initialised; it reads kept units -> reuse).
+* kept row ``r`` and a column with ``o(j) > o(r)`` (a unit free when ``r`` was kept): **zero and
+  masked forever**, as in CLNP. It cannot be left to the projection: at task ``o(r)`` the free unit
+  output 0, so ``e_j`` is null for the covariance of that task, but once ``j`` is re-initialised it
+  outputs non-zero values on the *old* inputs too, so any weight ``W[r, j] != 0`` would change
+  ``r``'s old outputs.
+* kept row ``r``, columns ``m = {j: o(j) <= o(r)}`` (and raw inputs, bias): the update ``u[r, m]`` is
+  projected by the null space of ``C[m, m]``, the tracker's accumulated covariance restricted to
+  those columns (one projector per owner class; for the first layer ``m`` is every column, which
+  is exactly Adam-NSCL). Masking *after* projecting with the full ``C`` would not be enough: the
+  zeroed part of ``uP`` is not in the null space once the columns of later units carry data.
+* BatchNorm of kept channels: frozen (affine + running statistics), like CLNP.
+* old heads: frozen (never trained again); their columns of units free at their pruning are 0.
+
+Why old task ``s``'s outputs stay unchanged, by induction over layers: unit ``r`` with
+``o(r) <= s`` reads only columns ``j`` with ``o(j) <= o(r) <= s`` (the rest are 0), whose outputs on
+task-``s`` inputs are unchanged (induction), so these inputs equal the rows the tracker stored for
+task ``s`` on those columns (at that time later units were pruned: 0, and are outside ``m``
+anyway); the update of row ``r`` is orthogonal to them, so ``r``'s pre-activation, its frozen BN and
+ReLU give the same output. Old heads read only such units. The projector's null-space rule decides
+"orthogonal": exact up to float error with ``nullspace_rule=rel_tol`` and a tiny ``rel_tol``,
+approximate (as Adam-NSCL) with the default ``a_min`` rule. ``C[m, m]`` includes tasks before
+``o(r)`` too (the tracker keeps one sum), which is conservative, never wrong.
+
+Both methods ignore ``bn`` (BN is protected per channel) and always project the final Adam update.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .. import config as config_mod
+from .. import nullspace, pruning
+from ..optim import NullSpaceAdam
+from .base import Method, register
+
+
+def _round(xs, digits=5):
+    return [float(f"{x:.{digits}g}") for x in xs]
+
+
+class _UnitPruning(Method):
+    """CLNP-style pruning; ``project_old`` selects projected (True) or frozen (False) kept units."""
+
+    project_old = False
+
+    def __init__(self, cfg, model, stream, device):
+        super().__init__(cfg, model, stream, device)
+        if cfg["val_fraction"] <= 0:
+            raise config_mod.ConfigError(
+                f"method {self.name!r} chooses its pruning threshold on the held-out split: "
+                f"parameter 'val_fraction' must be > 0, got {cfg['val_fraction']}")
+        self.masks = pruning.UnitMasks(model, device)
+        self.finetuning = False
+        self.optimizer = None
+        self.records: list[dict] = []
+        self.units = {n: {"size": g.size, "frozen": [], "free": [], "new": []}
+                      for n, g in self.masks.graph.groups.items()}
+        self.activity_log: dict[str, list] = {n: [] for n in self.masks.graph.groups}
+        self.projection_log: dict[str, list] = {}
+
+    # ---- hooks ---------------------------------------------------------------------------------
+    def before_task(self, t):
+        if self.finetuning:
+            return
+        if t > 0:
+            self.masks.reinit_free()
+        self.masks.prepare_l1()
+        self.masks.keep_acts = self.cfg["l1"] > 0 and self.cfg["l1_target"] == "activations"
+
+    def _projections(self, wire, t) -> list:
+        """``(rows, cols, Projector)`` per owner class of kept rows (nscl_prune), see module doc."""
+        tracker = self.trainer.tracker
+        ro = self.masks.owner[wire.out_group]
+        co = self.masks.col_owner(wire)
+        cov = tracker.cov.matrix(wire.name)
+        weight = wire.module.weight
+        blocks, log = [], []
+        for k in sorted(set(ro[ro < t].tolist())):
+            rows = (ro == k).nonzero().squeeze(1)
+            cols = (co <= k).nonzero().squeeze(1)
+            ns = nullspace.compute(cov[cols.to(cov.device)][:, cols.to(cov.device)], **tracker.rule(wire.name))
+            proj = nullspace.Projector(ns, dtype=weight.dtype, device=weight.device,
+                                       scale_sqrt_r=self.cfg["scale_sqrt_r"])
+            blocks.append((rows.to(weight.device), cols.to(weight.device), proj))
+            log.append({"owner": int(k), "rows": int(rows.numel()), "d": int(cols.numel()), "null": int(ns.r)})
+        if not self.finetuning:
+            self.projection_log.setdefault(wire.name, []).append(log)
+        return blocks
+
+    def make_optimizer(self, t):
+        opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"], project="update")
+        self.grad_masks = []
+        for wire in self.masks.graph.wires:
+            fixed = self.masks.interference(wire)
+            old = self.masks.fixed_rows(wire.out_group, t)
+            blocks = []
+            if self.project_old:
+                if t > 0 and old.any():
+                    blocks = self._projections(wire, t)
+            else:
+                fixed = fixed | old[:, None]
+            keep = (~fixed).to(wire.module.weight)
+            update = keep.clone()
+            for rows, _, _ in blocks:
+                update[rows] = 0.0
+            opt.set_projector(wire.module.weight, wire.module.bias, pruning.MaskedUpdate(update, blocks))
+            self.grad_masks.append((wire.module, keep))
+        self.bn_frozen_stats = []
+        for group, bn in self.masks.norms():
+            rows = self.masks.fixed_rows(group, t).to(self.device)
+            if bn.affine:
+                keep = (~rows).to(bn.weight)[:, None].repeat(1, 2)
+                opt.set_projector(bn.weight, bn.bias, pruning.MaskedUpdate(keep))
+                self.grad_masks.append((bn, keep))
+            if bn.track_running_stats and rows.any():
+                self.bn_frozen_stats.append((bn, rows, bn.running_mean.clone(), bn.running_var.clone()))
+        self.optimizer = opt
+        return opt, self.make_scheduler(opt)
+
+    def penalty(self, t):
+        if self.finetuning or self.cfg["l1"] <= 0:
+            self.masks._acts = []
+            return None
+        pen = self.masks.l1_penalty(self.cfg["l1_target"])
+        return None if pen is None else self.cfg["l1"] * pen
+
+    @torch.no_grad()
+    def after_backward(self, t):
+        for module, keep in self.grad_masks:
+            w = module.weight
+            d = w[0].numel()
+            if w.grad is not None:
+                w.grad.view(w.shape[0], -1).mul_(keep[:, :d])
+            if module.bias is not None and module.bias.grad is not None:
+                module.bias.grad.mul_(keep[:, d])
+
+    @torch.no_grad()
+    def after_step(self, t):
+        for bn, rows, mean, var in self.bn_frozen_stats:  # running statistics of kept channels
+            bn.running_mean[rows] = mean[rows]
+            bn.running_var[rows] = var[rows]
+
+    # ---- pruning ----------------------------------------------------------------------------------
+    def after_task(self, t):
+        super().after_task(t)
+        self.masks.keep_acts = False
+        self.masks._acts = []
+        rec = self.prune(t)
+        if self.cfg["prune_finetune_epochs"] > 0 and rec["pruned_total"] > 0:
+            self.finetune(t, rec)
+        for n, o in self.masks.owner.items():
+            u = self.units[n]
+            u["frozen"].append(int((o < pruning.FREE).sum()))
+            u["free"].append(int((o == pruning.FREE).sum()))
+            u["new"].append(int((o == t).sum()))
+        self.records.append(rec)
+
+    def prune(self, t: int) -> dict:
+        """Graceful forgetting on task ``t``'s val split; commits the masks; returns the record."""
+        tr, cfg, masks = self.trainer, self.cfg, self.masks
+        val = [(self.stream[t].val, t)]
+        self.model.eval()
+        xs = (x for x, _, _ in tr.batches(val, cfg["eval_batch_size"], shuffle=False))
+        activity = masks.activity(self.model.features, xs)
+        scores = pruning.relative_scores(activity, cfg["prune_criterion"], masks.alive)
+        cand = masks.candidates()
+        base = tr.accuracy(t, "val")
+        alive0 = {n: a.clone() for n, a in masks.alive.items()}
+        cache: dict[tuple, float] = {}
+
+        def evaluate(theta):
+            ps = pruning.prune_set(scores, cand, theta)
+            key = tuple(int(p.sum()) for p in ps.values())  # sets are nested in theta: counts identify them
+            if key not in cache:
+                masks.set_alive({n: alive0[n].cpu() * (~ps[n]).float() for n in ps})
+                try:
+                    cache[key] = tr.accuracy(t, "val")
+                finally:
+                    masks.set_alive(alive0)
+            return cache[key]
+
+        res = pruning.search_threshold(evaluate, base, cfg["prune_margin"], cfg["prune_theta_min"], 1.0,
+                                       cfg["prune_search_steps"])
+        pruned = pruning.prune_set(scores, cand, res["threshold"])
+        masks.commit(pruned, t)
+        after = tr.accuracy(t, "val")
+        for n in scores:
+            self.activity_log[n].append(_round(scores[n][cand[n]].tolist()))
+        return {
+            "task": t, "threshold": res["threshold"], "criterion": cfg["prune_criterion"],
+            "margin": cfg["prune_margin"], "val_acc": base, "val_acc_pruned": after, "val_drop": base - after,
+            "evaluations": res["evaluations"], "distinct_evaluations": len(cache),
+            "candidates": {n: int(c.sum()) for n, c in cand.items()},
+            "pruned": {n: int(p.sum()) for n, p in pruned.items()},
+            "pruned_total": int(sum(int(p.sum()) for p in pruned.values())),
+        }
+
+    def finetune(self, t: int, rec: dict) -> None:
+        """A few epochs of the kept sub-network through the trainer's own loop (pruned units dead,
+        old units frozen/projected as in training); reverted if the val drop then exceeds the margin."""
+        snapshot = copy.deepcopy(self.model.state_dict())
+        epochs = self.cfg["epochs"]
+        self.finetuning = True
+        try:
+            self.cfg["epochs"] = self.cfg["prune_finetune_epochs"]
+            self.trainer._train_task(t, None)
+        finally:
+            self.cfg["epochs"] = epochs
+            self.finetuning = False
+        acc = self.trainer.accuracy(t, "val")
+        reverted = rec["val_acc"] - acc > self.cfg["prune_margin"] + 1e-9
+        if reverted:
+            self.model.load_state_dict(snapshot)
+            acc = self.trainer.accuracy(t, "val")
+        rec.update(val_acc_finetuned=acc, finetune_reverted=reverted, val_drop=rec["val_acc"] - acc)
+
+    # ---- records ------------------------------------------------------------------------------
+    def diagnostics(self):
+        out = {
+            "threshold": [r["threshold"] for r in self.records],
+            "val_drop": [r["val_drop"] for r in self.records],
+            "units": self.units,
+            "free_fraction": {n: (u["free"][-1] / u["size"] if u["free"] else 1.0) for n, u in self.units.items()},
+            "prune": self.records,
+            "activity": self.activity_log,
+        }
+        if self.projection_log:
+            out["projection"] = self.projection_log
+        if self.optimizer is not None:
+            out["optimizer_stats"] = dict(self.optimizer.stats)
+        return out
+
+    def state_dict(self):
+        return {**super().state_dict(), "masks": self.masks.state_dict(), "records": self.records,
+                "units": self.units, "activity": self.activity_log, "projection": self.projection_log}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.masks.load_state_dict(state["masks"])
+        self.records, self.units = state["records"], state["units"]
+        self.activity_log, self.projection_log = state["activity"], state["projection"]
+
+
+@register("clnp")
+class CLNP(_UnitPruning):
+    """CLNP: L1-sparsified training, graceful-forgetting pruning, kept units frozen, pruned re-initialised."""
+
+    project_old = False
+
+
+@register("nscl_prune")
+class NSCLPrune(_UnitPruning):
+    """CLNP pruning whose kept units keep learning inside the old tasks' null space (see module doc)."""
+
+    project_old = True

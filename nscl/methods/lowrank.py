@@ -1,0 +1,150 @@
+"""Rank limitation as a continual learner: ``lowrank`` (regulariser alone) and ``nscl_lowrank``.
+
+Both factorise the backbone (:func:`nscl.lowrank.factorize`, ``W = A B^T`` per layer, dense layers
+with ``d < lowrank_min_d`` kept), add the nuclear-norm surrogate ``nuclear_lambda/2 (||A||^2 +
+||B||^2)`` on the active components, and grow the active rank per task by ``rank_schedule``
+(new components start with ``A`` columns at zero, so switching them on changes no output).
+With ``truncate_tol > 0`` the singular values of ``W`` below ``truncate_tol * sigma_max`` are
+dropped after every task and the factors re-balanced (the budget is then an upper bound).
+
+``lowrank`` trains everything with plain Adam (no projection; BatchNorm not protected, old heads
+frozen): it shows what the regulariser and the budget alone do.
+
+``nscl_lowrank`` treats each factorised layer as two linear maps with no non-linearity between
+them and projects each factor's Adam step as Adam-NSCL does (:class:`nscl.optim.NullSpaceAdam`):
+
+* ``B`` (input ``x``): into the null space of the old inputs' covariance ``C_x`` (d x d);
+* ``A`` (input ``z = mask * B^T x``): into the null space of the old bottleneck features'
+  covariance ``C_z`` (K x K, rank <= components used so far);
+
+both covariances are the trainer tracker's ordinary input covariances of the ``B`` and ``A``
+sub-modules. Why this protects old tasks to all orders: with exact null spaces ``dB^T x_old = 0``
+and ``dA z_old = 0`` for every old input, and::
+
+    (A + dA)(B + dB)^T x_old = A B^T x_old + dA B^T x_old + A dB^T x_old + dA dB^T x_old
+                             = A B^T x_old + dA z_old    + 0             + 0
+                             = A B^T x_old.
+
+The second step uses ``dB^T x_old = 0`` (kills two terms); the third ``dA z_old = 0``, which holds
+after any number of steps because ``z_old = B^T x_old`` never changes (every B step is in the null
+space), so ``C_z`` computed on old tasks stays valid. New components' ``B`` columns are projected
+into ``null(C_x)`` when switched on, so their bottleneck features are exactly zero on old data:
+``e_k`` is then in ``null(C_z)`` and ``A``'s column ``k`` is fresh capacity (like a pruned unit, but
+with no non-linearity in between). ``tests/test_lowrank.py`` checks all of it numerically.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import lowrank as lr
+from .. import metrics as metrics_mod
+from ..nullspace import null_dim
+from .adam_nscl import AdamNSCL
+from .base import Method, register
+
+ENERGIES = (0.9, 0.95, 0.99)
+
+
+@register("lowrank")
+class LowRank(Method):
+    """Factorised backbone + nuclear-norm surrogate + rank budget; no projection."""
+
+    def __init__(self, cfg, model, stream, device):
+        super().__init__(cfg, model, stream, device)
+        self.layers = lr.factorize(model, cfg["rank_max"], cfg["lowrank_min_d"])
+        with torch.no_grad():
+            for f in self.layers.values():
+                r0 = lr.budget(cfg["rank_schedule"], 0, f.K)
+                f.A.weight.view(-1, f.K)[:, r0:] = 0  # switched on later, starting from zero
+                f.mask[r0:] = 0
+        self.records = {n: {"K": f.K, "out": f.A.weight.shape[0], "d": f.B.weight[0].numel(),
+                            "active_rank": [], "effective_rank": [], "nuclear_norm": [],
+                            "surrogate": [], "singular_values": []}
+                        for n, f in self.layers.items()}
+        self.val_acc: list = []
+
+    def new_component_projector(self, name: str, t: int):
+        """Projector applied to the ``B`` columns of components switched on at task ``t`` (none here)."""
+        return None
+
+    def before_task(self, t):
+        super().before_task(t)
+        for name, f in self.layers.items():
+            f.activate(lr.budget(self.cfg["rank_schedule"], t, f.K), self.new_component_projector(name, t))
+
+    def penalty(self, t):
+        pen = super().penalty(t)
+        lam = self.cfg["nuclear_lambda"]
+        if lam > 0 and self.layers:
+            s = lr.surrogate(self.layers, lam)
+            pen = s if pen is None else pen + s
+        return pen
+
+    def after_task(self, t):
+        super().after_task(t)
+        tol = self.cfg["truncate_tol"]
+        if tol > 0:
+            cov = self.trainer.tracker.cov if self.trainer is not None else None
+            for name, f in self.layers.items():
+                r, M = f.truncate(tol)
+                if cov is not None and f"{name}.A" in cov.sums:  # old bottleneck covariance follows z -> M z
+                    S = cov.sums[f"{name}.A"]
+                    full = torch.zeros(S.shape, dtype=S.dtype, device=S.device)
+                    full[:r, :f.K] = M.to(S)
+                    if S.shape[0] > f.K:  # bias column of A
+                        full[f.K:, f.K:] = torch.eye(S.shape[0] - f.K, dtype=S.dtype, device=S.device)
+                    cov.sums[f"{name}.A"] = full @ S @ full.T
+        for name, f in self.layers.items():
+            for k, v in lr.layer_stats(f, self.cfg["rank_tol"]).items():
+                self.records[name][k].append(v)
+        if self.trainer is not None:  # validation accuracies: what the rank schedule is tuned on
+            T = len(self.stream)
+            if not self.val_acc:
+                self.val_acc = [[None] * T for _ in range(T)]
+            for j in range(t + 1):
+                self.val_acc[t][j] = self.trainer.accuracy(j, "val") if len(self.stream[j].val) else None
+
+    def diagnostics(self):
+        out = {"lowrank": {n: dict(r) for n, r in self.records.items()}, "rank_tol": self.cfg["rank_tol"],
+               "rank_schedule": self.cfg["rank_schedule"], "nuclear_lambda": self.cfg["nuclear_lambda"],
+               "val_acc": self.val_acc}
+        if self.val_acc:
+            out["val_metrics"] = metrics_mod.summary(self.val_acc)
+        tracker = self.trainer.tracker if self.trainer is not None else None
+        if tracker is not None:
+            for n, rec in out["lowrank"].items():
+                h = tracker.history.get(f"{n}.A")
+                rec["bottleneck_null_dim"] = list(h["dims"]) if h else []
+            energy = {}
+            for layer in tracker.layers:
+                dims = {str(e): [] for e in ENERGIES}
+                for t in range(len(self.stream)):
+                    ev = tracker.spectra.get(f"{layer}/task{t}")
+                    if ev is None:
+                        break
+                    ev = torch.as_tensor(ev)
+                    for e in ENERGIES:
+                        dims[str(e)].append(null_dim(ev, rule="energy", energy=e))
+                energy[layer] = dims
+            out["null_space_energy"] = energy
+        return out
+
+    def state_dict(self):
+        return {**super().state_dict(), "records": self.records, "val_acc": self.val_acc}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.records, self.val_acc = state["records"], state["val_acc"]
+
+
+@register("nscl_lowrank")
+class NSCLLowRank(LowRank, AdamNSCL):
+    """``lowrank`` + Adam-NSCL projection of both factors (B: input null space, A: bottleneck null space)."""
+
+    protects_bn = True
+
+    def new_component_projector(self, name, t):
+        return self.trainer.tracker.projector(f"{name}.B") if t > 0 else None
+
+    def diagnostics(self):
+        return {**LowRank.diagnostics(self), **AdamNSCL.diagnostics(self)}

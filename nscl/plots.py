@@ -1,0 +1,266 @@
+"""Seaborn figures shared by the notebooks; each function returns a matplotlib ``Figure``.
+
+Inputs are what :mod:`nscl.runs` and :mod:`nscl.notebook` give back: results dicts (``acc``,
+``metrics``, ``null_space``), :func:`nscl.runs.frame` / :func:`nscl.runs.null_space_frame` tables and
+:func:`nscl.runs.load_spectra` dicts (``"<layer>/task<t>"`` -> ascending eigenvalues).
+
+* :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i).
+* :func:`metrics_bars` — ACC / BWT / plasticity / forgetting per method.
+* :func:`null_space_dims` — null-space dimension per layer vs task, absolute and as a fraction of d.
+* :func:`spectra` — covariance eigenvalues per layer (log scale), one line per task.
+* :func:`spectrum_cut` — one layer's spectrum with the ``a * lambda_min`` cut (Adam-NSCL Alg. 2).
+* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task.
+* :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
+* :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+STYLE = "whitegrid"
+
+
+def short(layer: str) -> str:
+    """``backbone.layers.0`` -> ``layers.0`` (axis labels)."""
+    return layer[len("backbone."):] if layer.startswith("backbone.") else layer
+
+
+def _acc_array(acc) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in acc], dtype=float)
+
+
+def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str = "viridis"):
+    """One annotated heatmap per entry of ``{label: results}`` (test accuracy in %, task-aware)."""
+    n = len(results)
+    with sns.axes_style("white"):
+        fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.6, 3.4), squeeze=False)
+    for ax, (label, res) in zip(axes[0], results.items()):
+        a = _acc_array(res["acc"])
+        T = a.shape[0]
+        ticks = list(range(1, T + 1))
+        sns.heatmap(a, annot=True, fmt=fmt, vmin=0, vmax=100, cmap=cmap, cbar=False, square=True,
+                    xticklabels=ticks, yticklabels=ticks, annot_kws={"fontsize": 8}, ax=ax)
+        m = res.get("metrics") or {}
+        sub = f"ACC {m['acc']:.1f}  BWT {m['bwt']:+.1f}" if m.get("bwt") is not None else ""
+        ax.set_title(f"{label}\n{sub}", fontsize=10)
+        ax.set_xlabel("evaluated on task j")
+        ax.set_ylabel("after training task i")
+    fig.tight_layout()
+    return fig
+
+
+def _metrics_long(data) -> pd.DataFrame:
+    """Long table (label, metric, value) from ``{label: results}`` or a :func:`nscl.runs.frame`."""
+    cols = {"acc": "ACC", "bwt": "BWT", "plasticity": "plasticity", "forgetting": "forgetting"}
+    if isinstance(data, pd.DataFrame):
+        df = data.copy()
+        if "label" not in df:
+            df["label"] = df["method"] if "method" in df else df.index.astype(str)
+    else:
+        df = pd.DataFrame([{"label": k, **(v.get("metrics") or {})} for k, v in data.items()])
+    df = df[["label", *[c for c in cols if c in df]]].rename(columns=cols)
+    return df.melt(id_vars="label", var_name="metric", value_name="value").dropna()
+
+
+def metrics_bars(data, title: str | None = None):
+    """Bars per method: ACC and plasticity (left, %), BWT and forgetting (right, points, own scale).
+
+    ``data``: ``{label: results}`` or a :func:`nscl.runs.frame` table (several seeds give error bars).
+    """
+    long = _metrics_long(data)
+    hue_order = list(dict.fromkeys(long["label"]))
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), gridspec_kw={"width_ratios": [1, 1]})
+    for ax, names, ylab in zip(axes, (["ACC", "plasticity"], ["BWT", "forgetting"]),
+                               ("accuracy (%)", "points")):
+        sub = long[long["metric"].isin(names)]
+        sns.barplot(data=sub, x="metric", y="value", hue="label", hue_order=hue_order, order=names,
+                    errorbar="sd", ax=ax, legend=(ylab == "points"))
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("")
+        ax.set_ylabel(ylab)
+    axes[0].set_ylim(0, 100)
+    leg = axes[1].get_legend()
+    if leg is not None:
+        leg.set_bbox_to_anchor((1.02, 1))
+        leg.set_loc("upper left")
+        leg.set_title("")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _run_label(df: pd.DataFrame) -> pd.Series:
+    """Label a run by its method, adding the run folder when one method appears in several runs."""
+    per = df.groupby("method")["run"].nunique()
+    return df.apply(lambda r: r["method"] if per[r["method"]] == 1 else
+                    f"{r['method']} ({Path(r['run']).parent.name}/{Path(r['run']).name})", axis=1)
+
+
+def null_space_dims(ns: pd.DataFrame, label: str = "label"):
+    """Null-space dim per layer vs task: top row absolute, bottom row fraction of d; a column per run."""
+    ns = ns.copy()
+    ns[label] = ns[label] if label in ns else _run_label(ns)
+    ns["layer"] = ns["layer"].map(short)
+    labels = list(dict.fromkeys(ns[label]))
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(2, len(labels), figsize=(3.6 * len(labels) + 1.2, 5.4), squeeze=False,
+                                 sharex=True)
+    for k, lab in enumerate(labels):
+        sub = ns[ns[label] == lab]
+        for row, (col, ylab) in enumerate((("null_dim", "null-space dim r"), ("null_frac", "r / d"))):
+            ax = axes[row, k]
+            sns.lineplot(data=sub, x="task", y=col, hue="layer", marker="o", ax=ax, errorbar=None,
+                         legend=(row == 0 and k == len(labels) - 1))
+            if col == "null_frac":
+                ax.set_ylim(-0.03, 1.03)
+            else:
+                ax.set_yscale("symlog", linthresh=10)
+                ax.set_ylim(bottom=0)
+            ax.set_ylabel(ylab if k == 0 else "")
+            ax.set_xticks(sorted(sub["task"].unique()))
+            if row == 0:
+                ax.set_title(lab, fontsize=10)
+    leg = axes[0, -1].get_legend()
+    if leg is not None:
+        leg.set_bbox_to_anchor((1.02, 1))
+        leg.set_loc("upper left")
+        leg.set_title("layer")
+    fig.tight_layout()
+    return fig
+
+
+def _spectra_frame(spec: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    rows = []
+    for key, ev in spec.items():
+        m = re.fullmatch(r"(.*)/task(\d+)", key)
+        if not m:
+            continue
+        ev = np.sort(np.asarray(ev, dtype=float))[::-1]
+        lam = np.clip(ev / ev[0], 1e-18, None) if ev.size and ev[0] > 0 else np.full(ev.size, 1e-18)
+        rows.append(pd.DataFrame({"layer": short(m.group(1)), "task": int(m.group(2)) + 1,
+                                  "index": np.arange(1, ev.size + 1), "eigenvalue": lam}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
+        columns=["layer", "task", "index", "eigenvalue"])
+
+
+def spectra(spec: Mapping[str, np.ndarray], title: str | None = None):
+    """Eigenvalues of each layer's accumulated covariance (descending, / lambda_max, log y), per task."""
+    df = _spectra_frame(spec)
+    layers = list(dict.fromkeys(df["layer"]))
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(3.6 * max(len(layers), 1) + 1.0, 3.2),
+                                 squeeze=False)
+    for k, layer in enumerate(layers):
+        ax = axes[0, k]
+        sub = df[df["layer"] == layer]
+        sns.lineplot(data=sub, x="index", y="eigenvalue", hue="task", palette="crest", ax=ax,
+                     legend=(k == len(layers) - 1), errorbar=None)
+        ax.set_yscale("log")
+        ax.set_ylim(1e-18, 2)
+        ax.set_title(layer, fontsize=10)
+        ax.set_xlabel("eigenvalue index (descending)")
+        ax.set_ylabel("lambda / lambda_max" if k == 0 else "")
+    if layers and axes[0, -1].get_legend() is not None:
+        axes[0, -1].get_legend().set_title("after task")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
+    """One spectrum (descending, log y) with horizontal lines at the given thresholds.
+
+    ``cuts`` maps a label (``"a=10"``) to an eigenvalue threshold; eigenvalues at or below a line are
+    in that rule's null space. The numerical-rank tolerance ``d * eps * lambda_max`` is drawn dotted.
+    """
+    ev = np.sort(np.asarray(eigvals, dtype=float))[::-1]
+    d = ev.size
+    floor = d * np.finfo(np.float64).eps * ev[0]
+    with sns.axes_style(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    pos = ev[ev > 0]
+    low = min([*cuts.values(), *(pos[-1:] if pos.size else [floor])], key=lambda v: v if v > 0 else np.inf)
+    ax.plot(np.arange(1, d + 1), np.clip(ev, low / 10, None), color="k", lw=1.4, label="eigenvalues")
+    colors = sns.color_palette("flare", len(cuts))
+    for (lab, thr), c in zip(cuts.items(), colors):
+        r = int((ev <= thr).sum())
+        if thr <= 0:  # lambda_min <= 0: no line on a log axis
+            continue
+        ax.axhline(thr, color=c, lw=1.2, ls="--", label=f"{lab}: r = {r}")
+    ax.axhline(floor, color="grey", lw=1, ls=":", label="rank tolerance")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue index (descending)")
+    ax.set_ylabel("eigenvalue")
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def kept_energy(ns: pd.DataFrame, label: str = "label"):
+    """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task."""
+    ns = ns.copy()
+    ns[label] = ns[label] if label in ns else _run_label(ns)
+    ns["layer"] = ns["layer"].map(short)
+    labels = list(dict.fromkeys(ns[label]))
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels) + 1.2, 3.0), squeeze=False,
+                                 sharey=True)
+    for k, lab in enumerate(labels):
+        ax = axes[0, k]
+        sub = ns[ns[label] == lab]
+        sns.lineplot(data=sub, x="task", y="kept_energy", hue="layer", marker="o", ax=ax, errorbar=None,
+                     legend=(k == len(labels) - 1))
+        ax.set_yscale("log")
+        ax.set_title(lab, fontsize=10)
+        ax.set_xticks(sorted(sub["task"].unique()))
+        ax.set_ylabel("kept energy R" if k == 0 else "")
+    leg = axes[0, -1].get_legend()
+    if leg is not None:
+        leg.set_bbox_to_anchor((1.02, 1))
+        leg.set_loc("upper left")
+        leg.set_title("layer")
+    fig.tight_layout()
+    return fig
+
+
+def null_space_vs_metrics(summary: pd.DataFrame):
+    """Scatter of each run's mean null-space fraction against its plasticity and its BWT.
+
+    ``summary``: :func:`nscl.notebook.null_space_summary` (index: run label; columns
+    ``mean null fraction``, ``plasticity``, ``BWT``, ``method``).
+    """
+    df = summary.reset_index().rename(columns={"run": "label"})
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharex=True)
+    for ax, col, ylab in zip(axes, ("plasticity", "BWT"), ("plasticity (mean diagonal, %)", "BWT (points)")):
+        sns.scatterplot(data=df, x="mean null fraction", y=col, hue="label", style="method", s=70, ax=ax,
+                        legend=(col == "BWT"))
+        ax.set_ylabel(ylab)
+        ax.set_xlim(-0.03, 1.03)
+    leg = axes[1].get_legend()
+    if leg is not None:
+        leg.set_bbox_to_anchor((1.02, 1))
+        leg.set_loc("upper left")
+    fig.tight_layout()
+    return fig
+
+
+def savefig(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG (folder created); returns the path. Does not close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path

@@ -1,0 +1,247 @@
+"""The notebook suite runner behind ``make run``: every ``notebooks/NN_*.ipynb`` through papermill.
+
+    python -m nscl suite -f params/base.yaml -f params/suite.yaml -o results/default [-p device=cpu]
+                         [--only 00 01] [--no-progress]
+
+For each notebook (sorted by name) the parameters are, later winning: the ``-f`` files, then
+``params/suite_<stem>.yaml`` if it exists (per-notebook hook, may hold that notebook's extras; the
+tests use ``ci_<stem>.yaml``), then
+the ``-p`` overrides, then ``output_dir=<out>/<stem>``. A notebook that declares a ``runs`` parameter
+(the analysis notebook) and gets none is pointed at ``<out>``, i.e. at every run the notebooks before
+it wrote. The output is::
+
+    <out>/<stem>/<stem>.ipynb     executed notebook (papermill's cell states and timings in metadata)
+    <out>/<stem>/results.json     the notebook's record (nscl.notebook.save_results), beside it
+    <out>/<stem>/runs/<method>/   run directories (results.json, spectra.npz, params.yaml)
+    <out>/<stem>/figures/*.png    figures
+    <out>/summary.md              one table: notebook, status, minutes, and each method's ACC/BWT
+
+Unknown keys fail inside the notebook (``nscl.notebook.parameters``), naming the key; a failed
+notebook is recorded in the summary, the others still run, and the exit status is 1.
+
+``python -m nscl suite --regenerate`` (``make notebooks``) instead executes the committed notebooks in
+place with their own tiny defaults: the stored outputs that ``pytest --nbval`` checks.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import yaml
+
+from . import config as config_mod
+from . import runs
+from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
+
+NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
+
+
+def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = None) -> list[Path]:
+    """``NN_*.ipynb`` in ``folder`` (default ``<root>/notebooks``), sorted; ``only`` filters by prefix."""
+    folder = Path(folder) if folder else project_root() / "notebooks"
+    found = sorted(p for p in folder.glob("*.ipynb") if NOTEBOOK_RE.match(p.name))
+    if only:
+        only = list(only)
+        found = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
+    return found
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A parameter file as a plain mapping (validation happens inside the notebook)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise config_mod.ConfigError(f"parameter file {str(path)!r} not found") from None
+    if not isinstance(data, dict):
+        raise config_mod.ConfigError(f"parameter file {str(path)!r} must hold a mapping of key: value")
+    return data
+
+
+def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: Mapping | None = None,
+                        output_dir: str | Path | None = None, suite_dir: str | Path | None = None,
+                        params_dir: str | Path | None = None, hook: str | None = "suite_{stem}.yaml") -> dict:
+    """The papermill parameters of one notebook in the suite (see the module docstring)."""
+    import papermill as pm
+
+    params: dict = {}
+    for f in files:
+        params.update(load_yaml(f))
+    if hook:
+        hook_file = Path(params_dir or project_root() / "params") / hook.format(stem=nb.stem)
+        if hook_file.exists():
+            params.update(load_yaml(hook_file))
+    params.update(overrides or {})
+    if output_dir is not None:
+        params["output_dir"] = str(output_dir)
+    declared = pm.inspect_notebook(str(nb))
+    if "runs" in declared and "runs" not in params and suite_dir is not None:
+        params["runs"] = [str(suite_dir)]
+    return params
+
+
+def execute(nb: Path, out_nb: Path, parameters: Mapping, progress: bool = True, log_output: bool = False,
+            kernel: str = "python3", timeout: int | None = None):
+    """Run one notebook with papermill (working directory: the notebook's folder, as in JupyterLab)."""
+    import papermill as pm
+
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    return pm.execute_notebook(str(nb), str(out_nb), parameters=dict(parameters), kernel_name=kernel,
+                               progress_bar=progress, log_output=log_output, cwd=str(nb.parent),
+                               execution_timeout=timeout)
+
+
+def run_suite(out: str | Path, files: Iterable[str | Path] = (), overrides: Mapping | None = None,
+              only: Iterable[str] | None = None, progress: bool = True, log_output: bool = False,
+              folder: str | Path | None = None, hook: str | None = "suite_{stem}.yaml") -> list[dict]:
+    """Execute every suite notebook into ``out``; write ``out/summary.md``; return one entry per notebook."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    files = [Path(f) for f in files]
+    nbs = notebooks(folder, only)
+    if not nbs:
+        raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder or project_root() / 'notebooks'}")
+    entries = []
+    t_suite = time.perf_counter()
+    for k, nb in enumerate(nbs, 1):
+        nb_dir = out / nb.stem
+        params = notebook_parameters(nb, files, overrides, nb_dir, out, hook=hook)
+        print(f"[{k}/{len(nbs)}] {nb.name} -> {nb_dir / nb.name}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        entry = {"notebook": nb.stem, "status": "complete", "error": None}
+        try:
+            execute(nb, nb_dir / nb.name, params, progress=progress, log_output=log_output)
+        except Exception as e:  # PapermillExecutionError, ConfigError in the kernel, dead kernel, ...
+            entry["status"] = "failed"
+            entry["error"] = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+            print(f"      FAILED: {entry['error']}", file=sys.stderr, flush=True)
+        entry["seconds"] = time.perf_counter() - t0
+        print(f"      {entry['status']} in {entry['seconds']:.0f} s", file=sys.stderr, flush=True)
+        entries.append(entry)
+        write_summary(out, entries, time.perf_counter() - t_suite)
+    return entries
+
+
+def _fmt(v, spec=".2f") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def summary_markdown(out: Path, entries: list[dict], total_s: float | None = None) -> str:
+    """The suite's ``summary.md``: notebooks with status and time, then each notebook's methods."""
+    lines = ["# nscl suite summary", ""]
+    if total_s is not None:
+        lines += [f"Total time: {total_s / 60:.1f} min.", ""]
+    lines += ["| notebook | status | minutes | figures |", "|---|---|---:|---|"]
+    records = {}
+    for e in entries:
+        rec_path = out / e["notebook"] / runs.RESULTS
+        rec = None
+        if rec_path.exists():
+            try:
+                rec = json.loads(rec_path.read_text())
+            except ValueError:
+                rec = None
+        if rec is not None and rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
+            records[e["notebook"]] = rec
+        figs = ", ".join(f"[{Path(f).stem}]({e['notebook']}/{f})" for f in (rec or {}).get("figures", []))
+        status = e["status"] if not e.get("error") else f"{e['status']}: {e['error'][:120]}"
+        lines.append(f"| [{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | {status} | "
+                     f"{e['seconds'] / 60:.1f} | {figs or '-'} |")
+    # runs a notebook only read (run_dir outside its folder, e.g. the analysis notebook) are listed once,
+    # under the notebook that trained them
+    rows = [(nb, label, m) for nb, rec in records.items() for label, m in rec.get("methods", {}).items()
+            if not str(m.get("run_dir") or "").startswith("..")]
+    if rows:
+        lines += ["", "Task-aware test accuracy in percent; BWT and forgetting in points "
+                  "(see nscl.metrics).", "",
+                  "| notebook | run | ACC | BWT | plasticity | forgetting | tasks |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for nb, label, m in rows:
+            mm = m.get("metrics") or {}
+            lines.append(f"| {nb} | {label} | {_fmt(mm.get('acc'))} | {_fmt(mm.get('bwt'), '+.2f')} | "
+                         f"{_fmt(mm.get('plasticity'))} | {_fmt(mm.get('forgetting'))} | "
+                         f"{mm.get('tasks_done', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out: Path, entries: list[dict], total_s: float | None = None) -> Path:
+    path = Path(out) / "summary.md"
+    runs.atomic_write(path, summary_markdown(Path(out), entries, total_s))
+    return path
+
+
+def regenerate(nb: Path, timeout: int = 1200) -> float:
+    """Execute a notebook in place with its own defaults (the stored outputs nbval checks); seconds taken.
+
+    Runs with ``NSCL_OUTPUT_ROOT`` set to a fresh temporary folder (no cached runs are reused) and the
+    notebook's folder as working directory, like nbval; no timing metadata is recorded.
+    """
+    import os
+    import tempfile
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb_obj = nbformat.read(str(nb), as_version=4)
+    old = os.environ.get("NSCL_OUTPUT_ROOT")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["NSCL_OUTPUT_ROOT"] = tmp
+        try:
+            NotebookClient(nb_obj, timeout=timeout, kernel_name="python3", record_timing=False,
+                           resources={"metadata": {"path": str(nb.parent)}}).execute()
+        finally:
+            if old is None:
+                os.environ.pop("NSCL_OUTPUT_ROOT", None)
+            else:
+                os.environ["NSCL_OUTPUT_ROOT"] = old
+    nb_obj.metadata.pop("papermill", None)
+    for cell in nb_obj.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb_obj, str(nb))
+    return time.perf_counter() - t0
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def add_cli(sub) -> None:
+    p = sub.add_parser("suite", help="run every notebooks/NN_*.ipynb headless (papermill) into one folder")
+    p.add_argument("-f", "--file", action="append", default=[], metavar="YAML",
+                   help="parameter file, layered left to right (then params/suite_<notebook>.yaml)")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter of every notebook (YAML value)")
+    p.add_argument("-o", "--out", default="results/default", help="output folder (default results/default)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (prefix or stem)")
+    p.add_argument("--notebooks", default=None, help="notebook folder (default <project>/notebooks)")
+    p.add_argument("--no-progress", action="store_true", help="no papermill progress bars")
+    p.add_argument("--log-output", action="store_true", help="stream cell output to the log")
+    p.add_argument("--hook", default="suite_{stem}.yaml",
+                   help="per-notebook parameter file in params/ (default suite_{stem}.yaml; '' for none)")
+    p.add_argument("--regenerate", action="store_true",
+                   help="instead: execute the committed notebooks in place with their defaults (make notebooks)")
+    p.set_defaults(func=cmd_suite)
+
+
+def cmd_suite(args) -> int:
+    overrides = {}
+    for item in args.param:
+        if "=" not in item:
+            raise config_mod.ConfigError(f"override {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = config_mod.parse_value(value)
+    t0 = time.perf_counter()
+    if args.regenerate:
+        for nb in notebooks(args.notebooks, args.only):
+            print(f"{nb.name}: executing in place ...", file=sys.stderr, flush=True)
+            print(f"{nb.name}: {regenerate(nb):.0f} s", file=sys.stderr, flush=True)
+        return 0
+    entries = run_suite(args.out, args.file, overrides, only=args.only, progress=not args.no_progress,
+                        log_output=args.log_output, folder=args.notebooks, hook=args.hook or None)
+    summary = Path(args.out) / "summary.md"
+    print(summary.read_text())
+    print(f"suite: {sum(e['status'] == 'complete' for e in entries)}/{len(entries)} notebooks complete in "
+          f"{(time.perf_counter() - t0) / 60:.1f} min; written: {summary}")
+    return 0 if all(e["status"] == "complete" for e in entries) else 1

@@ -1,0 +1,124 @@
+"""``python -m nscl run`` end to end on split_digits: the run directory is complete and self-consistent."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nscl import cli, config, runs
+from nscl.nullspace import null_dim
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"schema", "status", "error", "name", "params", "stream", "tasks", "acc", "metrics", "null_space",
+        "method_diagnostics", "timing", "env"}
+
+
+def nscl(*args, cwd=ROOT):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "nscl", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    proc = nscl("run", "-f", "params/base.yaml", "-f", "params/ci.yaml", "-p", "benchmark=split_digits",
+                "-p", "threads=1", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"written: {out}/results.json" in proc.stdout
+    return out
+
+
+def test_results_schema_and_matrix(run_dir):
+    res = runs.load(run_dir)
+    assert KEYS <= set(res)
+    assert res["schema"] == runs.SCHEMA and res["status"] == "complete" and res["error"] is None
+    acc = res["acc"]
+    T = len(res["tasks"])
+    assert T >= 3 and T == res["stream"]["n_tasks"] == len(acc)
+    for i, row in enumerate(acc):
+        assert len(row) == T
+        assert all(v is None for v in row[i + 1:])
+        assert all(isinstance(v, float) and 0 <= v <= 100 for v in row[:i + 1])
+    # metrics recomputed by hand from the matrix
+    last = acc[-1]
+    m = res["metrics"]
+    assert m["tasks_done"] == T
+    assert m["acc"] == pytest.approx(sum(last) / T)
+    assert m["plasticity"] == pytest.approx(sum(acc[j][j] for j in range(T)) / T)
+    assert m["bwt"] == pytest.approx(sum(last[j] - acc[j][j] for j in range(T - 1)) / (T - 1))
+    assert m["forgetting"] == pytest.approx(
+        sum(max(acc[i][j] for i in range(j, T - 1)) - last[j] for j in range(T - 1)) / (T - 1))
+    per_task = res["timing"]["per_task"]
+    assert len(per_task) == T and res["timing"]["total_s"] > 0
+    assert {"train_s", "covariance_s", "eigen_s", "eval_s"} <= set(per_task[0])
+    # adam_nscl (base.yaml) recorded that it projected
+    assert res["method_diagnostics"]["optimizer_stats"]["projected_steps"] > 0
+
+
+def test_spectra_match_null_space_records(run_dir):
+    res = runs.load(run_dir)
+    p = res["params"]
+    spectra = runs.load_spectra(run_dir)
+    T = len(res["acc"])
+    layers = res["null_space"]
+    assert set(layers) == {"backbone.layers.0", "backbone.layers.1"}
+    assert set(spectra) == {f"{layer}/task{t}" for layer in layers for t in range(T)}
+    for layer, rec in layers.items():
+        assert len(rec["dims"]) == len(rec["kept_energy"]) == T
+        for t in range(T):
+            ev = torch.from_numpy(spectra[f"{layer}/task{t}"])
+            assert ev.shape == (rec["d"],) and bool((ev[1:] >= ev[:-1]).all())  # ascending
+            r = null_dim(ev, p["nullspace_rule"], a=p["a"], floor=p["a_min_floor"], energy=p["energy"],
+                         rel_tol=p["rel_tol"])
+            assert r == rec["dims"][t]
+            kept = ev[:r].clamp_min(0).sum() / ev.clamp_min(0).sum()
+            assert rec["kept_energy"][t] == pytest.approx(kept.item(), rel=1e-9, abs=1e-15)
+            assert rec["lambda_max"][t] == pytest.approx(ev[-1].item())
+    assert layers["backbone.layers.0"]["d"] == 64 and layers["backbone.layers.1"]["d"] == 64
+
+
+def test_params_yaml_fully_resolved(run_dir):
+    res = runs.load(run_dir)
+    with open(run_dir / runs.PARAMS) as f:
+        saved = yaml.safe_load(f)
+    assert saved == res["params"]
+    assert set(config.defaults()) <= set(saved)  # every key, not only the ones given
+    assert config.validate(saved) == saved
+    # layering: base.yaml, then ci.yaml, then -p
+    assert saved["benchmark"] == "split_digits" and saved["method"] == "adam_nscl"
+    assert saved["epochs"] == 1 and saved["hidden"] == [64, 64] and saved["threads"] == 1
+    assert json.loads(json.dumps(saved)) == saved
+
+
+def test_env_records_provenance(run_dir):
+    env = runs.load(run_dir)["env"]
+    assert env["device"] == "cpu" and env["seed"] == 0 and env["threads"] == 1
+    assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    if (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}", env["git"]["commit"]) and isinstance(env["git"]["dirty"], bool)
+
+
+def test_show_prints_the_metrics(run_dir, capsys):
+    assert cli.main(["show", str(run_dir), "--matrix"]) == 0
+    out = capsys.readouterr().out
+    m = runs.load(run_dir)["metrics"]
+    assert f"{m['acc']:7.2f}" in out and f"{m['bwt']:7.2f}" in out and "accuracy matrix" in out
+
+
+def test_cli_bad_param_exits_2_before_training(tmp_path):
+    out = tmp_path / "never"
+    proc = nscl("run", "-f", "params/base.yaml", "-p", "epohcs=2", "-o", str(out))
+    assert proc.returncode == 2
+    assert "unknown parameter 'epohcs'" in proc.stderr and "Did you mean epochs" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,107 @@
+"""Parameters (nscl.config): bad ones are rejected before any training, naming the key; layering."""
+from __future__ import annotations
+
+import pytest
+
+from nscl import cli, config
+
+
+def error_of(**overrides) -> str:
+    with pytest.raises(config.ConfigError) as e:
+        config.resolve(overrides=overrides)
+    return str(e.value)
+
+
+def test_unknown_key_names_it_suggests_and_lists_valid_keys():
+    msg = error_of(lrr=0.1)
+    assert "'lrr'" in msg and "Did you mean lr" in msg
+    assert "Valid keys:" in msg and all(k in msg for k in ("epochs", "nullspace_rule", "seed", "benchmark"))
+    msg = error_of(nulspace_rule="a_min")
+    assert "Did you mean nullspace_rule" in msg
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("epochs", "three", "'epochs' must be int"),
+    ("epochs", 2.5, "'epochs' must be int"),
+    ("epochs", True, "'epochs' must be int"),
+    ("lr", "fast", "'lr' must be float"),
+    ("hidden", [64, "wide"], "'hidden' must be list[int]"),
+    ("hidden", 64, "'hidden' must be list[int]"),
+    ("bias", "yes", "'bias' must be bool"),
+    ("method", None, "'method' may not be null"),
+    ("covariance", "per_batch", "'covariance' must be one of per_sample, batch_mean"),
+    ("nullspace_rule", "svd", "'nullspace_rule' must be one of"),
+    ("bn", "keep", "'bn' must be one of ewc, freeze, none"),
+    ("benchmark", "split_mnist", "parameter 'benchmark': unknown 'split_mnist'; valid:"),
+    ("method", "sgd", "parameter 'method': unknown 'sgd'; valid:"),
+    ("epochs", 0, "'epochs' must be >= 1"),
+    ("energy", 1.5, "'energy' must be in (0, 1]"),
+    ("lr", -1.0, "'lr' must be > 0"),
+    ("preset", "cifar_paper", "parameter 'preset': unknown"),
+])
+def test_wrong_types_and_values_rejected(key, value, needle):
+    assert needle in error_of(**{key: value})
+
+
+def test_types_are_normalised():
+    cfg = config.resolve(overrides=dict(lr=1, betas=(0.9, 1), hidden=(8, 4), lr_projected=None))
+    assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
+    assert cfg["betas"] == [0.9, 1.0] and cfg["hidden"] == [8, 4]
+    assert set(cfg) == set(config.defaults())  # fully resolved: every key present
+
+
+def test_overrides_parse_yaml_values_including_exponent_floats():
+    over = config.parse_overrides(["method=ewc", "seed=3", "hidden=[8, 8]", "lr=1e-3", "lr_projected=null",
+                                   "quiet=true", "betas=[0.9, 5e-1]"])
+    cfg = config.resolve(overrides=over)
+    assert cfg["method"] == "ewc" and cfg["seed"] == 3 and cfg["hidden"] == [8, 8] and cfg["quiet"] is True
+    assert cfg["lr"] == 1e-3 and cfg["lr_projected"] is None and cfg["betas"] == [0.9, 0.5]
+    with pytest.raises(config.ConfigError, match="must look like key=value"):
+        config.parse_overrides(["seed"])
+    with pytest.raises(config.ConfigError, match="unknown parameter 'sede'.*Did you mean seed"):
+        config.parse_overrides(["sede=1"])
+
+
+def test_files_layer_left_to_right_then_overrides_and_presets(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("epochs: 5\nlr: 1e-2\nhidden: [16]\n")
+    b.write_text("epochs: 7\n")
+    cfg = config.resolve([a, b], {"hidden": [4]}, seed=9)
+    assert (cfg["epochs"], cfg["lr"], cfg["hidden"], cfg["seed"]) == (7, 0.01, [4], 9)
+    p = config.resolve([a], {"preset": "cifar100_10_paper", "epochs": 10})
+    assert p["model"] == "resnet18" and p["covariance"] == "batch_mean" and p["scale_sqrt_r"] is True
+    assert p["epochs"] == 10  # keys given beside the preset beat it
+
+
+def test_bad_files_rejected(tmp_path):
+    with pytest.raises(config.ConfigError, match="parameter file '.*missing.yaml' not found"):
+        config.resolve([tmp_path / "missing.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    with pytest.raises(config.ConfigError, match="is not valid YAML"):
+        config.resolve([bad])
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- 1\n- 2\n")
+    with pytest.raises(config.ConfigError, match="must hold a mapping"):
+        config.resolve([notmap])
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("epochz: 3\n")
+    with pytest.raises(config.ConfigError, match=r"unknown.yaml: unknown parameter 'epochz'. Did you mean epochs"):
+        config.resolve([unknown])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["-p", "lrr=0.1"], "unknown parameter 'lrr'. Did you mean lr"),
+    (["-p", "epochs=many"], "'epochs' must be int"),
+    (["-p", "covariance=foo"], "'covariance' must be one of"),
+    (["-f", "no/such/file.yaml"], "parameter file 'no/such/file.yaml' not found"),
+])
+def test_cli_rejects_bad_params_before_training(argv, needle, tmp_path, capsys, monkeypatch):
+    from nscl import train
+
+    monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("training started"))
+    out = tmp_path / "run"
+    assert cli.main(["run", *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+    assert not out.exists()

@@ -1,0 +1,115 @@
+"""Layer-input covariance (nscl.covariance) against brute force: explicit loops, conv output."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nscl.covariance import Covariance, input_dim, layer_input_rows
+
+
+def brute_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """im2col by explicit loops: one row per (sample, out_y, out_x), features in (C, kh, kw) order."""
+    B, C, H, W = x.shape
+    kh, kw = conv.kernel_size
+    sh, sw = conv.stride
+    ph, pw = conv.padding
+    dh, dw = conv.dilation
+    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rows = []
+    for b in range(B):
+        for oy in range(Ho):
+            for ox in range(Wo):
+                patch = []
+                for c in range(C):
+                    for i in range(kh):
+                        for j in range(kw):
+                            yy, xx = oy * sh - ph + i * dh, ox * sw - pw + j * dw
+                            inside = 0 <= yy < H and 0 <= xx < W
+                            patch.append(x[b, c, yy, xx].item() if inside else 0.0)
+                if conv.bias is not None:
+                    patch.append(1.0)
+                rows.append(patch)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+CONVS = [
+    dict(in_channels=2, out_channels=3, kernel_size=3, stride=1, padding=1, dilation=1, bias=False),
+    dict(in_channels=2, out_channels=4, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1), bias=False),
+    dict(in_channels=3, out_channels=2, kernel_size=2, stride=3, padding=0, dilation=2, bias=True),
+    dict(in_channels=1, out_channels=2, kernel_size=1, stride=2, padding=0, dilation=1, bias=False),
+]
+
+
+@pytest.mark.parametrize("spec", CONVS, ids=lambda s: f"k{s['kernel_size']}s{s['stride']}p{s['padding']}d{s['dilation']}b{int(s['bias'])}")
+@pytest.mark.parametrize("mode", ["per_sample", "batch_mean"])
+def test_conv_covariance_equals_brute_force(spec, mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**spec).double()
+    batches = [torch.randn(3, spec["in_channels"], 7, 6, dtype=torch.float64) for _ in range(2)]
+    cov = Covariance({"c": conv}, mode)
+    cov.update(conv, batches)
+
+    S, n = torch.zeros(input_dim(conv), input_dim(conv), dtype=torch.float64), 0
+    for x in batches:
+        src = x.mean(0, keepdim=True) if mode == "batch_mean" else x
+        rows = brute_patches(conv, src)
+        S += rows.T @ rows
+        n += rows.shape[0]
+    assert cov.counts["c"] == n
+    torch.testing.assert_close(cov.matrix("c"), S / n, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer_input_rows(conv, batches[0], mode).double(),
+                               brute_patches(conv, batches[0].mean(0, keepdim=True) if mode == "batch_mean" else batches[0]))
+
+
+@pytest.mark.parametrize("spec", CONVS, ids=lambda s: f"k{s['kernel_size']}s{s['stride']}d{s['dilation']}b{int(s['bias'])}")
+def test_conv_rows_reproduce_conv_output(spec):
+    """Feature order matches weight.view(out, -1): [W b] @ [patch; 1] is the conv output."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(**spec).double()
+    x = torch.randn(2, spec["in_channels"], 7, 6, dtype=torch.float64)
+    rows = layer_input_rows(conv, x, "per_sample")  # (B*L, d)
+    w = conv.weight.reshape(conv.out_channels, -1)
+    if conv.bias is not None:
+        w = torch.cat([w, conv.bias[:, None]], 1)
+    y = conv(x)  # (B, out, Ho, Wo)
+    expect = y.permute(0, 2, 3, 1).reshape(-1, conv.out_channels)  # rows ordered (b, oy, ox)
+    torch.testing.assert_close(rows @ w.T, expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("mode", ["per_sample", "batch_mean"])
+def test_linear_covariance_equals_brute_force(bias, mode):
+    torch.manual_seed(2)
+    lin = nn.Linear(5, 3, bias=bias).double()
+    batches = [torch.randn(b, 5, dtype=torch.float64) for b in (4, 7, 1)]
+    cov = Covariance({"l": lin}, mode)
+    cov.update(lin, batches[:2])
+    cov.update(lin, batches[2:])  # a second "task" adds to the same sums, weighted by rows
+    S, n = torch.zeros(5 + bias, 5 + bias, dtype=torch.float64), 0
+    for x in batches:
+        vecs = [x.mean(0)] if mode == "batch_mean" else list(x)
+        for v in vecs:
+            v = torch.cat([v, torch.ones(1, dtype=torch.float64)]) if bias else v
+            S += torch.outer(v, v)
+            n += 1
+    assert cov.counts["l"] == n
+    torch.testing.assert_close(cov.matrix("l"), S / n, rtol=1e-12, atol=1e-12)
+    assert input_dim(lin) == 5 + bias
+
+
+def test_float32_inputs_accumulate_in_float64_and_state_roundtrip():
+    torch.manual_seed(3)
+    lin = nn.Linear(4, 2, bias=False)
+    x = torch.randn(6, 4)
+    cov = Covariance({"l": lin})
+    cov.update(lin, [x])
+    assert cov.matrix("l").dtype == torch.float64
+    torch.testing.assert_close(cov.matrix("l"), x.double().T @ x.double() / 6)
+    other = Covariance({"l": lin})
+    other.load_state_dict(cov.state_dict())
+    torch.testing.assert_close(other.matrix("l"), cov.matrix("l"), rtol=0, atol=0)
+    assert other.counts == cov.counts
+    # a layer that saw nothing has a zero covariance of the right size
+    assert torch.equal(Covariance({"l": lin}).matrix("l"), torch.zeros(4, 4, dtype=torch.float64))

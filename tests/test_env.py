@@ -1,0 +1,68 @@
+"""environment.yml (conda users) and pyproject.toml (the one dependency list) agree, and both agree
+with the torch pins of the Makefile."""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return env, project
+
+
+def makefile_pins() -> dict[str, str]:
+    """``torch==X torchvision==Y`` as installed by ``make venv``."""
+    text = (ROOT / "Makefile").read_text()
+    return {canonicalize_name(n): v for n, v in re.findall(r"\b(torch|torchvision)==([\w.+]+)", text)}
+
+
+def test_conda_forge_python_and_pip_only():
+    env, project = load()
+    assert "conda-forge" in env["channels"] and "defaults" not in env["channels"]
+    deps = env["dependencies"]
+    conda = [d for d in deps if isinstance(d, str)]
+    names = {re.split(r"[=<>! ]", d, maxsplit=1)[0] for d in conda}
+    assert names == {"python", "pip"}, f"conda packages beyond python/pip duplicate pyproject: {names}"
+    python = next(d for d in conda if d.startswith("python"))
+    version = python.split("=", 1)[1].strip("=") if "=" in python else None
+    assert version, "environment.yml should pin a python version"
+    assert SpecifierSet(project["requires-python"]).contains(version + ".0" if version.count(".") == 1 else version)
+
+
+def test_pip_section_ends_with_editable_dev_install_and_pins_agree():
+    env, project = load()
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert pip[-1].replace(" ", "") == "-e.[dev]"
+    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
+    assert "dev" in project["optional-dependencies"]
+    pins = makefile_pins()
+    assert set(pins) == {"torch", "torchvision"}
+    for line in pip[:-1]:
+        req = Requirement(line)
+        name = canonicalize_name(req.name)
+        # every other pip line is a dependency pyproject declares, with a version pyproject allows
+        assert name in declared, f"environment.yml installs {name}, which pyproject.toml does not declare"
+        for spec in req.specifier:
+            if spec.operator == "==":
+                assert declared[name].specifier.contains(spec.version), (name, spec.version)
+                if name in pins:
+                    assert spec.version == pins[name], f"{name}: environment.yml {spec.version}, Makefile {pins[name]}"
+
+
+def test_pyproject_declares_what_the_package_imports():
+    _, project = load()
+    declared = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    for needed in ("torch", "torchvision", "numpy", "pyyaml", "tqdm", "pandas", "scikit-learn"):
+        assert needed in declared, needed
+    dev = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
+    assert "pytest" in dev

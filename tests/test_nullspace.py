@@ -1,0 +1,131 @@
+"""Null-space selection rules on constructed spectra, and the projectors (nscl.nullspace)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nscl import config
+from nscl.nullspace import NullSpace, NullSpaceTracker, Projector, compute, null_dim
+
+
+def random_space(d: int, r: int, seed: int = 0) -> NullSpace:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    eigvals = torch.linspace(0.1, 5.0, d, dtype=torch.float64)
+    return NullSpace(eigvals, q, r)
+
+
+@pytest.mark.parametrize("d,r,kind", [(12, 3, "null"), (12, 6, "null"), (12, 9, "range"), (12, 0, "null"),
+                                      (12, 12, "range")])
+def test_projector_symmetric_idempotent_and_equal_to_u2u2t(d, r, kind):
+    ns = random_space(d, r)
+    proj = Projector(ns, dtype=torch.float64)
+    assert proj.kind == kind
+    assert proj.basis.shape == (d, min(r, d - r))  # the thin basis, never d x d
+    P = proj.matrix()
+    u2 = ns.null_basis
+    torch.testing.assert_close(P, u2 @ u2.T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(P, P.T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(P @ P, P, rtol=0, atol=1e-12)
+    assert torch.linalg.matrix_rank(P).item() == r
+    # applied to an (out, d) update: right-multiplication by P; rows end up orthogonal to the range
+    u = torch.randn(5, d, dtype=torch.float64)
+    pu = proj(u)
+    torch.testing.assert_close(pu, u @ P, rtol=0, atol=1e-12)
+    if r < d:
+        assert (pu @ ns.range_basis).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize("r", [3, 9])
+def test_scale_sqrt_r(r):
+    ns = random_space(12, r, seed=1)
+    plain = Projector(ns, dtype=torch.float64).matrix()
+    scaled = Projector(ns, dtype=torch.float64, scale_sqrt_r=True).matrix()
+    torch.testing.assert_close(scaled, plain / r ** 0.5, rtol=0, atol=1e-12)
+
+
+def test_projector_dtype_and_thin_form_in_float32():
+    ns = random_space(10, 7, seed=2)
+    proj = Projector(ns)  # float32 by default: the model's dtype
+    assert proj.basis.dtype == torch.float32 and proj.kind == "range"
+    u = torch.randn(3, 10)
+    torch.testing.assert_close(proj(u), u @ (ns.null_basis @ ns.null_basis.T).float(), rtol=1e-5, atol=1e-5)
+
+
+# ---- selection rules -------------------------------------------------------------------------
+def test_a_min_rule_on_full_rank_spectrum():
+    ev = torch.tensor([1.0, 5.0, 10.0, 10.5, 100.0], dtype=torch.float64)
+    assert null_dim(ev, "a_min", a=10.0) == 3  # <= 10 * 1 (the official code's <=)
+    assert null_dim(ev, "a_min", a=10.0, floor="none") == 3  # no rank deficiency: floors agree
+    assert null_dim(ev, "a_min", a=4.9) == 1
+
+
+def test_energy_and_rel_tol_rules():
+    ev = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)  # total 10, from the top: 4, 7, 9, 10
+    assert null_dim(ev, "energy", energy=0.7) == 2  # 4+3 = 70% protected, {1, 2} null
+    assert null_dim(ev, "energy", energy=0.71) == 1
+    assert null_dim(ev, "energy", energy=0.3) == 3
+    assert null_dim(ev, "energy", energy=1.0) == 0
+    ev2 = torch.tensor([1e-5, 1e-3, 2e-3, 0.5, 1.0], dtype=torch.float64)
+    assert null_dim(ev2, "rel_tol", rel_tol=1e-3) == 2
+    assert null_dim(ev2, "rel_tol", rel_tol=0.6) == 4
+    assert null_dim(torch.zeros(4, dtype=torch.float64), "energy") == 4  # nothing seen: all null
+
+
+def test_a_min_collapses_on_rank_deficient_covariance_unless_floored():
+    """Fewer samples (n=15) than dimensions (d=40): 25 eigenvalues are float noise around 0.
+
+    The raw rule (official, ``floor="none"``) takes ``a * lambda_min`` with ``lambda_min`` that noise, so
+    it keeps an arbitrary handful of the 25 exact null directions -- or none at all when the noise
+    is negative. The principled floor at the numerical-rank tolerance keeps exactly the 25.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(15, 40, generator=g, dtype=torch.float64)
+    ns = compute(x.T @ x / 15, rule="a_min", a=10.0, floor="rank")
+    assert ns.r == 25
+    assert ns.kept_energy < 1e-13
+    raw = null_dim(ns.eigvals, "a_min", a=10.0, floor="none")
+    assert raw < 25  # collapsed: most exact null directions are lost
+    # constructed spectrum: noise of either sign below 15 real eigenvalues
+    noise = torch.tensor([-3e-16, 1e-17, 4e-16, 2e-15, 5e-16], dtype=torch.float64)
+    ev = torch.cat([noise, torch.linspace(0.5, 8.0, 15, dtype=torch.float64)]).sort().values
+    assert null_dim(ev, "a_min", a=10.0, floor="none") == 0  # negative lambda_min: nothing is null
+    assert null_dim(ev, "a_min", a=10.0, floor="rank") == 5
+    ev_pos = ev.clone()
+    ev_pos[0] = 5e-18
+    assert null_dim(ev_pos, "a_min", a=10.0, floor="none") == 2  # arbitrary: depends on the noise
+    assert null_dim(ev_pos, "a_min", a=10.0, floor="rank") == 5
+
+
+def test_compute_eigendecomposition_and_kept_energy():
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    lam = torch.tensor([0.01, 0.02, 0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    ns = compute(q @ torch.diag(lam) @ q.T, rule="a_min", a=2.5, floor="rank")
+    torch.testing.assert_close(ns.eigvals, lam)
+    assert ns.r == 2
+    assert ns.kept_energy == pytest.approx(0.03 / lam.sum().item(), rel=1e-10)
+    # null basis spans the eigenvectors of the two smallest eigenvalues
+    P = ns.null_basis @ ns.null_basis.T
+    torch.testing.assert_close(P, q[:, :2] @ q[:, :2].T, rtol=0, atol=1e-10)
+
+
+def test_tracker_history_spectra_and_per_layer_rules():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 4, bias=False)
+    cfg = config.resolve(overrides=dict(nullspace_rule="a_min", a_min_floor="rank"))
+    tr = NullSpaceTracker({"l": lin}, cfg)
+    basis = torch.randn(8, 3)
+    x1 = torch.randn(50, 3) @ basis.T  # task 1 inputs: a 3-dim subspace of R^8
+    tr.update(lin, [x1], t=0)
+    x2 = torch.randn(50, 2) @ torch.randn(2, 8)
+    tr.update(lin, [x2], t=1)
+    h = tr.history["l"]
+    assert h["d"] == 8 and h["dims"] == [5, 3] and h["rank"] == [3, 5]
+    assert set(tr.spectra) == {"l/task0", "l/task1"} and tr.spectra["l/task1"].shape == (8,)
+    assert tr.projector("l").r == 3
+    tr.rules["l"] = {"rule": "rel_tol", "rel_tol": 2.0}  # everything null
+    tr.recompute()
+    assert tr.projector("l").r == 8
+    assert h["dims"] == [5, 3]  # recompute without a task does not append history

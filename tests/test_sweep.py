@@ -1,0 +1,184 @@
+"""Sweeps without SLURM: expansion (stable names, validation), the local executor end to end
+(a failing run next to complete ones, collect, idempotent resubmission), notebook runs through
+papermill, and a killed run resuming from its checkpoint."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from nscl import sweep
+
+TINY = {"benchmark": "split_digits", "n_tasks": 3, "epochs": 1, "batch_size": 32, "hidden": [32, 32],
+        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100}
+BAD_LR = 1.0e30  # valid for the config (a float > 0), NaN loss at run time: this run must fail alone
+
+
+def write_sweep(tmp_path: Path, name="tiny", run="cli", grid=None, **extra) -> Path:
+    doc = {"name": name, "run": run, "params": dict(TINY), "out": str(tmp_path / "out"),
+           "grid": grid or {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
+           "executor": {"kind": "local", "parallel": 2, "timeout_min": 5}, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_expand_names_are_stable_and_unique(tmp_path):
+    path = write_sweep(tmp_path, grid={"method": ["finetune", "ewc"], "seed": [0, 1, 2], "lr": [0.01, 0.001]})
+    specs = sweep.expand(sweep.load(path))
+    names = [s["name"] for s in specs]
+    assert len(names) == 12 and len(set(names)) == 12
+    assert names == [s["name"] for s in sweep.expand(sweep.load(path))]  # same file -> same directories
+    assert names[0].startswith("split_digits/finetune/lr0.01_s0-")
+    assert all(s["out_dir"] == str(tmp_path / "out" / "runs" / s["name"]) for s in specs)
+    assert {s["cfg"]["method"] for s in specs} == {"finetune", "ewc"}
+    # a changed fixed parameter gives other directories (never a silent mix of two configurations)
+    doc = yaml.safe_load(path.read_text())
+    doc["params"]["epochs"] = 2
+    path.write_text(yaml.safe_dump(doc))
+    assert not set(names) & {s["name"] for s in sweep.expand(sweep.load(path))}
+    # ... but quiet/device do not change what a run computes
+    doc["params"]["epochs"], doc["params"]["quiet"] = 1, False
+    path.write_text(yaml.safe_dump(doc))
+    assert names == [s["name"] for s in sweep.expand(sweep.load(path))]
+
+
+def test_overrides_and_union_of_grids(tmp_path):
+    path = write_sweep(tmp_path, grid=[{"method": ["finetune"], "seed": [0, 1]},
+                                       {"method": ["ewc"], "seed": [0], "ewc_lambda": [10.0, 1000.0]}],
+                       overrides=[{"when": {"method": "ewc", "ewc_lambda": 1000.0}, "set": {"lr": 0.01}}])
+    specs = sweep.expand(sweep.load(path))
+    got = [(s["cfg"]["method"], s["cfg"]["seed"], s["cfg"]["ewc_lambda"], s["cfg"]["lr"]) for s in specs]
+    assert got == [("finetune", 0, 100.0, 0.001), ("finetune", 1, 100.0, 0.001),
+                   ("ewc", 0, 10.0, 0.001), ("ewc", 0, 1000.0, 0.01)]
+
+
+def test_bad_key_fails_before_anything_runs(tmp_path):
+    path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0], "learning_rate": [0.1]})
+    with pytest.raises(sweep.SweepError, match=r"run split_digits/finetune/.*learning_rate"):
+        sweep.run(path, executor="debug")
+    assert not (tmp_path / "out").exists()  # validated before any directory was made
+    with pytest.raises(sweep.SweepError, match="method.*nonexistent"):
+        sweep.run(write_sweep(tmp_path, grid={"method": ["nonexistent"]}), executor="debug")
+    path.write_text(path.read_text() + "executer: {kind: local}\n")
+    with pytest.raises(sweep.SweepError, match="executer"):
+        sweep.load(path)
+
+
+def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
+    grid = [{"method": ["finetune", "adam_nscl"], "seed": [0, 1]}, {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]}]
+    path = write_sweep(tmp_path, grid=grid)
+    res = sweep.run(path, executor="local")
+    assert len(res["submitted"]) == 5 and res["skipped"] == []
+    by_name = {r["name"]: r for r in res["results"]}
+    bad = [n for n in by_name if "lr1e+30" in n]
+    assert len(bad) == 1 and by_name[bad[0]]["status"] == "failed"
+    assert "NonFiniteLossError" in by_name[bad[0]]["error"]
+    assert all(r["status"] == "complete" for n, r in by_name.items() if n != bad[0])
+
+    rows = {r["name"]: r for r in sweep.status(res["sweep_dir"])}
+    assert rows[bad[0]]["state"] == "failed" and "loss is nan" in rows[bad[0]]["detail"]
+    assert sum(r["state"] == "complete" for r in rows.values()) == 4
+    text = sweep.format_status(list(rows.values()), res["sweep_dir"])
+    assert "4 complete, 1 failed" in text and bad[0] in text and "NonFiniteLossError" in text
+    assert len(list((Path(res["sweep_dir"]) / "logs").glob("*.log"))) == 5  # job logs in the sweep dir
+
+    df = sweep.collect(res["sweep_dir"])
+    assert len(df) == 5 and set(df["name"]) == set(by_name)
+    assert (Path(res["sweep_dir"]) / "collected.csv").exists()
+    ok = df[df["state"] == "complete"]
+    assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("adam_nscl", 1), ("finetune", 0), ("finetune", 1)]
+    assert ok["acc"].between(0, 100).all() and ok["acc"].gt(30).all()  # learned something (3 x ~3 classes)
+    for _, row in ok.iterrows():  # each row is that run's own results.json
+        r = json.loads((Path(row["run"]) / "results.json").read_text())
+        assert r["metrics"]["acc"] == pytest.approx(row["acc"]) and r["params"]["seed"] == row["seed"]
+    failed = df[df["state"] == "failed"].iloc[0]
+    assert failed["lr"] == BAD_LR and "NonFiniteLossError" in failed["error"]
+
+    stamps = {p: p.stat().st_mtime_ns for p in Path(res["sweep_dir"]).rglob("results.json")}
+    again = sweep.run(path, executor="local")
+    assert again["submitted"] == [] and again["results"] == []
+    assert sorted(s for _, s in again["skipped"]) == ["complete"] * 4 + ["failed"]
+    assert stamps == {p: p.stat().st_mtime_ns for p in Path(res["sweep_dir"]).rglob("results.json")}
+
+
+def write_run_notebook(path: Path) -> Path:
+    """A minimal sweep notebook: parameters cell, then one run into output_dir."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("output_dir = 'unused'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import nscl.notebook as nb\nfrom nscl import train\n"
+        "cfg = nb.parameters(globals(), extras={'output_dir': None})\n"
+        "res = train.run(cfg.config, cfg['output_dir'])\nprint(res['metrics'])")]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_notebook_run_through_papermill_is_idempotent(tmp_path):
+    nb = write_run_notebook(tmp_path / "one_run.ipynb")
+    path = write_sweep(tmp_path, run=str(nb), grid={"method": ["finetune"], "seed": [3]}, cell_timeout_s=300)
+    spec = sweep.expand(sweep.load(path))[0]
+    out = sweep.run_one(spec)
+    assert out["status"] == "complete", out
+    d = Path(spec["out_dir"])
+    executed = nbformat.read(d / "one_run.ipynb", as_version=4)  # output notebook in the run directory
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and f"output_dir = \"{d}\"" in injected[0].source and "seed = 3" in injected[0].source
+    res = json.loads((d / "results.json").read_text())
+    assert res["status"] == "complete" and res["params"]["seed"] == 3
+    assert sweep.run_one(spec)["status"] == "skipped"
+
+
+def test_killed_run_is_stopped_then_resumes_from_checkpoint(tmp_path, monkeypatch):
+    from nscl import train
+
+    path = write_sweep(tmp_path, grid={"method": ["adam_nscl"], "seed": [0]})
+    spec = sweep.expand(sweep.load(path))[0]
+    calls = []
+    original = train.Trainer._train_task
+
+    def dies_at_task_2(self, t, bar):
+        calls.append(t)
+        if t == 1 and len(calls) == 2:
+            raise KeyboardInterrupt("killed")  # like SIGINT/SIGKILL: not an error of the run
+        return original(self, t, bar)
+
+    monkeypatch.setattr(train.Trainer, "_train_task", dies_at_task_2)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(path, executor="debug")
+    d = Path(spec["out_dir"])
+    assert (d / "checkpoint.pt").exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job = json.loads((d / "job.json").read_text())
+    (d / "job.json").write_text(json.dumps({**job, "pid": dead.pid}))
+    state, detail = sweep.run_state(spec)
+    assert state == "stopped" and "1 task(s)" in detail
+
+    res = sweep.run(path, executor="debug")
+    assert res["submitted"] == [spec["name"]] and res["results"][0]["status"] == "complete"
+    assert calls == [0, 1, 1, 2]  # resumed at task 2, task 1 not retrained
+    resumed = json.loads((d / "results.json").read_text())
+    fresh = train.run(dict(spec["cfg"]))  # the same run uninterrupted, in memory
+    flat = lambda acc: [v for row in acc for v in row if v is not None]  # noqa: E731
+    assert flat(resumed["acc"]) == pytest.approx(flat(fresh["acc"]))
+    assert [row.count(None) for row in resumed["acc"]] == [2, 1, 0]
+
+
+def test_cli_status_and_collect(tmp_path):
+    path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0]})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    py = [sys.executable, "-m", "nscl", "sweep"]
+    r = subprocess.run(py + ["run", str(path), "--executor", "debug"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "1 complete, 0 failed" in r.stdout
+    r = subprocess.run(py + ["status", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "1 runs: 1 complete" in r.stdout
+    r = subprocess.run(py + ["collect", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "split_digits/finetune/s0-" in r.stdout and "(1 rows)" in r.stdout
