@@ -202,7 +202,7 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index (descending)")
     ax.set_ylabel("eigenvalue")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -246,7 +246,8 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     with sns.axes_style(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharex=True)
     for ax, col, ylab in zip(axes, ("plasticity", "BWT"), ("plasticity (mean diagonal, %)", "BWT (points)")):
-        sns.scatterplot(data=df, x="mean null fraction", y=col, hue="label", style="method", s=70, ax=ax,
+        style = None if (df["label"] == df["method"]).all() else "method"  # one legend when labels are methods
+        sns.scatterplot(data=df, x="mean null fraction", y=col, hue="label", style=style, s=70, ax=ax,
                         legend=(col == "BWT"))
         ax.set_ylabel(ylab)
         ax.set_xlim(-0.03, 1.03)

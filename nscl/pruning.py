@@ -446,3 +446,50 @@ def relative_scores(activity: dict, criterion: str, alive: dict[str, torch.Tenso
         top = a[live].max().item() if live.any() else 0.0
         out[n] = a / top if top > 0 else torch.zeros_like(a)
     return out
+
+
+# ---- tables for notebooks and reports ---------------------------------------------------------
+def _pruning_runs(results: dict):
+    for label, res in results.items():
+        d = res.get("method_diagnostics") or {}
+        if "units" in d and "prune" in d:
+            yield label, d
+
+
+def units_frame(results: dict):
+    """Long table (label, layer, task, size, frozen, free, new, used = frozen / size) of pruning runs."""
+    import pandas as pd
+
+    rows = []
+    for label, d in _pruning_runs(results):
+        for layer, u in d["units"].items():
+            for t, (fz, fr, nw) in enumerate(zip(u["frozen"], u["free"], u["new"])):
+                rows.append({"label": label, "layer": layer, "task": t + 1, "size": u["size"], "frozen": fz,
+                             "free": fr, "new": nw, "used": fz / u["size"]})
+    return pd.DataFrame(rows)
+
+
+def prune_frame(results: dict):
+    """One row per (label, task): threshold, val accuracy before / after pruning, drop, units pruned."""
+    import pandas as pd
+
+    rows = []
+    for label, d in _pruning_runs(results):
+        for r in d["prune"]:
+            rows.append({"label": label, "task": r["task"] + 1, "threshold": r["threshold"],
+                         "val_acc": r["val_acc"], "val_acc_pruned": r["val_acc_pruned"], "val_drop": r["val_drop"],
+                         "margin": r["margin"], "probes": len(r["evaluations"]),
+                         "candidates": sum(r["candidates"].values()), "pruned": r["pruned_total"]})
+    return pd.DataFrame(rows)
+
+
+def activity_frame(results: dict):
+    """Long table (label, layer, task, score) of the candidates' relative activity at each pruning."""
+    import pandas as pd
+
+    rows = []
+    for label, d in _pruning_runs(results):
+        for layer, per_task in d["activity"].items():
+            for t, scores in enumerate(per_task):
+                rows.extend({"label": label, "layer": layer, "task": t + 1, "score": s} for s in scores)
+    return pd.DataFrame(rows)

@@ -253,13 +253,13 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            runs.write_params(self.out_dir, cfg)
         done = self._completed()
         if done is not None:
             return done
-        start = self._resume()
+        start = self._resume()  # refuses a checkpoint written with other parameters
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            runs.write_params(self.out_dir, cfg)
         T = len(self.stream)
         t_start = time.perf_counter()
         previous = sum(sum(d.values()) for d in self.timing)
@@ -290,8 +290,14 @@ class Trainer:
             res = runs.load(self.out_dir)
         except (ValueError, OSError):
             return None
-        same = not _differing(res.get("params", {}), self.cfg)
-        return res if res.get("status") == "complete" and same else None
+        if res.get("status") != "complete":
+            return None
+        diff = _differing(res.get("params", {}), self.cfg)
+        if diff:
+            raise config_mod.ConfigError(
+                f"{self.out_dir} holds a complete run with other parameters ({', '.join(sorted(diff))}); "
+                f"use another output directory, or delete it to retrain")
+        return res
 
 
 def run(cfg: dict, out_dir: str | os.PathLike | None = None, stream=None) -> dict:

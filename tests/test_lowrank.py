@@ -213,3 +213,31 @@ def test_params_registered():
     assert cfg["rank_schedule"] == [0.25, 1.0]
     with pytest.raises(config.ConfigError):
         config.resolve(overrides={"rank_shedule": [0.5]})
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_identical_results(tiny_cfg, tmp_path):
+    """Masks (model buffers), records and the truncation-mapped bottleneck covariance survive a resume."""
+    from nscl import runs, train
+
+    cfg = tiny_cfg(method="nscl_lowrank", n_tasks=3, rank_schedule=[0.5, 0.75, 1.0], truncate_tol=0.05,
+                   nuclear_lambda=1e-3)
+    full = train.run(cfg, tmp_path / "full")
+    killed = train.Trainer(cfg, tmp_path / "resumed")
+    before_task = killed.method.before_task
+
+    def die_at_task3(t):
+        if t == 2:
+            raise Killed
+        before_task(t)
+
+    killed.method.before_task = die_at_task3
+    with pytest.raises(Killed):
+        killed.run()
+    resumed = train.run(cfg, tmp_path / "resumed")
+    for key in ("acc", "null_space", "method_diagnostics"):
+        assert resumed[key] == full[key], key
+    assert runs.load(tmp_path / "resumed")["status"] == "complete"

@@ -157,6 +157,13 @@ def test_killed_run_resumes_to_identical_results(method, tmp_path, monkeypatch):
     again = train.run(cfg, tmp_path / "resumed")
     assert again["acc"] == full["acc"] and again["timing"] == runs.load(tmp_path / "resumed")["timing"]
 
+    # a complete run is never overwritten by a run with other parameters (nor its params.yaml)
+    before = (tmp_path / "resumed" / runs.RESULTS).read_bytes(), (tmp_path / "resumed" / runs.PARAMS).read_bytes()
+    with pytest.raises(config.ConfigError, match="complete run with other parameters.*seed"):
+        train.run(resolved(method=method, epochs=2, seed=5), tmp_path / "resumed")
+    assert before == ((tmp_path / "resumed" / runs.RESULTS).read_bytes(),
+                      (tmp_path / "resumed" / runs.PARAMS).read_bytes())
+
 
 def test_nan_loss_stops_with_task_epoch_step_and_keeps_finished_work(tmp_path, monkeypatch):
     cls = METHODS["finetune"]
