@@ -77,7 +77,7 @@ def cmd_show(args) -> int:
         print(f"no results.json under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     if args.seeds:
-        df = runs.aggregate(args.paths)
+        df = runs.aggregate(args.paths, ignore=args.ignore)
         for _, r in df.iterrows():
             cells = "  ".join(f"{m.upper()} {r[m + '_mean']:6.2f} ± {r[m + '_std']:4.2f}"
                               for m in ("acc", "bwt", "plasticity"))
@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", action="store_true", help="also print the accuracy matrices")
     p.add_argument("--seeds", action="store_true",
                    help="mean ± std over seeds of runs that share all other parameters")
+    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                   help="with --seeds: leave this parameter out of the grouping (repeatable)")
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("params", help="list every parameter with its default")
     p.set_defaults(func=cmd_params)

@@ -48,6 +48,10 @@ config.register("truncate_tol", 0.0, "float", "low-rank: after each task drop si
                 "below truncate_tol * sigma_max and re-balance the factors (0 = off)")
 config.register("lowrank_min_d", 32, "int", "low-rank: layers with input dim d below this stay dense "
                 "(the ResNet-18 stem, d = 27)")
+config.register("refresh_bottleneck", False, "bool", "nscl_lowrank: before each task set the old bottleneck "
+                "covariance to M B^T C_x B M from the input covariance and the current B (exact: no non-linearity "
+                "in between), so components switched on in an approximate null space stay protected. Measured on "
+                "permuted_fmnist with a grow schedule: no BWT gain, -4.7 ACC (off by default)")
 config.register("rank_tol", 1e-3, "float", "low-rank diagnostics: effective rank = number of singular "
                 "values of W above rank_tol * sigma_max")
 

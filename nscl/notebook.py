@@ -27,7 +27,8 @@ API (kept stable; other notebooks use it):
 * :func:`run_methods(cfg, methods, output_dir, **overrides) -> {method: results}` — trains each method
   on the same stream (same seed, same data) with :func:`nscl.train.run`, each into its own run
   directory ``<output_dir>/runs/<method>`` (``results.json``, ``spectra.npz``). A complete run with
-  identical parameters already there is read back, not retrained.
+  identical parameters already there is read back, not retrained; one with other parameters is
+  replaced (``replace=False`` raises instead).
 * :func:`save_results(output_dir, results, cfg=None, figures=(), extra=None) -> Path` — writes the
   notebook-level ``<output_dir>/results.json``: per method its metrics, accuracy matrix, null-space
   summary and the run directory (relative to ``output_dir``), plus the notebook parameters, figure
@@ -43,7 +44,14 @@ API (kept stable; other notebooks use it):
   :func:`task_gradient(trainer, layer, task)` the gradient of the task's loss w.r.t. its weight.
 * :func:`figure_path(cfg, name)` — ``<output_dir>/figures/<name>.png`` (created on demand).
 * :func:`metrics_table(results)` — pandas table (one row per method) of ACC / BWT / plasticity /
-  forgetting, rounded for stable notebook output.
+  forgetting, rounded for stable notebook output. :func:`runs_table`, :func:`null_space_table` and
+  :func:`null_space_summary` take ``{label: results}`` or a list of run directories (analysis notebook);
+  :func:`describe(results)` prints a run's stream and schedule without paths;
+  :func:`load_results(path)` reads a notebook-level record back.
+
+Outputs of committed notebooks are checked by nbval, so print rounded numbers, end figure cells with
+``plt.show()`` and bind the value of a last-line call you don't want displayed (``_ = nb.save_results(...)``:
+under nbval a trailing ``;`` does not suppress the output).
 """
 from __future__ import annotations
 
@@ -143,11 +151,18 @@ def _config_only(cfg: Mapping) -> dict:
 
 
 def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathLike | None = None,
-                **overrides: Any) -> dict[str, dict]:
+                replace: bool = True, **overrides: Any) -> dict[str, dict]:
     """Train each method on the same stream; ``{method: results dict}`` in the given order.
 
     With ``output_dir`` each run writes ``<output_dir>/runs/<method>``; ``overrides`` apply to all runs.
+    A complete run with the same parameters there is read back. A run written with *other* parameters
+    is the notebook's stale output: with ``replace`` (default) it is deleted and retrained (as
+    re-executing a notebook replaces its outputs); without, the trainer's ConfigError is raised.
     """
+    import shutil
+
+    import yaml
+
     from . import train
 
     base = _config_only(cfg)
@@ -155,6 +170,10 @@ def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathL
     for method in methods:
         run_cfg = config_mod.validate({**base, **overrides, "method": method})
         run_dir = Path(output_dir) / "runs" / method if output_dir is not None else None
+        if replace and run_dir is not None and (run_dir / runs.PARAMS).exists():
+            saved = yaml.safe_load((run_dir / runs.PARAMS).read_text()) or {}
+            if train._differing(saved, run_cfg):
+                shutil.rmtree(run_dir)
         out[method] = train.run(run_cfg, run_dir)
     return out
 
@@ -247,8 +266,14 @@ def find_runs(paths: Iterable[str | os.PathLike] | str | None) -> list[Path]:
     for p in map(str, paths):
         hits = sorted(glob.glob(os.path.expanduser(p), recursive=True)) if glob.has_magic(p) else [p]
         expanded.extend(hits)
+    candidates = []
+    for p in map(Path, expanded):  # every results.json at or below (a notebook record does not hide its runs/)
+        if p.is_dir():
+            candidates.extend(sorted(q.parent for q in p.rglob(runs.RESULTS)))
+        elif p.name == runs.RESULTS and p.exists():
+            candidates.append(p.parent)
     out = []
-    for d in runs.find_runs(expanded):
+    for d in candidates:
         try:
             schema = runs.load(d).get("schema")
         except (OSError, ValueError):

@@ -59,7 +59,7 @@ from .models import MLP, MultiHead, PreActResNet18, SmallCNN
 
 config.register("prune_margin", 1.0, "float", "pruning: largest held-out (val) accuracy drop, in points, "
                 "the pruning threshold may cost the current task (graceful-forgetting margin m)")
-config.register("l1", 1e-5, "float", "pruning: L1 sparsity coefficient while training a task (0: off)")
+config.register("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)")
 config.register("l1_target", "weights", "str", "pruning: L1 on the free units' incoming weights (CLNP) or "
                 "on their activations", choices=("weights", "activations"))
 config.register("prune_criterion", "magnitude", "str", "pruning: unit activity = mean post-ReLU output or "

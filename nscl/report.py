@@ -83,11 +83,23 @@ def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: M
     return params
 
 
+class _UnknownParameterFilter:
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith("Passed unknown parameter")
+
+
 def execute(nb: Path, out_nb: Path, parameters: Mapping, progress: bool = True, log_output: bool = False,
             kernel: str = "python3", timeout: int | None = None):
     """Run one notebook with papermill (working directory: the notebook's folder, as in JupyterLab)."""
+    import logging
+
     import papermill as pm
 
+    # papermill warns "Passed unknown parameter" for every key not in the parameters cell (all of
+    # base.yaml); nscl.notebook.parameters validates them all and fails on a wrong one instead
+    logger = logging.getLogger("papermill")
+    if not any(isinstance(f, _UnknownParameterFilter) for f in logger.filters):
+        logger.addFilter(_UnknownParameterFilter())
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     return pm.execute_notebook(str(nb), str(out_nb), parameters=dict(parameters), kernel_name=kernel,
                                progress_bar=progress, log_output=log_output, cwd=str(nb.parent),

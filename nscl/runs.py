@@ -195,11 +195,14 @@ def null_space_frame(paths: Iterable[str | os.PathLike]):
 NON_SEMANTIC = ("seed", "threads", "quiet", "device", "data_root", "checkpoint", "download")
 
 
-def aggregate(paths: Iterable[str | os.PathLike], metrics=("acc", "bwt", "plasticity", "forgetting")):
+def aggregate(paths: Iterable[str | os.PathLike], metrics=("acc", "bwt", "plasticity", "forgetting"),
+              ignore: Iterable[str] = ()):
     """Mean and std over seeds of runs that share every other parameter; one row per group.
 
     The ``label`` column names each group by the parameters that differ between groups.
+    ``ignore``: further parameters to leave out of the grouping (e.g. ones a method does not use).
     """
+    skip = set(NON_SEMANTIC) | set(ignore)
     import pandas as pd
 
     from .config import defaults
@@ -211,7 +214,7 @@ def aggregate(paths: Iterable[str | os.PathLike], metrics=("acc", "bwt", "plasti
         if res.get("status") != "complete":
             continue
         key = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-               for k, v in {**base, **res["params"]}.items() if k not in NON_SEMANTIC}
+               for k, v in {**base, **res["params"]}.items() if k not in skip}
         rows.append({**key, "_seed": res["params"]["seed"], "_s": (res.get("timing") or {}).get("total_s"),
                      **{f"_{m}": (res["metrics"] or {}).get(m) for m in metrics}})
     if not rows:

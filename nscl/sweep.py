@@ -162,8 +162,13 @@ def _slug(v: Any) -> str:
 
 
 def run_name(params: dict, varying: Iterable[str], run: str) -> str:
-    """``<benchmark>/<method>/[<k><v>_...]s<seed>-<hash>``: stable for the same explicit parameters."""
-    key = {k: v for k, v in params.items() if k not in IGNORE}
+    """``<benchmark>/<method>/[<k><v>_...]s<seed>-<hash>``: stable for the same explicit parameters.
+
+    The hash covers the parameters that differ from their registered defaults (so a parameter
+    registered later, or one set explicitly to its default, does not move a run elsewhere)."""
+    _defaults = config.defaults()
+    key = {k: v for k, v in params.items()
+           if k not in IGNORE and not (k in _defaults and v == _defaults[k])}
     key["_run"] = "cli" if run == "cli" else Path(run).stem
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     hp = "".join(f"{k}{_slug(params[k])}_" for k in varying if k not in NAME_KEYS and k in params)
@@ -515,10 +520,9 @@ def _wait_slurm(specs: list[dict], jobs: list, timeout_s: float | None) -> list[
 
 
 def _lost(spec: dict, message: str) -> dict:
-    out = Path(spec["out_dir"])
-    if not (out / ERROR).exists() and not is_complete(spec):
-        runs.atomic_write(out / ERROR, message + "\n")
-    return {"name": spec["name"], "status": "failed", "error": message, "out_dir": str(out)}
+    """A run whose process ended without a result (killed, time limit, out of memory): state
+    ``stopped``, which a resubmission resumes from the checkpoint (no ``error.txt`` is written)."""
+    return {"name": spec["name"], "status": "stopped", "error": message, "out_dir": spec["out_dir"]}
 
 
 def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None) -> list[dict]:
@@ -645,10 +649,10 @@ def _cmd_run(args) -> int:
         return 0
     print(f"{len(res['submitted'])} run(s) executed, {len(res['skipped'])} skipped (already complete, failed or running)")
     for r in res["results"]:
-        if r.get("status") == "failed":
-            print(f"  FAILED {r['name']}: {r['error']}")
+        if r.get("status") in ("failed", "stopped"):
+            print(f"  {r['status'].upper()} {r['name']}: {r['error']}")
     print(format_status(status(res["sweep_dir"]), res["sweep_dir"]))
-    return 1 if any(r.get("status") == "failed" for r in res["results"]) else 0
+    return 1 if any(r.get("status") in ("failed", "stopped") for r in res["results"]) else 0
 
 
 def _cmd_status(args) -> int:

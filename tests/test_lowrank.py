@@ -161,10 +161,11 @@ def _old_feature_drift(cfg):
     return (end - snap[0]).abs().max().item() / snap[0].abs().max().item(), res, budgets
 
 
-def test_nscl_lowrank_keeps_old_outputs_exactly_lowrank_does_not(tiny_cfg):
+@pytest.mark.parametrize("refresh", [False, True])
+def test_nscl_lowrank_keeps_old_outputs_exactly_lowrank_does_not(tiny_cfg, refresh):
     # 27 training samples per task < every layer's d (64): all null spaces are exact
     kw = dict(n_tasks=3, samples_per_task=30, hidden=[64, 64], epochs=2, lr=0.01, rank_schedule=[0.5, 0.75, 1.0],
-              nuclear_lambda=1e-3)
+              nuclear_lambda=1e-3, refresh_bottleneck=refresh)
     drift, res, budgets = _old_feature_drift(tiny_cfg(method="nscl_lowrank", **kw))
     assert drift < 1e-4
     assert res["metrics"]["bwt"] == pytest.approx(0.0, abs=1e-9)
@@ -206,6 +207,17 @@ def test_truncation_inside_a_run_keeps_budget(tiny_cfg):
         assert r["effective_rank"] == r["active_rank"]
         sv = r["singular_values"][0]
         assert min(s for s in sv if s > 1e-6 * sv[0]) >= 0.7 * sv[0] - 1e-6
+
+
+def test_refreshed_bottleneck_covariance_equals_accumulated_when_b_is_unchanged(tiny_cfg):
+    """S_z = M B^T S_x B M reproduces the tracker's own accumulated bottleneck sums after task 1."""
+    import nscl.notebook as nb
+
+    tr = nb.train_until(tiny_cfg(method="nscl_lowrank", n_tasks=2, hidden=[40, 40], rank_schedule=[0.5]), tasks=1)
+    before = {n: tr.tracker.cov.sums[f"{n}.A"].clone() for n in tr.method.layers}
+    tr.method.refresh_bottleneck()
+    for n in tr.method.layers:
+        torch.testing.assert_close(tr.tracker.cov.sums[f"{n}.A"], before[n], rtol=1e-5, atol=1e-6 * before[n].abs().max())
 
 
 def test_params_registered():
