@@ -88,6 +88,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_params(args) -> int:
+    config.defaults()  # imports the method modules, which register their own parameters
     for name, p in sorted(config.PARAMS.items()):
         choices = f" [{'|'.join(map(str, p.choices))}]" if p.choices else ""
         print(f"{name:<22} {p.type:<12} default={p.default!r}{choices}\n{'':<22} {p.help}")

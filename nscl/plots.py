@@ -106,35 +106,57 @@ def _run_label(df: pd.DataFrame) -> pd.Series:
                     f"{r['method']} ({Path(r['run']).parent.name}/{Path(r['run']).name})", axis=1)
 
 
-def null_space_dims(ns: pd.DataFrame, label: str = "label"):
-    """Null-space dim per layer vs task: top row absolute, bottom row fraction of d; a column per run."""
+def _grid(n: int, rows_per_run: int, max_cols: int, w: float, h: float, **kw):
+    """Axes for ``n`` runs, ``max_cols`` runs per line, ``rows_per_run`` stacked panels per run."""
+    ncols = max(1, min(n, max_cols))
+    blocks = -(-n // ncols)
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(rows_per_run * blocks, ncols, figsize=(w * ncols + 1.2, h * blocks),
+                                 squeeze=False, **kw)
+    for k in range(n, blocks * ncols):  # unused slots of the last line
+        for r in range(rows_per_run):
+            axes[rows_per_run * (k // ncols) + r, k % ncols].set_visible(False)
+    return fig, [[axes[rows_per_run * (k // ncols) + r, k % ncols] for r in range(rows_per_run)]
+                 for k in range(n)]
+
+
+def _title(label: str, n: int = 34) -> str:
+    return label if len(label) <= n else "…" + label[-(n - 1):]
+
+
+def _legend_right(ax, title: str) -> None:
+    leg = ax.get_legend()
+    if leg is not None:
+        leg.set_bbox_to_anchor((1.02, 1))
+        leg.set_loc("upper left")
+        leg.set_title(title)
+
+
+def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
+    """Null-space dim per layer vs task: per run, r (top, symlog) and r/d (bottom); ``max_cols`` runs a line."""
     ns = ns.copy()
     ns[label] = ns[label] if label in ns else _run_label(ns)
     ns["layer"] = ns["layer"].map(short)
     labels = list(dict.fromkeys(ns[label]))
-    with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(2, len(labels), figsize=(3.6 * len(labels) + 1.2, 5.4), squeeze=False,
-                                 sharex=True)
+    fig, cells = _grid(len(labels), 2, max_cols, 3.6, 5.4)
+    hue_order = list(dict.fromkeys(ns["layer"]))
     for k, lab in enumerate(labels):
         sub = ns[ns[label] == lab]
         for row, (col, ylab) in enumerate((("null_dim", "null-space dim r"), ("null_frac", "r / d"))):
-            ax = axes[row, k]
-            sns.lineplot(data=sub, x="task", y=col, hue="layer", marker="o", ax=ax, errorbar=None,
-                         legend=(row == 0 and k == len(labels) - 1))
+            ax = cells[k][row]
+            sns.lineplot(data=sub, x="task", y=col, hue="layer", hue_order=hue_order, marker="o", ax=ax,
+                         errorbar=None, legend=(row == 0 and k == min(len(labels), max_cols) - 1))
             if col == "null_frac":
                 ax.set_ylim(-0.03, 1.03)
             else:
                 ax.set_yscale("symlog", linthresh=10)
                 ax.set_ylim(bottom=0)
-            ax.set_ylabel(ylab if k == 0 else "")
+            ax.set_ylabel(ylab if k % max_cols == 0 else "")
             ax.set_xticks(sorted(sub["task"].unique()))
             if row == 0:
-                ax.set_title(lab, fontsize=10)
-    leg = axes[0, -1].get_legend()
-    if leg is not None:
-        leg.set_bbox_to_anchor((1.02, 1))
-        leg.set_loc("upper left")
-        leg.set_title("layer")
+                ax.set_title(_title(lab), fontsize=10)
+                ax.set_xlabel("")
+    _legend_right(cells[min(len(labels), max_cols) - 1][0], "layer")
     fig.tight_layout()
     return fig
 
@@ -209,35 +231,30 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
     return fig
 
 
-def kept_energy(ns: pd.DataFrame, label: str = "label"):
-    """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task."""
+def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
+    """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task, per run."""
     ns = ns.copy()
     ns[label] = ns[label] if label in ns else _run_label(ns)
     ns["layer"] = ns["layer"].map(short)
     labels = list(dict.fromkeys(ns[label]))
-    with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels) + 1.2, 3.0), squeeze=False,
-                                 sharey=True)
+    fig, cells = _grid(len(labels), 1, max_cols, 3.6, 3.0)
+    hue_order = list(dict.fromkeys(ns["layer"]))
     for k, lab in enumerate(labels):
-        ax = axes[0, k]
+        ax = cells[k][0]
         sub = ns[ns[label] == lab]
-        sns.lineplot(data=sub, x="task", y="kept_energy", hue="layer", marker="o", ax=ax, errorbar=None,
-                     legend=(k == len(labels) - 1))
+        sns.lineplot(data=sub, x="task", y="kept_energy", hue="layer", hue_order=hue_order, marker="o", ax=ax,
+                     errorbar=None, legend=(k == min(len(labels), max_cols) - 1))
         ax.set_yscale("log")
-        ax.set_title(lab, fontsize=10)
+        ax.set_title(_title(lab), fontsize=10)
         ax.set_xticks(sorted(sub["task"].unique()))
-        ax.set_ylabel("kept energy R" if k == 0 else "")
-    leg = axes[0, -1].get_legend()
-    if leg is not None:
-        leg.set_bbox_to_anchor((1.02, 1))
-        leg.set_loc("upper left")
-        leg.set_title("layer")
+        ax.set_ylabel("kept energy R" if k % max_cols == 0 else "")
+    _legend_right(cells[min(len(labels), max_cols) - 1][0], "layer")
     fig.tight_layout()
     return fig
 
 
 def null_space_vs_metrics(summary: pd.DataFrame):
-    """Scatter of each run's mean null-space fraction against its plasticity and its BWT.
+    """Scatter of each run's mean null-space fraction against its plasticity and its BWT (colour: method).
 
     ``summary``: :func:`nscl.notebook.null_space_summary` (index: run label; columns
     ``mean null fraction``, ``plasticity``, ``BWT``, ``method``).
@@ -246,8 +263,7 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     with sns.axes_style(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharex=True)
     for ax, col, ylab in zip(axes, ("plasticity", "BWT"), ("plasticity (mean diagonal, %)", "BWT (points)")):
-        style = None if (df["label"] == df["method"]).all() else "method"  # one legend when labels are methods
-        sns.scatterplot(data=df, x="mean null fraction", y=col, hue="label", style=style, s=70, ax=ax,
+        sns.scatterplot(data=df, x="mean null fraction", y=col, hue="method", style="method", s=70, ax=ax,
                         legend=(col == "BWT"))
         ax.set_ylabel(ylab)
         ax.set_xlim(-0.03, 1.03)

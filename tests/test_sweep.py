@@ -14,7 +14,7 @@ import yaml
 from nscl import sweep
 
 TINY = {"benchmark": "split_digits", "n_tasks": 3, "epochs": 1, "batch_size": 32, "hidden": [32, 32],
-        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100}
+        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
 BAD_LR = 1.0e30  # valid for the config (a float > 0), NaN loss at run time: this run must fail alone
 
 

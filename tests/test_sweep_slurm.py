@@ -21,7 +21,7 @@ SCRIPT = ROOT / ".ci" / "slurm.sh"
 NAME = "pytest_slurm"
 JOB_NAME = f"nscl-{NAME}"
 TINY = {"benchmark": "split_digits", "n_tasks": 3, "epochs": 1, "batch_size": 32, "hidden": [32, 32],
-        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100}
+        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
 
 
 @pytest.fixture(scope="module")
