@@ -9,11 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
 
 from nscl import sweep
+from test_sweep import write_run_notebook  # the same one-run sweep notebook as the local tests
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,26 +40,13 @@ def slurm():
     subprocess.run(["scancel", "--name", JOB_NAME], capture_output=True, timeout=60)
 
 
-def _notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell("output_dir = 'unused'")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
-        "import nscl.notebook as nb\nfrom nscl import train\n"
-        "cfg = nb.parameters(globals(), extras={'output_dir': None})\n"
-        "res = train.run(cfg.config, cfg['output_dir'])\nprint(res['metrics'])")]
-    nbformat.write(nb, path)
-    return path
-
-
 def _queued() -> list[str]:
     r = subprocess.run(["squeue", "-h", "-r", "-n", JOB_NAME, "-o", "%i"], capture_output=True, text=True, timeout=60)
     return r.stdout.split()
 
 
 def test_slurm_job_array_sweep(slurm, tmp_path):
-    nb = _notebook(tmp_path / "one_run.ipynb")
+    nb = write_run_notebook(tmp_path / "one_run.ipynb")
     doc = {"name": NAME, "run": str(nb), "params": TINY, "out": str(tmp_path / "sweep"), "cell_timeout_s": 300,
            "grid": [{"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
                     {"method": ["finetune"], "seed": [0], "lr": [1.0e30]}],  # valid value, NaN at run time
