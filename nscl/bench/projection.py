@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-eigh-d", type=int, default=1200,
                     help="on CPU, layers with larger d get a random orthonormal basis instead of covariance eigh")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--out", default="bench_results/projection.json")
+    ap.add_argument("--out", default="results/bench/projection.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
