@@ -34,8 +34,8 @@ API (kept stable; other notebooks use it):
   summary and the run directory (relative to ``output_dir``), plus the notebook parameters, figure
   files and any ``extra`` values. ``nscl suite`` puts each output notebook in its ``output_dir``, so this
   file lies beside it.
-* :func:`find_runs(paths) -> [Path]` — run directories (``results.json`` of schema ``nscl.results``)
-  at or below the given paths or glob patterns; notebook-level records are skipped.
+* :func:`find_runs(paths) -> [Path]` — :func:`nscl.runs.find_runs`: run directories at or below the
+  given paths or glob patterns; notebook-level records are skipped.
   :func:`run_labels(dirs)` names them by their path relative to the common folder (no absolute
   paths in notebook outputs).
 * :func:`train_until(cfg, tasks) -> Trainer` — a :class:`nscl.train.Trainer` (no run directory) after
@@ -68,6 +68,7 @@ NOTEBOOK_RESULTS_SCHEMA = "nscl.notebook/1"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit"}
 _PAPERMILL_PATHS = ("PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")
 _SEEN_KEY = "_nscl_parameter_names"
+find_runs = runs.find_runs  # part of the notebook API
 
 
 class Params(dict):
@@ -252,35 +253,6 @@ def metrics_table(results: Mapping[str, dict], digits: int = 2):
         rows.append({"method": label, "ACC": m.get("acc"), "BWT": m.get("bwt"),
                      "plasticity": m.get("plasticity"), "forgetting": m.get("forgetting")})
     return pd.DataFrame(rows).set_index("method").astype(float).round(digits)
-
-
-def find_runs(paths: Iterable[str | os.PathLike] | str | None) -> list[Path]:
-    """Run directories (schema ``nscl.results``) at or below ``paths`` (folders, files or globs)."""
-    import glob
-
-    if paths is None:
-        return []
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    expanded: list[str] = []
-    for p in map(str, paths):
-        hits = sorted(glob.glob(os.path.expanduser(p), recursive=True)) if glob.has_magic(p) else [p]
-        expanded.extend(hits)
-    candidates = []
-    for p in map(Path, expanded):  # every results.json at or below (a notebook record does not hide its runs/)
-        if p.is_dir():
-            candidates.extend(sorted(q.parent for q in p.rglob(runs.RESULTS)))
-        elif p.name == runs.RESULTS and p.exists():
-            candidates.append(p.parent)
-    out = []
-    for d in candidates:
-        try:
-            schema = runs.load(d).get("schema")
-        except (OSError, ValueError):
-            continue
-        if schema == runs.SCHEMA and d.resolve() not in out:
-            out.append(d.resolve())
-    return out
 
 
 def run_labels(dirs: Iterable[str | os.PathLike]) -> list[str]:

@@ -143,17 +143,37 @@ def load_spectra(run_dir) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every directory holding a ``results.json`` at or below the given paths."""
-    found = []
-    for p in map(Path, paths):
-        if (p / RESULTS).exists():
-            found.append(p)
-        elif p.is_dir():
-            found.extend(sorted(q.parent for q in p.rglob(RESULTS)))
+def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> list[Path]:
+    """Run directories (``results.json`` of schema ``nscl.results``) at or below ``paths``.
+
+    ``paths`` are folders, ``results.json`` files or glob patterns. Every ``results.json`` below a
+    folder is looked at (a notebook-level record does not hide its ``runs/``) and only run records
+    are kept; each directory once, resolved, in sorted order per path.
+    """
+    import glob
+
+    if paths is None:
+        return []
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    expanded: list[str] = []
+    for p in map(str, paths):
+        expanded.extend(sorted(glob.glob(os.path.expanduser(p), recursive=True)) if glob.has_magic(p) else [p])
+    candidates = []
+    for p in map(Path, expanded):
+        if p.is_dir():
+            candidates.extend(sorted(q.parent for q in p.rglob(RESULTS)))
         elif p.name == RESULTS and p.exists():
-            found.append(p.parent)
-    return found
+            candidates.append(p.parent)
+    out: list[Path] = []
+    for d in candidates:
+        try:
+            schema = load(d).get("schema")
+        except (OSError, ValueError):
+            continue
+        if schema == SCHEMA and d.resolve() not in out:
+            out.append(d.resolve())
+    return out
 
 
 def frame(paths: Iterable[str | os.PathLike], params: Iterable[str] | None = None):
