@@ -132,14 +132,19 @@ def _legend_right(ax, title: str) -> None:
         leg.set_title(title)
 
 
-def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
-    """Null-space dim per layer vs task: per run, r (top, symlog) and r/d (bottom); ``max_cols`` runs a line."""
+def _per_run_layers(ns: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list, list]:
+    """Copy of a null-space table with a run ``label`` column and short layer names; the run labels
+    and the layer order (first appearance), shared by the per-run layer-curve figures."""
     ns = ns.copy()
     ns[label] = ns[label] if label in ns else _run_label(ns)
     ns["layer"] = ns["layer"].map(short)
-    labels = list(dict.fromkeys(ns[label]))
+    return ns, list(dict.fromkeys(ns[label])), list(dict.fromkeys(ns["layer"]))
+
+
+def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
+    """Null-space dim per layer vs task: per run, r (top, symlog) and r/d (bottom); ``max_cols`` runs a line."""
+    ns, labels, hue_order = _per_run_layers(ns, label)
     fig, cells = _grid(len(labels), 2, max_cols, 3.6, 5.4)
-    hue_order = list(dict.fromkeys(ns["layer"]))
     for k, lab in enumerate(labels):
         sub = ns[ns[label] == lab]
         for row, (col, ylab) in enumerate((("null_dim", "null-space dim r"), ("null_frac", "r / d"))):
@@ -233,12 +238,8 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
 
 def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
     """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task, per run."""
-    ns = ns.copy()
-    ns[label] = ns[label] if label in ns else _run_label(ns)
-    ns["layer"] = ns["layer"].map(short)
-    labels = list(dict.fromkeys(ns[label]))
+    ns, labels, hue_order = _per_run_layers(ns, label)
     fig, cells = _grid(len(labels), 1, max_cols, 3.6, 3.0)
-    hue_order = list(dict.fromkeys(ns["layer"]))
     for k, lab in enumerate(labels):
         ax = cells[k][0]
         sub = ns[ns[label] == lab]

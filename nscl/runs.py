@@ -211,8 +211,10 @@ def null_space_frame(paths: Iterable[str | os.PathLike]):
     return pd.DataFrame(rows)
 
 
-#: parameters that do not change what a run computes (left out when grouping runs over seeds)
-NON_SEMANTIC = ("seed", "threads", "quiet", "device", "data_root", "checkpoint", "download")
+#: parameters that never change what a run computes (a run made with other values is the same run)
+RUN_INVARIANT = ("quiet", "device", "threads", "checkpoint")
+#: left out when grouping runs over seeds: the invariant ones, the seed, and where the data came from
+NON_SEMANTIC = ("seed", *RUN_INVARIANT, "data_root", "download")
 
 
 def aggregate(paths: Iterable[str | os.PathLike], metrics=("acc", "bwt", "plasticity", "forgetting"),

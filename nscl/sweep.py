@@ -66,7 +66,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC, ERROR, JOB, MANIFEST, SUBMITTED = "spec.json", "error.txt", "job.json", "sweep.json", "submitted.json"
 OUTCOME = "outcome.json"  # what run_one returned (local executor)
 COLLECTED = "collected"
-IGNORE = {"quiet", "device", "threads", "checkpoint"}  # never change what a run computes
 NAME_KEYS = ("benchmark", "method", "seed")
 TOP_KEYS = {"name", "description", "run", "files", "params", "grid", "overrides", "out", "executor",
             "cell_timeout_s", "kernel"}
@@ -168,7 +167,7 @@ def run_name(params: dict, varying: Iterable[str], run: str) -> str:
     registered later, or one set explicitly to its default, does not move a run elsewhere)."""
     _defaults = config.defaults()
     key = {k: v for k, v in params.items()
-           if k not in IGNORE and not (k in _defaults and v == _defaults[k])}
+           if k not in runs.RUN_INVARIANT and not (k in _defaults and v == _defaults[k])}
     key["_run"] = "cli" if run == "cli" else Path(run).stem
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     hp = "".join(f"{k}{_slug(params[k])}_" for k in varying if k not in NAME_KEYS and k in params)
@@ -222,7 +221,7 @@ def _same_params(res: dict, cfg: dict) -> bool:
     """Same parameters; a key registered after the run was made counts as equal at its default."""
     p = res.get("params") or {}
     return all((p[k] if k in p else config.PARAMS[k].default) == v
-               for k, v in cfg.items() if k not in IGNORE and k in config.PARAMS)
+               for k, v in cfg.items() if k not in runs.RUN_INVARIANT and k in config.PARAMS)
 
 
 def is_complete(spec: dict) -> bool:
@@ -634,14 +633,22 @@ def add_cli(sub) -> None:
     c.set_defaults(func=_cmd_collect)
 
 
+def _reports_sweep_errors(cmd):
+    """A bad sweep file or directory is a one-line error (exit 2), not a traceback."""
+    def wrapped(args) -> int:
+        try:
+            return cmd(args)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+@_reports_sweep_errors
 def _cmd_run(args) -> int:
-    try:
-        res = run(args.file, executor=args.executor, out=args.out, wait=not args.no_wait,
-                  retry_failed=args.retry_failed, dry_run=args.dry_run, timeout_s=args.timeout,
-                  parallel=args.parallel)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = run(args.file, executor=args.executor, out=args.out, wait=not args.no_wait,
+              retry_failed=args.retry_failed, dry_run=args.dry_run, timeout_s=args.timeout,
+              parallel=args.parallel)
     if args.dry_run:
         for s in res["specs"]:
             print(f"  {'run' if s['name'] in res['submitted'] else 'skip'}  {s['name']}")
@@ -655,22 +662,16 @@ def _cmd_run(args) -> int:
     return 1 if any(r.get("status") in ("failed", "stopped") for r in res["results"]) else 0
 
 
+@_reports_sweep_errors
 def _cmd_status(args) -> int:
-    try:
-        rows = status(args.dir)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows = status(args.dir)
     print(format_status(rows, args.dir, args.all))
     return 0
 
 
+@_reports_sweep_errors
 def _cmd_collect(args) -> int:
-    try:
-        df = collect(args.dir)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    df = collect(args.dir)
     cols = [c for c in ("name", "state", "acc", "bwt", "plasticity", "total_s") if c in df]
     with __import__("pandas").option_context("display.width", 200, "display.max_rows", 500):
         print(df[cols].to_string(index=False))

@@ -74,9 +74,8 @@ def _stream_to_device(stream, device: torch.device) -> None:
 def _differing(saved: dict, cfg: dict) -> set[str]:
     """Parameters that differ between a saved run and ``cfg`` (keys the saved run predates count
     at their defaults; parameters that don't change results are ignored)."""
-    ignore = {"quiet", "device", "threads", "checkpoint"}
     saved = {**config_mod.defaults(), **saved}
-    return {k for k in cfg if k not in ignore and saved.get(k) != cfg[k]}
+    return {k for k in cfg if k not in runs.RUN_INVARIANT and saved.get(k) != cfg[k]}
 
 
 class Trainer:
