@@ -425,8 +425,9 @@ def summarize(df, by=("benchmark", "method"), metrics=METRICS):
     return pd.DataFrame(rows)
 
 
-def format_summary(summary, digits: int = 1, metrics=("acc", "bwt", "plasticity")):
-    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`summarize`'s table."""
+def format_summary(summary, digits: int = 2, metrics=("acc", "bwt", "plasticity")):
+    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`summarize`'s table,
+    with the decimals of every metric table (``nscl.notebook.METRIC_DIGITS``)."""
     out = summary[[c for c in summary.columns if not c.endswith(("_mean", "_std"))]].copy()
     for m in metrics:
         if f"{m}_mean" in summary:
