@@ -48,7 +48,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _progress(iterable, quiet: bool, **kw):
-    if quiet:
+    """A per-task tqdm bar (a widget in JupyterLab, text in a terminal), or ``iterable`` itself.
+
+    ``$NSCL_QUIET`` (any non-empty value) turns bars off whatever ``quiet`` says: ``make test`` and
+    ``make notebooks`` set it so that the notebooks' stored outputs hold no progress bars.
+    """
+    if quiet or os.environ.get("NSCL_QUIET"):
         return iterable
     from tqdm.auto import tqdm
 
@@ -268,7 +273,7 @@ class Trainer:
             for t in bar:
                 torch.manual_seed(cfg["seed"] * 1000 + t)
                 self.generator.manual_seed(cfg["seed"] * 1000 + t)
-                train_s = self._train_task(t, bar if not cfg["quiet"] else None)
+                train_s = self._train_task(t, bar if hasattr(bar, "set_postfix") else None)
                 timing = {"train_s": train_s, **self._task_boundary(t)}
                 self.timing.append(timing)
                 self._checkpoint(t)
