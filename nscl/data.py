@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .core.params import Param
+
 __all__ = [
     "BENCHMARKS",
     "DATASETS",
@@ -96,6 +98,19 @@ _SYNTHETIC_DEFAULTS = {
 #: ``dataset``/``scenario``/``n_tasks``/``augment`` are always present; ``dataset_kwargs``
 #: (synthetic only) are passed to :func:`load_dataset` and can be overridden through
 #: ``make_stream(**overrides)``.
+#: the data parameters (collected into the run schema by nscl.experiment.config)
+PARAMS = (
+    Param("benchmark", "split_fmnist", "str", "task stream, see nscl.data.BENCHMARKS"),
+    Param("data_root", None, "str", "directory with the dataset files (else NSCL_DATA_ROOT, system paths)"),
+    Param("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)"),
+    Param("n_tasks", None, "int", "override the benchmark's number of tasks"),
+    Param("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)"),
+    Param("test_samples_per_task", None, "int", "keep this many test samples per task"),
+    Param("val_fraction", 0.1, "float", "held-out fraction of each task's training data"),
+    Param("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
+          choices=("fixed", "random")),
+)
+
 BENCHMARKS: dict[str, dict] = {
     "split_fmnist": {"dataset": "fashion_mnist", "scenario": "split", "n_tasks": 5, "augment": False},
     "permuted_fmnist": {"dataset": "fashion_mnist", "scenario": "permuted", "n_tasks": 10, "augment": False},

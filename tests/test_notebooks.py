@@ -1,6 +1,6 @@
 """The notebook suite: every notebooks/NN_*.ipynb through papermill on params/base.yaml + ci.yaml.
 
-One module-scoped run of the suite runner (``nscl.report.run_suite``, what ``make run`` uses) executes
+One module-scoped run of the suite runner (``nscl.apps.suite.run_suite``, what ``make run`` uses) executes
 every notebook into a temporary folder (per-notebook extras: ``params/ci_<stem>.yaml`` if present);
 the tests assert on what the notebooks recorded. The committed outputs themselves are checked by
 ``pytest --nbval`` (second step of ``make test``).
@@ -13,18 +13,20 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from nscl import config, report, runs
-from nscl import notebook as nb
+from nscl.analysis import tables
+from nscl.apps import notebook as nb
+from nscl.apps import suite
+from nscl.experiment import config, records
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = [ROOT / "params" / "base.yaml", ROOT / "params" / "ci.yaml"]
-NOTEBOOKS = report.notebooks(ROOT / "notebooks")
+NOTEBOOKS = suite.notebooks(ROOT / "notebooks")
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    entries = report.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
+    entries = suite.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
                                folder=ROOT / "notebooks")
     return out, {e["notebook"]: e for e in entries}
 
@@ -48,7 +50,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
     out, _ = suite
     rec = record(suite, stem)
     assert (out / stem / f"{stem}.ipynb").exists()
-    assert (out / stem / runs.RESULTS).exists()  # beside the output notebook
+    assert (out / stem / records.RESULTS).exists()  # beside the output notebook
     assert rec["schema"] == nb.NOTEBOOK_RESULTS_SCHEMA
     assert rec["params"]["samples_per_task"] == 300 and rec["params"]["device"] == "cpu"  # ci.yaml reached it
     assert rec["figures"], "every notebook saves at least one figure"
@@ -61,7 +63,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
             T = m["metrics"]["tasks_done"]
             assert len(m["acc"]) == T and all(v is None for i, row in enumerate(m["acc"]) for v in row[i + 1:])
         if m.get("run_dir") is not None:
-            run = runs.load(out / stem / m["run_dir"])
+            run = records.load(out / stem / m["run_dir"])
             assert run["metrics"] == m["metrics"]
     executed = json.loads((out / stem / f"{stem}.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"]["samples_per_task"] == 300
@@ -158,11 +160,11 @@ def test_parameters_validates_the_namespace(tmp_path, monkeypatch):
 
 def test_run_labels_and_find_runs_skip_notebook_records(tmp_path):
     for d in ("a/runs/finetune", "b/runs/finetune"):
-        runs.write_json(tmp_path / d / runs.RESULTS, {"schema": runs.SCHEMA, "params": {}})
-    runs.write_json(tmp_path / "a" / runs.RESULTS, {"schema": nb.NOTEBOOK_RESULTS_SCHEMA})
+        records.write_json(tmp_path / d / records.RESULTS, {"schema": records.SCHEMA, "params": {}})
+    records.write_json(tmp_path / "a" / records.RESULTS, {"schema": nb.NOTEBOOK_RESULTS_SCHEMA})
     found = nb.find_runs([str(tmp_path / "*")])
     assert [p.parent.parent.name for p in found] == ["a", "b"]
-    assert nb.run_labels(found) == ["a/finetune", "b/finetune"]
+    assert tables.run_labels(found) == ["a/finetune", "b/finetune"]
 
 
 def test_run_methods_reuses_identical_runs_and_replaces_stale_ones(tmp_path, tiny_cfg):
@@ -182,7 +184,7 @@ def test_run_methods_reuses_identical_runs_and_replaces_stale_ones(tmp_path, tin
 
 
 # ---- live kernels: which names parameters() checks ------------------------------------------------
-VALIDATE = "import nscl.notebook as nb\ncfg = nb.parameters(globals(), extras=['methods'])"
+VALIDATE = "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals(), extras=['methods'])"
 LATER = "results = nb.run_methods(cfg, cfg['methods'])\nacc = results['finetune']['metrics']['acc']"
 
 
@@ -245,7 +247,7 @@ def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
     from nbclient import NotebookClient
 
     cells = ["epochs = 2\nhidden = [8]",
-             "import nscl.notebook as nb\ncfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
+             "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
              "results = {'a': 1}\nacc = sum([1, 2])\nfig_count = len(results)",
              "epoch = 3\nhidden = [8]",
              "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
@@ -281,7 +283,7 @@ def test_require_runs_fails_naming_the_key_and_the_root(tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError, match=r"'runs' matches no run directory.*nothing_here.*resolved from "
                                                   + re.escape(str(tmp_path))):
         nb.require_runs([str(tmp_path / "nothing_here")])
-    runs.write_json(tmp_path / "00_x" / "runs" / "finetune" / runs.RESULTS, {"schema": runs.SCHEMA, "params": {}})
+    records.write_json(tmp_path / "00_x" / "runs" / "finetune" / records.RESULTS, {"schema": records.SCHEMA, "params": {}})
     cfg = nb.parameters({"runs": ["0[0-3]_*"]}, extras=["runs"])
     assert nb.require_runs(cfg["runs"]) == [(tmp_path / "00_x" / "runs" / "finetune").resolve()]
 
@@ -289,7 +291,7 @@ def test_require_runs_fails_naming_the_key_and_the_root(tmp_path, monkeypatch):
 def test_metric_tables_show_the_same_decimals_everywhere():
     res = {"finetune": {"metrics": {"acc": 78.123, "bwt": -11.5, "plasticity": 80.0, "forgetting": 11.5}},
            "adam_nscl": {"metrics": {"acc": 60.5, "bwt": -4.1234, "plasticity": None, "forgetting": 0.0}}}
-    table = nb.metrics_table(res)
+    table = tables.metrics_table(res)
     text, html = repr(table), table._repr_html_()
     for shown in ("78.12", "-11.50", "80.00", "11.50", "60.50", "-4.12", "0.00", "NaN"):
         assert shown in text and f"<td>{shown}</td>" in html, shown
@@ -303,10 +305,12 @@ def test_metric_tables_show_the_same_decimals_everywhere():
 
 
 def test_regenerate_runs_the_notebooks_an_analysis_reads():
-    plan = report.regenerate_plan(ROOT / "notebooks", ["04"])
+    from nscl.apps import suite as suite_app  # (the name `suite` is this module's fixture)
+
+    plan = suite_app.regenerate_plan(ROOT / "notebooks", ["04"])
     stems = [(p.stem[:2], write) for p, write in plan]
     assert stems == [("00", False), ("01", False), ("02", False), ("03", False), ("04", True)]
-    assert [(p.stem[:2], w) for p, w in report.regenerate_plan(ROOT / "notebooks", ["00", "05"])] == [
+    assert [(p.stem[:2], w) for p, w in suite_app.regenerate_plan(ROOT / "notebooks", ["00", "05"])] == [
         ("00", True), ("05", True)]
 
 

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from nscl import plots  # noqa: E402
+from nscl.analysis import plots  # noqa: E402
 
 
 def ns_table(n_runs: int, tasks: int = 5) -> pd.DataFrame:
