@@ -44,16 +44,13 @@ def register(name: str, default: Any, type: str, help: str, choices: Iterable | 
                          default is None if optional is None else optional)
 
 
-# --- data -------------------------------------------------------------------------------------
-register("benchmark", "split_fmnist", "str", "task stream, see nscl.data.BENCHMARKS")
-register("data_root", None, "str", "directory with the dataset files (else NSCL_DATA_ROOT, system paths)")
-register("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)")
-register("n_tasks", None, "int", "override the benchmark's number of tasks")
-register("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)")
-register("test_samples_per_task", None, "int", "keep this many test samples per task")
-register("val_fraction", 0.1, "float", "held-out fraction of each task's training data")
-register("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
-         choices=("fixed", "random"))
+# --- data (declared by nscl.data; glue until the config layer collects every declaration) ---
+from .data import PARAMS as _DATA_PARAMS  # torch-free import
+
+for _p in _DATA_PARAMS:
+    register(_p.name, _p.default, _p.type, _p.help, _p.choices, _p.optional)
+del _p
+
 # --- model ------------------------------------------------------------------------------------
 register("model", "mlp", "str", "backbone", choices=("mlp", "cnn", "resnet18"))
 register("hidden", [256, 256], "list[int]", "MLP hidden widths")
