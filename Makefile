@@ -40,9 +40,10 @@ slurm:
 	  echo "WARNING: no SLURM running and not root: tests/test_sweep_slurm.py will FAIL." \
 	       "Start one with 'sudo .ci/slurm.sh start'."; fi
 
-# Unit tests (tests/, incl. every notebook through papermill on params/ci.yaml), then nbval: the
+# Lint (ruff), unit tests (tests/, incl. every notebook through papermill on params/ci.yaml), then nbval: the
 # committed notebooks' stored outputs must reproduce (their runs go to a fresh temporary folder).
 test: venv data slurm
+	$(PY) -m ruff check nscl tests
 	$(PY) -m pytest -q
 	NSCL_OUTPUT_ROOT=$$(mktemp -d) $(PY) -m pytest -q --nbval --nbval-current-env notebooks/
 

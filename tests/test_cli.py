@@ -13,8 +13,9 @@ import pytest
 import torch
 import yaml
 
-from nscl import cli, config, runs
-from nscl.nullspace import null_dim
+from nscl.apps import cli
+from nscl.experiment import config, records
+from nscl.core.nullspace import null_dim
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"schema", "status", "error", "name", "params", "stream", "tasks", "acc", "metrics", "null_space",
@@ -38,9 +39,9 @@ def run_dir(tmp_path_factory):
 
 
 def test_results_schema_and_matrix(run_dir):
-    res = runs.load(run_dir)
+    res = records.load(run_dir)
     assert KEYS <= set(res)
-    assert res["schema"] == runs.SCHEMA and res["status"] == "complete" and res["error"] is None
+    assert res["schema"] == records.SCHEMA and res["status"] == "complete" and res["error"] is None
     acc = res["acc"]
     T = len(res["tasks"])
     assert T >= 3 and T == res["stream"]["n_tasks"] == len(acc)
@@ -65,9 +66,9 @@ def test_results_schema_and_matrix(run_dir):
 
 
 def test_spectra_match_null_space_records(run_dir):
-    res = runs.load(run_dir)
+    res = records.load(run_dir)
     p = res["params"]
-    spectra = runs.load_spectra(run_dir)
+    spectra = records.load_spectra(run_dir)
     T = len(res["acc"])
     layers = res["null_space"]
     assert set(layers) == {"backbone.layers.0", "backbone.layers.1"}
@@ -87,8 +88,8 @@ def test_spectra_match_null_space_records(run_dir):
 
 
 def test_params_yaml_fully_resolved(run_dir):
-    res = runs.load(run_dir)
-    with open(run_dir / runs.PARAMS) as f:
+    res = records.load(run_dir)
+    with open(run_dir / records.PARAMS) as f:
         saved = yaml.safe_load(f)
     assert saved == res["params"]
     assert set(config.defaults()) <= set(saved)  # every key, not only the ones given
@@ -100,7 +101,7 @@ def test_params_yaml_fully_resolved(run_dir):
 
 
 def test_env_records_provenance(run_dir):
-    env = runs.load(run_dir)["env"]
+    env = records.load(run_dir)["env"]
     assert env["device"] == "cpu" and env["seed"] == 0 and env["threads"] == 1
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -111,7 +112,7 @@ def test_env_records_provenance(run_dir):
 def test_show_prints_the_metrics(run_dir, capsys):
     assert cli.main(["show", str(run_dir), "--matrix"]) == 0
     out = capsys.readouterr().out
-    m = runs.load(run_dir)["metrics"]
+    m = records.load(run_dir)["metrics"]
     assert f"{m['acc']:7.2f}" in out and f"{m['bwt']:7.2f}" in out and "accuracy matrix" in out
 
 

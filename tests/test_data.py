@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import struct
 
@@ -158,6 +159,9 @@ def test_tinyimagenet_tree_and_cache(tmp_path):
     assert (xv[0].float().mean((1, 2)) - torch.tensor([30.0, 200.0, 30.0])).abs().max() <= 4
     # decoded arrays were cached as .npz and the cache is used on reload
     assert ds["cache"] is not None and ds["cache"].endswith(".npz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(ds["cache"]).st_mode & 0o777 == 0o666 & ~umask  # shared data folders stay readable
     tinyimagenet._load_dir.cache_clear()
     ds2 = load_dataset("tinyimagenet", data_root=str(root))
     assert ds2["cache"] == ds["cache"]
@@ -426,7 +430,6 @@ def test_damaged_cifar_pickle_and_tiny_image_name_the_file(tmp_path):
 
 
 def test_cli_prints_data_errors_as_one_line(tmp_path):
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -447,7 +450,7 @@ def test_cli_prints_data_errors_as_one_line(tmp_path):
 
 
 def test_cli_prints_corrupt_file_as_one_line(tmp_path, capsys):
-    from nscl import cli
+    from nscl.apps import cli
 
     make_fmnist_dir(tmp_path)
     gz = tmp_path / "t10k-labels-idx1-ubyte.gz"

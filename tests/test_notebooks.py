@@ -1,6 +1,6 @@
 """The notebook suite: every notebooks/NN_*.ipynb through papermill on params/base.yaml + ci.yaml.
 
-One module-scoped run of the suite runner (``nscl.report.run_suite``, what ``make run`` uses) executes
+One module-scoped run of the suite runner (``nscl.apps.suite.run_suite``, what ``make run`` uses) executes
 every notebook into a temporary folder (per-notebook extras: ``params/ci_<stem>.yaml`` if present);
 the tests assert on what the notebooks recorded. The committed outputs themselves are checked by
 ``pytest --nbval`` (second step of ``make test``).
@@ -13,18 +13,20 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from nscl import config, report, runs
-from nscl import notebook as nb
+from nscl.analysis import tables
+from nscl.apps import notebook as nb
+from nscl.apps import suite
+from nscl.experiment import config, records
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = [ROOT / "params" / "base.yaml", ROOT / "params" / "ci.yaml"]
-NOTEBOOKS = report.notebooks(ROOT / "notebooks")
+NOTEBOOKS = suite.notebooks(ROOT / "notebooks")
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    entries = report.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
+    entries = suite.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
                                folder=ROOT / "notebooks")
     return out, {e["notebook"]: e for e in entries}
 
@@ -48,7 +50,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
     out, _ = suite
     rec = record(suite, stem)
     assert (out / stem / f"{stem}.ipynb").exists()
-    assert (out / stem / runs.RESULTS).exists()  # beside the output notebook
+    assert (out / stem / records.RESULTS).exists()  # beside the output notebook
     assert rec["schema"] == nb.NOTEBOOK_RESULTS_SCHEMA
     assert rec["params"]["samples_per_task"] == 300 and rec["params"]["device"] == "cpu"  # ci.yaml reached it
     assert rec["figures"], "every notebook saves at least one figure"
@@ -61,7 +63,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
             T = m["metrics"]["tasks_done"]
             assert len(m["acc"]) == T and all(v is None for i, row in enumerate(m["acc"]) for v in row[i + 1:])
         if m.get("run_dir") is not None:
-            run = runs.load(out / stem / m["run_dir"])
+            run = records.load(out / stem / m["run_dir"])
             assert run["metrics"] == m["metrics"]
     executed = json.loads((out / stem / f"{stem}.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"]["samples_per_task"] == 300
@@ -158,11 +160,11 @@ def test_parameters_validates_the_namespace(tmp_path, monkeypatch):
 
 def test_run_labels_and_find_runs_skip_notebook_records(tmp_path):
     for d in ("a/runs/finetune", "b/runs/finetune"):
-        runs.write_json(tmp_path / d / runs.RESULTS, {"schema": runs.SCHEMA, "params": {}})
-    runs.write_json(tmp_path / "a" / runs.RESULTS, {"schema": nb.NOTEBOOK_RESULTS_SCHEMA})
+        records.write_json(tmp_path / d / records.RESULTS, {"schema": records.SCHEMA, "params": {}})
+    records.write_json(tmp_path / "a" / records.RESULTS, {"schema": nb.NOTEBOOK_RESULTS_SCHEMA})
     found = nb.find_runs([str(tmp_path / "*")])
     assert [p.parent.parent.name for p in found] == ["a", "b"]
-    assert nb.run_labels(found) == ["a/finetune", "b/finetune"]
+    assert tables.run_labels(found) == ["a/finetune", "b/finetune"]
 
 
 def test_run_methods_reuses_identical_runs_and_replaces_stale_ones(tmp_path, tiny_cfg):

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from nscl import config, pruning
+from nscl.core import pruning
+from nscl.experiment import config
 from nscl.data import make_stream
-from nscl.train import Trainer
+from nscl.experiment.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:split_digits")
 
@@ -26,8 +27,8 @@ def _synthetic(shape, n_tasks=2):
 def _task(tr, t):
     """One task through the trainer's own loop and boundary (after_task = pruning, covariance, eval)."""
     torch.manual_seed(1000 + t)
-    tr._train_task(t, None)
-    tr._task_boundary(t)
+    tr.train_task(t)
+    tr.end_task(t)
 
 
 def _test_x(tr, t, n=64):
@@ -187,7 +188,7 @@ def test_margin_respected_on_val_split_never_test():
     pruned_any = False
     for t in range(3):
         torch.manual_seed(1000 + t)
-        tr._train_task(t, None)
+        tr.train_task(t)
         base = tr.accuracy(t, "val")
         test_split = tr.stream[t].test
         tr.stream.tasks[t].test = None  # pruning must not touch the test set
@@ -250,12 +251,12 @@ def test_nscl_prune_keeps_old_layer_outputs(model, monkeypatch):
         if t == 0:
             rows0 = {w.name: _flat(w.module)[masks.owner[w.out_group] == 0] for w in masks.graph.wires}
     torch.manual_seed(1002)
-    tr._train_task(2, None)
+    tr.train_task(2)
     for w in masks.graph.wires:  # interference weights stayed exactly zero through the updates
         inter = masks.interference(w)
         if inter.any():
             assert _flat(w.module)[inter].abs().max() == 0, w.name
-    tr._task_boundary(2)
+    tr.end_task(2)
     for s, (x, logits, ref) in enumerate(refs):
         owners = {n: masks.owner[n][masks.owner[n] <= s] for n in ref}
         _, logits_now, now = snapshot(s)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..util import jsonable
 from .registry import BENCHMARKS, DatasetSpec, load_dataset, spec
 from .sampling import balanced_subset, rng, stratified_split
 
@@ -191,18 +192,6 @@ class Stream:
 # ----------------------------------------------------------------------------------------
 # Building a stream
 # ----------------------------------------------------------------------------------------
-
-
-def _to_jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_to_jsonable(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    return v
 
 
 @dataclass
@@ -403,4 +392,4 @@ def make_stream(
          "n_train": len(tk.train), "n_val": len(tk.val), "n_test": len(tk.test)}
         for tk in tasks
     ]
-    return Stream(benchmark=benchmark, tasks=tasks, input_shape=pools.input_shape, info=_to_jsonable(info))
+    return Stream(benchmark=benchmark, tasks=tasks, input_shape=pools.input_shape, info=jsonable(info))

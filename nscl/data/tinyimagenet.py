@@ -18,22 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..util import progress
 from .errors import CorruptDataError
 from .paths import cache_dir
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CACHE_NAME = "nscl_tinyimagenet_v1.npz"
 SIZE = 64
-
-
-def _progress(iterable, total: int, desc: str):
-    """tqdm progress bar, disabled when stderr is not a tty or NSCL_QUIET is set."""
-    quiet = bool(os.environ.get("NSCL_QUIET")) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, disable=quiet)
 
 
 def _listing(d: Path) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, int]]]:
@@ -86,7 +77,8 @@ def _decode_images(d: Path, rels: list[str], desc: str) -> np.ndarray:
     workers = min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as ex:
         it = ex.map(lambda r: _read_rgb(d / r), rels, chunksize=64)
-        for i, a in enumerate(_progress(it, total=len(rels), desc=desc)):
+        quiet = bool(os.environ.get("NSCL_QUIET")) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+        for i, a in enumerate(progress(it, quiet=quiet, total=len(rels), desc=desc)):
             out[i] = a
     return out
 
@@ -97,9 +89,14 @@ def _cache_paths(d: Path) -> list[Path]:
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
+    """``np.savez`` through a temporary file + ``os.replace`` (streamed: the arrays may be GBs, so
+    not through :func:`nscl.util.atomic_write`, which takes the bytes); permissions follow the umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; a shared data folder needs group read
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)

@@ -11,12 +11,12 @@ the ``-p`` overrides, then ``output_dir=<out>/<stem>``. A notebook that declares
 it wrote. The output is::
 
     <out>/<stem>/<stem>.ipynb     executed notebook (papermill's cell states and timings in metadata)
-    <out>/<stem>/results.json     the notebook's record (nscl.notebook.save_results), beside it
+    <out>/<stem>/results.json     the notebook's record (nscl.apps.notebook.save_results), beside it
     <out>/<stem>/runs/<method>/   run directories (results.json, spectra.npz, params.yaml)
     <out>/<stem>/figures/*.png    figures
     <out>/summary.md              one table: notebook, status, minutes, and each method's ACC/BWT
 
-Unknown keys fail inside the notebook (``nscl.notebook.parameters``), naming the key; a failed
+Unknown keys fail inside the notebook (``nscl.apps.notebook.parameters``), naming the key; a failed
 notebook is recorded in the summary, the others still run, and the exit status is 1.
 
 ``python -m nscl suite --regenerate`` (``make notebooks``) instead executes the committed notebooks in
@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import yaml
-
-from . import config as config_mod
-from . import runs
+from ..experiment import config as config_mod
+from ..experiment import records
+from ..util import atomic_write
 from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
@@ -50,17 +49,6 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     return found
 
 
-def load_yaml(path: str | Path) -> dict:
-    """A parameter file as a plain mapping (validation happens inside the notebook)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise config_mod.ConfigError(f"parameter file {str(path)!r} not found") from None
-    if not isinstance(data, dict):
-        raise config_mod.ConfigError(f"parameter file {str(path)!r} must hold a mapping of key: value")
-    return data
-
-
 def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: Mapping | None = None,
                         output_dir: str | Path | None = None, suite_dir: str | Path | None = None,
                         params_dir: str | Path | None = None, hook: str | None = "suite_{stem}.yaml") -> dict:
@@ -69,11 +57,11 @@ def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: M
 
     params: dict = {}
     for f in files:
-        params.update(load_yaml(f))
+        params.update(config_mod.read_mapping(f))
     if hook:
         hook_file = Path(params_dir or project_root() / "params") / hook.format(stem=nb.stem)
         if hook_file.exists():
-            params.update(load_yaml(hook_file))
+            params.update(config_mod.read_mapping(hook_file))
     params.update(overrides or {})
     if output_dir is not None:
         params["output_dir"] = str(output_dir)
@@ -96,7 +84,7 @@ def execute(nb: Path, out_nb: Path, parameters: Mapping, progress: bool = True, 
     import papermill as pm
 
     # papermill warns "Passed unknown parameter" for every key not in the parameters cell (all of
-    # base.yaml); nscl.notebook.parameters validates them all and fails on a wrong one instead
+    # base.yaml); nscl.apps.notebook.parameters validates them all and fails on a wrong one instead
     logger = logging.getLogger("papermill")
     if not any(isinstance(f, _UnknownParameterFilter) for f in logger.filters):
         logger.addFilter(_UnknownParameterFilter())
@@ -147,9 +135,9 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
     if total_s is not None:
         lines += [f"Total time: {total_s / 60:.1f} min.", ""]
     lines += ["| notebook | status | minutes | figures |", "|---|---|---:|---|"]
-    records = {}
+    by_notebook = {}
     for e in entries:
-        rec_path = out / e["notebook"] / runs.RESULTS
+        rec_path = out / e["notebook"] / records.RESULTS
         rec = None
         if rec_path.exists():
             try:
@@ -157,18 +145,18 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
             except ValueError:
                 rec = None
         if rec is not None and rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
-            records[e["notebook"]] = rec
+            by_notebook[e["notebook"]] = rec
         figs = ", ".join(f"[{Path(f).stem}]({e['notebook']}/{f})" for f in (rec or {}).get("figures", []))
         status = e["status"] if not e.get("error") else f"{e['status']}: {e['error'][:120]}"
         lines.append(f"| [{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | {status} | "
                      f"{e['seconds'] / 60:.1f} | {figs or '-'} |")
     # runs a notebook only read (run_dir outside its folder, e.g. the analysis notebook) are listed once,
     # under the notebook that trained them
-    rows = [(nb, label, m) for nb, rec in records.items() for label, m in rec.get("methods", {}).items()
+    rows = [(nb, label, m) for nb, rec in by_notebook.items() for label, m in rec.get("methods", {}).items()
             if not str(m.get("run_dir") or "").startswith("..")]
     if rows:
         lines += ["", "Task-aware test accuracy in percent; BWT and forgetting in points "
-                  "(see nscl.metrics).", "",
+                  "(see nscl.core.metrics).", "",
                   "| notebook | run | ACC | BWT | plasticity | forgetting | tasks |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for nb, label, m in rows:
@@ -181,7 +169,7 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
 
 def write_summary(out: Path, entries: list[dict], total_s: float | None = None) -> Path:
     path = Path(out) / "summary.md"
-    runs.atomic_write(path, summary_markdown(Path(out), entries, total_s))
+    atomic_write(path, summary_markdown(Path(out), entries, total_s))
     return path
 
 
@@ -238,12 +226,7 @@ def add_cli(sub) -> None:
 
 
 def cmd_suite(args) -> int:
-    overrides = {}
-    for item in args.param:
-        if "=" not in item:
-            raise config_mod.ConfigError(f"override {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = config_mod.parse_value(value)
+    overrides = config_mod.parse_overrides(args.param, check_keys=False)
     t0 = time.perf_counter()
     if args.regenerate:
         for nb in notebooks(args.notebooks, args.only):

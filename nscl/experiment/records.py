@@ -7,9 +7,9 @@ A run directory holds::
                     method diagnostics, timings, environment (versions, git commit, device, seed)
     spectra.npz     eigenvalues of every tracked layer's covariance after every task
     checkpoint.pt   state after the last finished task (resume); removed when the run completes
-                    unless ``keep_checkpoint``
 
-:func:`load` reads a run back, :func:`frame` turns many runs into one pandas table.
+:func:`load` reads a run back, :func:`find_runs` finds run directories, :func:`differing` is the
+one "same run?" rule; :mod:`nscl.analysis.tables` turns many runs into pandas tables.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -27,46 +26,14 @@ import numpy as np
 import torch
 import yaml
 
+from ..util import atomic_write, jsonable
+
 SCHEMA = "nscl.results/1"
 RESULTS, PARAMS, SPECTRA, CHECKPOINT = "results.json", "params.yaml", "spectra.npz", "checkpoint.pt"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write via a temporary file in the same directory + ``os.replace``: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    return obj
-
-
 def write_json(path, obj) -> None:
-    atomic_write(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
+    atomic_write(path, json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n")
 
 
 def write_params(run_dir, cfg: dict) -> None:
@@ -94,7 +61,7 @@ def load_checkpoint(run_dir) -> dict | None:
 
 def git_info() -> dict:
     """Commit of the nscl source tree (and whether it had uncommitted changes), if it is a checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
@@ -108,7 +75,7 @@ def git_info() -> dict:
 def env_info(device: torch.device | str, seed: int) -> dict:
     import torchvision
 
-    from . import __version__
+    from .. import __version__
 
     device = torch.device(device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -176,82 +143,19 @@ def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> 
     return out
 
 
-def frame(paths: Iterable[str | os.PathLike], params: Iterable[str] | None = None):
-    """One row per run: directory, status, selected parameters (default: all) and the metrics."""
-    import pandas as pd
-
-    rows = []
-    for d in find_runs(paths):
-        res = load(d)
-        row = {"run": str(d), "status": res.get("status")}
-        p = res.get("params", {})
-        row.update({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in p.items()
-                    if params is None or k in params})
-        row.update({k: v for k, v in (res.get("metrics") or {}).items()})
-        row["total_s"] = (res.get("timing") or {}).get("total_s")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def null_space_frame(paths: Iterable[str | os.PathLike]):
-    """Long table: run, method, layer, task, d, null-space dim r, r/d, kept energy, rank."""
-    import pandas as pd
-
-    rows = []
-    for d in find_runs(paths):
-        res = load(d)
-        method = res.get("params", {}).get("method")
-        for layer, rec in (res.get("null_space") or {}).items():
-            for t, r in enumerate(rec.get("dims", [])):
-                rows.append({"run": str(d), "method": method, "seed": res["params"].get("seed"),
-                             "layer": layer, "task": t + 1, "d": rec["d"], "null_dim": r,
-                             "null_frac": r / rec["d"] if rec["d"] else None,
-                             "kept_energy": rec["kept_energy"][t],
-                             "rank": rec.get("rank", [None] * (t + 1))[t]})
-    return pd.DataFrame(rows)
-
-
 #: parameters that never change what a run computes (a run made with other values is the same run)
 RUN_INVARIANT = ("quiet", "device", "threads", "checkpoint")
 #: left out when grouping runs over seeds: the invariant ones, the seed, and where the data came from
 NON_SEMANTIC = ("seed", *RUN_INVARIANT, "data_root", "download")
 
 
-def aggregate(paths: Iterable[str | os.PathLike], metrics=("acc", "bwt", "plasticity", "forgetting"),
-              ignore: Iterable[str] = ()):
-    """Mean and std over seeds of runs that share every other parameter; one row per group.
+def differing(saved: dict, cfg: dict) -> set[str]:
+    """The one "same run?" rule: the parameters in which a saved run differs from ``cfg``.
 
-    The ``label`` column names each group by the parameters that differ between groups.
-    ``ignore``: further parameters to leave out of the grouping (e.g. ones a method does not use).
+    Keys the saved run predates count at their defaults; :data:`RUN_INVARIANT` parameters never
+    make two runs different. The CLI, notebooks, sweeps and resume all ask this function.
     """
-    skip = set(NON_SEMANTIC) | set(ignore)
-    import pandas as pd
-
     from .config import defaults
 
-    base = defaults()  # runs written before a parameter existed had its default
-    rows = []
-    for d in find_runs(paths):
-        res = load(d)
-        if res.get("status") != "complete":
-            continue
-        key = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
-               for k, v in {**base, **res["params"]}.items() if k not in skip}
-        rows.append({**key, "_seed": res["params"]["seed"], "_s": (res.get("timing") or {}).get("total_s"),
-                     **{f"_{m}": (res["metrics"] or {}).get(m) for m in metrics}})
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows)
-    keys = [c for c in df.columns if not c.startswith("_")]
-    varying = [k for k in keys if df[k].astype(str).nunique() > 1]
-    out = []
-    for vals, g in df.groupby(keys, dropna=False, sort=False):
-        vals = dict(zip(keys, vals if isinstance(vals, tuple) else (vals,)))
-        row = {"label": " ".join(f"{k}={vals[k]}" for k in varying) or "all", **{k: vals[k] for k in varying},
-               "n": len(g), "seeds": ",".join(map(str, sorted(g["_seed"])))}
-        for m in metrics:
-            row[f"{m}_mean"] = g[f"_{m}"].mean()
-            row[f"{m}_std"] = g[f"_{m}"].std(ddof=1) if len(g) > 1 else float("nan")
-        row["time_s_mean"] = g["_s"].mean()
-        out.append(row)
-    return pd.DataFrame(out)
+    saved = {**defaults(), **saved}
+    return {k for k in cfg if k not in RUN_INVARIANT and saved.get(k) != cfg[k]}

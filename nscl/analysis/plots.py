@@ -1,8 +1,8 @@
 """Seaborn figures shared by the notebooks; each function returns a matplotlib ``Figure``.
 
-Inputs are what :mod:`nscl.runs` and :mod:`nscl.notebook` give back: results dicts (``acc``,
-``metrics``, ``null_space``), :func:`nscl.runs.frame` / :func:`nscl.runs.null_space_frame` tables and
-:func:`nscl.runs.load_spectra` dicts (``"<layer>/task<t>"`` -> ascending eigenvalues).
+Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
+:mod:`nscl.analysis.tables` and :func:`nscl.experiment.records.load_spectra` dicts
+(``"<layer>/task<t>"`` -> ascending eigenvalues). Every figure of the notebooks is drawn here.
 
 * :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i).
 * :func:`metrics_bars` — ACC / BWT / plasticity / forgetting per method.
@@ -11,6 +11,7 @@ Inputs are what :mod:`nscl.runs` and :mod:`nscl.notebook` give back: results dic
 * :func:`spectrum_cut` — one layer's spectrum with the ``a * lambda_min`` cut (Adam-NSCL Alg. 2).
 * :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task.
 * :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
+* :func:`stability_plasticity` — BWT against plasticity per method and benchmark, mean ± std over seeds.
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
 from __future__ import annotations
@@ -58,7 +59,7 @@ def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str =
 
 
 def _metrics_long(data) -> pd.DataFrame:
-    """Long table (label, metric, value) from ``{label: results}`` or a :func:`nscl.runs.frame`."""
+    """Long table (label, metric, value) from ``{label: results}`` or a :func:`nscl.analysis.tables.runs_frame`."""
     cols = {"acc": "ACC", "bwt": "BWT", "plasticity": "plasticity", "forgetting": "forgetting"}
     if isinstance(data, pd.DataFrame):
         df = data.copy()
@@ -73,7 +74,7 @@ def _metrics_long(data) -> pd.DataFrame:
 def metrics_bars(data, title: str | None = None):
     """Bars per method: ACC and plasticity (left, %), BWT and forgetting (right, points, own scale).
 
-    ``data``: ``{label: results}`` or a :func:`nscl.runs.frame` table (several seeds give error bars).
+    ``data``: ``{label: results}`` or a :func:`nscl.analysis.tables.runs_frame` table (several seeds give error bars).
     """
     long = _metrics_long(data)
     hue_order = list(dict.fromkeys(long["label"]))
@@ -257,7 +258,7 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
 def null_space_vs_metrics(summary: pd.DataFrame):
     """Scatter of each run's mean null-space fraction against its plasticity and its BWT (colour: method).
 
-    ``summary``: :func:`nscl.notebook.null_space_summary` (index: run label; columns
+    ``summary``: :func:`nscl.analysis.tables.null_space_summary` (index: run label; columns
     ``mean null fraction``, ``plasticity``, ``BWT``, ``method``).
     """
     df = summary.reset_index().rename(columns={"run": "label"})
@@ -272,6 +273,35 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     if leg is not None:
         leg.set_bbox_to_anchor((1.02, 1))
         leg.set_loc("upper left")
+    fig.tight_layout()
+    return fig
+
+
+def stability_plasticity(runs: pd.DataFrame, order: list | None = None):
+    """The stability-plasticity plane: BWT against plasticity, one panel per benchmark; faint points are
+    runs (seeds), large points with error bars the mean ± std per method.
+
+    ``runs``: one row per complete run with ``benchmark``, ``method``, ``plasticity`` and ``bwt``
+    (e.g. a sweep's collected table).
+    """
+    order = order or list(dict.fromkeys(runs["method"]))
+    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    benches = list(dict.fromkeys(runs["benchmark"]))
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(1, len(benches), figsize=(5.2 * len(benches) + 1.6, 4.0), squeeze=False)
+    for ax, bench in zip(axes[0], benches):
+        d = runs[runs["benchmark"] == bench]
+        sns.scatterplot(data=d, x="plasticity", y="bwt", hue="method", hue_order=order, palette=palette,
+                        alpha=0.35, s=25, legend=False, ax=ax)
+        for m, g in d.groupby("method", sort=False):
+            ax.errorbar(g["plasticity"].mean(), g["bwt"].mean(), xerr=g["plasticity"].std(ddof=1) if len(g) > 1 else 0,
+                        yerr=g["bwt"].std(ddof=1) if len(g) > 1 else 0, fmt="o", ms=8, capsize=3,
+                        color=palette[m], label=m)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_title(bench)
+        ax.set_xlabel("plasticity (%)")
+        ax.set_ylabel("BWT (points)")
+    axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
     fig.tight_layout()
     return fig
 

@@ -3,7 +3,7 @@
 A notebook's first code cell (tagged ``parameters``) holds plain assignments; papermill injects its
 overrides after it. The next cell turns the namespace into a validated config::
 
-    import nscl.notebook as nb
+    from nscl.apps import notebook as nb
     cfg = nb.parameters(globals(), extras={"methods": ["finetune", "adam_nscl"],
                                            "output_dir": "results/notebooks/00_quickstart"})
     results = nb.run_methods(cfg, cfg["methods"], cfg["output_dir"])   # {method: results dict}
@@ -13,10 +13,10 @@ API (kept stable; other notebooks use it):
 
 * :func:`parameters(namespace, extras=None) -> Params` — collects the user-visible globals (skips
   ``_names``, modules, functions/classes, IPython's ``In/Out/get_ipython/exit/quit``), checks each
-  name against :data:`nscl.config.PARAMS` plus the notebook's ``extras`` (a dict name -> default, or
-  a list of names) and raises :class:`nscl.config.ConfigError` naming an unknown key and the valid
+  name against :data:`nscl.experiment.config.PARAMS` plus the notebook's ``extras`` (a dict name -> default, or
+  a list of names) and raises :class:`nscl.experiment.config.ConfigError` naming an unknown key and the valid
   ones — papermill only *warns* on a misspelled ``-p``. Returns a :class:`Params` dict: the fully
-  resolved config (:func:`nscl.config.resolve`) plus the extras; ``.config`` is the config alone.
+  resolved config (:func:`nscl.experiment.config.resolve`) plus the extras; ``.config`` is the config alone.
   A relative ``output_dir`` extra is made absolute against ``$NSCL_OUTPUT_ROOT`` if set (``make test``
   points nbval at a fresh temporary folder), else the project root (the folder holding
   ``params/base.yaml``, found upwards from the working directory), so JupyterLab / nbval (working
@@ -25,7 +25,7 @@ API (kept stable; other notebooks use it):
   On a re-run of the cell in a live kernel, names created by later cells are ignored (the check is
   strict on a fresh kernel: papermill, nbval, "Restart and run all").
 * :func:`run_methods(cfg, methods, output_dir, **overrides) -> {method: results}` — trains each method
-  on the same stream (same seed, same data) with :func:`nscl.train.run`, each into its own run
+  on the same stream (same seed, same data) with :func:`nscl.experiment.trainer.run`, each into its own run
   directory ``<output_dir>/runs/<method>`` (``results.json``, ``spectra.npz``). A complete run with
   identical parameters already there is read back, not retrained; one with other parameters is
   replaced (``replace=False`` raises instead).
@@ -34,20 +34,17 @@ API (kept stable; other notebooks use it):
   summary and the run directory (relative to ``output_dir``), plus the notebook parameters, figure
   files and any ``extra`` values. ``nscl suite`` puts each output notebook in its ``output_dir``, so this
   file lies beside it.
-* :func:`find_runs(paths) -> [Path]` — :func:`nscl.runs.find_runs`: run directories at or below the
-  given paths or glob patterns; notebook-level records are skipped.
-  :func:`run_labels(dirs)` names them by their path relative to the common folder (no absolute
-  paths in notebook outputs).
-* :func:`train_until(cfg, tasks) -> Trainer` — a :class:`nscl.train.Trainer` (no run directory) after
-  its first ``tasks`` tasks, including the task-boundary covariance pass, for step-by-step demos;
+* :func:`find_runs(paths) -> [Path]` — :func:`nscl.experiment.records.find_runs`: run directories at
+  or below the given paths or glob patterns; notebook-level records are skipped.
+* :func:`train_until(cfg, tasks) -> Trainer` — a :class:`nscl.experiment.trainer.Trainer` (no run
+  directory) after its first ``tasks`` tasks (``fit(until=tasks)``), for step-by-step demos;
   :func:`layer_inputs(trainer, layer, task)` gives that layer's input rows on a task and
   :func:`task_gradient(trainer, layer, task)` the gradient of the task's loss w.r.t. its weight.
 * :func:`figure_path(cfg, name)` — ``<output_dir>/figures/<name>.png`` (created on demand).
-* :func:`metrics_table(results)` — pandas table (one row per method) of ACC / BWT / plasticity /
-  forgetting, rounded for stable notebook output. :func:`runs_table`, :func:`null_space_table` and
-  :func:`null_space_summary` take ``{label: results}`` or a list of run directories (analysis notebook);
-  :func:`describe(results)` prints a run's stream and schedule without paths;
+* :func:`describe(results)` prints a run's stream and schedule without paths;
   :func:`load_results(path)` reads a notebook-level record back.
+
+Tables come from :mod:`nscl.analysis.tables` and figures from :mod:`nscl.analysis.plots`.
 
 Outputs of committed notebooks are checked by nbval, so print rounded numbers, end figure cells with
 ``plt.show()`` and bind the value of a last-line call you don't want displayed (``_ = nb.save_results(...)``:
@@ -61,14 +58,14 @@ import types
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import config as config_mod
-from . import runs
+from ..experiment import config as config_mod
+from ..experiment import records
 
 NOTEBOOK_RESULTS_SCHEMA = "nscl.notebook/1"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit"}
 _PAPERMILL_PATHS = ("PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")
 _SEEN_KEY = "_nscl_parameter_names"
-find_runs = runs.find_runs  # part of the notebook API
+find_runs = records.find_runs  # part of the notebook API
 
 
 class Params(dict):
@@ -107,7 +104,6 @@ def _user_names(namespace: Mapping[str, Any]) -> dict:
 
 def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None = None) -> Params:
     """Validate a notebook's parameters (its globals) and return the resolved config plus extras."""
-    config_mod._ensure_registered()
     if extras is None:
         extras = {}
     elif not isinstance(extras, Mapping):
@@ -164,18 +160,18 @@ def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathL
 
     import yaml
 
-    from . import train
+    from ..experiment import trainer
 
     base = _config_only(cfg)
     out = {}
     for method in methods:
         run_cfg = config_mod.validate({**base, **overrides, "method": method})
         run_dir = Path(output_dir) / "runs" / method if output_dir is not None else None
-        if replace and run_dir is not None and (run_dir / runs.PARAMS).exists():
-            saved = yaml.safe_load((run_dir / runs.PARAMS).read_text()) or {}
-            if train._differing(saved, run_cfg):
+        if replace and run_dir is not None and (run_dir / records.PARAMS).exists():
+            saved = yaml.safe_load((run_dir / records.PARAMS).read_text()) or {}
+            if records.differing(saved, run_cfg):
                 shutil.rmtree(run_dir)
-        out[method] = train.run(run_cfg, run_dir)
+        out[method] = trainer.run(run_cfg, run_dir)
     return out
 
 
@@ -205,14 +201,14 @@ def save_results(output_dir: str | os.PathLike, results: Mapping[str, dict], cfg
     """Write the notebook-level ``<output_dir>/results.json`` aggregating the notebook's runs.
 
     ``results`` maps a label (usually the method) to a run's results dict (as returned by
-    :func:`run_methods` / :func:`nscl.runs.load`); run directories are found under
+    :func:`run_methods` / :func:`nscl.experiment.records.load`); run directories are found under
     ``<output_dir>/runs/<label>`` when the dict does not say where it was loaded from.
     """
     output_dir = Path(output_dir)
     methods = {}
     for label, res in results.items():
         res = dict(res)
-        if not res.get("_dir") and (output_dir / "runs" / label / runs.RESULTS).exists():
+        if not res.get("_dir") and (output_dir / "runs" / label / records.RESULTS).exists():
             res["_dir"] = str(output_dir / "runs" / label)
         methods[label] = _summary(res, output_dir)
     record = {
@@ -222,8 +218,8 @@ def save_results(output_dir: str | os.PathLike, results: Mapping[str, dict], cfg
         "figures": [_rel(f, output_dir) for f in figures],
         "extra": dict(extra or {}),
     }
-    path = output_dir / runs.RESULTS
-    runs.write_json(path, record)
+    path = output_dir / records.RESULTS
+    records.write_json(path, record)
     return path
 
 
@@ -231,9 +227,50 @@ def load_results(path: str | os.PathLike) -> dict:
     """Read a notebook-level ``results.json`` (a file or the folder holding it)."""
     p = Path(path)
     if p.is_dir():
-        p = p / runs.RESULTS
+        p = p / records.RESULTS
     with open(p) as f:
         return json.load(f)
+
+
+def metrics_record(results: Mapping[str, dict], digits: int = 4) -> dict:
+    """``{label: metrics}`` rounded, for a notebook record's ``extra``."""
+    return {label: {k: round(v, digits) if isinstance(v, float) else v for k, v in res["metrics"].items()}
+            for label, res in results.items()}
+
+
+def n_tasks(cfg: Mapping) -> int:
+    """Number of tasks of the configured stream (``n_tasks`` or the benchmark's own)."""
+    if cfg.get("n_tasks"):
+        return cfg["n_tasks"]
+    from ..data import make_stream
+
+    return len(make_stream(cfg["benchmark"], data_root=cfg.get("data_root"), seed=cfg.get("seed", 0)))
+
+
+def run_grid(cfg: Mapping, runs: Mapping[str, Mapping], output_dir: str | os.PathLike, name: str = "grid"
+             ) -> dict[str, dict]:
+    """Train a labelled set of configurations through the sweep machinery, in this process.
+
+    ``runs``: ``{label: overrides of cfg}``. Runs live in ``<output_dir>/<name>/runs/<sweep name>``
+    (a complete identical run is reused, as in any sweep); returns ``{label: results}`` in order.
+    """
+    from . import sweep
+
+    base = _config_only(cfg)
+    grid = [{k: [v] for k, v in {**base, **over}.items()} for over in runs.values()]
+    spec = {"name": name, "run": "cli", "grid": grid, "out": str(Path(output_dir) / name),
+            "executor": {"kind": "debug"}}
+    specs = sweep.expand(sweep.load(spec))
+    if len(specs) != len(runs):
+        raise ValueError(f"run_grid: {len(runs)} labels but {len(specs)} distinct configurations")
+    sweep.run(spec)
+    out = {}
+    for label, s in zip(runs, specs):
+        state, detail = sweep.run_state(s)
+        if state != "complete":
+            raise RuntimeError(f"run {label!r} ({s['out_dir']}) is {state}: {detail}")
+        out[label] = records.load(s["out_dir"])
+    return out
 
 
 def figure_path(cfg: Mapping, name: str) -> Path:
@@ -243,57 +280,24 @@ def figure_path(cfg: Mapping, name: str) -> Path:
     return d / f"{name}.png"
 
 
-def metrics_table(results: Mapping[str, dict], digits: int = 2):
-    """One row per method: ACC, BWT, plasticity, forgetting (percent points), rounded."""
-    import pandas as pd
-
-    rows = []
-    for label, res in results.items():
-        m = res.get("metrics") or {}
-        rows.append({"method": label, "ACC": m.get("acc"), "BWT": m.get("bwt"),
-                     "plasticity": m.get("plasticity"), "forgetting": m.get("forgetting")})
-    return pd.DataFrame(rows).set_index("method").astype(float).round(digits)
-
-
-def run_labels(dirs: Iterable[str | os.PathLike]) -> list[str]:
-    """Short, path-free names: each directory relative to the common parent, ``/runs/`` dropped."""
-    dirs = [Path(d).resolve() for d in dirs]
-    if not dirs:
-        return []
-    common = Path(os.path.commonpath([str(d.parent) for d in dirs])) if len(dirs) > 1 else dirs[0].parent
-    labels = []
-    for d in dirs:
-        parts = [p for p in Path(os.path.relpath(d, common)).parts if p not in ("runs", ".")]
-        labels.append("/".join(parts) or d.name)
-    return labels
-
-
 def train_until(cfg: Mapping, tasks: int = 1, **overrides: Any):
-    """A Trainer (no run directory) after its first ``tasks`` tasks, seeded exactly as :meth:`Trainer.run`.
+    """A Trainer (no run directory) after its first ``tasks`` tasks (:meth:`Trainer.fit` with
+    ``until``: the same seeding, loop and task boundary as a full run); for demos that look inside."""
+    from ..experiment.trainer import Trainer
 
-    Uses the one training loop (``Trainer._train_task``) and task boundary (``_task_boundary``: the
-    method's ``after_task``, the covariance pass, null spaces, evaluation); for demos that look inside.
-    """
-    import torch
-
-    from . import train
-
-    tr = train.Trainer(config_mod.validate({**_config_only(cfg), **overrides}))
-    for t in range(tasks):
-        torch.manual_seed(tr.cfg["seed"] * 1000 + t)
-        tr.generator.manual_seed(tr.cfg["seed"] * 1000 + t)
-        tr.timing.append({"train_s": tr._train_task(t, None), **tr._task_boundary(t)})
+    tr = Trainer(config_mod.validate({**_config_only(cfg), **overrides}))
+    tr.fit(until=tasks)
     return tr
 
 
 def layer_inputs(trainer, layer: str, task: int, split: str = "train"):
     """Input rows ``(n, d)`` (float64) of one tracked layer on a task's data, in eval mode.
 
-    Rows as the covariance sees them (:func:`nscl.covariance.layer_input_rows`, per sample).
+    Rows as the covariance sees them (:func:`nscl.core.covariance.layer_input_rows`, per sample).
     """
     import torch
 
-    from .covariance import layer_input_rows
+    from ..core.covariance import layer_input_rows
 
     module = trainer.tracker.layers[layer]
     rows = []
@@ -324,7 +328,7 @@ def task_gradient(trainer, layer: str, task: int, n: int = 256):
     trainer.model.zero_grad(set_to_none=True)
     F.cross_entropy(trainer.model(x, t), y).backward()
     grad = module.weight.grad.detach().reshape(module.weight.shape[0], -1)
-    if module.bias is not None:  # the [W b] view of nscl.covariance
+    if module.bias is not None:  # the [W b] view of nscl.core.covariance
         grad = torch.cat([grad, module.bias.grad.detach()[:, None]], dim=1)
     grad = grad.double().cpu()
     trainer.model.zero_grad(set_to_none=True)
@@ -344,74 +348,3 @@ def describe(res: Mapping) -> str:
     head = (f"{s.get('benchmark', p.get('benchmark'))}: {len(tasks)} tasks, one head per task; {model}; "
             f"{p.get('epochs')} epoch(s) per task, batch {p.get('batch_size')}, lr {p.get('lr')}, seed {p.get('seed')}")
     return "\n".join([head, *tasks])
-
-
-def _ns_rows(label: str, res: Mapping) -> list[dict]:
-    p = res.get("params") or {}
-    rows = []
-    for layer, rec in (res.get("null_space") or {}).items():
-        for t, r in enumerate(rec.get("dims", [])):
-            rows.append({"label": label, "method": p.get("method"), "seed": p.get("seed"), "layer": layer,
-                         "task": t + 1, "d": rec["d"], "null_dim": r, "null_frac": r / rec["d"] if rec["d"] else None,
-                         "kept_energy": rec["kept_energy"][t]})
-    return rows
-
-
-def _as_results(runs_or_results) -> dict[str, Mapping]:
-    """``{label: results}`` from such a dict or from a list of run directories (labelled by run_labels)."""
-    if isinstance(runs_or_results, Mapping):
-        return dict(runs_or_results)
-    dirs = list(runs_or_results)
-    return {lab: runs.load(d) for lab, d in zip(run_labels(dirs), dirs)}
-
-
-def null_space_table(runs_or_results):
-    """Long table (label, method, seed, layer, task, d, null_dim, null_frac, kept_energy).
-
-    From ``{label: results}`` (e.g. :func:`run_methods`) or a list of run directories.
-    """
-    import pandas as pd
-
-    rows = [row for lab, res in _as_results(runs_or_results).items() for row in _ns_rows(lab, res)]
-    return pd.DataFrame(rows, columns=["label", "method", "seed", "layer", "task", "d", "null_dim", "null_frac",
-                                       "kept_energy"])
-
-
-def runs_table(runs_or_results, digits: int = 2):
-    """One row per run (index: label): method, benchmark, model, seed, tasks, ACC, BWT, plasticity, forgetting."""
-    import pandas as pd
-
-    rows = []
-    for lab, res in _as_results(runs_or_results).items():
-        p, m = res.get("params") or {}, res.get("metrics") or {}
-        rows.append({"run": lab, "method": p.get("method"), "benchmark": p.get("benchmark"),
-                     "model": p.get("model"), "seed": p.get("seed"), "tasks": m.get("tasks_done"),
-                     "ACC": m.get("acc"), "BWT": m.get("bwt"), "plasticity": m.get("plasticity"),
-                     "forgetting": m.get("forgetting")})
-    df = pd.DataFrame(rows).set_index("run")
-    cols = ["ACC", "BWT", "plasticity", "forgetting"]
-    df[cols] = df[cols].astype(float).round(digits)
-    return df
-
-
-def null_space_summary(runs_or_results, digits: int = 3):
-    """Per run: mean r/d and mean kept energy over layers and the null spaces that constrained training
-    (after tasks 1..T-1), with plasticity and BWT."""
-    import pandas as pd
-
-    res_by = _as_results(runs_or_results)
-    ns = null_space_table(res_by)
-    rows = []
-    for lab, res in res_by.items():
-        sub = ns[ns["label"] == lab]
-        if sub.empty:
-            continue
-        used = sub[sub["task"] < sub["task"].max()] if sub["task"].max() > 1 else sub
-        m = res.get("metrics") or {}
-        rows.append({"run": lab, "method": (res.get("params") or {}).get("method"),
-                     "mean null fraction": round(float(used["null_frac"].mean()), digits),
-                     "mean kept energy": f"{used['kept_energy'].mean():.1e}",
-                     "plasticity": round(m["plasticity"], 2) if m.get("plasticity") is not None else None,
-                     "BWT": round(m["bwt"], 2) if m.get("bwt") is not None else None})
-    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(
-        columns=["method", "mean null fraction", "mean kept energy", "plasticity", "BWT"])

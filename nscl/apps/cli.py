@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import config
-from .data import DataError
+from ..data import DataError
+from ..experiment import config
 
 
 def _add_run(sub) -> None:
@@ -25,13 +25,13 @@ def _add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from . import train
+    from ..experiment import trainer
 
     overrides = config.parse_overrides(args.param)
     if args.quiet:
         overrides["quiet"] = True
     cfg = config.resolve(args.file, overrides)
-    res = train.run(cfg, args.out)
+    res = trainer.run(cfg, args.out)
     print(format_results([res], matrix=True))
     if args.out:
         print(f"\nwritten: {args.out}/results.json")
@@ -71,25 +71,25 @@ def _short(res: dict, width: int = 28) -> str:
 
 
 def cmd_show(args) -> int:
-    from . import runs
+    from ..analysis import tables
+    from ..experiment import records
 
-    dirs = runs.find_runs(args.paths)
+    dirs = records.find_runs(args.paths)
     if not dirs:
         print(f"no results.json under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     if args.seeds:
-        df = runs.aggregate(args.paths, ignore=args.ignore)
+        df = tables.seed_summary(tables.runs_frame(args.paths), ignore=args.ignore)
         for _, r in df.iterrows():
             cells = "  ".join(f"{m.upper()} {r[m + '_mean']:6.2f} ± {r[m + '_std']:4.2f}"
                               for m in ("acc", "bwt", "plasticity"))
             print(f"{r['label']:<60} n={r['n']}  {cells}  ({r['time_s_mean']:.0f} s/run)")
         return 0
-    print(format_results([runs.load(d) for d in dirs], matrix=args.matrix))
+    print(format_results([records.load(d) for d in dirs], matrix=args.matrix))
     return 0
 
 
 def cmd_params(args) -> int:
-    config.defaults()  # imports the method modules, which register their own parameters
     for name, p in sorted(config.PARAMS.items()):
         choices = f" [{'|'.join(map(str, p.choices))}]" if p.choices else ""
         print(f"{name:<22} {p.type:<12} default={p.default!r}{choices}\n{'':<22} {p.help}")
@@ -103,7 +103,7 @@ def _add_sweep(sub) -> None:
 
 
 def _add_suite(sub) -> None:
-    from .report import add_cli  # python -m nscl suite: the notebook suite behind `make run`
+    from .suite import add_cli  # python -m nscl suite: the notebook suite behind `make run`
 
     add_cli(sub)
 
