@@ -68,8 +68,12 @@ def jsonable(obj: Any) -> Any:
 
 
 def progress(iterable: Iterable, quiet: bool = False, **kw):
-    """A tqdm bar (widgets in Jupyter, text in a terminal) unless ``quiet``."""
-    if quiet:
+    """A tqdm bar (widgets in Jupyter, text in a terminal) unless ``quiet``.
+
+    ``$NSCL_QUIET`` (any non-empty value) turns bars off whatever ``quiet`` says: ``make test`` and
+    ``make notebooks`` set it so that the notebooks' stored outputs hold no progress bars.
+    """
+    if quiet or os.environ.get("NSCL_QUIET"):
         return iterable
     from tqdm.auto import tqdm
 

@@ -272,3 +272,17 @@ def test_metrics_on_constructed_matrix():
     one = metrics.summary([[42.0]])
     assert one["acc"] == 42.0 and one["bwt"] is None and one["forgetting"] is None
     assert metrics.summary([[None]])["tasks_done"] == 0
+
+
+def test_progress_bar_per_task_unless_quiet_or_nscl_quiet(tiny_cfg, capsys, monkeypatch):
+    """quiet=False shows one bar per run, counted in tasks; $NSCL_QUIET (make test, make notebooks)
+    silences it whatever the parameter says, so stored notebook outputs hold no bars."""
+    cfg = tiny_cfg(method="finetune", quiet=False, n_tasks=2)
+    monkeypatch.delenv("NSCL_QUIET", raising=False)
+    shown = train.run(cfg)
+    err = capsys.readouterr().err
+    assert "finetune on split_digits" in err and "2/2" in err and "task" in err
+    monkeypatch.setenv("NSCL_QUIET", "1")
+    silent = train.run(cfg)
+    assert capsys.readouterr().err == ""
+    assert silent["acc"] == shown["acc"]

@@ -6,6 +6,8 @@ CLI and sweeps all read runs through the same code.
 
 * :func:`runs_frame` — one row per run: status, tasks done, parameters, metrics (pandas-ready).
 * :func:`runs_table` / :func:`metrics_table` — the short per-run displays of notebooks.
+* :func:`fixed` — a table always *shown* with a fixed number of decimals (every metric table uses
+  :data:`METRIC_DIGITS`), which rounding alone cannot do.
 * :func:`seed_summary` / :func:`format_summary` — mean ± std over distinct seeds of complete runs
   that share every other parameter (partial runs are counted, never averaged).
 * :func:`null_space_frame` — null-space dimension per run, layer and task (optionally also under
@@ -28,6 +30,53 @@ from ..experiment import records
 from ..experiment.config import defaults
 
 METRICS = ("acc", "bwt", "plasticity", "forgetting")
+METRIC_DIGITS = 2  # decimals of every metric (ACC / BWT / plasticity / forgetting, percent points) in a table
+
+
+class FixedTable(pd.DataFrame):
+    """A DataFrame whose float columns are shown with a fixed number of decimals (``digits``).
+
+    Rounding alone is not enough: pandas trims trailing zeros per column, so a rounded table shows
+    ``-11.5`` in one column next to ``-4.12`` in another. Values stay numbers.
+    """
+
+    _metadata = ["digits"]
+    digits: dict = {}
+
+    @property
+    def _constructor(self):
+        return FixedTable
+
+    def _formatters(self) -> dict:
+        def fmt(n):
+            return lambda v: "NaN" if v is None or v != v else (f"{v:.{n}f}" if isinstance(v, float) else str(v))
+        return {c: fmt(n) for c, n in self.digits.items() if c in self.columns}
+
+    def __repr__(self) -> str:
+        return self.to_string(formatters=self._formatters(), max_rows=pd.get_option("display.max_rows"))
+
+    def _repr_html_(self) -> str:
+        return self.to_html(formatters=self._formatters(), notebook=True, max_rows=pd.get_option("display.max_rows"))
+
+
+def fixed(df: pd.DataFrame, digits: int | Mapping[str, int] = METRIC_DIGITS,
+          columns: Iterable[str] | None = None) -> FixedTable:
+    """``df`` rounded and always *shown* with ``digits`` decimals in ``columns`` (default: every float column).
+
+    ``digits`` may map a column to its own number of decimals. Every metric table of the notebooks goes
+    through here, so ACC / BWT / plasticity / forgetting read with the same precision everywhere.
+    """
+    if isinstance(digits, Mapping):
+        per = dict(digits)
+    else:
+        cols = list(columns) if columns is not None else [c for c in df.columns if df[c].dtype.kind == "f"]
+        per = {c: digits for c in cols}
+    out = FixedTable(df.copy())
+    for c, n in per.items():
+        if c in out.columns:
+            out[c] = out[c].astype(float).round(n)
+    out.digits = per
+    return out
 
 
 # ---- which runs -------------------------------------------------------------------------------
@@ -75,7 +124,7 @@ def runs_frame(paths, params: Iterable[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def runs_table(runs_or_results, digits: int = 2) -> pd.DataFrame:
+def runs_table(runs_or_results, digits: int = METRIC_DIGITS) -> FixedTable:
     """One row per run (index: label): method, benchmark, model, seed, tasks, ACC, BWT, plasticity, forgetting."""
     rows = []
     for lab, res in results_by_label(runs_or_results).items():
@@ -84,20 +133,17 @@ def runs_table(runs_or_results, digits: int = 2) -> pd.DataFrame:
                      "model": p.get("model"), "seed": p.get("seed"), "tasks": m.get("tasks_done"),
                      "ACC": m.get("acc"), "BWT": m.get("bwt"), "plasticity": m.get("plasticity"),
                      "forgetting": m.get("forgetting")})
-    df = pd.DataFrame(rows).set_index("run")
-    cols = ["ACC", "BWT", "plasticity", "forgetting"]
-    df[cols] = df[cols].astype(float).round(digits)
-    return df
+    return fixed(pd.DataFrame(rows).set_index("run"), digits, columns=["ACC", "BWT", "plasticity", "forgetting"])
 
 
-def metrics_table(results: Mapping[str, dict], digits: int = 2) -> pd.DataFrame:
-    """One row per method: ACC, BWT, plasticity, forgetting (percent points), rounded."""
+def metrics_table(results: Mapping[str, dict], digits: int = METRIC_DIGITS) -> FixedTable:
+    """One row per method: ACC, BWT, plasticity, forgetting (percent points), ``digits`` decimals."""
     rows = []
     for label, res in results.items():
         m = res.get("metrics") or {}
         rows.append({"method": label, "ACC": m.get("acc"), "BWT": m.get("bwt"),
                      "plasticity": m.get("plasticity"), "forgetting": m.get("forgetting")})
-    return pd.DataFrame(rows).set_index("method").astype(float).round(digits)
+    return fixed(pd.DataFrame(rows).set_index("method").astype(float), digits)
 
 
 # ---- over seeds ---------------------------------------------------------------------------------
@@ -143,8 +189,10 @@ def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str
     return pd.DataFrame(out)
 
 
-def format_summary(summary: pd.DataFrame, digits: int = 1, metrics=("acc", "bwt", "plasticity")) -> pd.DataFrame:
-    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`seed_summary`."""
+def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=("acc", "bwt", "plasticity")
+                   ) -> pd.DataFrame:
+    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`seed_summary`, with the
+    decimals of every metric table."""
     drop = ("label", "seeds", "incomplete", "duplicates", "time_s_mean")
     out = summary[[c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in drop]].copy()
     for m in metrics:
@@ -195,7 +243,7 @@ def null_space_frame(runs_or_results, energies: Iterable[float] = ()) -> pd.Data
     return df
 
 
-def null_space_summary(runs_or_results, digits: int = 3) -> pd.DataFrame:
+def null_space_summary(runs_or_results, digits: int = 3) -> FixedTable:
     """Per run: mean r/d and mean kept energy over layers and the null spaces that constrained training
     (after tasks 1..T-1), with plasticity and BWT."""
     res_by = results_by_label(runs_or_results)
@@ -208,12 +256,12 @@ def null_space_summary(runs_or_results, digits: int = 3) -> pd.DataFrame:
         used = sub[sub["task"] < sub["task"].max()] if sub["task"].max() > 1 else sub
         m = res.get("metrics") or {}
         rows.append({"run": lab, "method": (res.get("params") or {}).get("method"),
-                     "mean null fraction": round(float(used["null_frac"].mean()), digits),
+                     "mean null fraction": float(used["null_frac"].mean()),
                      "mean kept energy": f"{used['kept_energy'].mean():.1e}",
-                     "plasticity": round(m["plasticity"], 2) if m.get("plasticity") is not None else None,
-                     "BWT": round(m["bwt"], 2) if m.get("bwt") is not None else None})
-    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(
-        columns=["method", "mean null fraction", "mean kept energy", "plasticity", "BWT"])
+                     "plasticity": m.get("plasticity"), "BWT": m.get("bwt")})
+    cols = ["method", "mean null fraction", "mean kept energy", "plasticity", "BWT"]
+    df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(columns=cols)
+    return fixed(df, {"mean null fraction": digits, "plasticity": METRIC_DIGITS, "BWT": METRIC_DIGITS})
 
 
 # ---- pruning and low-rank records ---------------------------------------------------------------

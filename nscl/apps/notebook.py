@@ -17,13 +17,17 @@ API (kept stable; other notebooks use it):
   a list of names) and raises :class:`nscl.experiment.config.ConfigError` naming an unknown key and the valid
   ones — papermill only *warns* on a misspelled ``-p``. Returns a :class:`Params` dict: the fully
   resolved config (:func:`nscl.experiment.config.resolve`) plus the extras; ``.config`` is the config alone.
-  A relative ``output_dir`` extra is made absolute against ``$NSCL_OUTPUT_ROOT`` if set (``make test``
-  points nbval at a fresh temporary folder), else the project root (the folder holding
-  ``params/base.yaml``, found upwards from the working directory), so JupyterLab / nbval (working
-  directory ``notebooks/``) and papermill from the repo root write to the same place. When papermill
-  runs with ``--inject-paths``, ``output_dir`` becomes the output notebook's folder.
-  On a re-run of the cell in a live kernel, names created by later cells are ignored (the check is
-  strict on a fresh kernel: papermill, nbval, "Restart and run all").
+  Relative paths in the path extras (``output_dir``, ``runs``, ``sweep_dir``) are made absolute
+  against ``$NSCL_OUTPUT_ROOT`` if set (``make test`` points nbval at a fresh temporary folder), else
+  the project root (the folder holding ``params/base.yaml``, found upwards from the working
+  directory), so JupyterLab / nbval (working directory ``notebooks/``) and papermill from the repo
+  root read and write the same places. When papermill runs with ``--inject-paths``, ``output_dir``
+  becomes the output notebook's folder.
+  *Which names are checked* (see :func:`_declared_names`): the names assigned by the parameters
+  cell that ran last before this call (and by papermill's injected cell after it), found in
+  IPython's input history ``In``; so in a live kernel a misspelled name is caught on the next run,
+  and variables of later cells or stale names of an earlier version of the cell are not.
+  Without a history (a plain dict, a script) every user-visible name is checked.
 * :func:`run_methods(cfg, methods, output_dir, **overrides) -> {method: results}` — trains each method
   on the same stream (same seed, same data) with :func:`nscl.experiment.trainer.run`, each into its own run
   directory ``<output_dir>/runs/<method>`` (``results.json``, ``spectra.npz``). A complete run with
@@ -36,6 +40,8 @@ API (kept stable; other notebooks use it):
   file lies beside it.
 * :func:`find_runs(paths) -> [Path]` — :func:`nscl.experiment.records.find_runs`: run directories at
   or below the given paths or glob patterns; notebook-level records are skipped.
+  :func:`require_runs(paths)` is the same, but finding nothing is a ConfigError naming the parameter
+  (an analysis never falls back to training something else).
 * :func:`train_until(cfg, tasks) -> Trainer` — a :class:`nscl.experiment.trainer.Trainer` (no run
   directory) after its first ``tasks`` tasks (``fit(until=tasks)``), for step-by-step demos;
   :func:`layer_inputs(trainer, layer, task)` gives that layer's input rows on a task and
@@ -52,6 +58,7 @@ under nbval a trailing ``;`` does not suppress the output).
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import types
@@ -65,7 +72,12 @@ from ..experiment import records
 NOTEBOOK_RESULTS_SCHEMA = "nscl.notebook/1"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit"}
 _PAPERMILL_PATHS = ("PAPERMILL_INPUT_PATH", "PAPERMILL_OUTPUT_PATH")
-_SEEN_KEY = "_nscl_parameter_names"
+_SEEN_KEY = "_nscl_parameter_names"  # the names checked by the last successful call, in the namespace
+_AT_KEY = "_nscl_parameters_at"  # len(In) at the last call: later cells executed since then
+PATH_EXTRAS = ("output_dir", "runs", "sweep_dir")  # notebook extras holding paths (resolved like output_dir)
+# nodes a parameter value may not contain: a cell with any of them is code, not a parameters cell
+_NOT_A_VALUE = (ast.Call, ast.Attribute, ast.Subscript, ast.Lambda, ast.comprehension, ast.NamedExpr,
+                ast.Await, ast.Yield, ast.YieldFrom, ast.JoinedStr)
 find_runs = records.find_runs  # part of the notebook API
 
 
@@ -103,6 +115,69 @@ def _user_names(namespace: Mapping[str, Any]) -> dict:
     return out
 
 
+def output_root() -> Path:
+    """Where relative notebook paths point: ``$NSCL_OUTPUT_ROOT`` if set, else :func:`project_root`."""
+    return Path(os.environ["NSCL_OUTPUT_ROOT"]) if os.environ.get("NSCL_OUTPUT_ROOT") else project_root()
+
+
+def resolve_path(path: str | os.PathLike) -> str:
+    """``path`` made absolute against :func:`output_root` (``~`` expanded; glob patterns kept)."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else output_root() / p)
+
+
+def assigned_names(source: str) -> set[str] | None:
+    """The names a cell of plain assignments binds (``name = value`` lines), else None.
+
+    A parameters cell (and papermill's injected one) only assigns values built from literals, other
+    names and operators; a cell with anything else (an import, a call, an attribute, an expression
+    statement) is code, whose names are not parameters. Empty cells give None too.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # a docstring
+        if isinstance(stmt, ast.Assign):
+            targets, value = stmt.targets, stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            targets, value = [stmt.target], stmt.value
+        else:
+            return None
+        for target in targets:
+            elts = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+            if not all(isinstance(e, ast.Name) for e in elts):
+                return None
+            names.update(e.id for e in elts)
+        if any(isinstance(node, _NOT_A_VALUE) for node in ast.walk(value)):
+            return None
+    return names or None
+
+
+def _declared_names(history: list, since: int) -> set[str] | None:
+    """Names assigned by the parameters cell that ran last among ``history[since:-1]``.
+
+    ``history`` is IPython's ``In`` (``In[-1]`` is the cell calling :func:`parameters`); ``since`` is its
+    length at the previous call, so only cells executed since then count: in a live kernel that is
+    the edited parameters cell of a "Run All" (after the previous run's later cells), on a fresh
+    kernel (nbval, papermill, "Restart and run all") the whole history. The last cell of plain
+    assignments wins; when it is papermill's injected cell (``# Parameters``), the notebook's own
+    parameters cell right before it is added. None when no such cell ran since the last call.
+    """
+    cells = [c if isinstance(c, str) else "" for c in history[since:-1]]
+    for k in range(len(cells) - 1, -1, -1):
+        names = assigned_names(cells[k])
+        if names is None:
+            continue
+        if cells[k].lstrip().startswith("# Parameters") and k > 0:
+            names |= assigned_names(cells[k - 1]) or set()
+        return names
+    return None
+
+
 def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None = None) -> Params:
     """Validate a notebook's parameters (its globals) and return the resolved config plus extras."""
     if extras is None:
@@ -113,11 +188,17 @@ def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None
     if clash:
         raise ValueError(f"notebook extras shadow nscl parameters: {', '.join(sorted(clash))}")
     names = _user_names(namespace)
-    seen = namespace.get(_SEEN_KEY)
-    if seen is None:  # first call in this kernel: everything user-visible is a parameter
-        namespace[_SEEN_KEY] = frozenset(names)
-    else:  # a re-run in a live kernel: later cells' variables are not parameters
-        names = {k: v for k, v in names.items() if k in seen or k in config_mod.PARAMS or k in extras}
+    history = namespace.get("In")
+    declared = None
+    if isinstance(history, list) and history:  # an IPython kernel: find the parameters cell that just ran
+        declared = _declared_names(history, int(namespace.get(_AT_KEY, 0)))
+        namespace[_AT_KEY] = len(history)
+    if declared is None:  # no parameters cell ran since the last call: the names checked then
+        declared = namespace.get(_SEEN_KEY)
+    if declared is None:  # no history at all (a dict, a script): every user-visible name
+        declared = set(names)
+    # the declared names are checked; other nscl parameters / extras still present keep their values
+    names = {k: v for k, v in names.items() if k in declared or k in config_mod.PARAMS or k in extras}
     paths = {k: names.pop(k) for k in _PAPERMILL_PATHS if k in names}
     valid = set(config_mod.PARAMS) | set(extras)
     for name in sorted(names):
@@ -130,18 +211,37 @@ def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None
             raise config_mod.ConfigError(
                 f"unknown notebook parameter {name!r}.{hint} Valid keys{extra_list}: {', '.join(sorted(valid))}")
     cfg = config_mod.resolve(overrides={k: v for k, v in names.items() if k in config_mod.PARAMS})
+    namespace[_SEEN_KEY] = frozenset(k for k in declared if k in names or k in paths)
     out = Params(cfg)
     out.extra_names = tuple(extras)
     for name, default in extras.items():
         out[name] = names.get(name, default)
-    if "output_dir" in extras:
-        if paths.get("PAPERMILL_OUTPUT_PATH"):
-            out["output_dir"] = str(Path(paths["PAPERMILL_OUTPUT_PATH"]).resolve().parent)
-        elif out["output_dir"] is not None:
-            p = Path(out["output_dir"]).expanduser()
-            root = Path(os.environ["NSCL_OUTPUT_ROOT"]) if os.environ.get("NSCL_OUTPUT_ROOT") else project_root()
-            out["output_dir"] = str(p if p.is_absolute() else root / p)
+    for name in PATH_EXTRAS:
+        if name not in extras or out[name] is None:
+            continue
+        if name == "output_dir" and paths.get("PAPERMILL_OUTPUT_PATH"):
+            out[name] = str(Path(paths["PAPERMILL_OUTPUT_PATH"]).resolve().parent)
+        elif isinstance(out[name], (str, os.PathLike)):
+            out[name] = resolve_path(out[name])
+        elif isinstance(out[name], (list, tuple)):
+            out[name] = [resolve_path(p) for p in out[name]]
     return out
+
+
+def require_runs(paths: Iterable[str | os.PathLike] | str, key: str = "runs") -> list[Path]:
+    """:func:`find_runs`, but a parameter that matches no run directory is a ConfigError naming it.
+
+    An analysis that finds nothing to analyse is a mistake (a typo, a folder not written yet), not a
+    reason to train something else instead.
+    """
+    found = find_runs(paths)
+    if not found:
+        shown = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
+        raise config_mod.ConfigError(
+            f"notebook parameter {key!r} matches no run directory (a folder with an nscl results.json): "
+            f"{', '.join(shown) or '(empty)'}. Relative paths are resolved from {output_root()}. "
+            f"Run the notebooks that write those runs first, or point {key!r} at existing run folders.")
+    return found
 
 
 def _config_only(cfg: Mapping) -> dict:

@@ -173,11 +173,13 @@ def write_summary(out: Path, entries: list[dict], total_s: float | None = None) 
     return path
 
 
-def regenerate(nb: Path, timeout: int = 1200) -> float:
+def regenerate(nb: Path, timeout: int = 1200, output_root: str | Path | None = None, write: bool = True) -> float:
     """Execute a notebook in place with its own defaults (the stored outputs nbval checks); seconds taken.
 
-    Runs with ``NSCL_OUTPUT_ROOT`` set to a fresh temporary folder (no cached runs are reused) and the
-    notebook's folder as working directory, like nbval; no timing metadata is recorded.
+    Runs like nbval under ``make test``: ``NSCL_OUTPUT_ROOT`` set to ``output_root`` (default a fresh
+    temporary folder, so no cached runs are reused), ``NSCL_QUIET=1`` (no progress bars), the
+    notebook's folder as working directory, no timing metadata. ``write=False`` executes only (the
+    runs it writes stay in ``output_root`` for a later notebook, see :func:`regenerate_all`).
     """
     import os
     import tempfile
@@ -186,24 +188,58 @@ def regenerate(nb: Path, timeout: int = 1200) -> float:
     from nbclient import NotebookClient
 
     nb_obj = nbformat.read(str(nb), as_version=4)
-    old = os.environ.get("NSCL_OUTPUT_ROOT")
+    old = {k: os.environ.get(k) for k in ("NSCL_OUTPUT_ROOT", "NSCL_QUIET")}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["NSCL_OUTPUT_ROOT"] = tmp
+        os.environ["NSCL_OUTPUT_ROOT"] = str(output_root or tmp)
+        os.environ["NSCL_QUIET"] = "1"
         try:
             NotebookClient(nb_obj, timeout=timeout, kernel_name="python3", record_timing=False,
                            resources={"metadata": {"path": str(nb.parent)}}).execute()
         finally:
-            if old is None:
-                os.environ.pop("NSCL_OUTPUT_ROOT", None)
-            else:
-                os.environ["NSCL_OUTPUT_ROOT"] = old
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if not write:
+        return time.perf_counter() - t0
     nb_obj.metadata.pop("papermill", None)
+    nb_obj.metadata.pop("widgets", None)
     for cell in nb_obj.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
     nbformat.write(nb_obj, str(nb))
     return time.perf_counter() - t0
+
+
+def regenerate_plan(folder: str | Path | None = None, only: Iterable[str] | None = None) -> list[tuple[Path, bool]]:
+    """``(notebook, write back?)`` in execution order for :func:`regenerate_all`.
+
+    A selected notebook that declares ``runs`` (the analysis notebook reads what the notebooks before it
+    wrote) gets those notebooks executed first, without writing them back.
+    """
+    import papermill as pm
+
+    every = notebooks(folder)
+    chosen = {p.name for p in notebooks(folder, only)}
+    needed = set(chosen)
+    for k, nb in enumerate(every):
+        if nb.name in chosen and "runs" in pm.inspect_notebook(str(nb)):
+            needed.update(p.name for p in every[:k])
+    return [(nb, nb.name in chosen) for nb in every if nb.name in needed]
+
+
+def regenerate_all(folder: str | Path | None = None, only: Iterable[str] | None = None) -> None:
+    """``make notebooks``: :func:`regenerate` every (selected) notebook in order, in one shared output root,
+    as nbval runs them under ``make test`` (so the analysis notebook reads the runs of those before it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        for nb, write in regenerate_plan(folder, only):
+            print(f"{nb.name}: executing{' in place' if write else ' (its runs feed a later notebook)'} ...",
+                  file=sys.stderr, flush=True)
+            print(f"{nb.name}: {regenerate(nb, output_root=root, write=write):.0f} s", file=sys.stderr, flush=True)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -229,9 +265,7 @@ def cmd_suite(args) -> int:
     overrides = config_mod.parse_overrides(args.param, check_keys=False)
     t0 = time.perf_counter()
     if args.regenerate:
-        for nb in notebooks(args.notebooks, args.only):
-            print(f"{nb.name}: executing in place ...", file=sys.stderr, flush=True)
-            print(f"{nb.name}: {regenerate(nb):.0f} s", file=sys.stderr, flush=True)
+        regenerate_all(args.notebooks, args.only)
         return 0
     entries = run_suite(args.out, args.file, overrides, only=args.only, progress=not args.no_progress,
                         log_output=args.log_output, folder=args.notebooks, hook=args.hook or None)

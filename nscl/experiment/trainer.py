@@ -218,7 +218,7 @@ class Trainer:
         previous = sum(sum(d.values()) for d in self.timing)
         bar = progress(range(start, until), cfg["quiet"], desc=f"{cfg['method']} on {cfg['benchmark']}",
                        unit="task", initial=start, total=until)
-        self._bar = None if cfg["quiet"] else bar
+        self._bar = bar if hasattr(bar, "set_postfix") else None  # no bar: quiet, or $NSCL_QUIET
         try:
             for t in bar:
                 self.seed_task(t)
