@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..data import DataError
 from ..experiment import config
 
 
@@ -142,6 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except config.ConfigError as e:
+    except (config.ConfigError, DataError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
