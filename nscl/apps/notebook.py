@@ -32,7 +32,7 @@ API (kept stable; other notebooks use it):
   on the same stream (same seed, same data) with :func:`nscl.experiment.trainer.run`, each into its own run
   directory ``<output_dir>/runs/<method>`` (``results.json``, ``spectra.npz``). A complete run with
   identical parameters already there is read back, not retrained; one with other parameters is
-  replaced (``replace=False`` raises instead).
+  refused with the command line's error (it names the differing parameters); nothing is deleted.
 * :func:`save_results(output_dir, results, cfg=None, figures=(), extra=None) -> Path` — writes the
   notebook-level ``<output_dir>/results.json``: per method its metrics, accuracy matrix, null-space
   summary and the run directory (relative to ``output_dir``), plus the notebook parameters, figure
@@ -249,18 +249,15 @@ def _config_only(cfg: Mapping) -> dict:
 
 
 def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathLike | None = None,
-                replace: bool = True, **overrides: Any) -> dict[str, dict]:
+                **overrides: Any) -> dict[str, dict]:
     """Train each method on the same stream; ``{method: results dict}`` in the given order.
 
     With ``output_dir`` each run writes ``<output_dir>/runs/<method>``; ``overrides`` apply to all runs.
-    A complete run with the same parameters there is read back. A run written with *other* parameters
-    is the notebook's stale output: with ``replace`` (default) it is deleted and retrained (as
-    re-executing a notebook replaces its outputs); without, the trainer's ConfigError is raised.
+    The trainer applies the one "same run?" rule (:func:`nscl.experiment.records.check_same_run`), as
+    for the command line and sweeps: a complete run with the same parameters is read back; a run
+    with other parameters is never deleted: :class:`nscl.experiment.records.RunDirError` names the
+    differing parameters (use another ``output_dir``, or delete that run folder).
     """
-    import shutil
-
-    import yaml
-
     from ..experiment import trainer
 
     base = _config_only(cfg)
@@ -268,10 +265,6 @@ def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathL
     for method in methods:
         run_cfg = config_mod.validate({**base, **overrides, "method": method})
         run_dir = Path(output_dir) / "runs" / method if output_dir is not None else None
-        if replace and run_dir is not None and (run_dir / records.PARAMS).exists():
-            saved = yaml.safe_load((run_dir / records.PARAMS).read_text()) or {}
-            if records.differing(saved, run_cfg):
-                shutil.rmtree(run_dir)
         out[method] = trainer.run(run_cfg, run_dir)
     return out
 
