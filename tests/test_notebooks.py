@@ -167,16 +167,23 @@ def test_run_labels_and_find_runs_skip_notebook_records(tmp_path):
     assert tables.run_labels(found) == ["a/finetune", "b/finetune"]
 
 
-def test_run_methods_reuses_identical_runs_and_replaces_stale_ones(tmp_path, tiny_cfg):
+def test_run_methods_reuses_identical_runs_and_never_deletes_other_ones(tmp_path, tiny_cfg):
     cfg = tiny_cfg(hidden=[16])
     first = nb.run_methods(cfg, ["finetune", "adam_nscl"], tmp_path)
     assert [p.name for p in sorted((tmp_path / "runs").iterdir())] == ["adam_nscl", "finetune"]
     again = nb.run_methods(cfg, ["finetune"], tmp_path)  # read back, not retrained
     assert again["finetune"]["_dir"] and again["finetune"]["acc"] == first["finetune"]["acc"]
     assert first["finetune"]["acc"][0][0] == first["adam_nscl"]["acc"][0][0]  # same stream, same init
-    with pytest.raises(config.ConfigError, match="other parameters"):
-        nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path, replace=False)
-    assert nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path)["finetune"]["params"]["epochs"] == 2
+    # a re-run with other parameters into the same output_dir is refused as on the command line
+    # (the differing parameter and the fix named); the earlier run stays as it was
+    run_dir = tmp_path / "runs" / "finetune"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(config.ConfigError, match=r"complete run with other parameters \(epochs: 1 there, 2 now"
+                                                 r".*another output directory.*or delete"):
+        nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["adam_nscl", "finetune"]
+    assert nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path / "other")["finetune"]["params"]["epochs"] == 2
     path = nb.save_results(tmp_path, first, cfg=cfg)
     rec = nb.load_results(path)
     assert rec["methods"]["adam_nscl"]["run_dir"] == "runs/adam_nscl"

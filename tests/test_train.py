@@ -116,8 +116,8 @@ def test_same_seed_same_results_other_seed_differs():
     assert not torch.equal(w0["backbone.layers.0.weight"], w2["backbone.layers.0.weight"])
 
 
-class Killed(Exception):
-    pass
+class Killed(BaseException):
+    """A simulated kill: like KeyboardInterrupt (or kill -9) it does not go through the failure path."""
 
 
 @pytest.mark.parametrize("method", ["adam_nscl", "ewc"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..data import DataError
 from ..experiment import config
 
 
@@ -24,16 +25,25 @@ def _add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from ..experiment import trainer
+    from ..experiment import records, trainer
 
     overrides = config.parse_overrides(args.param)
     if args.quiet:
         overrides["quiet"] = True
     cfg = config.resolve(args.file, overrides)
-    res = trainer.run(cfg, args.out)
+    unread = config.unread(cfg)
+    if unread:
+        print(f"warning: method {cfg['method']} does not read: {', '.join(unread)}", file=sys.stderr)
+    tr = trainer.Trainer(cfg, args.out)
+    try:
+        res = tr.fit()
+    except trainer.NonFiniteLossError as e:
+        where = f" (traceback in {args.out}/{records.ERROR})" if args.out else ""
+        print(f"error: {e}{where}", file=sys.stderr)
+        return 1
     print(format_results([res], matrix=True))
     if args.out:
-        print(f"\nwritten: {args.out}/results.json")
+        print(f"\n{'reused' if tr.reused else 'written'}: {args.out}/{records.RESULTS}")
     return 0
 
 
@@ -133,6 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except config.ConfigError as e:
+    except (config.ConfigError, DataError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ API (kept stable; other notebooks use it):
   on the same stream (same seed, same data) with :func:`nscl.experiment.trainer.run`, each into its own run
   directory ``<output_dir>/runs/<method>`` (``results.json``, ``spectra.npz``). A complete run with
   identical parameters already there is read back, not retrained; one with other parameters is
-  replaced (``replace=False`` raises instead).
+  refused with the command line's error (it names the differing parameters); nothing is deleted.
 * :func:`save_results(output_dir, results, cfg=None, figures=(), extra=None) -> Path` — writes the
   notebook-level ``<output_dir>/results.json``: per method its metrics, accuracy matrix, null-space
   summary and the run directory (relative to ``output_dir``), plus the notebook parameters, figure
@@ -65,6 +65,7 @@ import types
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..analysis.probes import layer_inputs, task_gradient  # noqa: F401  (part of the notebook API)
 from ..experiment import config as config_mod
 from ..experiment import records
 
@@ -248,18 +249,15 @@ def _config_only(cfg: Mapping) -> dict:
 
 
 def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathLike | None = None,
-                replace: bool = True, **overrides: Any) -> dict[str, dict]:
+                **overrides: Any) -> dict[str, dict]:
     """Train each method on the same stream; ``{method: results dict}`` in the given order.
 
     With ``output_dir`` each run writes ``<output_dir>/runs/<method>``; ``overrides`` apply to all runs.
-    A complete run with the same parameters there is read back. A run written with *other* parameters
-    is the notebook's stale output: with ``replace`` (default) it is deleted and retrained (as
-    re-executing a notebook replaces its outputs); without, the trainer's ConfigError is raised.
+    The trainer applies the one "same run?" rule (:func:`nscl.experiment.records.check_same_run`), as
+    for the command line and sweeps: a complete run with the same parameters is read back; a run
+    with other parameters is never deleted: :class:`nscl.experiment.records.RunDirError` names the
+    differing parameters (use another ``output_dir``, or delete that run folder).
     """
-    import shutil
-
-    import yaml
-
     from ..experiment import trainer
 
     base = _config_only(cfg)
@@ -267,10 +265,6 @@ def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathL
     for method in methods:
         run_cfg = config_mod.validate({**base, **overrides, "method": method})
         run_dir = Path(output_dir) / "runs" / method if output_dir is not None else None
-        if replace and run_dir is not None and (run_dir / records.PARAMS).exists():
-            saved = yaml.safe_load((run_dir / records.PARAMS).read_text()) or {}
-            if records.differing(saved, run_cfg):
-                shutil.rmtree(run_dir)
         out[method] = trainer.run(run_cfg, run_dir)
     return out
 
@@ -388,51 +382,6 @@ def train_until(cfg: Mapping, tasks: int = 1, **overrides: Any):
     tr = Trainer(config_mod.validate({**_config_only(cfg), **overrides}))
     tr.fit(until=tasks)
     return tr
-
-
-def layer_inputs(trainer, layer: str, task: int, split: str = "train"):
-    """Input rows ``(n, d)`` (float64) of one tracked layer on a task's data, in eval mode.
-
-    Rows as the covariance sees them (:func:`nscl.core.covariance.layer_input_rows`, per sample).
-    """
-    import torch
-
-    from ..core.covariance import layer_input_rows
-
-    module = trainer.tracker.layers[layer]
-    rows = []
-    handle = module.register_forward_pre_hook(
-        lambda m, inp: rows.append(layer_input_rows(m, inp[0].detach(), "per_sample").double().cpu()))
-    was = trainer.model.training
-    trainer.model.eval()
-    try:
-        with torch.no_grad():
-            data = getattr(trainer.stream[task], split)
-            for x, _, _ in trainer.batches([(data, task)], trainer.cfg["eval_batch_size"], shuffle=False):
-                trainer.model.features(x)
-    finally:
-        handle.remove()
-        trainer.model.train(was)
-    return torch.cat(rows)
-
-
-def task_gradient(trainer, layer: str, task: int, n: int = 256):
-    """Gradient (float64, ``(out, d)``) of the cross-entropy on ``n`` samples of ``task`` w.r.t. a layer's weight."""
-    import torch
-    import torch.nn.functional as F
-
-    module = trainer.tracker.layers[layer]
-    gen = torch.Generator().manual_seed(trainer.cfg["seed"] * 31 + task)
-    x, y, t = next(iter(trainer.batches([(trainer.stream[task].train, task)], n, shuffle=True, generator=gen)))
-    trainer.model.eval()
-    trainer.model.zero_grad(set_to_none=True)
-    F.cross_entropy(trainer.model(x, t), y).backward()
-    grad = module.weight.grad.detach().reshape(module.weight.shape[0], -1)
-    if module.bias is not None:  # the [W b] view of nscl.core.covariance
-        grad = torch.cat([grad, module.bias.grad.detach()[:, None]], dim=1)
-    grad = grad.double().cpu()
-    trainer.model.zero_grad(set_to_none=True)
-    return grad
 
 
 def describe(res: Mapping) -> str:

@@ -223,11 +223,13 @@ class NullSpaceTracker:
                          device=device or layer.weight.device, scale_sqrt_r=self.scale_sqrt_r)
 
     def state_dict(self) -> dict:
-        return {"cov": self.cov.state_dict(), "history": self.history, "spectra": self.spectra,
-                "rules": self.rules}
+        """Tensors and plain containers only (checkpoints are loaded with ``weights_only=True``)."""
+        return {"cov": self.cov.state_dict(), "history": self.history,
+                "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()}, "rules": self.rules}
 
     def load_state_dict(self, state: dict) -> None:
         self.cov.load_state_dict(state["cov"])
-        self.history, self.spectra, self.rules = state["history"], state["spectra"], state["rules"]
+        self.history, self.rules = state["history"], state["rules"]
+        self.spectra = {k: v.numpy() for k, v in state["spectra"].items()}
         if self.cov.sums:
             self.recompute(None)

@@ -222,6 +222,18 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(str(e)) from None
 
 
+def read_by(method: str) -> set[str]:
+    """The parameters a method reads: :data:`COMMON`, the data parameters and its own ``params``."""
+    return {p.name for p in (*COMMON, *DATA_PARAMS, *METHODS[method].params)}
+
+
+def unread(cfg: dict) -> list[str]:
+    """Parameters set away from their defaults that ``cfg['method']`` does not read (declared only by
+    other methods): they change nothing in this run but make it look different from one without them."""
+    read, d = read_by(cfg["method"]), defaults()
+    return sorted(k for k, v in cfg.items() if k in PARAMS and k not in read and v != d[k])
+
+
 def parse_value(text: str) -> Any:
     """Parse the value of a ``-p key=value`` override as YAML (numbers, bools, lists, null)."""
     try:

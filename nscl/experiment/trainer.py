@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -22,7 +23,7 @@ from ..core.models import build_model
 from ..core.nullspace import NullSpaceTracker
 from ..data import make_stream
 from ..methods import METHODS
-from ..util import progress
+from ..util import atomic_write, progress
 from . import config as config_mod
 from . import records
 
@@ -96,6 +97,7 @@ class Trainer:
         self.timing: list[dict] = []
         self.generator = torch.Generator()
         self.tasks_done = 0  # tasks trained and closed (end_task) so far
+        self.reused = False  # fit() found an identical complete run in out_dir and trained nothing
         self._bar = None  # the fit() progress bar, for the loss in its postfix
 
     # ---- data ------------------------------------------------------------------------------
@@ -202,17 +204,27 @@ class Trainer:
 
     def fit(self, until: int | None = None) -> dict:
         """Train the remaining tasks up to ``until`` (default: all), seeding each task from
-        ``(seed, task)``; with a run directory, resume from its checkpoint, write a checkpoint and the
-        records after every task, and reuse an identical complete run. Returns the results dict."""
+        ``(seed, task)``. With a run directory: hold its lock (:func:`nscl.experiment.records.lock`),
+        reuse an identical complete run (``self.reused``), refuse one with other parameters, resume from
+        its checkpoint, and write a checkpoint and the records after every task. A failure marks the
+        run ``failed`` and leaves its traceback in ``error.txt``. Returns the results dict."""
+        if self.out_dir is None:
+            return self._fit(until)
+        with records.lock(self.out_dir):
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> dict:
         cfg = self.cfg
         T = len(self.stream)
         until = T if until is None else min(until, T)
-        done = self._completed()
-        if done is not None:
-            return done
-        start = max(self._resume(), self.tasks_done)  # refuses a checkpoint written with other parameters
         if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            done = records.check_same_run(self.out_dir, cfg)  # refuses a run with other parameters
+            if done is not None:
+                self.reused = True
+                return done
+        start = max(self._resume(), self.tasks_done)
+        if self.out_dir is not None:
+            (self.out_dir / records.ERROR).unlink(missing_ok=True)  # a rerun clears the last failure
             records.write_params(self.out_dir, cfg)
         t_start = time.perf_counter()
         previous = sum(sum(d.values()) for d in self.timing)
@@ -226,8 +238,11 @@ class Trainer:
                 self.timing.append({"train_s": train_s, **self.end_task(t)})
                 self._checkpoint(t)
                 self._write("running", total_s=previous + time.perf_counter() - t_start)
-        except NonFiniteLossError as e:
-            self._write("failed", error=str(e), total_s=previous + time.perf_counter() - t_start)
+        except Exception as e:  # a failure of this run (not an interrupt): recorded, then raised
+            message = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
+            self._write("failed", error=message, total_s=previous + time.perf_counter() - t_start)
+            if self.out_dir is not None:
+                atomic_write(self.out_dir / records.ERROR, traceback.format_exc())
             raise
         finally:
             self._bar = None
@@ -279,7 +294,7 @@ class Trainer:
             return 0
         diff = records.differing(state["params"], self.cfg)
         if diff:
-            raise config_mod.ConfigError(
+            raise records.RunDirError(
                 f"{self.out_dir / records.CHECKPOINT} was written with other parameters ({', '.join(sorted(diff))}); "
                 f"use another output directory or delete the checkpoint")
         self.model.load_state_dict(state["model"])
@@ -288,23 +303,6 @@ class Trainer:
         self.acc, self.timing = state["acc"], state["timing"]
         self.tasks_done = state["task"] + 1
         return self.tasks_done
-
-    def _completed(self) -> dict | None:
-        """Results of an identical, already complete run in ``out_dir`` (then nothing is retrained)."""
-        if self.out_dir is None or not (self.out_dir / records.RESULTS).exists():
-            return None
-        try:
-            res = records.load(self.out_dir)
-        except (ValueError, OSError):
-            return None
-        if res.get("status") != "complete":
-            return None
-        diff = records.differing(res.get("params", {}), self.cfg)
-        if diff:
-            raise config_mod.ConfigError(
-                f"{self.out_dir} holds a complete run with other parameters ({', '.join(sorted(diff))}); "
-                f"use another output directory, or delete it to retrain")
-        return res
 
 
 def run(cfg: dict, out_dir: str | os.PathLike | None = None, stream=None) -> dict:

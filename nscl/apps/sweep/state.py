@@ -16,25 +16,17 @@ from ...util import atomic_write
 from .spec import SweepError
 
 #: files in a run directory written by the sweep machinery
-SPEC, ERROR, JOB, MANIFEST, SUBMITTED = "spec.json", "error.txt", "job.json", "sweep.json", "submitted.json"
+SPEC, JOB, MANIFEST, SUBMITTED = "spec.json", "job.json", "sweep.json", "submitted.json"
+SWEEP_LOCK = ".sweep.lock"  # held by run_one; the trainer (maybe in a notebook kernel) holds records.LOCK
+ERROR = records.ERROR  # the traceback of a failed run (the trainer writes it too)
 OUTCOME = "outcome.json"  # what run_one returned (local executor)
 COLLECTED = "collected"
 
 
-def _same_params(res: dict, cfg: dict) -> bool:
-    """The one "same run" rule (:func:`nscl.experiment.records.differing`)."""
-    return not records.differing(res.get("params") or {}, cfg)
-
-
 def is_complete(spec: dict) -> bool:
-    d = Path(spec["out_dir"])
-    if not (d / records.RESULTS).exists():
-        return False
-    try:
-        res = records.load(d)
-    except (ValueError, OSError):
-        return False
-    return res.get("status") == "complete" and _same_params(res, spec["cfg"])
+    """A complete run with the spec's parameters is in its folder (the one "same run?" rule,
+    :func:`nscl.experiment.records.reusable`)."""
+    return records.reusable(spec["out_dir"], spec["cfg"]) is not None
 
 
 def run_one(spec: dict) -> dict:
@@ -42,11 +34,21 @@ def run_one(spec: dict) -> dict:
 
     Idempotent: a complete run is skipped; a killed one resumes from its checkpoint. Never raises
     for a failure of the run itself: the traceback goes to ``error.txt`` in the run directory and
-    the returned dict has ``status="failed"`` and the error's last line.
+    the returned dict has ``status="failed"`` and the error's last line. The run directory is locked
+    (:func:`nscl.experiment.records.lock`, ``.sweep.lock``) for the whole run: a run already in
+    progress elsewhere is reported as failed here and its folder is left untouched.
     """
     out = Path(spec["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    try:
+        with records.lock(out, SWEEP_LOCK):
+            return _run_locked(spec, out, t0)
+    except records.RunDirError as e:  # held by another process: not ours to touch
+        return {"name": spec["name"], "status": "failed", "error": str(e), "out_dir": str(out),
+                "seconds": time.time() - t0}
+
+
+def _run_locked(spec: dict, out: Path, t0: float) -> dict:
     if is_complete(spec):
         return {"name": spec["name"], "status": "skipped", "error": None, "out_dir": str(out), "seconds": 0.0}
     records.write_json(out / SPEC, spec)
@@ -131,7 +133,7 @@ def run_state(spec: dict) -> tuple[str, str | None]:
             res = records.load(d)
         except (ValueError, OSError):
             res = None
-    if res is not None and res.get("status") == "complete" and _same_params(res, spec["cfg"]):
+    if res is not None and records.reusable(d, spec["cfg"]) is not None:
         return "complete", None
     if (d / ERROR).exists():
         return "failed", _last_line((d / ERROR).read_text())
