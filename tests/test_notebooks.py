@@ -15,18 +15,18 @@ import pytest
 
 from nscl.analysis import tables
 from nscl.apps import notebook as nb
-from nscl.apps import suite
+from nscl.apps import suite as suite_app  # (`suite` is the module-scoped fixture below)
 from nscl.experiment import config, records
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = [ROOT / "params" / "base.yaml", ROOT / "params" / "ci.yaml"]
-NOTEBOOKS = suite.notebooks(ROOT / "notebooks")
+NOTEBOOKS = suite_app.notebooks(ROOT / "notebooks")
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    entries = suite.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
+    entries = suite_app.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
                                folder=ROOT / "notebooks")
     return out, {e["notebook"]: e for e in entries}
 
@@ -312,8 +312,6 @@ def test_metric_tables_show_the_same_decimals_everywhere():
 
 
 def test_regenerate_runs_the_notebooks_an_analysis_reads():
-    from nscl.apps import suite as suite_app  # (the name `suite` is this module's fixture)
-
     plan = suite_app.regenerate_plan(ROOT / "notebooks", ["04"])
     stems = [(p.stem[:2], write) for p, write in plan]
     assert stems == [("00", False), ("01", False), ("02", False), ("03", False), ("04", True)]
