@@ -138,8 +138,8 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
     with serve_lab(tmp_path) as (url, token, log), sync_playwright() as pw:
         t0 = time.time()
         browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
             page.goto(f"{url}/lab/tree/notebooks/{NOTEBOOK.name}?token={token}")
             panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
@@ -179,8 +179,9 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
             assert panel.locator(".jp-OutputArea-output .widget-hprogress .progress-bar-success").count() == 2
             labels = " ".join(panel.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts())
             labels = labels.replace("\u2007", " ")  # tqdm pads with figure spaces
-            assert "finetune on split_fmnist: 100%" in labels and "adam_nscl on split_fmnist: 100%" in labels
-            assert labels.count("5/5") == 2, labels  # one tick per task, all five done
+            tasks = int(re.search(r": (\d+) tasks, one head per task", panel.inner_text()).group(1))  # nb.describe
+            assert re.search(r"finetune on \w+: 100%", labels) and re.search(r"adam_nscl on \w+: 100%", labels)
+            assert labels.count(f"{tasks}/{tasks}") == 2, labels  # one tick per task, all done
             assert "IProgress not found" not in panel.inner_text()
 
             # 3. a misspelled parameter in the same, live kernel: the error, and nothing trained
