@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from nscl import config, pruning
+from nscl.core import pruning
+from nscl.experiment import config
 from nscl.data import make_stream
-from nscl.train import Trainer
+from nscl.experiment.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:split_digits")
 
@@ -27,8 +28,8 @@ def _synthetic(shape, n_tasks=2):
 def _task(tr, t):
     """One task through the trainer's own loop and boundary (after_task = pruning, covariance, eval)."""
     torch.manual_seed(1000 + t)
-    tr._train_task(t, None)
-    tr._task_boundary(t)
+    tr.train_task(t)
+    tr.end_task(t)
 
 
 def _test_x(tr, t, n=64):
@@ -213,7 +214,7 @@ def test_margin_respected_on_val_split_never_test():
     pruned_any = False
     for t in range(3):
         torch.manual_seed(1000 + t)
-        tr._train_task(t, None)
+        tr.train_task(t)
         base = tr.accuracy(t, "val")
         test_split = tr.stream[t].test
         tr.stream.tasks[t].test = None  # pruning must not touch the test set
@@ -276,12 +277,12 @@ def test_nscl_prune_keeps_old_layer_outputs(model, monkeypatch):
         if t == 0:
             rows0 = {w.name: _flat(w.module)[masks.owner[w.out_group] == 0] for w in masks.graph.wires}
     torch.manual_seed(1002)
-    tr._train_task(2, None)
+    tr.train_task(2)
     for w in masks.graph.wires:  # interference weights stayed exactly zero through the updates
         inter = masks.interference(w)
         if inter.any():
             assert _flat(w.module)[inter].abs().max() == 0, w.name
-    tr._task_boundary(2)
+    tr.end_task(2)
     for s, (x, logits, ref) in enumerate(refs):
         owners = {n: masks.owner[n][masks.owner[n] <= s] for n in ref}
         _, logits_now, now = snapshot(s)
@@ -338,7 +339,7 @@ def test_conv_channels_pruned_per_layer_exact_zero_and_old_outputs_kept(method):
     masks = tr.method.masks
     convs = _conv_groups(masks)
     torch.manual_seed(1000)
-    tr._train_task(0, None)
+    tr.train_task(0)
     # one channel made inactive through its BatchNorm (the way a BN'd channel goes silent)
     bn0 = masks.graph.groups[convs[0]].norms[0]
     with torch.no_grad():
@@ -373,7 +374,7 @@ def test_conv_channels_pruned_per_layer_exact_zero_and_old_outputs_kept(method):
     masks.load_state_dict(fresh)
     tr.method.records, tr.method.activity_log = [], {n: [] for n in masks.graph.groups}
 
-    tr._task_boundary(0)  # per_layer, on the network as trained
+    tr.end_task(0)  # per_layer, on the network as trained
     rec = tr.method.records[0]
     dead = _dead(masks)
     assert dead[convs[0]][0]  # the inactive channel is pruned

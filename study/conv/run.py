@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from nscl import config, pruning
-from nscl.train import Trainer
+from nscl.core import pruning
+from nscl.experiment import config
+from nscl.experiment.trainer import Trainer
 
 ap = argparse.ArgumentParser()
 ap.add_argument("-o", required=True)
@@ -33,7 +34,7 @@ if args.no_bn_l1:
     pruning.UnitMasks.prepare_l1 = prepare_l1
 cfg = config.resolve(args.f, config.parse_overrides(args.p))
 tr = Trainer(cfg, out)
-res = tr.run()
+res = tr.fit()
 val = [tr.accuracy(t, "val") for t in range(len(tr.stream))]
 tmp = out / "val.json.tmp"
 tmp.write_text(json.dumps({"val_acc": val, "val_ACC": sum(val) / len(val), "no_bn_l1": args.no_bn_l1,

@@ -35,7 +35,7 @@ column have owner -1):
 
 An entry's interference status never ends: a unit free when ``r`` was kept can only be kept later.
 Masks act on the *final* optimizer update (:class:`MaskedUpdate`, via
-:meth:`nscl.optim.NullSpaceAdam.set_projector`), after Adam's moments and coupled weight decay,
+:meth:`nscl.core.optim.NullSpaceAdam.set_projector`), after Adam's moments and coupled weight decay,
 so a fixed entry's update is exactly 0 and it never moves; gradients are masked too.
 
 **Threshold.** Activity per unit on the task's *val* split (held out from its training data):
@@ -72,23 +72,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import config
 from .models import MLP, MultiHead, PreActResNet18, SmallCNN
-
-config.register("prune_margin", 1.0, "float", "pruning: largest held-out (val) accuracy drop, in points, "
-                "the pruning threshold may cost the current task (graceful-forgetting margin m)")
-config.register("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)")
-config.register("l1_target", "weights", "str", "pruning: L1 on the free units' incoming weights (CLNP) or "
-                "on their activations", choices=("weights", "activations"))
-config.register("prune_criterion", "magnitude", "str", "pruning: unit activity = mean post-ReLU output or "
-                "fraction of positive outputs (held-out data)", choices=("magnitude", "fraction_active"))
-config.register("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search")
-config.register("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched")
-config.register("prune_thresholds", "per_layer", "str", "pruning: one relative activity threshold for "
-                "all layers (global) or one per layer, searched layer by layer with the margin shared "
-                "(per_layer; the only one that prunes BatchNorm'd conv channels)", choices=("global", "per_layer"))
-config.register("prune_finetune_epochs", 0, "int", "pruning: epochs of fine-tuning the kept sub-network "
-                "after pruning (reverted if it breaks the margin)")
 
 #: ``owner`` of a unit no task has kept.
 FREE = 10 ** 9
@@ -189,7 +173,7 @@ def unit_graph(model: MultiHead) -> UnitGraph:
 
 
 class MaskedUpdate:
-    """A :class:`~nscl.optim.NullSpaceAdam` "projector" for one layer's ``(out, d)`` update ``u``.
+    """A :class:`~nscl.core.optim.NullSpaceAdam` "projector" for one layer's ``(out, d)`` update ``u``.
 
     ``u * mask`` (0 on fixed entries, on projected rows too), then each block
     ``(rows, cols, projector)`` writes ``projector(u[rows][:, cols])`` into ``[rows, cols]``.
@@ -250,6 +234,10 @@ class UnitMasks:
             elif self.keep_acts and torch.is_grad_enabled():
                 self._acts.append((name, F.relu(out)))
         return hook
+
+    def clear_activations(self) -> None:
+        """Forget the activations recorded for the activation-L1 penalty (after each use)."""
+        self._acts = []
 
     def remove_hooks(self) -> None:
         for h in self._handles:
@@ -505,69 +493,3 @@ def relative_scores(activity: dict, criterion: str, alive: dict[str, torch.Tenso
         top = a[live].max().item() if live.any() else 0.0
         out[n] = a / top if top > 0 else torch.zeros_like(a)
     return out
-
-
-# ---- tables for notebooks and reports ---------------------------------------------------------
-def _pruning_runs(results: dict):
-    for label, res in results.items():
-        d = res.get("method_diagnostics") or {}
-        if "units" in d and "prune" in d:
-            yield label, d
-
-
-def units_frame(results: dict):
-    """Long table (label, layer, task, size, frozen, free, new, used = frozen / size) of pruning runs."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for layer, u in d["units"].items():
-            for t, (fz, fr, nw) in enumerate(zip(u["frozen"], u["free"], u["new"])):
-                rows.append({"label": label, "layer": layer, "task": t + 1, "size": u["size"], "frozen": fz,
-                             "free": fr, "new": nw, "used": fz / u["size"]})
-    return pd.DataFrame(rows)
-
-
-def prune_frame(results: dict):
-    """One row per (label, task): threshold, val accuracy before / after pruning, drop, units pruned."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for r in d["prune"]:
-            rows.append({"label": label, "task": r["task"] + 1, "threshold": r["threshold"],
-                         "val_acc": r["val_acc"], "val_acc_pruned": r["val_acc_pruned"], "val_drop": r["val_drop"],
-                         "margin": r["margin"], "probes": len(r["evaluations"]),
-                         "candidates": sum(r["candidates"].values()), "pruned": r["pruned_total"]})
-    return pd.DataFrame(rows)
-
-
-def threshold_frame(results: dict):
-    """One row per (label, task, layer): the relative activity threshold that layer was pruned with
-    (the one global threshold repeated, or its own under ``prune_thresholds=per_layer``), the units
-    pruned there and, per layer, the val accuracy after it and its cumulative budget."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for r in d["prune"]:
-            ths = r.get("thresholds") or {n: r["threshold"] for n in r["pruned"]}
-            layers = r.get("layers") or {}
-            for layer, th in ths.items():
-                lay = layers.get(layer, {})
-                rows.append({"label": label, "task": r["task"] + 1, "layer": layer, "threshold": th,
-                             "pruned": r["pruned"][layer], "candidates": r["candidates"][layer],
-                             "val_acc_after": lay.get("acc"), "budget": lay.get("budget")})
-    return pd.DataFrame(rows)
-
-
-def activity_frame(results: dict):
-    """Long table (label, layer, task, score) of the candidates' relative activity at each pruning."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for layer, per_task in d["activity"].items():
-            for t, scores in enumerate(per_task):
-                rows.extend({"label": label, "layer": layer, "task": t + 1, "score": s} for s in scores)
-    return pd.DataFrame(rows)
