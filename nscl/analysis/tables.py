@@ -12,7 +12,8 @@ CLI and sweeps all read runs through the same code.
   that share every other parameter (partial runs are counted, never averaged).
 * :func:`null_space_frame` — null-space dimension per run, layer and task (optionally also under
   the energy rule at other thresholds, from the stored spectra); :func:`null_space_summary`.
-* :func:`units_frame`, :func:`prune_frame`, :func:`activity_frame` — pruning records;
+* :func:`units_frame`, :func:`prune_frame`, :func:`threshold_frame`, :func:`activity_frame` — pruning
+  records;
   :func:`singular_values_frame` — low-rank records.
 """
 from __future__ import annotations
@@ -292,6 +293,23 @@ def prune_frame(results: Mapping[str, dict]) -> pd.DataFrame:
                          "val_acc": r["val_acc"], "val_acc_pruned": r["val_acc_pruned"], "val_drop": r["val_drop"],
                          "margin": r["margin"], "probes": len(r["evaluations"]),
                          "candidates": sum(r["candidates"].values()), "pruned": r["pruned_total"]})
+    return pd.DataFrame(rows)
+
+
+def threshold_frame(results: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per (label, task, layer): the relative activity threshold that layer was pruned with
+    (the one global threshold repeated, or its own under ``prune_thresholds=per_layer``), the units
+    pruned there and, per layer, the val accuracy after it and its cumulative budget."""
+    rows = []
+    for label, d in _pruning_runs(results):
+        for r in d["prune"]:
+            ths = r.get("thresholds") or {n: r["threshold"] for n in r["pruned"]}
+            layers = r.get("layers") or {}
+            for layer, th in ths.items():
+                lay = layers.get(layer, {})
+                rows.append({"label": label, "task": r["task"] + 1, "layer": layer, "threshold": th,
+                             "pruned": r["pruned"][layer], "candidates": r["candidates"][layer],
+                             "val_acc_after": lay.get("acc"), "budget": lay.get("budget")})
     return pd.DataFrame(rows)
 
 

@@ -62,6 +62,9 @@ PRUNING_PARAMS = (
           "fraction of positive outputs (held-out data)", choices=("magnitude", "fraction_active")),
     Param("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search"),
     Param("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched"),
+    Param("prune_thresholds", "per_layer", "str", "pruning: one relative activity threshold for all layers "
+          "(global) or one per layer, searched layer by layer with the margin shared (per_layer; the only one "
+          "that reliably prunes BatchNorm'd conv channels)", choices=("global", "per_layer")),
     Param("prune_finetune_epochs", 0, "int", "pruning: epochs of fine-tuning the kept sub-network "
           "after pruning (reverted if it breaks the margin)"),
 )
@@ -205,7 +208,7 @@ class _UnitPruning(Method):
 
         def evaluate(theta):
             ps = pruning.prune_set(scores, cand, theta)
-            key = tuple(int(p.sum()) for p in ps.values())  # sets are nested in theta: counts identify them
+            key = tuple(int(p.sum()) for p in ps.values())  # sets are nested per group: counts identify them
             if key not in cache:
                 masks.set_alive({n: alive0[n].cpu() * (~ps[n]).float() for n in ps})
                 try:
@@ -214,15 +217,23 @@ class _UnitPruning(Method):
                     masks.set_alive(alive0)
             return cache[key]
 
-        res = pruning.search_threshold(evaluate, base, cfg["prune_margin"], cfg["prune_theta_min"], 1.0,
-                                       cfg["prune_search_steps"])
-        pruned = pruning.prune_set(scores, cand, res["threshold"])
+        search = (cfg["prune_margin"], cfg["prune_theta_min"], 1.0, cfg["prune_search_steps"])
+        if cfg["prune_thresholds"] == "global":
+            res = pruning.search_threshold(evaluate, base, *search)
+            thresholds = {n: res["threshold"] for n in scores}
+            layers = None
+        else:  # per layer, in forward order, over the groups that have candidates
+            res = pruning.search_thresholds_per_group(evaluate, [n for n in scores if cand[n].any()], base, *search)
+            thresholds = {n: res["thresholds"].get(n) for n in scores}
+            layers = {n: {k: v for k, v in r.items() if k != "evaluations"} for n, r in res["layers"].items()}
+        pruned = pruning.prune_set(scores, cand, thresholds)
         masks.commit(pruned, t)
         after = tr.accuracy(t, "val")
         for n in scores:
             self.activity_log[n].append(_round(scores[n][cand[n]].tolist()))
         return {
-            "task": t, "threshold": res["threshold"], "criterion": cfg["prune_criterion"],
+            "task": t, "threshold": res.get("threshold"), "thresholds": thresholds, "layers": layers,
+            "criterion": cfg["prune_criterion"], "mode": cfg["prune_thresholds"],
             "margin": cfg["prune_margin"], "val_acc": base, "val_acc_pruned": after, "val_drop": base - after,
             "evaluations": res["evaluations"], "distinct_evaluations": len(cache),
             "candidates": {n: int(c.sum()) for n, c in cand.items()},
@@ -250,6 +261,7 @@ class _UnitPruning(Method):
     def diagnostics(self):
         out = {
             "threshold": [r["threshold"] for r in self.records],
+            "thresholds": [r.get("thresholds") for r in self.records],
             "val_drop": [r["val_drop"] for r in self.records],
             "units": self.units,
             "free_fraction": {n: (u["free"][-1] / u["size"] if u["free"] else 1.0) for n, u in self.units.items()},
