@@ -1,6 +1,6 @@
 """Unit (neuron / channel) pruning for continual learning: the machinery of CLNP and ``nscl_prune``.
 
-CLNP (Golkar, Kagan, Cho 2019; research/clnp_lowrank.md A): train a task with an L1 penalty that
+CLNP (Golkar, Kagan, Cho 2019): train a task with an L1 penalty that
 makes many units inactive, prune the least active units by the largest activity threshold that
 costs at most ``prune_margin`` points of held-out accuracy ("graceful forgetting"), keep the rest
 for that task, and re-initialise the pruned units as free capacity for the next task.
@@ -46,11 +46,13 @@ normalised by the group's most active unit. Candidates (units the task trained a
 score < theta are pruned; theta is searched by log-scale bisection (:func:`search_threshold`),
 every probe a val evaluation with the masks applied. ``prune_thresholds`` picks how many thetas:
 
-* ``global``: one theta for every group. Relative scores are only comparable *within* a group:
-  BN gives every channel roughly unit-variance pre-activations, so all channels of a conv layer
-  score close to its top channel (0.6-1 on Split Fashion-MNIST) while an MLP layer spreads over
-  [0, 1]. The one theta that keeps the MLP layers within the margin then stops below every
-  channel, and no conv channel is ever pruned.
+* ``global``: one theta for every group (the rule before per-layer thresholds existed). Relative
+  scores are only comparable *within* a group: BN gives every channel roughly unit-variance
+  pre-activations, so all channels of a conv layer score close to its top channel (0.6-1 on Split
+  Fashion-MNIST) while an MLP layer spreads over [0, 1]. The one theta that keeps the most fragile
+  layer within the margin then usually stops below every channel (the small CNN on Split
+  Fashion-MNIST: no conv channel pruned), and a function-preserving rescale of a single unit
+  (input row times c, output column over c) moves it.
 * ``per_layer``: one theta per group, searched group by group in forward order
   (:func:`search_thresholds_per_group`). The k-th of the G groups with candidates may bring the
   total val drop up to ``k/G * prune_margin`` (earlier groups' thetas stay applied), so every
