@@ -15,6 +15,7 @@ from .base import Method, register
 @register("adam_nscl")
 class AdamNSCL(Method):
     protects_bn = True
+    null_space = True
 
     def backbone_lr(self, t):
         if t > 0 and self.cfg["lr_projected"] is not None:

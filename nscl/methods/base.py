@@ -40,6 +40,8 @@ class Method:
     name = "base"
     #: protect BatchNorm from task 2 on according to the ``bn`` parameter (null-space family)
     protects_bn = False
+    #: trains later tasks inside the old tasks' null space (checked: never at chance on a task)
+    null_space = False
 
     def __init__(self, cfg: dict, model: MultiHead, stream, device: torch.device):
         self.cfg, self.model, self.stream, self.device = cfg, model, stream, device

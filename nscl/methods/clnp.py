@@ -271,3 +271,4 @@ class NSCLPrune(_UnitPruning):
     """CLNP pruning whose kept units keep learning inside the old tasks' null space (see module doc)."""
 
     project_old = True
+    null_space = True
