@@ -32,7 +32,7 @@ from . import runs, sweep
 METRICS = ("acc", "bwt", "plasticity")
 HEAD = {"acc": "ACC", "bwt": "BWT", "plasticity": "plasticity"}
 #: parameters that describe the null-space rule (shown on the page as the runs used them)
-RULE_KEYS = ("nullspace_rule", "a", "a_min_floor", "energy", "rel_tol")
+RULE_KEYS = ("nullspace_rule", "a", "a_min_floor", "energy", "energy_step", "energy_max", "leak", "rel_tol")
 #: parameters that describe a stream's size (shown per benchmark x size)
 SIZE_KEYS = ("samples_per_task", "test_samples_per_task", "epochs", "batch_size", "model", "hidden", "lr")
 #: the issue's goals: best null-space method within this many ACC points of joint, with BWT >= this
@@ -293,8 +293,9 @@ def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | 
 def _rule_key_used(key: str, p: Mapping) -> bool:
     """Whether a rule parameter matters for the rule ``p`` uses (``a`` only for a_min, ...)."""
     rule = p.get("nullspace_rule")
-    return {"a": rule == "a_min", "a_min_floor": rule == "a_min", "energy": rule == "energy",
-            "rel_tol": rule == "rel_tol"}.get(key, True)
+    owner = {"a": "a_min", "a_min_floor": "a_min", "energy": "energy", "energy_step": "energy",
+             "energy_max": "energy", "leak": "leak", "rel_tol": "rel_tol"}
+    return key not in owner or owner[key] == rule
 
 
 def _chance_rows(ok) -> list[str]:
