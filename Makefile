@@ -7,10 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
+KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm test run notebooks compare results lab clean
+.PHONY: venv data slurm browser test run notebooks compare results lab clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(KERNEL)
 
 # torch first, pinned to the wheels on this machine's disk; then the package with its dev extras
 # (pyproject.toml is the one dependency list; environment.yml installs the same thing for conda).
@@ -20,6 +21,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
+
+# The notebooks' kernel "Python (nscl)", installed into this clone's own .venv (not the user's
+# ~/.local), so that every clone has its own and papermill / JupyterLab from .venv find it.
+$(KERNEL): $(STAMP)
+	$(PY) -m ipykernel install --sys-prefix --name nscl --display-name "Python (nscl)" >/dev/null
 
 # Real Fashion-MNIST: a user's $$NSCL_DATA_ROOT first, else the Debian package (installed when root).
 data:
@@ -40,11 +46,23 @@ slurm:
 	  echo "WARNING: no SLURM running and not root: tests/test_sweep_slurm.py will FAIL." \
 	       "Start one with 'sudo .ci/slurm.sh start'."; fi
 
-# Unit tests (tests/, incl. every notebook through papermill on params/ci.yaml), then nbval: the
-# committed notebooks' stored outputs must reproduce (their runs go to a fresh temporary folder).
-test: venv data slurm
+# Debian's Chromium for tests/test_lab_browser.py (installed when root; nothing downloads a browser).
+browser:
+	@if [ -n "$$NSCL_CHROMIUM" ] || command -v chromium >/dev/null 2>&1; then true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Chromium (Debian package chromium) for tests/test_lab_browser.py"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "WARNING: no chromium and not root: tests/test_lab_browser.py will FAIL." \
+	       "Install it with 'sudo apt-get install chromium' (or set NSCL_CHROMIUM to a Chromium binary)."; fi
+
+# Lint (ruff), unit tests (tests/, incl. every notebook through papermill on params/ci.yaml and JupyterLab
+# in a real browser), then nbval: the committed notebooks' stored outputs must reproduce (their runs go to
+# a fresh temporary folder; no progress bars).
+test: venv data slurm browser
+	$(PY) -m ruff check nscl tests
 	$(PY) -m pytest -q
-	NSCL_OUTPUT_ROOT=$$(mktemp -d) $(PY) -m pytest -q --nbval --nbval-current-env notebooks/
+	NSCL_QUIET=1 NSCL_OUTPUT_ROOT=$$(mktemp -d) $(PY) -m pytest -q --nbval --nbval-current-env notebooks/
 
 # The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
 # notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"
@@ -72,9 +90,12 @@ results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml
 	$(PY) -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full -o docs/results.md
 
+# JupyterLab on the project folder (notebooks/ and results/) with this clone's kernel. --allow-root only
+# as root; any further flags in LAB_ARGS, e.g. make lab LAB_ARGS="--port 8899 --ip 0.0.0.0 --no-browser"
+LAB_ARGS ?=
 lab: venv
-	$(PY) -m ipykernel install --user --name nscl --display-name "Python (nscl)" >/dev/null
-	$(VENV)/bin/jupyter lab notebooks/
+	JUPYTER_PREFER_ENV_PATH=1 $(PY) -m jupyterlab --ServerApp.root_dir="$(CURDIR)" \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf results .pytest_cache

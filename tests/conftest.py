@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nscl import config
+from nscl.experiment import config
 
 
 @pytest.fixture(autouse=True)

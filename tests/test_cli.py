@@ -13,8 +13,9 @@ import pytest
 import torch
 import yaml
 
-from nscl import cli, config, runs
-from nscl.nullspace import null_dim
+from nscl.apps import cli
+from nscl.experiment import config, records
+from nscl.core.nullspace import null_dim
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"schema", "status", "error", "name", "params", "stream", "tasks", "acc", "metrics", "null_space",
@@ -38,9 +39,9 @@ def run_dir(tmp_path_factory):
 
 
 def test_results_schema_and_matrix(run_dir):
-    res = runs.load(run_dir)
+    res = records.load(run_dir)
     assert KEYS <= set(res)
-    assert res["schema"] == runs.SCHEMA and res["status"] == "complete" and res["error"] is None
+    assert res["schema"] == records.SCHEMA and res["status"] == "complete" and res["error"] is None
     acc = res["acc"]
     T = len(res["tasks"])
     assert T >= 3 and T == res["stream"]["n_tasks"] == len(acc)
@@ -65,9 +66,9 @@ def test_results_schema_and_matrix(run_dir):
 
 
 def test_spectra_match_null_space_records(run_dir):
-    res = runs.load(run_dir)
+    res = records.load(run_dir)
     p = res["params"]
-    spectra = runs.load_spectra(run_dir)
+    spectra = records.load_spectra(run_dir)
     T = len(res["acc"])
     layers = res["null_space"]
     assert set(layers) == {"backbone.layers.0", "backbone.layers.1"}
@@ -87,8 +88,8 @@ def test_spectra_match_null_space_records(run_dir):
 
 
 def test_params_yaml_fully_resolved(run_dir):
-    res = runs.load(run_dir)
-    with open(run_dir / runs.PARAMS) as f:
+    res = records.load(run_dir)
+    with open(run_dir / records.PARAMS) as f:
         saved = yaml.safe_load(f)
     assert saved == res["params"]
     assert set(config.defaults()) <= set(saved)  # every key, not only the ones given
@@ -100,7 +101,7 @@ def test_params_yaml_fully_resolved(run_dir):
 
 
 def test_env_records_provenance(run_dir):
-    env = runs.load(run_dir)["env"]
+    env = records.load(run_dir)["env"]
     assert env["device"] == "cpu" and env["seed"] == 0 and env["threads"] == 1
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
     assert env["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -111,7 +112,7 @@ def test_env_records_provenance(run_dir):
 def test_show_prints_the_metrics(run_dir, capsys):
     assert cli.main(["show", str(run_dir), "--matrix"]) == 0
     out = capsys.readouterr().out
-    m = runs.load(run_dir)["metrics"]
+    m = records.load(run_dir)["metrics"]
     assert f"{m['acc']:7.2f}" in out and f"{m['bwt']:7.2f}" in out and "accuracy matrix" in out
 
 
@@ -122,3 +123,72 @@ def test_cli_bad_param_exits_2_before_training(tmp_path):
     assert "unknown parameter 'epohcs'" in proc.stderr and "Did you mean epochs" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+# ---- run folders from the command line (see README "Guarantees") ----------------------------------
+TINY = ["-f", "params/base.yaml", "-f", "params/ci.yaml", "-p", "benchmark=split_digits", "-p", "threads=1"]
+
+
+def test_a_rerun_reuses_the_complete_run_and_says_so(run_dir):
+    stamp = (run_dir / records.RESULTS).stat().st_mtime_ns
+    proc = nscl("run", *TINY, "-o", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reused: {run_dir}/results.json" in proc.stdout and "written:" not in proc.stdout
+    assert (run_dir / records.RESULTS).stat().st_mtime_ns == stamp
+
+
+def test_parameters_the_method_does_not_read_warn_by_name(tmp_path, capsys):
+    assert config.unread(config.resolve(["params/base.yaml"], {"method": "finetune"})) == []  # base's defaults
+    assert cli.main(["run", *TINY, "-p", "method=finetune", "-p", "l1=0.1", "-p", "lr_projected=0.01",
+                     "-p", "lr=0.002", "-o", str(tmp_path / "ft")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: method finetune does not read: l1, lr_projected\n" in err
+    assert records.load(tmp_path / "ft")["params"]["l1"] == 0.1  # recorded as given
+
+
+def test_nan_loss_is_one_error_line_and_the_traceback_stays_in_the_run(tmp_path):
+    out = tmp_path / "nan"
+    proc = nscl("run", *TINY, "-p", "method=finetune", "-p", "lr=1e12", "-p", "epochs=3", "-p", "n_tasks=3",
+                "-p", "hidden=[32, 32]", "-o", str(out))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"^error: loss is (nan|inf) at task \d+, epoch \d+, step \d+ .*\(traceback in "
+                     + re.escape(f"{out}/error.txt") + r"\)$", proc.stderr, re.M)
+    assert (out / records.ERROR).read_text().startswith("Traceback")
+    assert records.load(out)["status"] == "failed"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_the_cli(tmp_path):
+    marker, out = tmp_path / "marker", tmp_path / "run"
+    out.mkdir()
+
+    class RunsCode:
+        def __reduce__(self):
+            return exec, (f"open({str(marker)!r}, 'w').write('ran')",)
+
+    torch.save({"task": 0, "params": RunsCode()}, out / records.CHECKPOINT)
+    proc = nscl("run", *TINY, "-o", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {out}/checkpoint.pt is not a plain nscl checkpoint" in proc.stderr
+    assert not marker.exists()
+
+
+def test_two_runs_started_at_once_into_one_folder_never_both_succeed(tmp_path):
+    """The issue's case: seeds 0 and 1 into one folder. One wins; the other fails with a clear
+    error (in use, or holds a complete run with other parameters); the folder holds one run."""
+    out = tmp_path / "shared"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    procs = {seed: subprocess.Popen([sys.executable, "-m", "nscl", "run", *TINY, "-p", f"seed={seed}", "-o", str(out)],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (0, 1)}
+    done = {seed: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for seed, p in procs.items()}
+    winners = [seed for seed, (rc, _, _) in done.items() if rc == 0]
+    assert len(winners) == 1, {s: (rc, err[-500:]) for s, (rc, _, err) in done.items()}
+    rc, _, err = done[1 - winners[0]]
+    assert rc == 2 and "Traceback" not in err
+    assert re.search(r"error: .* (is in use by another run \(pid \d+ on host|holds a complete run with other "
+                     r"parameters \(seed: )", err), err
+    res = records.load(out)
+    with open(out / records.PARAMS) as f:
+        assert res["status"] == "complete" and res["params"]["seed"] == yaml.safe_load(f)["seed"] == winners[0]
+    assert not (out / records.LOCK).exists()

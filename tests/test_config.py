@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from nscl import cli, config
+from nscl.apps import cli
+from nscl.experiment import config
 
 
 def error_of(**overrides) -> str:
@@ -97,7 +98,7 @@ def test_bad_files_rejected(tmp_path):
     (["-f", "no/such/file.yaml"], "parameter file 'no/such/file.yaml' not found"),
 ])
 def test_cli_rejects_bad_params_before_training(argv, needle, tmp_path, capsys, monkeypatch):
-    from nscl import train
+    from nscl.experiment import trainer as train
 
     monkeypatch.setattr(train, "run", lambda *a, **k: pytest.fail("training started"))
     out = tmp_path / "run"

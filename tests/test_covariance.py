@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nscl.covariance import Covariance, input_dim, layer_input_rows
+from nscl.core.covariance import Covariance, input_dim, layer_input_rows
 
 
 def brute_patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
 import struct
 
@@ -12,7 +13,16 @@ import pytest
 import torch
 
 from nscl import data as D
-from nscl.data import BENCHMARKS, DataNotFoundError, TaskData, load_dataset, make_stream
+from nscl.data import (
+    BENCHMARKS,
+    DataNotFoundError,
+    TaskData,
+    fmnist,
+    load_dataset,
+    make_stream,
+    paths,
+    tinyimagenet,
+)
 
 FMNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -22,7 +32,7 @@ def isolated_paths(tmp_path, monkeypatch):
     """No env var, no system data, a private cache dir: only what a test writes is found."""
     monkeypatch.delenv("NSCL_DATA_ROOT", raising=False)
     monkeypatch.setenv("NSCL_CACHE_DIR", str(tmp_path / "nscl-cache"))
-    monkeypatch.setattr(D, "SYSTEM_DATA_ROOTS", [])
+    monkeypatch.setattr(paths, "SYSTEM_DATA_ROOTS", [])
 
 
 def write_idx(path, arr: np.ndarray, compress: bool) -> None:
@@ -78,7 +88,7 @@ def test_fashion_mnist_env_var_and_bad_magic(tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     bad.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
     with pytest.raises(ValueError, match="magic"):
-        D.read_idx(bad)
+        fmnist.read_idx(bad)
 
 
 def _cifar_pickle(path, data, fine, coarse):
@@ -149,7 +159,10 @@ def test_tinyimagenet_tree_and_cache(tmp_path):
     assert (xv[0].float().mean((1, 2)) - torch.tensor([30.0, 200.0, 30.0])).abs().max() <= 4
     # decoded arrays were cached as .npz and the cache is used on reload
     assert ds["cache"] is not None and ds["cache"].endswith(".npz")
-    D._load_tiny_dir.cache_clear()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(ds["cache"]).st_mode & 0o777 == 0o666 & ~umask  # shared data folders stay readable
+    tinyimagenet._load_dir.cache_clear()
     ds2 = load_dataset("tinyimagenet", data_root=str(root))
     assert ds2["cache"] == ds["cache"]
     assert torch.equal(ds2["train"][0], x) and torch.equal(ds2["test"][1], yv)
@@ -311,7 +324,7 @@ def test_synthetic_benchmark_learnable_and_overrides():
 
 
 def test_real_fashion_mnist(monkeypatch):
-    monkeypatch.setattr(D, "SYSTEM_DATA_ROOTS", ["/usr/share/datasets"])
+    monkeypatch.setattr(paths, "SYSTEM_DATA_ROOTS", ["/usr/share/datasets"])
     try:
         ds = load_dataset("fashion_mnist")
     except DataNotFoundError:
@@ -327,3 +340,147 @@ def test_real_fashion_mnist(monkeypatch):
         assert len(t.train) + len(t.val) == 12000 and len(t.test) == 2000
         assert len(t.val) == 1200
     assert s.info["source"].startswith("/usr/share/datasets/fashion-mnist")
+
+
+# ---------------------------------------------------------------- explicit roots, damaged files, one-line errors
+
+
+def _one_line(err: Exception) -> str:
+    msg = str(err)
+    assert "\n" not in msg and msg.strip() == msg and msg
+    return msg
+
+
+@pytest.fixture
+def system_copy(tmp_path, monkeypatch):
+    """A complete Fashion-MNIST in a (fake) system data folder: what a silent fall-back would find."""
+    make_fmnist_dir(tmp_path / "system" / "fashion-mnist", seed=5)
+    monkeypatch.setattr(paths, "SYSTEM_DATA_ROOTS", [str(tmp_path / "system")])
+    assert load_dataset("fashion_mnist")["source"] == str((tmp_path / "system" / "fashion-mnist").resolve())
+
+
+def test_explicit_data_root_without_the_files_is_an_error(tmp_path, system_copy):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataNotFoundError) as ei:
+        load_dataset("fashion_mnist", data_root=str(empty))
+    msg = _one_line(ei.value)
+    assert isinstance(ei.value, D.DataError) and isinstance(ei.value, FileNotFoundError)
+    assert f"data_root={empty}" in msg and "t10k-labels-idx1-ubyte[.gz]" in msg
+    assert str(tmp_path / "system") not in msg  # the system folder was not searched
+    assert ei.value.searched == [str(empty / s) if s else str(empty)
+                                 for s in ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")]
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        make_stream("split_fmnist", data_root=str(tmp_path / "typo"))
+    # a half-copied folder: the message names the file it lacks
+    make_fmnist_dir(tmp_path / "half" / "fashion-mnist")
+    (tmp_path / "half" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataNotFoundError) as ei:
+        load_dataset("fashion_mnist", data_root=str(tmp_path / "half"))
+    assert f"{tmp_path / 'half' / 'fashion-mnist'} lacks t10k-labels-idx1-ubyte[.gz]" in _one_line(ei.value)
+
+
+def test_nscl_data_root_without_the_files_is_an_error(tmp_path, monkeypatch, system_copy):
+    monkeypatch.setenv("NSCL_DATA_ROOT", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError) as ei:
+        make_stream("split_fmnist")
+    msg = _one_line(ei.value)
+    assert f"NSCL_DATA_ROOT={tmp_path / 'empty'}" in msg and "unset NSCL_DATA_ROOT" in msg
+    # data_root wins over the environment variable
+    make_fmnist_dir(tmp_path / "mine", seed=6)
+    assert load_dataset("fashion_mnist", data_root=str(tmp_path / "mine"))["source"] == str((tmp_path / "mine").resolve())
+
+
+def test_truncated_gz_names_the_file(tmp_path):
+    make_fmnist_dir(tmp_path)
+    gz = tmp_path / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
+    with pytest.raises(D.CorruptDataError) as ei:
+        make_stream("split_fmnist", data_root=str(tmp_path))
+    msg = _one_line(ei.value)
+    assert isinstance(ei.value, D.DataError) and ei.value.path == str(gz.resolve())
+    assert msg.startswith(f"{gz.resolve()}: damaged or truncated gzip file") and "fix: delete or replace it" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+    # an IDX file cut short without compression
+    make_fmnist_dir(tmp_path / "raw", compress=False)
+    idx = tmp_path / "raw" / "t10k-images-idx3-ubyte"
+    idx.write_bytes(idx.read_bytes()[:-10])
+    with pytest.raises(D.CorruptDataError, match="t10k-images-idx3-ubyte: header says"):
+        load_dataset("fashion_mnist", data_root=str(tmp_path / "raw"))
+
+
+def test_damaged_cifar_pickle_and_tiny_image_name_the_file(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    data = np.zeros((2, 3072), dtype=np.uint8)
+    _cifar_pickle(root / "train", data, [0, 1], [0, 0])
+    _cifar_pickle(root / "test", data, [0, 1], [0, 0])
+    (root / "test").write_bytes((root / "test").read_bytes()[:100])
+    with pytest.raises(D.CorruptDataError) as ei:
+        load_dataset("cifar100", data_root=str(tmp_path))
+    assert _one_line(ei.value).startswith(f"{root.resolve() / 'test'}: unreadable CIFAR pickle")
+    tiny = tmp_path / "tiny-imagenet-200"
+    (tiny / "train" / "n01" / "images").mkdir(parents=True)
+    (tiny / "wnids.txt").write_text("n01\n")
+    (tiny / "train" / "n01" / "images" / "a.JPEG").write_bytes(b"not a jpeg")
+    with pytest.raises(D.CorruptDataError) as ei:
+        load_dataset("tinyimagenet", data_root=str(tmp_path))
+    assert _one_line(ei.value).startswith(f"{tiny.resolve() / 'train' / 'n01' / 'images' / 'a.JPEG'}: unreadable image")
+
+
+def test_cli_prints_data_errors_as_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "never"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("NSCL_DATA_ROOT", None)
+    proc = subprocess.run([sys.executable, "-m", "nscl", "run", "-p", "benchmark=split_fmnist",
+                           "-p", f"data_root={empty}", "-o", str(out)],
+                          check=False, cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: Fashion-MNIST not found in data_root={empty}"), lines
+    assert not out.exists()
+
+
+def test_cli_prints_corrupt_file_as_one_line(tmp_path, capsys):
+    from nscl.apps import cli
+
+    make_fmnist_dir(tmp_path)
+    gz = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-6])  # cut into the gzip trailer
+    rc = cli.main(["run", "-q", "-p", "benchmark=split_fmnist", "-p", f"data_root={tmp_path}", "-p", "device=cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: {gz.resolve()}: damaged or truncated gzip")
+
+
+def test_download_goes_to_the_explicit_root_else_the_cache(tmp_path, monkeypatch):
+    fetched = []
+
+    def fake_download(target):  # what torchvision does: <target>/FashionMNIST/raw
+        fetched.append(target)
+        make_fmnist_dir(target / "FashionMNIST" / "raw")
+
+    monkeypatch.setattr(fmnist, "download", fake_download)
+    ds = load_dataset("fashion_mnist", data_root=str(tmp_path / "mine"), download=True)
+    assert fetched == [tmp_path / "mine"] and ds["source"] == str((tmp_path / "mine" / "FashionMNIST" / "raw").resolve())
+    ds = load_dataset("fashion_mnist", download=True)
+    assert fetched[-1] == tmp_path / "nscl-cache" and str(tmp_path / "nscl-cache") in ds["source"]
+    assert len(fetched) == 2
+    load_dataset("fashion_mnist")  # now found in the cache folder without downloading
+    assert len(fetched) == 2
+
+    def offline(target):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(fmnist, "download", offline)
+    with pytest.raises(DataNotFoundError) as ei:
+        load_dataset("fashion_mnist", data_root=str(tmp_path / "other"), download=True)
+    assert _one_line(ei.value).startswith(f"Fashion-MNIST: download into {tmp_path / 'other'} failed "
+                                          "(OSError: network is unreachable)")

@@ -39,11 +39,21 @@ def test_conda_forge_python_and_pip_only():
     assert SpecifierSet(project["requires-python"]).contains(version + ".0" if version.count(".") == 1 else version)
 
 
+def declared_requirements(project) -> dict[str, Requirement]:
+    """pyproject's dependencies and dev extras by canonical name."""
+    reqs = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    return {canonicalize_name(Requirement(r).name): Requirement(r) for r in reqs}
+
+
+def pip_lines(env) -> list[str]:
+    return next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+
+
 def test_pip_section_ends_with_editable_dev_install_and_pins_agree():
     env, project = load()
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    pip = pip_lines(env)
     assert pip[-1].replace(" ", "") == "-e.[dev]"
-    declared = {canonicalize_name(Requirement(r).name): Requirement(r) for r in project["dependencies"]}
+    declared = declared_requirements(project)
     assert "dev" in project["optional-dependencies"]
     pins = makefile_pins()
     assert set(pins) == {"torch", "torchvision"}
@@ -52,6 +62,9 @@ def test_pip_section_ends_with_editable_dev_install_and_pins_agree():
         name = canonicalize_name(req.name)
         # every other pip line is a dependency pyproject declares, with a version pyproject allows
         assert name in declared, f"environment.yml installs {name}, which pyproject.toml does not declare"
+        if not any(spec.operator == "==" for spec in req.specifier):
+            assert req.specifier == declared[name].specifier, (
+                f"{name}: environment.yml {req.specifier}, pyproject.toml {declared[name].specifier}")
         for spec in req.specifier:
             if spec.operator == "==":
                 assert declared[name].specifier.contains(spec.version), (name, spec.version)
@@ -66,3 +79,17 @@ def test_pyproject_declares_what_the_package_imports():
         assert needed in declared, needed
     dev = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
     assert "pytest" in dev
+
+
+def test_lab_packages_are_declared_in_both_files():
+    """JupyterLab's widget progress bars (ipywidgets) and the browser test's driver (playwright, dev)
+    are in pyproject.toml and listed in environment.yml with the same version range."""
+    env, project = load()
+    runtime = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    dev = {canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["dev"]}
+    assert "ipywidgets" in runtime and "playwright" in dev
+    listed = {canonicalize_name(Requirement(line).name): Requirement(line) for line in pip_lines(env)[:-1]}
+    declared = declared_requirements(project)
+    for name in ("ipywidgets", "playwright"):
+        assert name in listed, f"environment.yml does not list {name}"
+        assert listed[name].specifier == declared[name].specifier, name

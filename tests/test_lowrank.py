@@ -3,11 +3,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nscl import config, lowrank as lr
-from nscl.models import MLP, PreActResNet18, SmallCNN
-from nscl.nullspace import Projector, compute
-from nscl.optim import NullSpaceAdam
-from nscl.train import Trainer
+from nscl.core import lowrank as lr
+from nscl.experiment import config
+from nscl.core.models import MLP, PreActResNet18, SmallCNN
+from nscl.core.nullspace import Projector, compute
+from nscl.core.optim import NullSpaceAdam
+from nscl.experiment.trainer import Trainer
 
 
 def _linear(W, bias=None):
@@ -154,7 +155,7 @@ def _old_feature_drift(cfg):
             budgets.append((f.active, torch.linalg.matrix_rank(f.weight().detach()).item(), b))
 
     trainer.method.after_task, trainer.method.after_step = at, ast
-    res = trainer.run()
+    res = trainer.fit()
     trainer.model.eval()
     with torch.no_grad():
         end = trainer.model.features(x0)
@@ -200,7 +201,7 @@ def test_conv_backbones_budget_and_protection(tiny_cfg, model):
 def test_truncation_inside_a_run_keeps_budget(tiny_cfg):
     cfg = tiny_cfg(method="nscl_lowrank", truncate_tol=0.7, rank_schedule=[0.5, 1.0], n_tasks=2,
                    hidden=[40, 40], nuclear_lambda=1e-3)
-    res = Trainer(cfg).run()
+    res = Trainer(cfg).fit()
     for r in res["method_diagnostics"]["lowrank"].values():
         assert all(a <= b for a, b in zip(r["active_rank"], [20, 40]))
         assert r["active_rank"][0] < 20  # sigma < 0.7 sigma_max were dropped
@@ -211,13 +212,13 @@ def test_truncation_inside_a_run_keeps_budget(tiny_cfg):
 
 def test_refreshed_bottleneck_covariance_equals_accumulated_when_b_is_unchanged(tiny_cfg):
     """S_z = M B^T S_x B M reproduces the tracker's own accumulated bottleneck sums after task 1."""
-    import nscl.notebook as nb
+    from nscl.apps import notebook as nb
 
     tr = nb.train_until(tiny_cfg(method="nscl_lowrank", n_tasks=2, hidden=[40, 40], rank_schedule=[0.5]), tasks=1)
-    before = {n: tr.tracker.cov.sums[f"{n}.A"].clone() for n in tr.method.layers}
+    before = {n: tr.tracker.covariance_sum(f"{n}.A").clone() for n in tr.method.layers}
     tr.method.refresh_bottleneck()
     for n in tr.method.layers:
-        torch.testing.assert_close(tr.tracker.cov.sums[f"{n}.A"], before[n], rtol=1e-5, atol=1e-6 * before[n].abs().max())
+        torch.testing.assert_close(tr.tracker.covariance_sum(f"{n}.A"), before[n], rtol=1e-5, atol=1e-6 * before[n].abs().max())
 
 
 def test_params_registered():
@@ -233,12 +234,12 @@ class Killed(Exception):
 
 def test_killed_run_resumes_to_identical_results(tiny_cfg, tmp_path):
     """Masks (model buffers), records and the truncation-mapped bottleneck covariance survive a resume."""
-    from nscl import runs, train
+    from nscl.experiment import records, trainer
 
     cfg = tiny_cfg(method="nscl_lowrank", n_tasks=3, rank_schedule=[0.5, 0.75, 1.0], truncate_tol=0.05,
                    nuclear_lambda=1e-3)
-    full = train.run(cfg, tmp_path / "full")
-    killed = train.Trainer(cfg, tmp_path / "resumed")
+    full = trainer.run(cfg, tmp_path / "full")
+    killed = trainer.Trainer(cfg, tmp_path / "resumed")
     before_task = killed.method.before_task
 
     def die_at_task3(t):
@@ -248,8 +249,8 @@ def test_killed_run_resumes_to_identical_results(tiny_cfg, tmp_path):
 
     killed.method.before_task = die_at_task3
     with pytest.raises(Killed):
-        killed.run()
-    resumed = train.run(cfg, tmp_path / "resumed")
+        killed.fit()
+    resumed = trainer.run(cfg, tmp_path / "resumed")
     for key in ("acc", "null_space", "method_diagnostics"):
         assert resumed[key] == full[key], key
-    assert runs.load(tmp_path / "resumed")["status"] == "complete"
+    assert records.load(tmp_path / "resumed")["status"] == "complete"

@@ -1,6 +1,6 @@
 """The notebook suite: every notebooks/NN_*.ipynb through papermill on params/base.yaml + ci.yaml.
 
-One module-scoped run of the suite runner (``nscl.report.run_suite``, what ``make run`` uses) executes
+One module-scoped run of the suite runner (``nscl.apps.suite.run_suite``, what ``make run`` uses) executes
 every notebook into a temporary folder (per-notebook extras: ``params/ci_<stem>.yaml`` if present);
 the tests assert on what the notebooks recorded. The committed outputs themselves are checked by
 ``pytest --nbval`` (second step of ``make test``).
@@ -13,19 +13,21 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from nscl import config, report, runs
-from nscl import notebook as nb
+from nscl.analysis import tables
+from nscl.apps import notebook as nb
+from nscl.apps import suite as suite_app  # (`suite` is the module-scoped fixture below)
+from nscl.experiment import config, records
 from nscl.methods import null_space_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = [ROOT / "params" / "base.yaml", ROOT / "params" / "ci.yaml"]
-NOTEBOOKS = report.notebooks(ROOT / "notebooks")
+NOTEBOOKS = suite_app.notebooks(ROOT / "notebooks")
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    entries = report.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
+    entries = suite_app.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
                                folder=ROOT / "notebooks")
     return out, {e["notebook"]: e for e in entries}
 
@@ -49,7 +51,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
     out, _ = suite
     rec = record(suite, stem)
     assert (out / stem / f"{stem}.ipynb").exists()
-    assert (out / stem / runs.RESULTS).exists()  # beside the output notebook
+    assert (out / stem / records.RESULTS).exists()  # beside the output notebook
     assert rec["schema"] == nb.NOTEBOOK_RESULTS_SCHEMA
     assert rec["params"]["samples_per_task"] == 1000 and rec["params"]["device"] == "cpu"  # ci.yaml reached it
     assert rec["figures"], "every notebook saves at least one figure"
@@ -62,7 +64,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
             T = m["metrics"]["tasks_done"]
             assert len(m["acc"]) == T and all(v is None for i, row in enumerate(m["acc"]) for v in row[i + 1:])
         if m.get("run_dir") is not None:
-            run = runs.load(out / stem / m["run_dir"])
+            run = records.load(out / stem / m["run_dir"])
             assert run["metrics"] == m["metrics"]
     executed = json.loads((out / stem / f"{stem}.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"]["samples_per_task"] == 1000
@@ -88,8 +90,8 @@ def test_quickstart_adam_nscl_forgets_less_than_finetuning_on_both_streams(suite
 
 def test_no_notebook_shows_a_null_space_method_at_chance(suite):
     out, entries = suite
-    recs = report.suite_records(out)
-    assert report.chance_failures(recs) == []
+    recs = suite_app.suite_records(out)
+    assert suite_app.chance_failures(recs) == []
     checked = {stem: [label for label, m in rec["methods"].items() if m.get("method") in null_space_methods()]
                for stem, rec in recs.items()}
     for stem in ("00_quickstart", "01_adam_nscl", "02_pruning", "03_low_rank", "05_compare_methods"):
@@ -194,24 +196,168 @@ def test_parameters_validates_the_namespace(tmp_path, monkeypatch):
 
 def test_run_labels_and_find_runs_skip_notebook_records(tmp_path):
     for d in ("a/runs/finetune", "b/runs/finetune"):
-        runs.write_json(tmp_path / d / runs.RESULTS, {"schema": runs.SCHEMA, "params": {}})
-    runs.write_json(tmp_path / "a" / runs.RESULTS, {"schema": nb.NOTEBOOK_RESULTS_SCHEMA})
+        records.write_json(tmp_path / d / records.RESULTS, {"schema": records.SCHEMA, "params": {}})
+    records.write_json(tmp_path / "a" / records.RESULTS, {"schema": nb.NOTEBOOK_RESULTS_SCHEMA})
     found = nb.find_runs([str(tmp_path / "*")])
     assert [p.parent.parent.name for p in found] == ["a", "b"]
-    assert nb.run_labels(found) == ["a/finetune", "b/finetune"]
+    assert tables.run_labels(found) == ["a/finetune", "b/finetune"]
 
 
-def test_run_methods_reuses_identical_runs_and_replaces_stale_ones(tmp_path, tiny_cfg):
+def test_run_methods_reuses_identical_runs_and_never_deletes_other_ones(tmp_path, tiny_cfg):
     cfg = tiny_cfg(hidden=[16])
     first = nb.run_methods(cfg, ["finetune", "adam_nscl"], tmp_path)
     assert [p.name for p in sorted((tmp_path / "runs").iterdir())] == ["adam_nscl", "finetune"]
     again = nb.run_methods(cfg, ["finetune"], tmp_path)  # read back, not retrained
     assert again["finetune"]["_dir"] and again["finetune"]["acc"] == first["finetune"]["acc"]
     assert first["finetune"]["acc"][0][0] == first["adam_nscl"]["acc"][0][0]  # same stream, same init
-    with pytest.raises(config.ConfigError, match="other parameters"):
-        nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path, replace=False)
-    assert nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path)["finetune"]["params"]["epochs"] == 2
+    # a re-run with other parameters into the same output_dir is refused as on the command line
+    # (the differing parameter and the fix named); the earlier run stays as it was
+    run_dir = tmp_path / "runs" / "finetune"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(config.ConfigError, match=r"complete run with other parameters \(epochs: 1 there, 2 now"
+                                                 r".*another output directory.*or delete"):
+        nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["adam_nscl", "finetune"]
+    assert nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path / "other")["finetune"]["params"]["epochs"] == 2
     path = nb.save_results(tmp_path, first, cfg=cfg)
     rec = nb.load_results(path)
     assert rec["methods"]["adam_nscl"]["run_dir"] == "runs/adam_nscl"
     assert rec["methods"]["adam_nscl"]["metrics"] == first["adam_nscl"]["metrics"]
+
+
+# ---- live kernels: which names parameters() checks ------------------------------------------------
+VALIDATE = "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals(), extras=['methods'])"
+LATER = "results = nb.run_methods(cfg, cfg['methods'])\nacc = results['finetune']['metrics']['acc']"
+
+
+def test_assigned_names_recognises_a_cell_of_plain_assignments():
+    assert nb.assigned_names("# comment\nepochs = 2\nhidden: list = [64, 64]\nlr = 1e-3 / 2\n"
+                             "a, b = 1, None\nname = f'x'\n") is None  # an f-string is code
+    assert nb.assigned_names("epochs = 2\nhidden: list = [64] * 2\nlr = -1e-3 / 2\na, b = 1, None\n"
+                             "d = {'x': [1.0, 'y']}\nlr2 = lr\n") == {"epochs", "hidden", "lr", "a", "b", "d", "lr2"}
+    for code in ("import os\nepochs = 2", "epochs = int('2')", "x = cfg['epochs']", "x = np.pi", "print(1)",
+                 "results = nb.run_methods(cfg)", "epochs += 1", "", "   \n# only a comment", "for a in []: pass",
+                 "x = [i for i in range(3)]", "epochs = ("):
+        assert nb.assigned_names(code) is None, code
+
+
+def test_parameters_in_a_live_kernel_checks_the_cell_that_just_ran():
+    ns = {"In": ["", "epochs = 2\nmethods = ['finetune']", VALIDATE], "epochs": 2, "methods": ["finetune"]}
+    assert nb.parameters(ns, extras=["methods"])["epochs"] == 2
+    # later cells ran: their variables are no parameters on the next run
+    ns["In"] += [LATER]
+    ns.update(results={"finetune": {}}, acc=3.5)
+    ns["In"] += ["epochs = 2\nmethods = ['finetune']", VALIDATE]
+    assert nb.parameters(ns, extras=["methods"])["epochs"] == 2
+    # the user edits epochs = 2 into epoch = 3 and runs all again: caught without a restart
+    ns["In"] += [LATER, "epoch = 3\nmethods = ['finetune']", VALIDATE]
+    ns["epoch"] = 3
+    with pytest.raises(config.ConfigError, match=r"unknown notebook parameter 'epoch'.*Did you mean epochs"):
+        nb.parameters(ns, extras=["methods"])
+    # fixed: the stale 'epoch' left in the namespace is not a parameter of the cell any more
+    ns["In"] += ["epochs = 3\nmethods = ['finetune']", VALIDATE]
+    ns["epochs"] = 3
+    assert nb.parameters(ns, extras=["methods"])["epochs"] == 3
+    # only the validation cell re-run after a later cell: the parameters checked last time
+    ns["In"] += [LATER, VALIDATE]
+    assert nb.parameters(ns, extras=["methods"])["epochs"] == 3
+    # a scratch cell between the parameters cell and the validation: the parameters cell is still found
+    ns["In"] += ["epochs = 4", "x = 1\nprint(x)", VALIDATE]
+    ns.update(epochs=4, x=1)
+    assert nb.parameters(ns, extras=["methods"])["epochs"] == 4
+
+
+def test_parameters_papermill_injected_cell_and_fresh_kernel():
+    own = "epochs = 1\nmethods = ['finetune']  # extra"
+    ns = {"In": ["", own, "# Parameters\nsmaples_per_task = 100\n", VALIDATE], "epochs": 1,
+          "methods": ["finetune"], "smaples_per_task": 100}
+    with pytest.raises(config.ConfigError, match="'smaples_per_task'.*samples_per_task"):
+        nb.parameters(ns, extras=["methods"])
+    ns = {"In": ["", own, "# Parameters\nepochs = 2\n", VALIDATE], "epochs": 2, "methods": ["finetune"]}
+    cfg = nb.parameters(ns, extras=["methods"])
+    assert cfg["epochs"] == 2 and cfg["methods"] == ["finetune"]
+    # a misspelling in the notebook's own cell is found behind papermill's injected one too
+    ns = {"In": ["", "epoch = 1", "# Parameters\nepochs = 2\n", VALIDATE], "epochs": 2, "epoch": 1}
+    with pytest.raises(config.ConfigError, match="'epoch'"):
+        nb.parameters(ns)
+
+
+@pytest.mark.slow
+def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
+    """The real thing: one kernel, cells executed in order as JupyterLab's "Run All" does."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    cells = ["epochs = 2\nhidden = [8]",
+             "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
+             "results = {'a': 1}\nacc = sum([1, 2])\nfig_count = len(results)",
+             "epoch = 3\nhidden = [8]",
+             "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
+             "epochs = 3\nhidden = [8]",
+             "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(notebook, kernel_name="python3", allow_errors=True, timeout=120,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    out = [c.outputs for c in notebook.cells]
+    assert out[1][0]["text"] == "epochs 2\n"
+    assert out[4][0]["output_type"] == "error" and out[4][0]["ename"] == "ConfigError"
+    assert "unknown notebook parameter 'epoch'" in out[4][0]["evalue"]
+    assert out[6][0]["text"] == "epochs 3\n"  # fixed; the stale 'epoch' is no parameter any more
+
+
+# ---- paths of notebook parameters, runs to analyse, tables -----------------------------------------
+def test_runs_and_output_dir_resolve_from_the_same_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("NSCL_OUTPUT_ROOT", raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")  # the kernel's working directory in JupyterLab
+    cfg = nb.parameters({"runs": ["results/notebooks", "/abs/x"], "output_dir": "results/y", "sweep_dir": "s"},
+                        extras=["runs", "output_dir", "sweep_dir"])
+    assert cfg["runs"] == [str(ROOT / "results" / "notebooks"), "/abs/x"]
+    assert cfg["output_dir"] == str(ROOT / "results" / "y") and cfg["sweep_dir"] == str(ROOT / "s")
+    monkeypatch.setenv("NSCL_OUTPUT_ROOT", str(tmp_path))
+    cfg = nb.parameters({"runs": "results/notebooks/0[0-3]_*"}, extras=["runs"])
+    assert cfg["runs"] == str(tmp_path / "results" / "notebooks" / "0[0-3]_*")
+
+
+def test_require_runs_fails_naming_the_key_and_the_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("NSCL_OUTPUT_ROOT", str(tmp_path))
+    import re
+
+    with pytest.raises(config.ConfigError, match=r"'runs' matches no run directory.*nothing_here.*resolved from "
+                                                  + re.escape(str(tmp_path))):
+        nb.require_runs([str(tmp_path / "nothing_here")])
+    records.write_json(tmp_path / "00_x" / "runs" / "finetune" / records.RESULTS, {"schema": records.SCHEMA, "params": {}})
+    cfg = nb.parameters({"runs": ["0[0-3]_*"]}, extras=["runs"])
+    assert nb.require_runs(cfg["runs"]) == [(tmp_path / "00_x" / "runs" / "finetune").resolve()]
+
+
+def test_metric_tables_show_the_same_decimals_everywhere():
+    res = {"finetune": {"metrics": {"acc": 78.123, "bwt": -11.5, "plasticity": 80.0, "forgetting": 11.5}},
+           "adam_nscl": {"metrics": {"acc": 60.5, "bwt": -4.1234, "plasticity": None, "forgetting": 0.0}}}
+    table = tables.metrics_table(res)
+    text, html = repr(table), table._repr_html_()
+    for shown in ("78.12", "-11.50", "80.00", "11.50", "60.50", "-4.12", "0.00", "NaN"):
+        assert shown in text and f"<td>{shown}</td>" in html, shown
+    assert "-11.5 " not in text and "<td>-11.5</td>" not in html and "<td>0.0</td>" not in html
+    assert table.loc["finetune", "BWT"] == -11.5 and table.loc["adam_nscl", "BWT"] == -4.12  # still numbers
+    table["free"] = [3, 4]  # notebooks add columns; the formatting stays
+    assert "-11.50" in repr(table)
+    import pickle
+
+    assert "-11.50" in repr(pickle.loads(pickle.dumps(table)))
+
+
+def test_regenerate_runs_the_notebooks_an_analysis_reads():
+    plan = suite_app.regenerate_plan(ROOT / "notebooks", ["04"])
+    stems = [(p.stem[:2], write) for p, write in plan]
+    assert stems == [("00", False), ("01", False), ("02", False), ("03", False), ("04", True)]
+    assert [(p.stem[:2], w) for p, w in suite_app.regenerate_plan(ROOT / "notebooks", ["00", "05"])] == [
+        ("00", True), ("05", True)]
+
+
+def test_committed_notebooks_declare_the_project_kernel():
+    import nbformat
+
+    for path in NOTEBOOKS:
+        meta = nbformat.read(path, as_version=4).metadata
+        assert meta["kernelspec"] == {"name": "nscl", "display_name": "Python (nscl)", "language": "python"}, path

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nscl import config
-from nscl.nullspace import NullSpace, NullSpaceTracker, Projector, compute, null_dim
+from nscl.core.nullspace import NullSpace, NullSpaceTracker, Projector, compute, null_dim
 
 
 def random_space(d: int, r: int, seed: int = 0) -> NullSpace:
@@ -114,8 +113,7 @@ def test_compute_eigendecomposition_and_kept_energy():
 def test_tracker_history_spectra_and_per_layer_rules():
     torch.manual_seed(0)
     lin = nn.Linear(8, 4, bias=False)
-    cfg = config.resolve(overrides=dict(nullspace_rule="a_min", a_min_floor="rank"))
-    tr = NullSpaceTracker({"l": lin}, cfg)
+    tr = NullSpaceTracker({"l": lin}, "per_sample", rule=dict(rule="a_min", a=10.0, floor="rank"))
     basis = torch.randn(8, 3)
     x1 = torch.randn(50, 3) @ basis.T  # task 1 inputs: a 3-dim subspace of R^8
     tr.update(lin, [x1], t=0)
@@ -125,7 +123,7 @@ def test_tracker_history_spectra_and_per_layer_rules():
     assert h["d"] == 8 and h["dims"] == [5, 3] and h["rank"] == [3, 5]
     assert set(tr.spectra) == {"l/task0", "l/task1"} and tr.spectra["l/task1"].shape == (8,)
     assert tr.projector("l").r == 3
-    tr.rules["l"] = {"rule": "rel_tol", "rel_tol": 2.0}  # everything null
+    tr.set_rule("l", rule="rel_tol", rel_tol=2.0)  # everything null
     tr.recompute()
     assert tr.projector("l").r == 8
     assert h["dims"] == [5, 3]  # recompute without a task does not append history

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nscl.covariance import Covariance
-from nscl.models import MLP, MultiHead, projected_layers
-from nscl.nullspace import NullSpace, Projector, compute
-from nscl.optim import NullSpaceAdam
+from nscl.core.covariance import Covariance
+from nscl.core.models import MLP, MultiHead, projected_layers
+from nscl.core.nullspace import NullSpace, Projector, compute
+from nscl.core.optim import NullSpaceAdam
 
 D, K, N1 = 20, 5, 30  # input dim, task-1 subspace dim, task-1 samples (< hidden width: layer 2 rank-deficient too)
 

@@ -1,12 +1,14 @@
 """CLNP / nscl_prune invariants: exact zeros, frozen weights, bit-identical old tasks, the margin."""
+import copy
 import math
 
 import pytest
 import torch
 
-from nscl import config, pruning
+from nscl.core import pruning
+from nscl.experiment import config
 from nscl.data import make_stream
-from nscl.train import Trainer
+from nscl.experiment.trainer import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:split_digits")
 
@@ -26,8 +28,8 @@ def _synthetic(shape, n_tasks=2):
 def _task(tr, t):
     """One task through the trainer's own loop and boundary (after_task = pruning, covariance, eval)."""
     torch.manual_seed(1000 + t)
-    tr._train_task(t, None)
-    tr._task_boundary(t)
+    tr.train_task(t)
+    tr.end_task(t)
 
 
 def _test_x(tr, t, n=64):
@@ -61,6 +63,31 @@ def test_search_threshold_is_log_bisection_within_margin():
     # even the smallest threshold breaks the margin: prune only inactive units (0), else nothing
     assert pruning.search_threshold(lambda th: 80.0 if th > 0 else 90.0, 90.0, 1.0)["threshold"] == 0.0
     assert pruning.search_threshold(lambda th: 80.0, 90.0, 1.0)["threshold"] is None
+
+
+def test_per_group_search_shares_the_margin_layer_by_layer():
+    margin = 3.0
+    cost = {"a": lambda th: 2.0 if th > 0.5 else 0.0,  # free up to 0.5, then over its share (1)
+            "b": lambda th: 1.5 if th > 0.01 else 0.0,  # over its own share (1), within a + b's (2)
+            "c": lambda th: 2.0 if th > 0.1 else 0.0}  # 1.5 + 2 > 3: must stop at 0.1
+    seen = []
+
+    def acc(thetas):
+        seen.append(dict(thetas))
+        return 90.0 - sum(cost[g](th) for g, th in thetas.items() if th is not None)
+
+    res = pruning.search_thresholds_per_group(acc, ["a", "b", "c"], 90.0, margin, steps=12)
+    th, layers = res["thresholds"], res["layers"]
+    assert 0.5 / 1.01 < th["a"] <= 0.5 and th["b"] == 1.0 and 0.1 / 1.01 < th["c"] <= 0.1
+    assert [layers[g]["budget"] for g in "abc"] == pytest.approx([1.0, 2.0, 3.0])
+    assert [layers[g]["acc"] for g in "abc"] == [90.0, 88.5, 88.5] and res["acc"] == 88.5
+    # groups are searched in order, each with the earlier groups' thresholds applied, later ones absent
+    assert all(set(d) == {"a"} for d in seen[:14]) and all(d["a"] == th["a"] for d in seen[14:])
+    assert all("c" not in d for d in seen if d.get("b") not in (None, th["b"]))
+    # nothing fits: that group prunes nothing and the accuracy stays the earlier groups'
+    res = pruning.search_thresholds_per_group(lambda ths: 90.0 - 10 * (ths.get("b") is not None),
+                                              ["a", "b"], 90.0, 1.0)
+    assert res["thresholds"] == {"a": 1.0, "b": None} and res["acc"] == 90.0
 
 
 # ---- exact zeros ------------------------------------------------------------------------------------
@@ -187,7 +214,7 @@ def test_margin_respected_on_val_split_never_test():
     pruned_any = False
     for t in range(3):
         torch.manual_seed(1000 + t)
-        tr._train_task(t, None)
+        tr.train_task(t)
         base = tr.accuracy(t, "val")
         test_split = tr.stream[t].test
         tr.stream.tasks[t].test = None  # pruning must not touch the test set
@@ -199,7 +226,7 @@ def test_margin_respected_on_val_split_never_test():
         rec = tr.method.records[t]
         assert base - after <= margin + 1e-9
         assert rec["val_acc"] == base and rec["val_acc_pruned"] == after
-        pruned_any |= rec["pruned_total"] > 0 and rec["threshold"] > 0
+        pruned_any |= rec["pruned_total"] > 0 and any(th for th in rec["thresholds"].values())
         tr.tracker.cov.update(tr.model.features, (x for x, _, _ in tr.batches([(tr.stream[t].train, t)])))
         tr.tracker.recompute(t)
     assert pruned_any
@@ -250,12 +277,12 @@ def test_nscl_prune_keeps_old_layer_outputs(model, monkeypatch):
         if t == 0:
             rows0 = {w.name: _flat(w.module)[masks.owner[w.out_group] == 0] for w in masks.graph.wires}
     torch.manual_seed(1002)
-    tr._train_task(2, None)
+    tr.train_task(2)
     for w in masks.graph.wires:  # interference weights stayed exactly zero through the updates
         inter = masks.interference(w)
         if inter.any():
             assert _flat(w.module)[inter].abs().max() == 0, w.name
-    tr._task_boundary(2)
+    tr.end_task(2)
     for s, (x, logits, ref) in enumerate(refs):
         owners = {n: masks.owner[n][masks.owner[n] <= s] for n in ref}
         _, logits_now, now = snapshot(s)
@@ -292,3 +319,141 @@ def test_resume_state_roundtrip():
 def test_pruning_needs_a_val_split():
     with pytest.raises(config.ConfigError, match="val_fraction"):
         Trainer(_cfg(val_fraction=0.0))
+
+
+# ---- conv channels: per-layer graceful forgetting on a small BatchNorm CNN -------------------------------
+def _bn_cnn(method, **kw):
+    """Small BN CNN (conv biases on: BN and bias shifts could leak) on real digit images, 30% val split."""
+    return Trainer(_cfg(model="cnn", cnn_channels=[8, 16], hidden=[32], bias=True, n_tasks=2, epochs=3,
+                        val_fraction=0.3, prune_margin=6.0, method=method, **kw))
+
+
+def _conv_groups(masks):
+    return [n for n in masks.graph.groups if ".convs." in n]
+
+
+@pytest.mark.parametrize("method", ["clnp", "nscl_prune"])
+def test_conv_channels_pruned_per_layer_exact_zero_and_old_outputs_kept(method):
+    kw = dict(nullspace_rule="rel_tol", rel_tol=1e-10) if method == "nscl_prune" else {}
+    tr = _bn_cnn(method, prune_thresholds="per_layer", **kw)
+    masks = tr.method.masks
+    convs = _conv_groups(masks)
+    torch.manual_seed(1000)
+    tr.train_task(0)
+    # one channel made inactive through its BatchNorm (the way a BN'd channel goes silent)
+    bn0 = masks.graph.groups[convs[0]].norms[0]
+    with torch.no_grad():
+        bn0.weight[0], bn0.bias[0] = 0.0, -1.0
+    trained = copy.deepcopy(tr.model.state_dict())
+    fresh = masks.state_dict()
+
+    # Relative activity is not comparable across layers: scaling one MLP unit's input row by c and
+    # its head column by 1/c leaves the network's function unchanged but divides every other unit's
+    # relative score in that layer by c. One global threshold must then stay below those scores,
+    # so it prunes no conv channel; per-layer thresholds choose the same channels either way.
+    mlp, head = tr.model.backbone.mlp.layers[0], tr.model.heads[0]
+    x0 = _test_x(tr, 0)
+    tr.model.eval()
+    with torch.no_grad():
+        ref = tr.model(x0, 0)
+        mlp.weight[0] *= 1e3
+        mlp.bias[0] *= 1e3
+        head.weight[:, 0] /= 1e3
+        assert torch.allclose(tr.model(x0, 0), ref, atol=1e-4)
+    rescaled = copy.deepcopy(tr.model.state_dict())
+    conv_pruned = {}
+    for mode in ("global", "per_layer"):
+        tr.model.load_state_dict(rescaled)
+        masks.load_state_dict(fresh)
+        tr.cfg["prune_thresholds"] = mode
+        r = tr.method.prune(0)
+        conv_pruned[mode] = {n: _dead(masks)[n].clone() for n in convs}
+        assert r["val_acc"] - r["val_acc_pruned"] <= 6.0 + 1e-9
+    assert not conv_pruned["global"][convs[1]].any()
+    tr.model.load_state_dict(trained)
+    masks.load_state_dict(fresh)
+    tr.method.records, tr.method.activity_log = [], {n: [] for n in masks.graph.groups}
+
+    tr.end_task(0)  # per_layer, on the network as trained
+    rec = tr.method.records[0]
+    dead = _dead(masks)
+    assert dead[convs[0]][0]  # the inactive channel is pruned
+    assert rec["pruned"][convs[1]] >= 1  # and an evenly active layer gives up its least active channels
+    assert all(torch.equal(dead[n], conv_pruned["per_layer"][n]) for n in convs)
+    # graceful forgetting per layer: the trained network with the prunes of the first k groups only
+    # loses at most k/G of the margin on val (re-evaluated here, not read from the record)
+    groups = list(rec["layers"])
+    assert groups == [n for n in masks.graph.groups if rec["candidates"][n] > 0]
+    final = ({n: a.clone() for n, a in masks.alive.items()}, copy.deepcopy(tr.model.state_dict()))
+    tr.model.load_state_dict(trained)
+    for k, g in enumerate(groups):
+        masks.set_alive({n: (~dead[n]).float() if n in groups[:k + 1] else torch.ones(len(dead[n]))
+                         for n in masks.alive})
+        acc = tr.accuracy(0, "val")
+        assert rec["val_acc"] - acc <= 6.0 * (k + 1) / len(groups) + 1e-9, g
+        assert acc == rec["layers"][g]["acc"]
+    masks.set_alive(final[0])
+    tr.model.load_state_dict(final[1])
+    assert rec["val_acc"] - tr.accuracy(0, "val") <= 6.0 + 1e-9 and tr.accuracy(0, "val") == rec["val_acc_pruned"]
+
+    # exact zeros after BN: give the pruned channels a large BN shift, conv bias and running mean
+    x0 = _test_x(tr, 0)
+    tr.model.eval()
+    with torch.no_grad():
+        logits0 = tr.model(x0, 0).clone()
+        for n in convs:
+            g, wire = masks.graph.groups[n], next(w for w in masks.graph.wires if w.out_group == n)
+            d = dead[n].to(torch.bool)
+            g.norms[0].bias[d] = 5.0
+            g.norms[0].running_mean[d] = -3.0
+            wire.module.bias[d] = 7.0
+    outs = {}
+    hooks = [masks.graph.groups[n].norms[0].register_forward_hook(
+        lambda m, i, o, n=n: outs.__setitem__(n, o.detach().clone())) for n in convs]
+    stats = copy.deepcopy(tr.model.state_dict())  # a train-mode pass moves BN running statistics
+    for train_mode in (False, True):
+        tr.model.train(train_mode)
+        with torch.no_grad():
+            tr.model.features(x0)
+        for n in convs:
+            if dead[n].any():
+                assert outs[n][:, dead[n]].abs().max() == 0, (n, train_mode)
+            assert outs[n][:, ~dead[n]].abs().max() > 0
+    for h in hooks:
+        h.remove()
+    tr.model.load_state_dict(stats)
+    tr.model.eval()
+    with torch.no_grad():
+        assert torch.equal(tr.model(x0, 0), logits0)  # the shifts of pruned channels leak nowhere
+
+    # task 2 trains the freed channels; old task's kept units (and logits) stay as they were
+    kept = {}
+    hooks = [masks.graph.groups[n].mask_at[-1].register_forward_hook(
+        lambda m, i, o, n=n: kept.__setitem__(n, o.detach().clone())) for n in masks.graph.groups]
+    xtr, _ = tr.stream[0].train.get(torch.arange(64))
+    with torch.no_grad():
+        tr.model(xtr, 0)
+    ref = {n: o[:, masks.owner[n] == 0].clone() for n, o in kept.items()}
+    ref_logits = tr.model(xtr, 0).detach().clone()
+    conv_before = {n: _flat(next(w for w in masks.graph.wires if w.out_group == n).module) for n in convs}
+    _task(tr, 1)
+    tr.model.eval()
+    with torch.no_grad():
+        logits = tr.model(xtr, 0)
+    for h in hooks:
+        h.remove()
+    for n in convs:  # the freed channels were re-initialised and trained
+        free0 = dead[n]
+        if free0.any():
+            after = _flat(next(w for w in masks.graph.wires if w.out_group == n).module)
+            assert not torch.equal(after[free0], conv_before[n][free0])
+    for n, o in ref.items():
+        now = kept[n][:, masks.owner[n] == 0]
+        if method == "clnp":
+            assert torch.equal(now, o), n
+        else:
+            assert (now - o).abs().max().item() <= 1e-4 * (o.abs().max().item() + 1e-6), n
+    if method == "clnp":
+        assert torch.equal(logits, ref_logits) and tr.acc[1][0] == tr.acc[0][0]
+    else:
+        assert (logits - ref_logits).abs().max().item() <= 1e-4 * (ref_logits.abs().max().item() + 1e-6)

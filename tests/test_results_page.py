@@ -11,8 +11,12 @@ import time
 
 import pytest
 
-from nscl import metrics, report, results_page, runs, sweep
-from nscl import notebook as nb
+from nscl.apps import notebook as nb
+from nscl.apps import results_page, sweep
+from nscl.apps import suite as report
+from nscl.apps.sweep import state as sweep_state
+from nscl.core import metrics
+from nscl.experiment import records as runs
 
 METHODS = ["finetune", "joint", "adam_nscl", "nscl_prune"]
 
@@ -110,9 +114,9 @@ def _fake_sweep(root, size: str, fail=None) -> "Path":  # noqa: F821
         if fail and spec["name"].startswith(fail):
             res["status"] = "failed"
         d = root / size / "runs" / spec["name"]
-        runs.write_json(d / sweep.JOB, {"started": time.time() - 60, "pid": 1, "host": "x"})
+        runs.write_json(d / sweep_state.JOB, {"started": time.time() - 60, "pid": 1, "host": "x"})
         runs.write_json(d / runs.RESULTS, res)
-    runs.write_json(root / size / sweep.MANIFEST, {"sweep": sw, "specs": specs})
+    runs.write_json(root / size / sweep_state.MANIFEST, {"sweep": sw, "specs": specs})
     return root / size
 
 
@@ -158,7 +162,7 @@ def test_results_page_tables_goals_and_figure(tmp_path):
 
 def test_results_page_lists_null_space_runs_at_chance_and_labels(tmp_path):
     d = _fake_sweep(tmp_path, "suite")
-    name = next(s["name"] for s in json.loads((d / sweep.MANIFEST).read_text())["specs"]
+    name = next(s["name"] for s in json.loads((d / sweep_state.MANIFEST).read_text())["specs"]
                 if s["name"].startswith("split_fmnist/adam_nscl/s0"))
     res = runs.load(d / "runs" / name)
     res["acc"][-1][1] = 51.0
@@ -171,7 +175,7 @@ def test_results_page_lists_null_space_runs_at_chance_and_labels(tmp_path):
 
 
 def test_results_cli_reports_a_missing_sweep(tmp_path, capsys):
-    from nscl import cli
+    from nscl.apps import cli
 
     assert cli.main(["results", str(tmp_path / "nope"), "-o", str(tmp_path / "r.md")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import yaml
 
-from nscl import sweep
+from nscl.apps import sweep
 
 TINY = {"benchmark": "split_digits", "n_tasks": 3, "epochs": 1, "batch_size": 32, "hidden": [32, 32],
         "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
@@ -113,9 +113,9 @@ def write_run_notebook(path: Path) -> Path:
     params = nbformat.v4.new_code_cell("output_dir = 'unused'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "import nscl.notebook as nb\nfrom nscl import train\n"
+        "from nscl.apps import notebook as nb\nfrom nscl.experiment import trainer\n"
         "cfg = nb.parameters(globals(), extras={'output_dir': None})\n"
-        "res = train.run(cfg.config, cfg['output_dir'])\nprint(res['metrics'])")]
+        "res = trainer.run(cfg.config, cfg['output_dir'])\nprint(res['metrics'])")]
     nbformat.write(nb, path)
     return path
 
@@ -136,20 +136,20 @@ def test_notebook_run_through_papermill_is_idempotent(tmp_path):
 
 
 def test_killed_run_is_stopped_then_resumes_from_checkpoint(tmp_path, monkeypatch):
-    from nscl import train
+    from nscl.experiment import trainer
 
     path = write_sweep(tmp_path, grid={"method": ["adam_nscl"], "seed": [0]})
     spec = sweep.expand(sweep.load(path))[0]
     calls = []
-    original = train.Trainer._train_task
+    original = trainer.Trainer.train_task
 
-    def dies_at_task_2(self, t, bar):
+    def dies_at_task_2(self, t, epochs=None):
         calls.append(t)
         if t == 1 and len(calls) == 2:
             raise KeyboardInterrupt("killed")  # like SIGINT/SIGKILL: not an error of the run
-        return original(self, t, bar)
+        return original(self, t, epochs)
 
-    monkeypatch.setattr(train.Trainer, "_train_task", dies_at_task_2)
+    monkeypatch.setattr(trainer.Trainer, "train_task", dies_at_task_2)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(path, executor="debug")
     d = Path(spec["out_dir"])
@@ -165,7 +165,7 @@ def test_killed_run_is_stopped_then_resumes_from_checkpoint(tmp_path, monkeypatc
     assert res["submitted"] == [spec["name"]] and res["results"][0]["status"] == "complete"
     assert calls == [0, 1, 1, 2]  # resumed at task 2, task 1 not retrained
     resumed = json.loads((d / "results.json").read_text())
-    fresh = train.run(dict(spec["cfg"]))  # the same run uninterrupted, in memory
+    fresh = trainer.run(dict(spec["cfg"]))  # the same run uninterrupted, in memory
     flat = lambda acc: [v for row in acc for v in row if v is not None]  # noqa: E731
     assert flat(resumed["acc"]) == pytest.approx(flat(fresh["acc"]))
     assert [row.count(None) for row in resumed["acc"]] == [2, 1, 0]

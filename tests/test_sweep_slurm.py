@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nscl import sweep
+from nscl.apps import sweep
 from test_sweep import write_run_notebook  # the same one-run sweep notebook as the local tests
 
 pytestmark = pytest.mark.slurm

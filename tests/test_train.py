@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
-from nscl import config, metrics, runs, train
+from nscl.core import metrics
+from nscl.experiment import config, records
+from nscl.experiment import trainer as train
 from nscl.methods import METHODS
 from nscl.methods.base import FisherPenalty
-from nscl.models import batchnorm_layers, projected_layers
+from nscl.core.models import batchnorm_layers, projected_layers
 
 
 def resolved(**overrides):
@@ -59,7 +61,7 @@ def test_trainer_adam_nscl_keeps_task1_logits_and_projects_every_step():
     ``zero_grad(set_to_none=True)`` (the PyTorch-2 pitfall) and the weights move."""
     trainer = train.Trainer(resolved(method="adam_nscl", **INVARIANT))
     snaps, opts = task1_snapshots(trainer)
-    res = trainer.run()
+    res = trainer.fit()
     s1, s2 = snaps[0], snaps[1]
     rel = ((s2["logits"] - s1["logits"]).norm() / s1["logits"].norm()).item()
     assert rel < 1e-5, rel
@@ -80,7 +82,7 @@ def test_trainer_adam_nscl_keeps_task1_logits_and_projects_every_step():
 def test_trainer_finetune_changes_task1_logits():
     trainer = train.Trainer(resolved(method="finetune", **INVARIANT))
     snaps, _ = task1_snapshots(trainer)
-    trainer.run()
+    trainer.fit()
     rel = ((snaps[1]["logits"] - snaps[0]["logits"]).norm() / snaps[0]["logits"].norm()).item()
     assert rel > 1e-2, rel
 
@@ -90,7 +92,7 @@ def test_bn_freeze_keeps_bn_params_and_running_stats(bn):
     cfg = resolved(method="adam_nscl", model="cnn", cnn_channels=[4, 8], hidden=[16], bn=bn, samples_per_task=80)
     trainer = train.Trainer(cfg)
     snaps, _ = task1_snapshots(trainer)
-    trainer.run()
+    trainer.fit()
     first, last = snaps[0]["bn"], snaps[-1]["bn"]
     assert len(first) == 2 * 5  # 2 BN layers x (weight, bias, running_mean, running_var, num_batches_tracked)
     same = {k: torch.equal(first[k], last[k]) for k in first}
@@ -105,7 +107,7 @@ def test_same_seed_same_results_other_seed_differs():
     runs_ = []
     for seed in (0, 0, 1):
         tr = train.Trainer(resolved(method="adam_nscl", seed=seed))
-        res = tr.run()
+        res = tr.fit()
         runs_.append((res["acc"], res["null_space"], tr.model.state_dict()))
     (a0, n0, w0), (a1, n1, w1), (a2, _, w2) = runs_
     assert a0 == a1 and n0 == n1
@@ -114,8 +116,8 @@ def test_same_seed_same_results_other_seed_differs():
     assert not torch.equal(w0["backbone.layers.0.weight"], w2["backbone.layers.0.weight"])
 
 
-class Killed(Exception):
-    pass
+class Killed(BaseException):
+    """A simulated kill: like KeyboardInterrupt (or kill -9) it does not go through the failure path."""
 
 
 @pytest.mark.parametrize("method", ["adam_nscl", "ewc"])
@@ -133,10 +135,10 @@ def test_killed_run_resumes_to_identical_results(method, tmp_path, monkeypatch):
 
     killed.method.before_task = die_at_task3
     with pytest.raises(Killed):
-        killed.run()
-    partial = runs.load(tmp_path / "resumed")
+        killed.fit()
+    partial = records.load(tmp_path / "resumed")
     assert partial["status"] == "running" and partial["metrics"]["tasks_done"] == 2
-    assert runs.load_checkpoint(tmp_path / "resumed")["task"] == 1
+    assert records.load_checkpoint(tmp_path / "resumed")["task"] == 1
     # resuming with other parameters is refused rather than mixing two runs
     with pytest.raises(config.ConfigError, match="other parameters.*lr"):
         train.run(resolved(method=method, epochs=2, lr=0.5), tmp_path / "resumed")
@@ -144,25 +146,25 @@ def test_killed_run_resumes_to_identical_results(method, tmp_path, monkeypatch):
     resumed = train.run(cfg, tmp_path / "resumed")
     for key in ("status", "acc", "metrics", "null_space", "method_diagnostics", "params", "stream"):
         assert resumed[key] == full[key], key
-    assert not (tmp_path / "resumed" / runs.CHECKPOINT).exists()  # removed once complete
-    spectra_full, spectra_res = runs.load_spectra(tmp_path / "full"), runs.load_spectra(tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / records.CHECKPOINT).exists()  # removed once complete
+    spectra_full, spectra_res = records.load_spectra(tmp_path / "full"), records.load_spectra(tmp_path / "resumed")
     assert spectra_full.keys() == spectra_res.keys()
     assert all((spectra_full[k] == spectra_res[k]).all() for k in spectra_full)
 
     # a completed run is not retrained: the existing results come back
-    def no_training(self, t, bar):
+    def no_training(self, t, epochs=None):
         raise AssertionError("retrained a complete run")
 
-    monkeypatch.setattr(train.Trainer, "_train_task", no_training)
+    monkeypatch.setattr(train.Trainer, "train_task", no_training)
     again = train.run(cfg, tmp_path / "resumed")
-    assert again["acc"] == full["acc"] and again["timing"] == runs.load(tmp_path / "resumed")["timing"]
+    assert again["acc"] == full["acc"] and again["timing"] == records.load(tmp_path / "resumed")["timing"]
 
     # a complete run is never overwritten by a run with other parameters (nor its params.yaml)
-    before = (tmp_path / "resumed" / runs.RESULTS).read_bytes(), (tmp_path / "resumed" / runs.PARAMS).read_bytes()
+    before = (tmp_path / "resumed" / records.RESULTS).read_bytes(), (tmp_path / "resumed" / records.PARAMS).read_bytes()
     with pytest.raises(config.ConfigError, match="complete run with other parameters.*seed"):
         train.run(resolved(method=method, epochs=2, seed=5), tmp_path / "resumed")
-    assert before == ((tmp_path / "resumed" / runs.RESULTS).read_bytes(),
-                      (tmp_path / "resumed" / runs.PARAMS).read_bytes())
+    assert before == ((tmp_path / "resumed" / records.RESULTS).read_bytes(),
+                      (tmp_path / "resumed" / records.PARAMS).read_bytes())
 
 
 def test_nan_loss_stops_with_task_epoch_step_and_keeps_finished_work(tmp_path, monkeypatch):
@@ -171,12 +173,12 @@ def test_nan_loss_stops_with_task_epoch_step_and_keeps_finished_work(tmp_path, m
     cfg = resolved(method="finetune")
     with pytest.raises(train.NonFiniteLossError, match=r"loss is nan at task 2, epoch 1, step 1"):
         train.run(cfg, tmp_path)
-    with open(tmp_path / runs.RESULTS) as f:
+    with open(tmp_path / records.RESULTS) as f:
         res = json.load(f)  # plain json: readable, no NaN tokens
     assert res["status"] == "failed" and "task 2, epoch 1, step 1" in res["error"]
     assert res["acc"][0][0] is not None and res["acc"][1] == [None, None, None]
     assert res["metrics"]["tasks_done"] == 1 and res["metrics"]["acc"] == res["acc"][0][0]
-    ckpt = runs.load_checkpoint(tmp_path)
+    ckpt = records.load_checkpoint(tmp_path)
     assert ckpt["task"] == 0 and ckpt["acc"][0][0] == res["acc"][0][0]
     fresh = train.Trainer(cfg)
     fresh.model.load_state_dict(ckpt["model"])  # intact and loadable
@@ -195,7 +197,7 @@ def method_results():
     out = {}
     for m in ("finetune", "ewc", "joint", "adam_nscl"):
         tr = train.Trainer(resolved(method=m, epochs=3))
-        out[m] = (tr.run(), tr)
+        out[m] = (tr.fit(), tr)
     return out
 
 
@@ -270,3 +272,17 @@ def test_metrics_on_constructed_matrix():
     one = metrics.summary([[42.0]])
     assert one["acc"] == 42.0 and one["bwt"] is None and one["forgetting"] is None
     assert metrics.summary([[None]])["tasks_done"] == 0
+
+
+def test_progress_bar_per_task_unless_quiet_or_nscl_quiet(tiny_cfg, capsys, monkeypatch):
+    """quiet=False shows one bar per run, counted in tasks; $NSCL_QUIET (make test, make notebooks)
+    silences it whatever the parameter says, so stored notebook outputs hold no bars."""
+    cfg = tiny_cfg(method="finetune", quiet=False, n_tasks=2)
+    monkeypatch.delenv("NSCL_QUIET", raising=False)
+    shown = train.run(cfg)
+    err = capsys.readouterr().err
+    assert "finetune on split_digits" in err and "2/2" in err and "task" in err
+    monkeypatch.setenv("NSCL_QUIET", "1")
+    silent = train.run(cfg)
+    assert capsys.readouterr().err == ""
+    assert silent["acc"] == shown["acc"]

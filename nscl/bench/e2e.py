@@ -3,7 +3,7 @@
     python -m nscl.bench e2e [--out results/bench/e2e.json] [--device auto|cpu|cuda]
                              [--cases mlp,resnet18] [--resnet-steps 3] [--gpu-epochs 5]
 
-Runs the real training loop (:class:`nscl.train.Trainer`, no run directory) and reads its per-task
+Runs the real training loop (:class:`nscl.experiment.trainer.Trainer`, no run directory) and reads its per-task
 timings (train, covariance pass, eigendecomposition, evaluation). "Without projection" is
 ``finetune`` (the same Adam, same data, no projector); "with projection" is ``adam_nscl`` from
 its second task on (its first task has no null space yet, so it is unprojected too).
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from .. import config
+from ..experiment import config
 from ..data import make_stream
-from ..runs import env_info, write_json
-from ..train import Trainer
+from ..experiment.records import env_info, write_json
+from ..experiment.trainer import Trainer
 
 RECIPE_TASKS, RECIPE_EPOCHS, RECIPE_TRAIN_PER_TASK, RECIPE_BATCH = 10, 80, 5000, 32
 RECIPE_STEPS = RECIPE_TASKS * RECIPE_EPOCHS * math.ceil(RECIPE_TRAIN_PER_TASK / RECIPE_BATCH)  # 125,600
@@ -48,7 +48,7 @@ def _time_run(cfg: dict, stream, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
-    res = Trainer(cfg, None, stream).run()
+    res = Trainer(cfg, None, stream).fit()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0

@@ -3,7 +3,7 @@
     python -m nscl.bench nuclear [--out results/bench/nuclear.json] [--repeat 10] [--device cpu|cuda|all]
 
 For each model (MLP 784-256-256; PreAct-ResNet-18 width 64 convs, the stem skipped as in
-:func:`nscl.lowrank.factorize`) and device, one step = forward + backward of the penalty alone:
+:func:`nscl.core.lowrank.factorize`) and device, one step = forward + backward of the penalty alone:
 
 * exact: ``sum_l torch.linalg.matrix_norm(W_l.view(out, -1), 'nuc')`` on the dense weights (an SVD
   per layer per step, and its backward);
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .. import lowrank as lr
-from ..models import MLP, PreActResNet18
-from ..runs import env_info, write_json
+from ..core import lowrank as lr
+from ..core.models import MLP, PreActResNet18
+from ..experiment.records import env_info, write_json
 
 
 def _models(width: int):

@@ -24,8 +24,6 @@ step cost only depends on the basis' shape). Measured (median over ``--steps`` a
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -33,11 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..covariance import Covariance, input_dim
-from ..models import MLP, MultiHead, PreActResNet18, projected_layers
-from ..nullspace import NullSpace, Projector
-from ..optim import NullSpaceAdam
-from ..runs import env_info, write_json
+from ..core.covariance import Covariance, input_dim
+from ..core.models import MLP, MultiHead, PreActResNet18, projected_layers
+from ..core.nullspace import NullSpace, Projector
+from ..core.optim import NullSpaceAdam
+from ..experiment.records import env_info, write_json
 
 MODELS = {
     # name: (builder, input shape, batch size)

@@ -1,4 +1,4 @@
-"""Continual-learning methods: small objects with hooks, driven by one loop (:mod:`nscl.train`).
+"""Continual-learning methods: small objects with hooks, driven by one loop (:mod:`nscl.experiment.trainer`).
 
 ``METHODS`` maps a method name (the ``method`` parameter) to its class. A new method subclasses
 :class:`~nscl.methods.base.Method`, overrides the hooks it needs and registers itself with

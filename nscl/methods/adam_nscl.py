@@ -1,21 +1,32 @@
 """Adam-NSCL (Wang et al., CVPR 2021): Adam steps projected into the null space of old inputs.
 
 From task 2 on, every backbone Linear/Conv layer's Adam step is right-multiplied by ``U2 U2^T``
-(:class:`nscl.optim.NullSpaceAdam`), where ``U2`` spans the approximate null space of the
+(:class:`nscl.core.optim.NullSpaceAdam`), where ``U2`` spans the approximate null space of the
 accumulated uncentred covariance of that layer's inputs on all previous tasks (kept by the
-trainer's :class:`nscl.nullspace.NullSpaceTracker`). BatchNorm is protected per the ``bn``
+trainer's :class:`nscl.core.nullspace.NullSpaceTracker`). BatchNorm is protected per the ``bn``
 parameter; old heads are frozen.
 """
 from __future__ import annotations
 
-from ..optim import NullSpaceAdam
-from .base import Method, register
+from ..core.optim import NullSpaceAdam
+from ..core.params import Param
+from .base import BN, EWC_LAMBDA, Method, register
+
+#: Adam-NSCL's own parameters (the null-space rule itself is common: every run records null spaces)
+ADAM_NSCL_PARAMS = (
+    BN, EWC_LAMBDA,
+    Param("lr_projected", None, "float", "backbone lr from task 2 on (Adam-NSCL's svd_lr)"),
+    Param("project", "update", "str", "project the final Adam step (official) or the gradient before Adam",
+          choices=("update", "grad")),
+    Param("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector"),
+)
 
 
 @register("adam_nscl")
 class AdamNSCL(Method):
     protects_bn = True
     null_space = True
+    params = ADAM_NSCL_PARAMS
 
     def backbone_lr(self, t):
         if t > 0 and self.cfg["lr_projected"] is not None:

@@ -1,6 +1,6 @@
 """The method interface: a few hooks around one training loop (Mammoth/FACIL style).
 
-Call order per task ``t`` (see :meth:`nscl.train.Trainer.run`)::
+Call order per task ``t`` (see :meth:`nscl.experiment.trainer.Trainer.fit`)::
 
     before_task(t)
     optimizer, scheduler = make_optimizer(t)
@@ -10,8 +10,13 @@ Call order per task ``t`` (see :meth:`nscl.train.Trainer.run`)::
             after_backward(t);  optimizer.step();  after_step(t)
         scheduler.step()
     after_task(t)                      # pruning, Fisher, ... (network final for task t after this)
-    trainer.tracker.update(t)          # covariance + null spaces of tracked_layers() on task t
+    covariance + null spaces of tracked_layers() on task t   (trainer.end_task)
     evaluate tasks 0..t;  checkpoint
+
+Hooks receive the task index; the :class:`~nscl.experiment.trainer.Trainer` is ``self.trainer``
+(its public API: ``batches``, ``accuracy``, ``train_task``, ``tracker``). A method declares the
+parameters it reads beyond the common ones in ``params`` (a tuple of
+:class:`~nscl.core.params.Param`); :mod:`nscl.experiment.config` collects them into the schema.
 
 The base class is plain Adam fine-tuning with the current task's head only (old heads frozen),
 a fresh optimizer and MultiStep scheduler per task.
@@ -21,9 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..models import MultiHead, batchnorm_layers, projected_layers
+from ..core.models import MultiHead, batchnorm_layers, projected_layers
+from ..core.params import Param
 
 METHODS: dict[str, type["Method"]] = {}
+
+#: BatchNorm protection of the null-space family (base class, ``protects_bn``)
+BN = Param("bn", "freeze", "str", "BatchNorm in later tasks: EWC on affine params (official), "
+           "frozen after task 1 (principled default), or unprotected", choices=("ewc", "freeze", "none"))
+EWC_LAMBDA = Param("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)")
 
 
 def register(name: str):
@@ -42,6 +53,8 @@ class Method:
     protects_bn = False
     #: trains later tasks inside the old tasks' null space (checked: never at chance on a task)
     null_space = False
+    #: parameters this method reads beyond the common ones (data, model, training, null space, run)
+    params: tuple[Param, ...] = ()
 
     def __init__(self, cfg: dict, model: MultiHead, stream, device: torch.device):
         self.cfg, self.model, self.stream, self.device = cfg, model, stream, device
@@ -50,6 +63,10 @@ class Method:
                           if any(n.startswith(b + ".") for b in batchnorm_layers(model))}
         self.bn_ewc = FisherPenalty(self.bn_params, cfg["ewc_lambda"]) if (
             self.protects_bn and cfg["bn"] == "ewc" and self.bn_params) else None
+
+    @classmethod
+    def check_params(cls, cfg: dict) -> None:
+        """Cross-parameter rules of this method; raise ``ValueError`` with a one-line message."""
 
     # ---- hooks -----------------------------------------------------------------------------
     def before_task(self, t: int) -> None:

@@ -1,7 +1,7 @@
 """Reference points: ``finetune`` (lower bound), ``ewc``, ``joint`` (multi-task upper bound)."""
 from __future__ import annotations
 
-from .base import FisherPenalty, Method, register
+from .base import EWC_LAMBDA, FisherPenalty, Method, register
 
 
 @register("finetune")
@@ -12,6 +12,8 @@ class Finetune(Method):
 @register("ewc")
 class EWC(Method):
     """Elastic Weight Consolidation on every shared (backbone) parameter, ``lambda = ewc_lambda``."""
+
+    params = (EWC_LAMBDA,)
 
     def __init__(self, cfg, model, stream, device):
         super().__init__(cfg, model, stream, device)

@@ -1,7 +1,7 @@
 """``clnp`` (Golkar et al. 2019) and ``nscl_prune`` (CLNP pruning + Adam-NSCL projection).
 
 Both train each task with an L1 penalty on the free units, prune by graceful forgetting after
-it, and re-initialise the pruned units as the next task's free capacity (:mod:`nscl.pruning`
+it, and re-initialise the pruned units as the next task's free capacity (:mod:`nscl.core.pruning`
 holds the unit graph, masks and the threshold search; read its docstring first).
 
 ``clnp``: units kept by a task are frozen for good (incoming weights, bias, BN affine and running
@@ -46,10 +46,28 @@ import copy
 
 import torch
 
-from .. import config as config_mod
-from .. import nullspace, pruning
-from ..optim import NullSpaceAdam
+from ..core import nullspace, pruning
+from ..core.optim import NullSpaceAdam
+from ..core.params import Param
+from .adam_nscl import ADAM_NSCL_PARAMS
 from .base import Method, register
+
+PRUNING_PARAMS = (
+    Param("prune_margin", 1.0, "float", "pruning: largest held-out (val) accuracy drop, in points, "
+          "the pruning threshold may cost the current task (graceful-forgetting margin m)"),
+    Param("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)"),
+    Param("l1_target", "weights", "str", "pruning: L1 on the free units' incoming weights (CLNP) or "
+          "on their activations", choices=("weights", "activations")),
+    Param("prune_criterion", "magnitude", "str", "pruning: unit activity = mean post-ReLU output or "
+          "fraction of positive outputs (held-out data)", choices=("magnitude", "fraction_active")),
+    Param("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search"),
+    Param("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched"),
+    Param("prune_thresholds", "per_layer", "str", "pruning: one relative activity threshold for all layers "
+          "(global) or one per layer, searched layer by layer with the margin shared (per_layer; the only one "
+          "that reliably prunes BatchNorm'd conv channels)", choices=("global", "per_layer")),
+    Param("prune_finetune_epochs", 0, "int", "pruning: epochs of fine-tuning the kept sub-network "
+          "after pruning (reverted if it breaks the margin)"),
+)
 
 
 def _round(xs, digits=5):
@@ -61,12 +79,14 @@ class _UnitPruning(Method):
 
     project_old = False
 
+    @classmethod
+    def check_params(cls, cfg):
+        if cfg["val_fraction"] <= 0:
+            raise ValueError(f"method {cls.name!r} chooses its pruning threshold on the held-out split: "
+                             f"parameter 'val_fraction' must be > 0, got {cfg['val_fraction']}")
+
     def __init__(self, cfg, model, stream, device):
         super().__init__(cfg, model, stream, device)
-        if cfg["val_fraction"] <= 0:
-            raise config_mod.ConfigError(
-                f"method {self.name!r} chooses its pruning threshold on the held-out split: "
-                f"parameter 'val_fraction' must be > 0, got {cfg['val_fraction']}")
         self.masks = pruning.UnitMasks(model, device)
         self.finetuning = False
         self.optimizer = None
@@ -90,7 +110,7 @@ class _UnitPruning(Method):
         tracker = self.trainer.tracker
         ro = self.masks.owner[wire.out_group]
         co = self.masks.col_owner(wire)
-        cov = tracker.cov.matrix(wire.name)
+        cov = tracker.covariance(wire.name)
         weight = wire.module.weight
         blocks, log = [], []
         for k in sorted(set(ro[ro < t].tolist())):
@@ -137,7 +157,7 @@ class _UnitPruning(Method):
 
     def penalty(self, t):
         if self.finetuning or self.cfg["l1"] <= 0:
-            self.masks._acts = []
+            self.masks.clear_activations()
             return None
         pen = self.masks.l1_penalty(self.cfg["l1_target"])
         return None if pen is None else self.cfg["l1"] * pen
@@ -162,7 +182,7 @@ class _UnitPruning(Method):
     def after_task(self, t):
         super().after_task(t)
         self.masks.keep_acts = False
-        self.masks._acts = []
+        self.masks.clear_activations()
         rec = self.prune(t)
         if self.cfg["prune_finetune_epochs"] > 0 and rec["pruned_total"] > 0:
             self.finetune(t, rec)
@@ -188,7 +208,7 @@ class _UnitPruning(Method):
 
         def evaluate(theta):
             ps = pruning.prune_set(scores, cand, theta)
-            key = tuple(int(p.sum()) for p in ps.values())  # sets are nested in theta: counts identify them
+            key = tuple(int(p.sum()) for p in ps.values())  # sets are nested per group: counts identify them
             if key not in cache:
                 masks.set_alive({n: alive0[n].cpu() * (~ps[n]).float() for n in ps})
                 try:
@@ -197,15 +217,23 @@ class _UnitPruning(Method):
                     masks.set_alive(alive0)
             return cache[key]
 
-        res = pruning.search_threshold(evaluate, base, cfg["prune_margin"], cfg["prune_theta_min"], 1.0,
-                                       cfg["prune_search_steps"])
-        pruned = pruning.prune_set(scores, cand, res["threshold"])
+        search = (cfg["prune_margin"], cfg["prune_theta_min"], 1.0, cfg["prune_search_steps"])
+        if cfg["prune_thresholds"] == "global":
+            res = pruning.search_threshold(evaluate, base, *search)
+            thresholds = {n: res["threshold"] for n in scores}
+            layers = None
+        else:  # per layer, in forward order, over the groups that have candidates
+            res = pruning.search_thresholds_per_group(evaluate, [n for n in scores if cand[n].any()], base, *search)
+            thresholds = {n: res["thresholds"].get(n) for n in scores}
+            layers = {n: {k: v for k, v in r.items() if k != "evaluations"} for n, r in res["layers"].items()}
+        pruned = pruning.prune_set(scores, cand, thresholds)
         masks.commit(pruned, t)
         after = tr.accuracy(t, "val")
         for n in scores:
             self.activity_log[n].append(_round(scores[n][cand[n]].tolist()))
         return {
-            "task": t, "threshold": res["threshold"], "criterion": cfg["prune_criterion"],
+            "task": t, "threshold": res.get("threshold"), "thresholds": thresholds, "layers": layers,
+            "criterion": cfg["prune_criterion"], "mode": cfg["prune_thresholds"],
             "margin": cfg["prune_margin"], "val_acc": base, "val_acc_pruned": after, "val_drop": base - after,
             "evaluations": res["evaluations"], "distinct_evaluations": len(cache),
             "candidates": {n: int(c.sum()) for n, c in cand.items()},
@@ -217,13 +245,10 @@ class _UnitPruning(Method):
         """A few epochs of the kept sub-network through the trainer's own loop (pruned units dead,
         old units frozen/projected as in training); reverted if the val drop then exceeds the margin."""
         snapshot = copy.deepcopy(self.model.state_dict())
-        epochs = self.cfg["epochs"]
         self.finetuning = True
         try:
-            self.cfg["epochs"] = self.cfg["prune_finetune_epochs"]
-            self.trainer._train_task(t, None)
+            self.trainer.train_task(t, epochs=self.cfg["prune_finetune_epochs"])
         finally:
-            self.cfg["epochs"] = epochs
             self.finetuning = False
         acc = self.trainer.accuracy(t, "val")
         reverted = rec["val_acc"] - acc > self.cfg["prune_margin"] + 1e-9
@@ -236,6 +261,7 @@ class _UnitPruning(Method):
     def diagnostics(self):
         out = {
             "threshold": [r["threshold"] for r in self.records],
+            "thresholds": [r.get("thresholds") for r in self.records],
             "val_drop": [r["val_drop"] for r in self.records],
             "units": self.units,
             "free_fraction": {n: (u["free"][-1] / u["size"] if u["free"] else 1.0) for n, u in self.units.items()},
@@ -264,6 +290,7 @@ class CLNP(_UnitPruning):
     """CLNP: L1-sparsified training, graceful-forgetting pruning, kept units frozen, pruned re-initialised."""
 
     project_old = False
+    params = PRUNING_PARAMS
 
 
 @register("nscl_prune")
@@ -272,3 +299,4 @@ class NSCLPrune(_UnitPruning):
 
     project_old = True
     null_space = True
+    params = PRUNING_PARAMS + ADAM_NSCL_PARAMS

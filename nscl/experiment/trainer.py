@@ -1,17 +1,16 @@
 """The one training loop: tasks in sequence, method hooks, evaluation, records, checkpoints.
 
 ``run(cfg, out_dir)`` returns the results dict (FACIL style: the accuracy matrix is the product)
-and, with ``out_dir``, writes the run directory described in :mod:`nscl.runs`. Deterministic on
+and, with ``out_dir``, writes the run directory described in :mod:`nscl.experiment.records`. Deterministic on
 CPU for a given seed: every task re-seeds torch from ``(seed, task)``, so a run resumed from its
 per-task checkpoint ends with the same results as an uninterrupted one.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import time
-from contextlib import nullcontext
+import traceback
 from pathlib import Path
 from typing import Iterator
 
@@ -19,13 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core import metrics as metrics_mod
+from ..core.models import build_model
+from ..core.nullspace import NullSpaceTracker
+from ..data import make_stream
+from ..methods import METHODS
+from ..util import atomic_write, progress
 from . import config as config_mod
-from . import metrics as metrics_mod
-from . import runs
-from .data import make_stream
-from .methods import METHODS
-from .models import build_model
-from .nullspace import NullSpaceTracker
+from . import records
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -47,14 +47,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _progress(iterable, quiet: bool, **kw):
-    if quiet:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, **kw)
-
-
 def _stream_to_device(stream, device: torch.device) -> None:
     """Keep every task's raw (uint8) tensors on the GPU once, so batches never cross PCIe.
 
@@ -69,13 +61,6 @@ def _stream_to_device(stream, device: torch.device) -> None:
                     if id(tensor) not in moved:
                         moved[id(tensor)] = tensor.to(device)
                     setattr(split, attr, moved[id(tensor)])
-
-
-def _differing(saved: dict, cfg: dict) -> set[str]:
-    """Parameters that differ between a saved run and ``cfg`` (keys the saved run predates count
-    at their defaults; parameters that don't change results are ignored)."""
-    saved = {**config_mod.defaults(), **saved}
-    return {k for k in cfg if k not in runs.RUN_INVARIANT and saved.get(k) != cfg[k]}
 
 
 class Trainer:
@@ -97,14 +82,23 @@ class Trainer:
         if self.device.type == "cuda":
             _stream_to_device(self.stream, self.device)
         torch.manual_seed(cfg["seed"])
-        self.model = build_model(cfg, self.stream.input_shape, [t.n_classes for t in self.stream]).to(self.device)
+        self.model = build_model(
+            cfg["model"], self.stream.input_shape, [t.n_classes for t in self.stream], hidden=cfg["hidden"],
+            bias=cfg["bias"], cnn_channels=cfg["cnn_channels"], batchnorm=cfg["batchnorm"], width=cfg["width"],
+        ).to(self.device)
         self.method = METHODS[cfg["method"]](cfg, self.model, self.stream, self.device)
         self.method.trainer = self
-        self.tracker = NullSpaceTracker(self.method.tracked_layers(), cfg)
+        self.tracker = NullSpaceTracker(
+            self.method.tracked_layers(), cfg["covariance"], scale_sqrt_r=cfg["scale_sqrt_r"],
+            rule=dict(rule=cfg["nullspace_rule"], a=cfg["a"], floor=cfg["a_min_floor"], energy=cfg["energy"],
+                      rel_tol=cfg["rel_tol"]))
         T = len(self.stream)
         self.acc: list[list] = [[None] * T for _ in range(T)]
         self.timing: list[dict] = []
         self.generator = torch.Generator()
+        self.tasks_done = 0  # tasks trained and closed (end_task) so far
+        self.reused = False  # fit() found an identical complete run in out_dir and trained nothing
+        self._bar = None  # the fit() progress bar, for the loss in its postfix
 
     # ---- data ------------------------------------------------------------------------------
     def batches(self, sets, batch_size: int | None = None, shuffle: bool = True, train: bool = False,
@@ -144,16 +138,23 @@ class Trainer:
         return 100.0 * correct / max(total, 1)
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _train_task(self, t: int, bar) -> float:
+    def seed_task(self, t: int) -> None:
+        """Re-seed torch and the batch order from ``(seed, task)``: a resumed run or a notebook that
+        trains task by task gets exactly the numbers of one uninterrupted :meth:`fit`."""
+        torch.manual_seed(self.cfg["seed"] * 1000 + t)
+        self.generator.manual_seed(self.cfg["seed"] * 1000 + t)
+
+    def train_task(self, t: int, epochs: int | None = None) -> float:
+        """Train task ``t`` for ``epochs`` (default: the ``epochs`` parameter) with the method's hooks;
+        returns the seconds spent. Also used by methods that fine-tune after pruning."""
         cfg, method, model = self.cfg, self.method, self.model
         method.before_task(t)
         opt, sched = method.make_optimizer(t)
         sets = method.train_sets(t)
-        train_augment = True
         t0 = time.perf_counter()
-        for epoch in range(cfg["epochs"]):
+        for epoch in range(cfg["epochs"] if epochs is None else epochs):
             method.set_train_mode(t)
-            for step, (x, y, tasks) in enumerate(self.batches(sets, train=train_augment)):
+            for step, (x, y, tasks) in enumerate(self.batches(sets, train=True)):
                 logits = model(x, tasks)
                 loss = F.cross_entropy(logits, y)
                 pen = method.penalty(t)
@@ -170,12 +171,13 @@ class Trainer:
                 opt.step()
                 method.after_step(t)
             sched.step()
-            if bar is not None:
-                bar.set_postfix(task=t + 1, epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            if self._bar is not None:
+                self._bar.set_postfix(task=t + 1, epoch=epoch + 1, loss=f"{loss.item():.3f}")
         return time.perf_counter() - t0
 
-    def _task_boundary(self, t: int) -> dict:
-        """after_task hook, covariance + null spaces on task t, evaluation of tasks 0..t."""
+    def end_task(self, t: int) -> dict:
+        """Close task ``t``: the method's ``after_task`` hook, the covariance pass and null spaces on
+        task ``t``, evaluation of tasks ``0..t``. Returns the timings of each part."""
         timing = {}
         t0 = time.perf_counter()
         self.method.after_task(t)
@@ -197,11 +199,62 @@ class Trainer:
         for j in range(t + 1):
             self.acc[t][j] = self.accuracy(j)
         timing["eval_s"] = time.perf_counter() - t0
+        self.tasks_done = t + 1
         return timing
+
+    def fit(self, until: int | None = None) -> dict:
+        """Train the remaining tasks up to ``until`` (default: all), seeding each task from
+        ``(seed, task)``. With a run directory: hold its lock (:func:`nscl.experiment.records.lock`),
+        reuse an identical complete run (``self.reused``), refuse one with other parameters, resume from
+        its checkpoint, and write a checkpoint and the records after every task. A failure marks the
+        run ``failed`` and leaves its traceback in ``error.txt``. Returns the results dict."""
+        if self.out_dir is None:
+            return self._fit(until)
+        with records.lock(self.out_dir):
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> dict:
+        cfg = self.cfg
+        T = len(self.stream)
+        until = T if until is None else min(until, T)
+        if self.out_dir is not None:
+            done = records.check_same_run(self.out_dir, cfg)  # refuses a run with other parameters
+            if done is not None:
+                self.reused = True
+                return done
+        start = max(self._resume(), self.tasks_done)
+        if self.out_dir is not None:
+            (self.out_dir / records.ERROR).unlink(missing_ok=True)  # a rerun clears the last failure
+            records.write_params(self.out_dir, cfg)
+        t_start = time.perf_counter()
+        previous = sum(sum(d.values()) for d in self.timing)
+        bar = progress(range(start, until), cfg["quiet"], desc=f"{cfg['method']} on {cfg['benchmark']}",
+                       unit="task", initial=start, total=until)
+        self._bar = bar if hasattr(bar, "set_postfix") else None  # no bar: quiet, or $NSCL_QUIET
+        try:
+            for t in bar:
+                self.seed_task(t)
+                train_s = self.train_task(t)
+                self.timing.append({"train_s": train_s, **self.end_task(t)})
+                self._checkpoint(t)
+                self._write("running", total_s=previous + time.perf_counter() - t_start)
+        except Exception as e:  # a failure of this run (not an interrupt): recorded, then raised
+            message = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
+            self._write("failed", error=message, total_s=previous + time.perf_counter() - t_start)
+            if self.out_dir is not None:
+                atomic_write(self.out_dir / records.ERROR, traceback.format_exc())
+            raise
+        finally:
+            self._bar = None
+        status = "complete" if self.tasks_done == T else "running"
+        res = self._write(status, total_s=previous + time.perf_counter() - t_start)
+        if status == "complete" and self.out_dir is not None and (self.out_dir / records.CHECKPOINT).exists():
+            (self.out_dir / records.CHECKPOINT).unlink()
+        return res
 
     def results(self, status: str, error: str | None = None, total_s: float | None = None) -> dict:
         return {
-            "schema": runs.SCHEMA,
+            "schema": records.SCHEMA,
             "status": status,
             "error": error,
             "name": self.out_dir.name if self.out_dir else None,
@@ -214,20 +267,20 @@ class Trainer:
             "method_diagnostics": self.method.diagnostics(),
             "timing": {"per_task": self.timing, "total_s": total_s if total_s is not None else
                        sum(sum(v for v in d.values()) for d in self.timing)},
-            "env": runs.env_info(self.device, self.cfg["seed"]),
+            "env": records.env_info(self.device, self.cfg["seed"]),
         }
 
     def _write(self, status: str, error: str | None = None, total_s: float | None = None) -> dict:
         res = self.results(status, error, total_s)
         if self.out_dir is not None:
-            runs.write_spectra(self.out_dir, self.tracker.spectra)
-            runs.write_json(self.out_dir / runs.RESULTS, res)
+            records.write_spectra(self.out_dir, self.tracker.spectra)
+            records.write_json(self.out_dir / records.RESULTS, res)
         return res
 
     def _checkpoint(self, t: int) -> None:
         if self.out_dir is None or not self.cfg["checkpoint"]:
             return
-        runs.save_checkpoint(self.out_dir, {
+        records.save_checkpoint(self.out_dir, {
             "task": t, "params": self.cfg, "model": self.model.state_dict(),
             "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
             "acc": self.acc, "timing": self.timing})
@@ -236,69 +289,22 @@ class Trainer:
         """Load the checkpoint of the last finished task, if any; return the next task index."""
         if self.out_dir is None:
             return 0
-        state = runs.load_checkpoint(self.out_dir)
+        state = records.load_checkpoint(self.out_dir)
         if state is None:
             return 0
-        diff = _differing(state["params"], self.cfg)
+        diff = records.differing(state["params"], self.cfg)
         if diff:
-            raise config_mod.ConfigError(
-                f"{self.out_dir / runs.CHECKPOINT} was written with other parameters ({', '.join(sorted(diff))}); "
+            raise records.RunDirError(
+                f"{self.out_dir / records.CHECKPOINT} was written with other parameters ({', '.join(sorted(diff))}); "
                 f"use another output directory or delete the checkpoint")
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.tracker.load_state_dict(state["tracker"])
         self.acc, self.timing = state["acc"], state["timing"]
-        return state["task"] + 1
-
-    def run(self) -> dict:
-        cfg = self.cfg
-        done = self._completed()
-        if done is not None:
-            return done
-        start = self._resume()  # refuses a checkpoint written with other parameters
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            runs.write_params(self.out_dir, cfg)
-        T = len(self.stream)
-        t_start = time.perf_counter()
-        previous = sum(sum(d.values()) for d in self.timing)
-        bar = _progress(range(start, T), cfg["quiet"], desc=f"{cfg['method']} on {cfg['benchmark']}",
-                        unit="task", initial=start, total=T)
-        try:
-            for t in bar:
-                torch.manual_seed(cfg["seed"] * 1000 + t)
-                self.generator.manual_seed(cfg["seed"] * 1000 + t)
-                train_s = self._train_task(t, bar if not cfg["quiet"] else None)
-                timing = {"train_s": train_s, **self._task_boundary(t)}
-                self.timing.append(timing)
-                self._checkpoint(t)
-                self._write("running", total_s=previous + time.perf_counter() - t_start)
-        except NonFiniteLossError as e:
-            self._write("failed", error=str(e), total_s=previous + time.perf_counter() - t_start)
-            raise
-        res = self._write("complete", total_s=previous + time.perf_counter() - t_start)
-        if self.out_dir is not None and (self.out_dir / runs.CHECKPOINT).exists():
-            (self.out_dir / runs.CHECKPOINT).unlink()
-        return res
-
-    def _completed(self) -> dict | None:
-        """Results of an identical, already complete run in ``out_dir`` (then nothing is retrained)."""
-        if self.out_dir is None or not (self.out_dir / runs.RESULTS).exists():
-            return None
-        try:
-            res = runs.load(self.out_dir)
-        except (ValueError, OSError):
-            return None
-        if res.get("status") != "complete":
-            return None
-        diff = _differing(res.get("params", {}), self.cfg)
-        if diff:
-            raise config_mod.ConfigError(
-                f"{self.out_dir} holds a complete run with other parameters ({', '.join(sorted(diff))}); "
-                f"use another output directory, or delete it to retrain")
-        return res
+        self.tasks_done = state["task"] + 1
+        return self.tasks_done
 
 
 def run(cfg: dict, out_dir: str | os.PathLike | None = None, stream=None) -> dict:
     """Train ``cfg['method']`` on the configured stream; return (and with ``out_dir`` write) results."""
-    return Trainer(cfg, out_dir, stream).run()
+    return Trainer(cfg, out_dir, stream).fit()

@@ -5,100 +5,88 @@ Parameter files (YAML) are layered left to right, then ``key=value`` overrides. 
 wrong types fail *before* any training, naming the key and the valid keys (papermill itself only
 warns on a misspelled parameter).
 
-Other modules (pruning, low-rank, sweeps) add their keys with :func:`register`, so the list of
-valid keys is always complete.
+The schema is collected here, complete on first import, from where each parameter is read:
+:data:`COMMON` (model, training loop, null-space tracking, run), ``nscl.data.PARAMS`` (the task
+stream) and each method's ``params`` (:mod:`nscl.methods`).
 """
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 import yaml
+
+from ..core.params import Param
+from ..data import BENCHMARKS
+from ..data import PARAMS as DATA_PARAMS
+from ..methods import METHODS
 
 
 class ConfigError(ValueError):
     """A parameter is unknown, has the wrong type, or an invalid value."""
 
 
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    type: str  # "bool" "int" "float" "str" "list[int]" "list[float]" "list[str]" "dict"
-    help: str
-    choices: tuple | None = None
-    optional: bool = False  # None allowed
+#: parameters every run reads: model, training loop, null-space tracking (recorded for every
+#: method, used by the projecting ones), run
+COMMON: tuple[Param, ...] = (
+    # --- model
+    Param("model", "mlp", "str", "backbone", choices=("mlp", "cnn", "resnet18")),
+    Param("hidden", [256, 256], "list[int]", "MLP hidden widths"),
+    Param("bias", False, "bool", "bias in backbone Linear/Conv layers (off: exact null spaces)"),
+    Param("cnn_channels", [32, 64], "list[int]", "small CNN channel widths"),
+    Param("batchnorm", True, "bool", "BatchNorm in the small CNN (ResNet-18 always has it)"),
+    Param("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)"),
+    # --- training loop
+    Param("method", "adam_nscl", "str", "continual-learning method, see nscl.methods.METHODS"),
+    Param("epochs", 3, "int", "epochs per task"),
+    Param("batch_size", 64, "int", "training batch size"),
+    Param("eval_batch_size", 1000, "int", "evaluation batch size"),
+    Param("lr", 1e-3, "float", "backbone learning rate (first task; later tasks too unless lr_projected)"),
+    Param("head_lr", None, "float", "head learning rate (default: lr)"),
+    Param("bn_lr", None, "float", "BatchNorm learning rate (default: lr)"),
+    Param("weight_decay", 0.0, "float", "coupled L2 weight decay on backbone and BN (as the official code)"),
+    Param("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80])"),
+    Param("gamma", 0.5, "float", "MultiStepLR decay factor"),
+    Param("betas", [0.9, 0.999], "list[float]", "Adam betas"),
+    Param("eps", 1e-8, "float", "Adam eps"),
+    # --- null space (tracked for every method; the projecting methods train in it)
+    Param("covariance", "per_sample", "str", "per-sample uncentred covariance (principled, default) "
+          "or the official batch-mean-then-unfold variant", choices=("per_sample", "batch_mean")),
+    Param("nullspace_rule", "a_min", "str", "which eigenvectors span the null space",
+          choices=("a_min", "energy", "rel_tol")),
+    Param("a", 10.0, "float", "a_min rule: keep eigenvalues <= a * lambda_min"),
+    Param("a_min_floor", "rank", "str", "a_min rule on rank-deficient covariances: floor lambda_min at the "
+          "numerical-rank tolerance (principled, default) or use it raw (official)", choices=("rank", "none")),
+    Param("energy", 0.99, "float", "energy rule: directions holding this energy fraction are protected"),
+    Param("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null"),
+    Param("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for "
+          "batch_mean, eval_batch_size for per_sample)"),
+    # --- run
+    Param("seed", 0, "int", "seed for data order, init and everything else"),
+    Param("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N"),
+    Param("threads", None, "int", "torch CPU threads (default: torch's)"),
+    Param("quiet", False, "bool", "no progress bars"),
+    Param("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named"),
+    Param("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes"),
+)
 
 
-PARAMS: dict[str, Param] = {}
+def _collect() -> dict[str, Param]:
+    """The schema: every declared parameter once (a method may re-declare a shared one identically)."""
+    out: dict[str, Param] = {}
+    declared = [*DATA_PARAMS, *COMMON, *(p for cls in METHODS.values() for p in cls.params)]
+    for p in declared:
+        if p.name in out and out[p.name] != p:
+            raise RuntimeError(f"parameter {p.name!r} declared twice with different definitions")
+        out[p.name] = p
+    return out
 
 
-def register(name: str, default: Any, type: str, help: str, choices: Iterable | None = None,
-             optional: bool | None = None) -> None:
-    """Add a parameter (modules call this at import time)."""
-    if name in PARAMS:
-        raise RuntimeError(f"parameter {name!r} registered twice")
-    PARAMS[name] = Param(default, type, help, tuple(choices) if choices else None,
-                         default is None if optional is None else optional)
+PARAMS: dict[str, Param] = _collect()
 
-
-# --- data -------------------------------------------------------------------------------------
-register("benchmark", "split_fmnist", "str", "task stream, see nscl.data.BENCHMARKS")
-register("data_root", None, "str", "directory with the dataset files (else NSCL_DATA_ROOT, system paths)")
-register("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)")
-register("n_tasks", None, "int", "override the benchmark's number of tasks")
-register("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)")
-register("test_samples_per_task", None, "int", "keep this many test samples per task")
-register("val_fraction", 0.1, "float", "held-out fraction of each task's training data")
-register("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
-         choices=("fixed", "random"))
-# --- model ------------------------------------------------------------------------------------
-register("model", "mlp", "str", "backbone", choices=("mlp", "cnn", "resnet18"))
-register("hidden", [256, 256], "list[int]", "MLP hidden widths")
-register("bias", False, "bool", "bias in backbone Linear/Conv layers (off: exact null spaces)")
-register("cnn_channels", [32, 64], "list[int]", "small CNN channel widths")
-register("batchnorm", True, "bool", "BatchNorm in the small CNN (ResNet-18 always has it)")
-register("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)")
-# --- method -----------------------------------------------------------------------------------
-register("method", "adam_nscl", "str", "continual-learning method, see nscl.methods.METHODS")
-register("epochs", 3, "int", "epochs per task")
-register("batch_size", 64, "int", "training batch size")
-register("eval_batch_size", 1000, "int", "evaluation batch size")
-register("lr", 1e-3, "float", "backbone learning rate (first task; later tasks too unless lr_projected)")
-register("lr_projected", None, "float", "backbone lr from task 2 on (Adam-NSCL's svd_lr)")
-register("head_lr", None, "float", "head learning rate (default: lr)")
-register("bn_lr", None, "float", "BatchNorm learning rate (default: lr)")
-register("weight_decay", 0.0, "float", "coupled L2 weight decay on backbone and BN (as the official code)")
-register("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80])")
-register("gamma", 0.5, "float", "MultiStepLR decay factor")
-register("betas", [0.9, 0.999], "list[float]", "Adam betas")
-register("eps", 1e-8, "float", "Adam eps")
-register("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)")
-register("bn", "freeze", "str", "BatchNorm in later tasks: EWC on affine params (official), "
-         "frozen after task 1 (principled default), or unprotected", choices=("ewc", "freeze", "none"))
-# --- null space -------------------------------------------------------------------------------
-register("covariance", "per_sample", "str", "per-sample uncentred covariance (principled, default) "
-         "or the official batch-mean-then-unfold variant", choices=("per_sample", "batch_mean"))
-register("nullspace_rule", "a_min", "str", "which eigenvectors span the null space",
-         choices=("a_min", "energy", "rel_tol"))
-register("a", 10.0, "float", "a_min rule: keep eigenvalues <= a * lambda_min")
-register("a_min_floor", "rank", "str", "a_min rule on rank-deficient covariances: floor lambda_min at the "
-         "numerical-rank tolerance (principled, default) or use it raw (official)", choices=("rank", "none"))
-register("energy", 0.99, "float", "energy rule: directions holding this energy fraction are protected")
-register("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null")
-register("project", "update", "str", "project the final Adam step (official) or the gradient before Adam",
-         choices=("update", "grad"))
-register("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector")
-register("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for batch_mean, eval_batch_size for per_sample)")
-# --- run --------------------------------------------------------------------------------------
-register("seed", 0, "int", "seed for data order, init and everything else")
-register("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N")
-register("threads", None, "int", "torch CPU threads (default: torch's)")
-register("quiet", False, "bool", "no progress bars")
-register("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named")
-register("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes")
 
 PRESETS: dict[str, dict] = {
     # Adam-NSCL's official switches (research/adam_nscl.md 1.4-1.6), on any benchmark/model:
@@ -125,14 +113,8 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _ensure_registered() -> None:
-    """Import the method modules, which register their own parameters."""
-    from . import methods  # noqa: F401
-
-
 def defaults() -> dict:
     """All parameters at their defaults (fresh copies)."""
-    _ensure_registered()
     return {k: (list(p.default) if isinstance(p.default, list) else p.default) for k, p in PARAMS.items()}
 
 
@@ -170,6 +152,8 @@ def _check_type(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"parameter {key!r} must be a finite number, got {value!r}: {p.help}")
     elif t == "str":
         if not isinstance(value, str):
             raise bad
@@ -188,6 +172,8 @@ def _check_type(key: str, value: Any) -> Any:
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise bad
                 v = float(v)
+                if not math.isfinite(v):
+                    raise ConfigError(f"parameter {key!r} must hold finite numbers, got {value!r}: {p.help}")
             if inner == "str" and not isinstance(v, str):
                 raise bad
             out.append(v)
@@ -202,7 +188,7 @@ def _check_type(key: str, value: Any) -> Any:
 
 def validate(cfg: dict) -> dict:
     """Check keys, types and cross-key rules; return a fully resolved copy (all keys present)."""
-    out = defaults()  # imports the methods, so every key is registered
+    out = defaults()
     for key, value in cfg.items():
         if key not in PARAMS:
             raise _unknown(key)
@@ -212,14 +198,12 @@ def validate(cfg: dict) -> dict:
 
 
 def _check_values(cfg: dict) -> None:
-    from . import data, methods  # late import: both register names
-
-    if cfg["benchmark"] not in data.BENCHMARKS:
+    if cfg["benchmark"] not in BENCHMARKS:
         raise ConfigError(f"parameter 'benchmark': unknown {cfg['benchmark']!r}; valid: "
-                          f"{', '.join(sorted(data.BENCHMARKS))}")
-    if cfg["method"] not in methods.METHODS:
+                          f"{', '.join(sorted(BENCHMARKS))}")
+    if cfg["method"] not in METHODS:
         raise ConfigError(f"parameter 'method': unknown {cfg['method']!r}; valid: "
-                          f"{', '.join(sorted(methods.METHODS))}")
+                          f"{', '.join(sorted(METHODS))}")
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if cfg[key] < 1:
             raise ConfigError(f"parameter {key!r} must be >= 1, got {cfg[key]}")
@@ -232,6 +216,22 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"parameter 'val_fraction' must be in [0, 1), got {cfg['val_fraction']}")
     if cfg["preset"] is not None and cfg["preset"] not in PRESETS:
         raise ConfigError(f"parameter 'preset': unknown {cfg['preset']!r}; valid: {', '.join(PRESETS)}")
+    try:
+        METHODS[cfg["method"]].check_params(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def read_by(method: str) -> set[str]:
+    """The parameters a method reads: :data:`COMMON`, the data parameters and its own ``params``."""
+    return {p.name for p in (*COMMON, *DATA_PARAMS, *METHODS[method].params)}
+
+
+def unread(cfg: dict) -> list[str]:
+    """Parameters set away from their defaults that ``cfg['method']`` does not read (declared only by
+    other methods): they change nothing in this run but make it look different from one without them."""
+    read, d = read_by(cfg["method"]), defaults()
+    return sorted(k for k, v in cfg.items() if k in PARAMS and k not in read and v != d[k])
 
 
 def parse_value(text: str) -> Any:
@@ -242,8 +242,8 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def load_file(path: str | os.PathLike) -> dict:
-    """Read one YAML parameter file (a flat mapping)."""
+def read_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file holding one flat mapping (keys not checked: notebook extras are allowed there)."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -253,7 +253,12 @@ def load_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"parameter file {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"parameter file {str(path)!r} must hold a mapping of key: value")
-    _ensure_registered()
+    return data
+
+
+def load_file(path: str | os.PathLike) -> dict:
+    """Read one YAML parameter file (a flat mapping of known keys)."""
+    data = read_mapping(path)
     for key in data:
         if key not in PARAMS:
             err = _unknown(key)
@@ -282,16 +287,16 @@ def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = No
     return validate(layered)
 
 
-def parse_overrides(items: Iterable[str]) -> dict:
-    """``["method=adam_nscl", "seed=1"]`` -> ``{"method": "adam_nscl", "seed": 1}``."""
-    _ensure_registered()
+def parse_overrides(items: Iterable[str], check_keys: bool = True) -> dict:
+    """``["method=adam_nscl", "seed=1"]`` -> ``{"method": "adam_nscl", "seed": 1}`` (YAML values);
+    ``check_keys=False`` lets notebook extras through (the notebook checks them)."""
     out = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value")
         key, value = item.split("=", 1)
         key = key.strip()
-        if key not in PARAMS:
+        if check_keys and key not in PARAMS:
             raise _unknown(key)
         out[key] = parse_value(value)
     return out

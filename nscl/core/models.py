@@ -129,17 +129,19 @@ class PreActResNet18(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-def build_model(cfg: dict, input_shape: tuple, n_classes: list[int]) -> MultiHead:
-    """Build the configured multi-head model (seed the RNG before calling for a deterministic init)."""
-    name = cfg["model"]
+def build_model(name: str, input_shape: tuple, n_classes: list[int], *, hidden=(256, 256),
+                bias: bool = False, cnn_channels=(32, 64), batchnorm: bool = True, width: int = 64) -> MultiHead:
+    """A multi-head model: backbone ``name`` (mlp / cnn / resnet18) and one head per task.
+
+    Seed the RNG before calling for a deterministic init.
+    """
     if name == "mlp":
-        backbone = MLP(math.prod(input_shape), cfg["hidden"], bias=cfg["bias"])
+        backbone = MLP(math.prod(input_shape), list(hidden), bias=bias)
     elif name == "cnn":
-        backbone = SmallCNN(input_shape, cfg["cnn_channels"], cfg["hidden"], bias=cfg["bias"],
-                            batchnorm=cfg["batchnorm"])
+        backbone = SmallCNN(input_shape, list(cnn_channels), list(hidden), bias=bias, batchnorm=batchnorm)
     elif name == "resnet18":
-        backbone = PreActResNet18(input_shape[0], width=cfg["width"])
-    else:  # pragma: no cover - config validation rejects it first
+        backbone = PreActResNet18(input_shape[0], width=width)
+    else:
         raise ValueError(f"unknown model {name!r}")
     return MultiHead(backbone, backbone.out_dim, n_classes)
 

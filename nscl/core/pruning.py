@@ -35,14 +35,32 @@ column have owner -1):
 
 An entry's interference status never ends: a unit free when ``r`` was kept can only be kept later.
 Masks act on the *final* optimizer update (:class:`MaskedUpdate`, via
-:meth:`nscl.optim.NullSpaceAdam.set_projector`), after Adam's moments and coupled weight decay,
+:meth:`nscl.core.optim.NullSpaceAdam.set_projector`), after Adam's moments and coupled weight decay,
 so a fixed entry's update is exactly 0 and it never moves; gradients are masked too.
 
 **Threshold.** Activity per unit on the task's *val* split (held out from its training data):
 mean post-ReLU output (``magnitude``) or fraction of positive outputs (``fraction_active``),
-averaged over batch and space, normalised by the group's most active unit. Candidates (units the
-task trained as free) with score < theta are pruned; theta is searched by log-scale bisection
-(:func:`search_threshold`), every probe a val evaluation with the masks applied.
+averaged over batch and space, measured where the group's output is gated (after BatchNorm, so a
+channel's score reflects its BN scale and shift, not the raw conv weights that BN normalises away),
+normalised by the group's most active unit. Candidates (units the task trained as free) with
+score < theta are pruned; theta is searched by log-scale bisection (:func:`search_threshold`),
+every probe a val evaluation with the masks applied. ``prune_thresholds`` picks how many thetas:
+
+* ``global``: one theta for every group. Relative scores are only comparable *within* a group:
+  BN gives every channel roughly unit-variance pre-activations, so all channels of a conv layer
+  score close to its top channel (0.6-1 on Split Fashion-MNIST) while an MLP layer spreads over
+  [0, 1]. The one theta that keeps the MLP layers within the margin then stops below every
+  channel, and no conv channel is ever pruned.
+* ``per_layer``: one theta per group, searched group by group in forward order
+  (:func:`search_thresholds_per_group`). The k-th of the G groups with candidates may bring the
+  total val drop up to ``k/G * prune_margin`` (earlier groups' thetas stay applied), so every
+  layer gets its share of the graceful-forgetting margin, budget a layer leaves unused passes to
+  the next, and the final drop is within ``prune_margin`` as with one theta.
+
+**L1 under BatchNorm.** ``l1_target=weights`` penalises the free units' incoming weights. A BN'd
+unit's output does not depend on the scale of its incoming weights, so the penalty also covers
+the BN scale ``gamma`` of free units (network-slimming style): that is the weight that can silence
+a BN'd channel.
 """
 from __future__ import annotations
 
@@ -54,20 +72,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import config
 from .models import MLP, MultiHead, PreActResNet18, SmallCNN
-
-config.register("prune_margin", 1.0, "float", "pruning: largest held-out (val) accuracy drop, in points, "
-                "the pruning threshold may cost the current task (graceful-forgetting margin m)")
-config.register("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)")
-config.register("l1_target", "weights", "str", "pruning: L1 on the free units' incoming weights (CLNP) or "
-                "on their activations", choices=("weights", "activations"))
-config.register("prune_criterion", "magnitude", "str", "pruning: unit activity = mean post-ReLU output or "
-                "fraction of positive outputs (held-out data)", choices=("magnitude", "fraction_active"))
-config.register("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search")
-config.register("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched")
-config.register("prune_finetune_epochs", 0, "int", "pruning: epochs of fine-tuning the kept sub-network "
-                "after pruning (reverted if it breaks the margin)")
 
 #: ``owner`` of a unit no task has kept.
 FREE = 10 ** 9
@@ -168,7 +173,7 @@ def unit_graph(model: MultiHead) -> UnitGraph:
 
 
 class MaskedUpdate:
-    """A :class:`~nscl.optim.NullSpaceAdam` "projector" for one layer's ``(out, d)`` update ``u``.
+    """A :class:`~nscl.core.optim.NullSpaceAdam` "projector" for one layer's ``(out, d)`` update ``u``.
 
     ``u * mask`` (0 on fixed entries, on projected rows too), then each block
     ``(rows, cols, projector)`` writes ``projector(u[rows][:, cols])`` into ``[rows, cols]``.
@@ -229,6 +234,10 @@ class UnitMasks:
             elif self.keep_acts and torch.is_grad_enabled():
                 self._acts.append((name, F.relu(out)))
         return hook
+
+    def clear_activations(self) -> None:
+        """Forget the activations recorded for the activation-L1 penalty (after each use)."""
+        self._acts = []
 
     def remove_hooks(self) -> None:
         for h in self._handles:
@@ -344,8 +353,8 @@ class UnitMasks:
 
     # ---- L1 -----------------------------------------------------------------------------------
     def l1_penalty(self, target: str) -> torch.Tensor | None:
-        """Sum of |w| over the free units' incoming weights, or mean-over-batch sum of their
-        activations (recorded by the hooks in this forward pass)."""
+        """Sum of |w| over the free units' incoming weights and BN scales, or mean-over-batch sum
+        of their activations (recorded by the hooks in this forward pass)."""
         if target == "weights":
             total = None
             for w in self.graph.wires:
@@ -353,6 +362,9 @@ class UnitMasks:
                 if rows is None:
                     continue
                 term = w.module.weight[rows].abs().sum()
+                total = term if total is None else total + term
+            for bn, units in self._free_bn:  # a BN'd unit's scale is its gamma (module doc)
+                term = bn.weight[units].abs().sum()
                 total = term if total is None else total + term
             return total
         total = None
@@ -375,6 +387,8 @@ class UnitMasks:
             if rows.any():
                 self._free_rows[w.name] = rows.nonzero().squeeze(1).to(w.module.weight.device)
         self._free_units = {n: (o == FREE).to(self.device) for n, o in self.owner.items()}
+        self._free_bn = [(bn, self._free_units[n].nonzero().squeeze(1)) for n, bn in self.norms()
+                         if bn.affine and self._free_units[n].any()]
 
     # ---- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -423,18 +437,51 @@ def search_threshold(evaluate: Callable[[float], float], base_acc: float, margin
     return {"threshold": math.exp(lo), "acc": acc, "evaluations": trace}
 
 
+def search_thresholds_per_group(evaluate: Callable[[dict], float], groups: list[str], base_acc: float,
+                                margin: float, theta_min: float = 1e-4, theta_max: float = 1.0,
+                                steps: int = 8) -> dict:
+    """One threshold per group, greedily in the order of ``groups`` (graceful forgetting per layer).
+
+    ``evaluate({group: theta or None})`` is the val accuracy with those thresholds applied (a
+    group not named, or ``None``, prunes nothing). Group ``k`` (0-based, of ``G = len(groups)``) is
+    searched by :func:`search_threshold` with the earlier groups' thresholds applied and the
+    cumulative budget ``base_acc - acc <= (k + 1) / G * margin``; so the final drop is within
+    ``margin`` and no layer spends more than its share plus what the layers before it left.
+    Returns ``{"thresholds", "acc", "layers": {group: {"threshold", "budget", "acc",
+    "evaluations"}}, "evaluations"}`` (``acc``: val accuracy with every threshold applied).
+    """
+    thetas: dict[str, float | None] = {}
+    acc, layers, trace = base_acc, {}, []
+    for k, g in enumerate(groups):
+        budget = margin * (k + 1) / len(groups)
+        res = search_threshold(lambda th: evaluate({**thetas, g: th}), base_acc, budget, theta_min,
+                               theta_max, steps)
+        thetas[g] = res["threshold"]
+        if res["threshold"] is not None:
+            acc = res["acc"]
+        layers[g] = {"threshold": res["threshold"], "budget": budget, "acc": acc,
+                     "evaluations": res["evaluations"]}
+        trace.extend([g, *e] for e in res["evaluations"])
+    return {"thresholds": thetas, "acc": acc, "layers": layers, "evaluations": trace}
+
+
 def prune_set(scores: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
-              theta: float | None) -> dict[str, torch.Tensor]:
-    """Candidates whose relative activity is below ``theta`` (``0``: exactly inactive; ``None``: none)."""
+              theta: float | None | dict) -> dict[str, torch.Tensor]:
+    """Candidates whose relative activity is below ``theta`` (``0``: exactly inactive; ``None``: none);
+    ``theta`` may be one value for every group or ``{group: value}`` (groups not named: none)."""
     out = {}
     for n, s in scores.items():
-        if theta is None:
-            out[n] = torch.zeros_like(candidates[n])
-        elif theta == 0:
-            out[n] = candidates[n] & (s <= 0)
-        else:
-            out[n] = candidates[n] & (s < theta)
+        th = theta.get(n) if isinstance(theta, dict) else theta
+        out[n] = _below(s, candidates[n], th)
     return out
+
+
+def _below(s: torch.Tensor, candidates: torch.Tensor, theta: float | None) -> torch.Tensor:
+    if theta is None:
+        return torch.zeros_like(candidates)
+    if theta == 0:
+        return candidates & (s <= 0)
+    return candidates & (s < theta)
 
 
 def relative_scores(activity: dict, criterion: str, alive: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -446,50 +493,3 @@ def relative_scores(activity: dict, criterion: str, alive: dict[str, torch.Tenso
         top = a[live].max().item() if live.any() else 0.0
         out[n] = a / top if top > 0 else torch.zeros_like(a)
     return out
-
-
-# ---- tables for notebooks and reports ---------------------------------------------------------
-def _pruning_runs(results: dict):
-    for label, res in results.items():
-        d = res.get("method_diagnostics") or {}
-        if "units" in d and "prune" in d:
-            yield label, d
-
-
-def units_frame(results: dict):
-    """Long table (label, layer, task, size, frozen, free, new, used = frozen / size) of pruning runs."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for layer, u in d["units"].items():
-            for t, (fz, fr, nw) in enumerate(zip(u["frozen"], u["free"], u["new"])):
-                rows.append({"label": label, "layer": layer, "task": t + 1, "size": u["size"], "frozen": fz,
-                             "free": fr, "new": nw, "used": fz / u["size"]})
-    return pd.DataFrame(rows)
-
-
-def prune_frame(results: dict):
-    """One row per (label, task): threshold, val accuracy before / after pruning, drop, units pruned."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for r in d["prune"]:
-            rows.append({"label": label, "task": r["task"] + 1, "threshold": r["threshold"],
-                         "val_acc": r["val_acc"], "val_acc_pruned": r["val_acc_pruned"], "val_drop": r["val_drop"],
-                         "margin": r["margin"], "probes": len(r["evaluations"]),
-                         "candidates": sum(r["candidates"].values()), "pruned": r["pruned_total"]})
-    return pd.DataFrame(rows)
-
-
-def activity_frame(results: dict):
-    """Long table (label, layer, task, score) of the candidates' relative activity at each pruning."""
-    import pandas as pd
-
-    rows = []
-    for label, d in _pruning_runs(results):
-        for layer, per_task in d["activity"].items():
-            for t, scores in enumerate(per_task):
-                rows.extend({"label": label, "layer": layer, "task": t + 1, "score": s} for s in scores)
-    return pd.DataFrame(rows)

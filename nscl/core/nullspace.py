@@ -43,8 +43,7 @@ class NullSpace:
     @property
     def kept_energy(self) -> float:
         """Paper Eq. 7: fraction of the covariance's trace that lies in the null space."""
-        total = self.eigvals.clamp_min(0).sum().item()
-        return self.eigvals[: self.r].clamp_min(0).sum().item() / total if total > 0 else 1.0
+        return kept_energy(self.eigvals, self.r)
 
     @property
     def null_basis(self) -> torch.Tensor:
@@ -53,6 +52,26 @@ class NullSpace:
     @property
     def range_basis(self) -> torch.Tensor:
         return self.eigvecs[:, self.r:]
+
+
+def kept_energy(eigvals: torch.Tensor, r: int) -> float:
+    """Paper Eq. 7, ``R = sum_{i<=r} lambda_i / sum lambda``: the share of the old inputs' energy in the
+    ``r``-dimensional null space of ascending ``eigvals`` (what updates may still disturb)."""
+    ev = eigvals.to(torch.float64).clamp_min(0)
+    total = ev.sum().item()
+    return ev[:r].sum().item() / total if total > 0 else 1.0
+
+
+def rank_tolerance(eigvals: torch.Tensor) -> float:
+    """Numerical-rank tolerance ``d * eps(float64) * lambda_max`` (as ``numpy.linalg.matrix_rank``):
+    eigenvalues at or below it are indistinguishable from zero."""
+    d = eigvals.numel()
+    return d * torch.finfo(torch.float64).eps * max(eigvals.max().item(), 0.0) if d else 0.0
+
+
+def numerical_rank(eigvals: torch.Tensor) -> int:
+    """Number of eigenvalues above :func:`rank_tolerance`."""
+    return int((eigvals.to(torch.float64) > rank_tolerance(eigvals)).sum().item())
 
 
 def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor: str = "rank",
@@ -68,7 +87,7 @@ def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor:
     if rule == "a_min":
         lam_min = ev[0].item()
         if floor == "rank":
-            lam_min = max(lam_min, d * torch.finfo(torch.float64).eps * lam_max)
+            lam_min = max(lam_min, rank_tolerance(ev))
         elif floor != "none":
             raise ValueError(f"unknown a_min floor {floor!r}")
         return int((ev <= a * lam_min).sum().item())
@@ -131,23 +150,29 @@ class NullSpaceTracker:
     "lambda_max": [...]}``; ``spectra["<layer>/task<t>"]`` = ascending eigenvalues after task t.
     """
 
-    def __init__(self, layers: dict, cfg: dict):
+    def __init__(self, layers: dict, covariance: str = "per_sample", rule: dict | None = None,
+                 scale_sqrt_r: bool = False):
+        """``rule``: keyword arguments of :func:`null_dim` (rule, a, floor, energy, rel_tol);
+        ``covariance``: ``per_sample`` or ``batch_mean`` (:class:`nscl.core.covariance.Covariance`)."""
         from .covariance import Covariance, input_dim
 
         self.layers = layers
-        self.cfg = cfg
-        self.cov = Covariance(layers, cfg["covariance"])
+        self.base_rule = dict(rule or {})
+        self.scale_sqrt_r = scale_sqrt_r
+        self.cov = Covariance(layers, covariance)
         self.spaces: dict[str, NullSpace] = {}
         self.history = {n: {"d": input_dim(m), "dims": [], "kept_energy": [], "rank": [], "lambda_max": []}
                         for n, m in layers.items()}
-        self.spectra: dict[str, "np.ndarray"] = {}
+        self.spectra: dict[str, "numpy.ndarray"] = {}  # noqa: F821 (numpy arrays, see recompute)
         self.rules = {n: {} for n in layers}  # per-layer overrides of the selection rule
 
     def rule(self, name: str) -> dict:
-        c = self.cfg
-        base = dict(rule=c["nullspace_rule"], a=c["a"], floor=c["a_min_floor"], energy=c["energy"],
-                    rel_tol=c["rel_tol"])
-        return {**base, **self.rules.get(name, {})}
+        """The selection rule of one layer: the tracker's rule with the layer's overrides."""
+        return {**self.base_rule, **self.rules.get(name, {})}
+
+    def set_rule(self, name: str, **overrides) -> None:
+        """Override the selection rule of one layer (e.g. a factorised layer's bottleneck)."""
+        self.rules.setdefault(name, {}).update(overrides)
 
     def update(self, forward, batches, t: int) -> None:
         """Add task ``t``'s layer inputs (``forward(x)`` over ``batches``) and recompute the null spaces."""
@@ -161,24 +186,50 @@ class NullSpaceTracker:
             if t is not None:
                 h = self.history[name]
                 ev = ns.eigvals
-                tol = ns.d * torch.finfo(torch.float64).eps * max(ev[-1].item(), 0.0)
                 h["dims"].append(ns.r)
                 h["kept_energy"].append(ns.kept_energy)
-                h["rank"].append(int((ev > tol).sum().item()))
+                h["rank"].append(numerical_rank(ev))
                 h["lambda_max"].append(ev[-1].item())
                 self.spectra[f"{name}/task{t}"] = ev.cpu().numpy()
+
+    # ---- covariance access (methods that transform a layer's old covariance) ---------------------
+    def has_covariance(self, name: str) -> bool:
+        return name in self.cov.sums
+
+    def covariance(self, name: str) -> torch.Tensor:
+        """The accumulated (normalised) covariance of a layer's old inputs."""
+        return self.cov.matrix(name)
+
+    def covariance_sum(self, name: str) -> torch.Tensor:
+        """The un-normalised sum of outer products (what tasks add into)."""
+        return self.cov.sums[name]
+
+    def covariance_count(self, name: str) -> int:
+        return self.cov.counts[name]
+
+    def set_covariance(self, name: str, total: torch.Tensor, count: int | None = None,
+                       recompute: bool = True) -> None:
+        """Replace a layer's accumulated sum (and row count); recompute its null space unless told not to.
+        Not recorded in ``history``: the next task boundary records it."""
+        self.cov.sums[name] = total
+        if count is not None:
+            self.cov.counts[name] = count
+        if recompute:
+            self.spaces[name] = compute(self.cov.matrix(name), **self.rule(name))
 
     def projector(self, name: str, dtype=None, device=None) -> Projector:
         layer = self.layers[name]
         return Projector(self.spaces[name], dtype=dtype or layer.weight.dtype,
-                         device=device or layer.weight.device, scale_sqrt_r=self.cfg["scale_sqrt_r"])
+                         device=device or layer.weight.device, scale_sqrt_r=self.scale_sqrt_r)
 
     def state_dict(self) -> dict:
-        return {"cov": self.cov.state_dict(), "history": self.history, "spectra": self.spectra,
-                "rules": self.rules}
+        """Tensors and plain containers only (checkpoints are loaded with ``weights_only=True``)."""
+        return {"cov": self.cov.state_dict(), "history": self.history,
+                "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()}, "rules": self.rules}
 
     def load_state_dict(self, state: dict) -> None:
         self.cov.load_state_dict(state["cov"])
-        self.history, self.spectra, self.rules = state["history"], state["spectra"], state["rules"]
+        self.history, self.rules = state["history"], state["rules"]
+        self.spectra = {k: v.numpy() for k, v in state["spectra"].items()}
         if self.cov.sums:
             self.recompute(None)

@@ -11,13 +11,13 @@ the ``-p`` overrides, then ``output_dir=<out>/<stem>``. A notebook that declares
 it wrote. The output is::
 
     <out>/<stem>/<stem>.ipynb     executed notebook (papermill's cell states and timings in metadata)
-    <out>/<stem>/results.json     the notebook's record (nscl.notebook.save_results), beside it
+    <out>/<stem>/results.json     the notebook's record (nscl.apps.notebook.save_results), beside it
     <out>/<stem>/runs/<method>/   run directories (results.json, spectra.npz, params.yaml)
     <out>/<stem>/figures/*.png    figures
     <out>/summary.md              one table: notebook, status, minutes, and each method's ACC/BWT;
                                   the check that no null-space method is at chance on any task
 
-Unknown keys fail inside the notebook (``nscl.notebook.parameters``), naming the key; a failed
+Unknown keys fail inside the notebook (``nscl.apps.notebook.parameters``), naming the key; a failed
 notebook is recorded in the summary, the others still run, and the exit status is 1. The exit status
 is 1 too when a null-space method's run ends at chance on some task (:func:`chance_failures`).
 
@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
-import yaml
-
-from . import config as config_mod
-from . import runs
-from .methods import null_space_methods
-from .metrics import CHANCE_MARGIN
+from ..core.metrics import CHANCE_MARGIN
+from ..experiment import config as config_mod
+from ..experiment import records
+from ..methods import null_space_methods
+from ..util import atomic_write
 from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
@@ -54,17 +53,6 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     return found
 
 
-def load_yaml(path: str | Path) -> dict:
-    """A parameter file as a plain mapping (validation happens inside the notebook)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise config_mod.ConfigError(f"parameter file {str(path)!r} not found") from None
-    if not isinstance(data, dict):
-        raise config_mod.ConfigError(f"parameter file {str(path)!r} must hold a mapping of key: value")
-    return data
-
-
 def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: Mapping | None = None,
                         output_dir: str | Path | None = None, suite_dir: str | Path | None = None,
                         params_dir: str | Path | None = None, hook: str | None = "suite_{stem}.yaml") -> dict:
@@ -73,11 +61,11 @@ def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: M
 
     params: dict = {}
     for f in files:
-        params.update(load_yaml(f))
+        params.update(config_mod.read_mapping(f))
     if hook:
         hook_file = Path(params_dir or project_root() / "params") / hook.format(stem=nb.stem)
         if hook_file.exists():
-            params.update(load_yaml(hook_file))
+            params.update(config_mod.read_mapping(hook_file))
     params.update(overrides or {})
     if output_dir is not None:
         params["output_dir"] = str(output_dir)
@@ -100,7 +88,7 @@ def execute(nb: Path, out_nb: Path, parameters: Mapping, progress: bool = True, 
     import papermill as pm
 
     # papermill warns "Passed unknown parameter" for every key not in the parameters cell (all of
-    # base.yaml); nscl.notebook.parameters validates them all and fails on a wrong one instead
+    # base.yaml); nscl.apps.notebook.parameters validates them all and fails on a wrong one instead
     logger = logging.getLogger("papermill")
     if not any(isinstance(f, _UnknownParameterFilter) for f in logger.filters):
         logger.addFilter(_UnknownParameterFilter())
@@ -151,9 +139,9 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
     if total_s is not None:
         lines += [f"Total time: {total_s / 60:.1f} min.", ""]
     lines += ["| notebook | status | minutes | figures |", "|---|---|---:|---|"]
-    records = {}
+    by_notebook = {}
     for e in entries:
-        rec_path = out / e["notebook"] / runs.RESULTS
+        rec_path = out / e["notebook"] / records.RESULTS
         rec = None
         if rec_path.exists():
             try:
@@ -161,18 +149,18 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
             except ValueError:
                 rec = None
         if rec is not None and rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
-            records[e["notebook"]] = rec
+            by_notebook[e["notebook"]] = rec
         figs = ", ".join(f"[{Path(f).stem}]({e['notebook']}/{f})" for f in (rec or {}).get("figures", []))
         status = e["status"] if not e.get("error") else f"{e['status']}: {e['error'][:120]}"
         lines.append(f"| [{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | {status} | "
                      f"{e['seconds'] / 60:.1f} | {figs or '-'} |")
     # runs a notebook only read (run_dir outside its folder, e.g. the analysis notebook) are listed once,
     # under the notebook that trained them
-    rows = [(nb, label, m) for nb, rec in records.items() for label, m in rec.get("methods", {}).items()
+    rows = [(nb, label, m) for nb, rec in by_notebook.items() for label, m in rec.get("methods", {}).items()
             if not str(m.get("run_dir") or "").startswith("..")]
     if rows:
         lines += ["", "Task-aware test accuracy in percent; BWT and forgetting in points "
-                  f"(see nscl.metrics). *At chance*: tasks whose final accuracy is within {CHANCE_MARGIN:g} "
+                  f"(see nscl.core.metrics). *At chance*: tasks whose final accuracy is within {CHANCE_MARGIN:g} "
                   "points of chance (1 / classes per task).", "",
                   "| notebook | run | ACC | BWT | plasticity | forgetting | tasks | at chance |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
@@ -183,7 +171,7 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
             lines.append(f"| {nb} | {label} | {_fmt(mm.get('acc'))} | {_fmt(mm.get('bwt'), '+.2f')} | "
                          f"{_fmt(mm.get('plasticity'))} | {_fmt(mm.get('forgetting'))} | "
                          f"{mm.get('tasks_done', '-')} | {chance} |")
-        failures = chance_failures(records)
+        failures = chance_failures(by_notebook)
         checked = sum(m.get("method") in null_space_methods() and m.get("at_chance") is not None
                       for _, _, m in rows)
         lines += ["", f"**Check, no null-space method at chance on any task: "
@@ -205,7 +193,7 @@ def chance_failures(records: Mapping[str, dict]) -> list[str]:
 def suite_records(out: str | Path) -> dict[str, dict]:
     """The notebook records (``<out>/<notebook>/results.json``) of a suite folder, by notebook."""
     recs = {}
-    for path in sorted(Path(out).glob(f"*/{runs.RESULTS}")):
+    for path in sorted(Path(out).glob(f"*/{records.RESULTS}")):
         try:
             rec = json.loads(path.read_text())
         except ValueError:
@@ -217,15 +205,17 @@ def suite_records(out: str | Path) -> dict[str, dict]:
 
 def write_summary(out: Path, entries: list[dict], total_s: float | None = None) -> Path:
     path = Path(out) / "summary.md"
-    runs.atomic_write(path, summary_markdown(Path(out), entries, total_s))
+    atomic_write(path, summary_markdown(Path(out), entries, total_s))
     return path
 
 
-def regenerate(nb: Path, timeout: int = 1200) -> float:
+def regenerate(nb: Path, timeout: int = 1200, output_root: str | Path | None = None, write: bool = True) -> float:
     """Execute a notebook in place with its own defaults (the stored outputs nbval checks); seconds taken.
 
-    Runs with ``NSCL_OUTPUT_ROOT`` set to a fresh temporary folder (no cached runs are reused) and the
-    notebook's folder as working directory, like nbval; no timing metadata is recorded.
+    Runs like nbval under ``make test``: ``NSCL_OUTPUT_ROOT`` set to ``output_root`` (default a fresh
+    temporary folder, so no cached runs are reused), ``NSCL_QUIET=1`` (no progress bars), the
+    notebook's folder as working directory, no timing metadata. ``write=False`` executes only (the
+    runs it writes stay in ``output_root`` for a later notebook, see :func:`regenerate_all`).
     """
     import os
     import tempfile
@@ -234,24 +224,58 @@ def regenerate(nb: Path, timeout: int = 1200) -> float:
     from nbclient import NotebookClient
 
     nb_obj = nbformat.read(str(nb), as_version=4)
-    old = os.environ.get("NSCL_OUTPUT_ROOT")
+    old = {k: os.environ.get(k) for k in ("NSCL_OUTPUT_ROOT", "NSCL_QUIET")}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["NSCL_OUTPUT_ROOT"] = tmp
+        os.environ["NSCL_OUTPUT_ROOT"] = str(output_root or tmp)
+        os.environ["NSCL_QUIET"] = "1"
         try:
             NotebookClient(nb_obj, timeout=timeout, kernel_name="python3", record_timing=False,
                            resources={"metadata": {"path": str(nb.parent)}}).execute()
         finally:
-            if old is None:
-                os.environ.pop("NSCL_OUTPUT_ROOT", None)
-            else:
-                os.environ["NSCL_OUTPUT_ROOT"] = old
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if not write:
+        return time.perf_counter() - t0
     nb_obj.metadata.pop("papermill", None)
+    nb_obj.metadata.pop("widgets", None)
     for cell in nb_obj.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
     nbformat.write(nb_obj, str(nb))
     return time.perf_counter() - t0
+
+
+def regenerate_plan(folder: str | Path | None = None, only: Iterable[str] | None = None) -> list[tuple[Path, bool]]:
+    """``(notebook, write back?)`` in execution order for :func:`regenerate_all`.
+
+    A selected notebook that declares ``runs`` (the analysis notebook reads what the notebooks before it
+    wrote) gets those notebooks executed first, without writing them back.
+    """
+    import papermill as pm
+
+    every = notebooks(folder)
+    chosen = {p.name for p in notebooks(folder, only)}
+    needed = set(chosen)
+    for k, nb in enumerate(every):
+        if nb.name in chosen and "runs" in pm.inspect_notebook(str(nb)):
+            needed.update(p.name for p in every[:k])
+    return [(nb, nb.name in chosen) for nb in every if nb.name in needed]
+
+
+def regenerate_all(folder: str | Path | None = None, only: Iterable[str] | None = None) -> None:
+    """``make notebooks``: :func:`regenerate` every (selected) notebook in order, in one shared output root,
+    as nbval runs them under ``make test`` (so the analysis notebook reads the runs of those before it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        for nb, write in regenerate_plan(folder, only):
+            print(f"{nb.name}: executing{' in place' if write else ' (its runs feed a later notebook)'} ...",
+                  file=sys.stderr, flush=True)
+            print(f"{nb.name}: {regenerate(nb, output_root=root, write=write):.0f} s", file=sys.stderr, flush=True)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -274,17 +298,10 @@ def add_cli(sub) -> None:
 
 
 def cmd_suite(args) -> int:
-    overrides = {}
-    for item in args.param:
-        if "=" not in item:
-            raise config_mod.ConfigError(f"override {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = config_mod.parse_value(value)
+    overrides = config_mod.parse_overrides(args.param, check_keys=False)
     t0 = time.perf_counter()
     if args.regenerate:
-        for nb in notebooks(args.notebooks, args.only):
-            print(f"{nb.name}: executing in place ...", file=sys.stderr, flush=True)
-            print(f"{nb.name}: {regenerate(nb):.0f} s", file=sys.stderr, flush=True)
+        regenerate_all(args.notebooks, args.only)
         return 0
     entries = run_suite(args.out, args.file, overrides, only=args.only, progress=not args.no_progress,
                         log_output=args.log_output, folder=args.notebooks, hook=args.hook or None)

@@ -6,7 +6,7 @@ Faithful to the official optimizer (research/adam_nscl.md 1.6):
 2. Adam moments ``m, v`` on the **unprojected** ``g``;
 3. ``u = lr * m_hat / (sqrt(v_hat) + eps)``;
 4. for a projected layer, ``u <- u P`` with ``u`` viewed as ``(out, d)`` (Eq. 6, right-multiplication;
-   the bias, if any, is the last column, see :mod:`nscl.covariance`);
+   the bias, if any, is the last column, see :mod:`nscl.core.covariance`);
 5. ``w <- w - u``.
 
 ``project="grad"`` projects ``g`` before the moments instead. Note that Adam's element-wise

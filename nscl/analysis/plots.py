@@ -1,17 +1,17 @@
 """Seaborn figures shared by the notebooks; each function returns a matplotlib ``Figure``.
 
-Inputs are what :mod:`nscl.runs` and :mod:`nscl.notebook` give back: results dicts (``acc``,
-``metrics``, ``null_space``), :func:`nscl.runs.frame` / :func:`nscl.runs.null_space_frame` tables and
-:func:`nscl.runs.load_spectra` dicts (``"<layer>/task<t>"`` -> ascending eigenvalues).
+Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
+:mod:`nscl.analysis.tables` and :func:`nscl.experiment.records.load_spectra` dicts
+(``"<layer>/task<t>"`` -> ascending eigenvalues). Every figure of the notebooks is drawn here.
 
 * :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i).
 * :func:`metrics_bars` — ACC / BWT / plasticity / forgetting per method.
 * :func:`null_space_dims` — null-space dimension per layer vs task, absolute and as a fraction of d.
 * :func:`spectra` — covariance eigenvalues per layer (log scale), one line per task.
 * :func:`spectrum_cut` — one layer's spectrum with the ``a * lambda_min`` cut (Adam-NSCL Alg. 2).
-* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task.
+* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, one shared log axis.
 * :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
-* :func:`stability_plasticity` — plasticity against BWT per run and per method (mean ± std), per panel.
+* :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str =
         sns.heatmap(a, annot=True, fmt=fmt if T <= 6 else ".0f", vmin=0, vmax=100, cmap=cmap, cbar=False,
                     square=True, xticklabels=ticks, yticklabels=ticks, annot_kws={"fontsize": 8}, ax=ax)
         m = res.get("metrics") or {}
-        sub = f"ACC {m['acc']:.1f}  BWT {m['bwt']:+.1f}" if m.get("bwt") is not None else ""
+        sub = f"ACC {m['acc']:.2f}  BWT {m['bwt']:+.2f}" if m.get("bwt") is not None else ""
         ax.set_title(f"{label}\n{sub}", fontsize=10)
         ax.set_xlabel("evaluated on task j")
         ax.set_ylabel("after training task i")
@@ -61,7 +61,7 @@ def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str =
 
 
 def _metrics_long(data) -> pd.DataFrame:
-    """Long table (label, metric, value) from ``{label: results}`` or a :func:`nscl.runs.frame`."""
+    """Long table (label, metric, value) from ``{label: results}`` or a :func:`nscl.analysis.tables.runs_frame`."""
     cols = {"acc": "ACC", "bwt": "BWT", "plasticity": "plasticity", "forgetting": "forgetting"}
     if isinstance(data, pd.DataFrame):
         df = data.copy()
@@ -76,7 +76,7 @@ def _metrics_long(data) -> pd.DataFrame:
 def metrics_bars(data, title: str | None = None):
     """Bars per method: ACC and plasticity (left, %), BWT and forgetting (right, points, own scale).
 
-    ``data``: ``{label: results}`` or a :func:`nscl.runs.frame` table (several seeds give error bars).
+    ``data``: ``{label: results}`` or a :func:`nscl.analysis.tables.runs_frame` table (several seeds give error bars).
     """
     long = _metrics_long(data)
     hue_order = list(dict.fromkeys(long["label"]))
@@ -123,8 +123,20 @@ def _grid(n: int, rows_per_run: int, max_cols: int, w: float, h: float, **kw):
                  for k in range(n)]
 
 
-def _title(label: str, n: int = 34) -> str:
-    return label if len(label) <= n else "…" + label[-(n - 1):]
+def _title(label: str, n: int = 30) -> str:
+    """A panel title of at most ``n`` characters a line: ``notebook/run`` labels wrap at the last ``/``."""
+    def cut(s):
+        return s if len(s) <= n else "…" + s[-(n - 1):]
+    if len(label) > n and "/" in label:
+        head, tail = label.rsplit("/", 1)
+        return f"{cut(head)}/\n{cut(tail)}"
+    return cut(label)
+
+
+def _symlog_top(values) -> float:
+    """Top of a symlog axis: the power of ten above 1.5x the largest value, so the top point is never cut."""
+    m = float(np.nanmax(values)) if len(values) else 1.0
+    return 10.0 ** np.ceil(np.log10(max(m, 1.0) * 1.5))
 
 
 def _legend_right(ax, title: str) -> None:
@@ -144,10 +156,15 @@ def _per_run_layers(ns: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list, l
     return ns, list(dict.fromkeys(ns[label])), list(dict.fromkeys(ns["layer"]))
 
 
-def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
-    """Null-space dim per layer vs task: per run, r (top, symlog) and r/d (bottom); ``max_cols`` runs a line."""
+def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
+    """Null-space dim per layer vs task: per run, r (top, symlog) and r/d (bottom); ``max_cols`` runs a line.
+
+    Every panel of a row kind shares its y-axis (r: 0 up to a power of ten above the largest r, so no
+    point sits on the frame; r/d: 0..1), so runs compare at a glance.
+    """
     ns, labels, hue_order = _per_run_layers(ns, label)
-    fig, cells = _grid(len(labels), 2, max_cols, 3.6, 5.4)
+    fig, cells = _grid(len(labels), 2, max_cols, 3.0, 5.0)
+    top = _symlog_top(ns["null_dim"].to_numpy(dtype=float))
     for k, lab in enumerate(labels):
         sub = ns[ns[label] == lab]
         for row, (col, ylab) in enumerate((("null_dim", "null-space dim r"), ("null_frac", "r / d"))):
@@ -158,7 +175,7 @@ def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
                 ax.set_ylim(-0.03, 1.03)
             else:
                 ax.set_yscale("symlog", linthresh=10)
-                ax.set_ylim(bottom=0)
+                ax.set_ylim(0, top)
             ax.set_ylabel(ylab if k % max_cols == 0 else "")
             ax.set_xticks(sorted(sub["task"].unique()))
             if row == 0:
@@ -239,10 +256,18 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
     return fig
 
 
-def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
-    """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task, per run."""
+KEPT_ENERGY_FLOOR = 1e-18  # kept-energy ratios below this are float64 round-off; drawn at the floor
+
+
+def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
+    """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task, per run.
+
+    All panels share one log y-axis (the suptitle says so); ratios below :data:`KEPT_ENERGY_FLOOR`
+    (round-off, or exactly 0 for an empty null space) are drawn at the floor.
+    """
     ns, labels, hue_order = _per_run_layers(ns, label)
-    fig, cells = _grid(len(labels), 1, max_cols, 3.6, 3.0)
+    ns["kept_energy"] = ns["kept_energy"].astype(float).clip(lower=KEPT_ENERGY_FLOOR)
+    fig, cells = _grid(len(labels), 1, max_cols, 3.0, 2.8, sharey=True)
     for k, lab in enumerate(labels):
         ax = cells[k][0]
         sub = ns[ns[label] == lab]
@@ -252,7 +277,11 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
         ax.set_title(_title(lab), fontsize=10)
         ax.set_xticks(sorted(sub["task"].unique()))
         ax.set_ylabel("kept energy R" if k % max_cols == 0 else "")
+    top = float(ns["kept_energy"].max()) if len(ns) else 1.0
+    cells[0][0].set_ylim(KEPT_ENERGY_FLOOR / 3, min(10 ** np.ceil(np.log10(top * 3)), 3.0))
     _legend_right(cells[min(len(labels), max_cols) - 1][0], "layer")
+    fig.suptitle(f"kept energy R: one log y-axis for all panels (below {KEPT_ENERGY_FLOOR:.0e}: round-off, drawn "
+                 f"at {KEPT_ENERGY_FLOOR:.0e})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -260,7 +289,7 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 4):
 def null_space_vs_metrics(summary: pd.DataFrame):
     """Scatter of each run's mean null-space fraction against its plasticity and its BWT (colour: method).
 
-    ``summary``: :func:`nscl.notebook.null_space_summary` (index: run label; columns
+    ``summary``: :func:`nscl.analysis.tables.null_space_summary` (index: run label; columns
     ``mean null fraction``, ``plasticity``, ``BWT``, ``method``).
     """
     df = summary.reset_index().rename(columns={"run": "label"})
@@ -279,16 +308,17 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     return fig
 
 
-def stability_plasticity(df: pd.DataFrame, col: str = "benchmark", row: str | None = None,
-                         hue: str = "method", x: str = "plasticity", y: str = "bwt"):
+def stability_plasticity(runs: pd.DataFrame, order: list | None = None, col: str = "benchmark",
+                         row: str | None = None, hue: str = "method", x: str = "plasticity", y: str = "bwt"):
     """The stability-plasticity plane: plasticity (x, %) against BWT (y, points), one panel per ``col``
     (and ``row``) value. Small dots are runs (seeds); a large marker with ±1 std error bars is each
     ``hue`` group's mean. Up is stable (no forgetting), right is plastic.
 
-    ``df``: one row per run with ``x``, ``y``, ``hue``, ``col`` (and ``row``) columns, e.g. a
-    :func:`nscl.sweep.collect` table restricted to complete runs.
+    ``runs``: one row per complete run with ``x``, ``y``, ``hue``, ``col`` (and ``row``) columns, e.g. a
+    sweep's collected table; ``order``: the ``hue`` values in legend order (default: as they appear).
     """
-    order = list(dict.fromkeys(df[hue]))
+    df = runs
+    order = order or list(dict.fromkeys(df[hue]))
     palette = dict(zip(order, sns.color_palette("tab10", len(order))))
     cols = list(dict.fromkeys(df[col]))
     rows = list(dict.fromkeys(df[row])) if row else [None]

@@ -35,25 +35,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import config
 from .covariance import input_dim
-
-config.register("rank_max", None, "int", "low-rank: inner width K per factorised layer "
-                "(default min(out, d), i.e. no hard cap)")
-config.register("rank_schedule", [1.0], "list[float]", "low-rank: fraction of K active at task t "
-                "(entry t, the last entry repeats), e.g. [0.25, 0.5, 0.75, 1.0]")
-config.register("nuclear_lambda", 1e-4, "float", "low-rank: strength of the nuclear-norm surrogate "
-                "lambda/2 (||A||^2 + ||B||^2) on active components")
-config.register("truncate_tol", 0.0, "float", "low-rank: after each task drop singular values of W "
-                "below truncate_tol * sigma_max and re-balance the factors (0 = off)")
-config.register("lowrank_min_d", 32, "int", "low-rank: layers with input dim d below this stay dense "
-                "(the ResNet-18 stem, d = 27)")
-config.register("refresh_bottleneck", False, "bool", "nscl_lowrank: before each task set the old bottleneck "
-                "covariance to M B^T C_x B M from the input covariance and the current B (exact: no non-linearity "
-                "in between), so components switched on in an approximate null space stay protected. Measured on "
-                "permuted_fmnist with a grow schedule: no BWT gain, -4.7 ACC (off by default)")
-config.register("rank_tol", 1e-3, "float", "low-rank diagnostics: effective rank = number of singular "
-                "values of W above rank_tol * sigma_max")
 
 
 class Factorized(nn.Module):
@@ -120,7 +102,7 @@ class Factorized(nn.Module):
         """Switch on components up to index ``r`` (never off). Returns the new component indices.
 
         New components start with a zero ``A`` column, so they add nothing to any output until
-        trained. With ``project`` (a :class:`nscl.nullspace.Projector` of the old inputs' null space)
+        trained. With ``project`` (a :class:`nscl.core.nullspace.Projector` of the old inputs' null space)
         their ``B`` columns are projected into it (and rescaled to their former norm), so their
         bottleneck features are zero on old data: exact null directions for ``A``.
         """
@@ -241,52 +223,3 @@ def base_layer(name: str) -> tuple[str, str]:
     if name.endswith(".A"):
         return name[:-2], "bottleneck"
     return name, "input"
-
-
-def null_dims_frame(run_dirs: dict, energies=(0.9, 0.95, 0.99)):
-    """Long table of null-space dims per run, layer and task under the run's own rule (``a_min`` by
-    default) and under the energy rule at each of ``energies``, from each run's ``spectra.npz``.
-
-    Columns: label, method, layer (the dense layer's name), space (``input`` = the layer input, i.e.
-    a factorised layer's ``B``; ``bottleneck`` = its ``A``), task (1-based), d, rule, null_dim, null_frac.
-    Rank limitation acts on the energy spectrum, so compare both rules (see the issue's lead).
-    """
-    import pandas as pd
-
-    from . import runs
-    from .nullspace import null_dim
-
-    rows = []
-    for label, run_dir in run_dirs.items():
-        res, spec = runs.load(run_dir), runs.load_spectra(run_dir)
-        method = res["params"]["method"]
-        rule = res["params"]["nullspace_rule"]
-        for name, rec in res["null_space"].items():
-            layer, space = base_layer(name)
-            for t, r in enumerate(rec["dims"]):
-                common = dict(label=label, method=method, layer=layer, space=space, task=t + 1, d=rec["d"])
-                rows.append({**common, "rule": rule, "null_dim": r})
-                ev = spec.get(f"{name}/task{t}")
-                if ev is not None:
-                    for e in energies:
-                        rows.append({**common, "rule": f"energy {e:g}",
-                                     "null_dim": null_dim(torch.as_tensor(ev), rule="energy", energy=e)})
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        df["null_frac"] = (df["null_dim"] / df["d"]).round(4)
-    return df
-
-
-def singular_values_frame(results: dict):
-    """Long table (label, layer, task, i, sigma, sigma_rel) of W's singular values after each task,
-    from the ``lowrank`` diagnostics of factorised runs (``{label: results dict}``)."""
-    import pandas as pd
-
-    rows = []
-    for label, res in results.items():
-        for layer, rec in ((res.get("method_diagnostics") or {}).get("lowrank") or {}).items():
-            for t, sv in enumerate(rec["singular_values"]):
-                top = sv[0] if sv and sv[0] > 0 else 1.0
-                rows.extend({"label": label, "layer": layer, "task": t + 1, "i": i + 1, "sigma": s,
-                             "sigma_rel": s / top} for i, s in enumerate(sv))
-    return pd.DataFrame(rows, columns=["label", "layer", "task", "i", "sigma", "sigma_rel"])

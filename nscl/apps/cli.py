@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import config
+from ..data import DataError
+from ..experiment import config
 
 
 def _add_run(sub) -> None:
@@ -25,16 +26,25 @@ def _add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from . import train
+    from ..experiment import records, trainer
 
     overrides = config.parse_overrides(args.param)
     if args.quiet:
         overrides["quiet"] = True
     cfg = config.resolve(args.file, overrides)
-    res = train.run(cfg, args.out)
+    unread = config.unread(cfg)
+    if unread:
+        print(f"warning: method {cfg['method']} does not read: {', '.join(unread)}", file=sys.stderr)
+    tr = trainer.Trainer(cfg, args.out)
+    try:
+        res = tr.fit()
+    except trainer.NonFiniteLossError as e:
+        where = f" (traceback in {args.out}/{records.ERROR})" if args.out else ""
+        print(f"error: {e}{where}", file=sys.stderr)
+        return 1
     print(format_results([res], matrix=True))
     if args.out:
-        print(f"\nwritten: {args.out}/results.json")
+        print(f"\n{'reused' if tr.reused else 'written'}: {args.out}/{records.RESULTS}")
     return 0
 
 
@@ -71,25 +81,25 @@ def _short(res: dict, width: int = 28) -> str:
 
 
 def cmd_show(args) -> int:
-    from . import runs
+    from ..analysis import tables
+    from ..experiment import records
 
-    dirs = runs.find_runs(args.paths)
+    dirs = records.find_runs(args.paths)
     if not dirs:
         print(f"no results.json under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     if args.seeds:
-        df = runs.aggregate(args.paths, ignore=args.ignore)
+        df = tables.seed_summary(tables.runs_frame(args.paths), ignore=args.ignore)
         for _, r in df.iterrows():
             cells = "  ".join(f"{m.upper()} {r[m + '_mean']:6.2f} ± {r[m + '_std']:4.2f}"
                               for m in ("acc", "bwt", "plasticity"))
             print(f"{r['label']:<60} n={r['n']}  {cells}  ({r['time_s_mean']:.0f} s/run)")
         return 0
-    print(format_results([runs.load(d) for d in dirs], matrix=args.matrix))
+    print(format_results([records.load(d) for d in dirs], matrix=args.matrix))
     return 0
 
 
 def cmd_params(args) -> int:
-    config.defaults()  # imports the method modules, which register their own parameters
     for name, p in sorted(config.PARAMS.items()):
         choices = f" [{'|'.join(map(str, p.choices))}]" if p.choices else ""
         print(f"{name:<22} {p.type:<12} default={p.default!r}{choices}\n{'':<22} {p.help}")
@@ -103,7 +113,7 @@ def _add_sweep(sub) -> None:
 
 
 def _add_suite(sub) -> None:
-    from .report import add_cli  # python -m nscl suite: the notebook suite behind `make run`
+    from .suite import add_cli  # python -m nscl suite: the notebook suite behind `make run`
 
     add_cli(sub)
 
@@ -140,6 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except config.ConfigError as e:
+    except (config.ConfigError, DataError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

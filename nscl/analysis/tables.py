@@ -1,0 +1,336 @@
+"""Tables (pandas) from run records: one builder per table, one seed summary.
+
+Builders take either ``{label: results dict}`` (what :func:`nscl.apps.notebook.run_methods` returns)
+or run directories / folders / globs (:func:`nscl.experiment.records.find_runs`), so notebooks, the
+CLI and sweeps all read runs through the same code.
+
+* :func:`runs_frame` — one row per run: status, tasks done, parameters, metrics (pandas-ready).
+* :func:`runs_table` / :func:`metrics_table` — the short per-run displays of notebooks.
+* :func:`fixed` — a table always *shown* with a fixed number of decimals (every metric table uses
+  :data:`METRIC_DIGITS`), which rounding alone cannot do.
+* :func:`seed_summary` / :func:`format_summary` — mean ± std over distinct seeds of complete runs
+  that share every other parameter (partial runs are counted, never averaged).
+* :func:`null_space_frame` — null-space dimension per run, layer and task (optionally also under
+  the energy rule at other thresholds, from the stored spectra); :func:`null_space_summary`.
+* :func:`units_frame`, :func:`prune_frame`, :func:`threshold_frame`, :func:`activity_frame` — pruning
+  records;
+  :func:`singular_values_frame` — low-rank records.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pandas as pd
+import torch
+
+from ..core.nullspace import null_dim
+from ..experiment import records
+from ..experiment.config import defaults
+
+METRICS = ("acc", "bwt", "plasticity", "forgetting")
+METRIC_DIGITS = 2  # decimals of every metric (ACC / BWT / plasticity / forgetting, percent points) in a table
+
+
+class FixedTable(pd.DataFrame):
+    """A DataFrame whose float columns are shown with a fixed number of decimals (``digits``).
+
+    Rounding alone is not enough: pandas trims trailing zeros per column, so a rounded table shows
+    ``-11.5`` in one column next to ``-4.12`` in another. Values stay numbers.
+    """
+
+    _metadata = ["digits"]
+    digits: dict = {}
+
+    @property
+    def _constructor(self):
+        return FixedTable
+
+    def _formatters(self) -> dict:
+        def fmt(n):
+            return lambda v: "NaN" if v is None or v != v else (f"{v:.{n}f}" if isinstance(v, float) else str(v))
+        return {c: fmt(n) for c, n in self.digits.items() if c in self.columns}
+
+    def __repr__(self) -> str:
+        return self.to_string(formatters=self._formatters(), max_rows=pd.get_option("display.max_rows"))
+
+    def _repr_html_(self) -> str:
+        return self.to_html(formatters=self._formatters(), notebook=True, max_rows=pd.get_option("display.max_rows"))
+
+
+def fixed(df: pd.DataFrame, digits: int | Mapping[str, int] = METRIC_DIGITS,
+          columns: Iterable[str] | None = None) -> FixedTable:
+    """``df`` rounded and always *shown* with ``digits`` decimals in ``columns`` (default: every float column).
+
+    ``digits`` may map a column to its own number of decimals. Every metric table of the notebooks goes
+    through here, so ACC / BWT / plasticity / forgetting read with the same precision everywhere.
+    """
+    if isinstance(digits, Mapping):
+        per = dict(digits)
+    else:
+        cols = list(columns) if columns is not None else [c for c in df.columns if df[c].dtype.kind == "f"]
+        per = {c: digits for c in cols}
+    out = FixedTable(df.copy())
+    for c, n in per.items():
+        if c in out.columns:
+            out[c] = out[c].astype(float).round(n)
+    out.digits = per
+    return out
+
+
+# ---- which runs -------------------------------------------------------------------------------
+def run_labels(dirs: Iterable[str | os.PathLike]) -> list[str]:
+    """Short, path-free names: each directory relative to the common parent, ``/runs/`` dropped."""
+    dirs = [Path(d).resolve() for d in dirs]
+    if not dirs:
+        return []
+    common = Path(os.path.commonpath([str(d.parent) for d in dirs])) if len(dirs) > 1 else dirs[0].parent
+    labels = []
+    for d in dirs:
+        parts = [p for p in Path(os.path.relpath(d, common)).parts if p not in ("runs", ".")]
+        labels.append("/".join(parts) or d.name)
+    return labels
+
+
+def results_by_label(runs_or_results) -> dict[str, Mapping]:
+    """``{label: results}`` from such a dict, or from run directories / folders / globs."""
+    if isinstance(runs_or_results, Mapping):
+        return dict(runs_or_results)
+    dirs = records.find_runs(list(runs_or_results))
+    return {lab: records.load(d) for lab, d in zip(run_labels(dirs), dirs)}
+
+
+def _cell(v):
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+# ---- one row per run --------------------------------------------------------------------------
+def runs_frame(paths, params: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per run: ``run`` (directory), ``status``, ``tasks_done`` of ``tasks``, the parameters
+    (``params``: a selection; default all, lists as JSON), the metrics and ``total_s``."""
+    rows = []
+    base = defaults()  # runs written before a parameter existed had its default
+    for d in records.find_runs(paths):
+        res = records.load(d)
+        p = {**base, **(res.get("params") or {})}
+        m = res.get("metrics") or {}
+        row = {"run": str(d), "status": res.get("status"), "tasks_done": m.get("tasks_done"),
+               "tasks": len(res.get("tasks") or [])}
+        row.update({k: _cell(v) for k, v in p.items() if params is None or k in params})
+        row.update(m)
+        row["total_s"] = (res.get("timing") or {}).get("total_s")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def runs_table(runs_or_results, digits: int = METRIC_DIGITS) -> FixedTable:
+    """One row per run (index: label): method, benchmark, model, seed, tasks, ACC, BWT, plasticity, forgetting."""
+    rows = []
+    for lab, res in results_by_label(runs_or_results).items():
+        p, m = res.get("params") or {}, res.get("metrics") or {}
+        rows.append({"run": lab, "method": p.get("method"), "benchmark": p.get("benchmark"),
+                     "model": p.get("model"), "seed": p.get("seed"), "tasks": m.get("tasks_done"),
+                     "ACC": m.get("acc"), "BWT": m.get("bwt"), "plasticity": m.get("plasticity"),
+                     "forgetting": m.get("forgetting")})
+    return fixed(pd.DataFrame(rows).set_index("run"), digits, columns=["ACC", "BWT", "plasticity", "forgetting"])
+
+
+def metrics_table(results: Mapping[str, dict], digits: int = METRIC_DIGITS) -> FixedTable:
+    """One row per method: ACC, BWT, plasticity, forgetting (percent points), ``digits`` decimals."""
+    rows = []
+    for label, res in results.items():
+        m = res.get("metrics") or {}
+        rows.append({"method": label, "ACC": m.get("acc"), "BWT": m.get("bwt"),
+                     "plasticity": m.get("plasticity"), "forgetting": m.get("forgetting")})
+    return fixed(pd.DataFrame(rows).set_index("method").astype(float), digits)
+
+
+# ---- over seeds ---------------------------------------------------------------------------------
+def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str] = METRICS,
+                 ignore: Iterable[str] = ()) -> pd.DataFrame:
+    """Mean and std over seeds, one row per group of runs that share every other parameter.
+
+    ``df``: a :func:`runs_frame` (or a sweep's collected table: a ``state`` column then decides what
+    is complete). Groups are keyed by ``by`` plus every other parameter that varies (so two
+    learning rates are never pooled as if they were seeds), in order of first appearance. Only
+    complete runs are averaged, one per distinct seed (``n``); ``incomplete`` counts the others and
+    ``duplicates`` the repeated seeds left out.
+    """
+    metrics, by = list(metrics), list(by)
+    if df.empty:
+        return pd.DataFrame()
+    skip = set(records.NON_SEMANTIC) | set(ignore) | set(metrics) | {
+        "run", "name", "state", "status", "error", "detail", "tasks_done", "tasks", "total_s", "out_dir"}
+    params = [c for c in df.columns if c in defaults() and c not in skip]
+    varying = [c for c in params if c not in by and df[c].astype(str).nunique(dropna=False) > 1]
+    keys = by + varying
+    state = df["state"] if "state" in df else df["status"]
+    complete = state == "complete"
+    out = []
+    for vals, g in df.groupby(keys, dropna=False, sort=False) if keys else [((), df)]:
+        vals = vals if isinstance(vals, tuple) else (vals,)
+        ok = g[complete.loc[g.index]]
+        distinct = ok.drop_duplicates("seed") if "seed" in ok else ok
+        row = dict(zip(keys, vals))
+        row["label"] = " ".join(f"{k}={v}" for k, v in zip(varying, vals[len(by):])) or "all"
+        row["n"] = len(distinct)
+        row["seeds"] = ",".join(map(str, sorted(distinct["seed"]))) if "seed" in distinct else ""
+        row["incomplete"] = int(len(g) - len(ok))
+        row["duplicates"] = int(len(ok) - len(distinct))
+        for m in metrics:
+            if m in distinct:
+                vals_m = distinct[m].astype(float)
+                row[f"{m}_mean"] = vals_m.mean() if len(vals_m) else float("nan")
+                row[f"{m}_std"] = vals_m.std(ddof=1) if len(vals_m) > 1 else float("nan")
+        if "total_s" in distinct:
+            row["time_s_mean"] = distinct["total_s"].astype(float).mean() if len(distinct) else float("nan")
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=("acc", "bwt", "plasticity")
+                   ) -> pd.DataFrame:
+    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`seed_summary`, with the
+    decimals of every metric table."""
+    drop = ("label", "seeds", "incomplete", "duplicates", "time_s_mean")
+    out = summary[[c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in drop]].copy()
+    for m in metrics:
+        if f"{m}_mean" in summary:
+            out[m.upper() if m in ("acc", "bwt") else m] = [
+                f"{mu:.{digits}f} ± {sd:.{digits}f}" if sd == sd else f"{mu:.{digits}f}"
+                for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    return out
+
+
+# ---- null spaces ------------------------------------------------------------------------------
+def _space(layer: str) -> tuple[str, str]:
+    """``(base layer, space)``: a factorised layer's ``.B`` sees the layer input, its ``.A`` the bottleneck."""
+    if layer.endswith(".B"):
+        return layer[:-2], "input"
+    if layer.endswith(".A"):
+        return layer[:-2], "bottleneck"
+    return layer, "input"
+
+
+NULL_SPACE_COLUMNS = ["label", "run", "method", "seed", "layer", "base_layer", "space", "task", "d", "rule",
+                      "null_dim", "null_frac", "kept_energy", "rank"]
+
+
+def null_space_frame(runs_or_results, energies: Iterable[float] = ()) -> pd.DataFrame:
+    """Long table: one row per run, tracked layer and task with the null-space dimension under the
+    run's own rule (its kept energy, Eq. 7, and the covariance's numerical rank); with ``energies``,
+    also a row per threshold under the energy rule, recomputed from the run's ``spectra.npz``."""
+    energies = tuple(energies)
+    rows = []
+    for label, res in results_by_label(runs_or_results).items():
+        p = res.get("params") or {}
+        spec = records.load_spectra(res["_dir"]) if energies and res.get("_dir") else {}
+        for layer, rec in (res.get("null_space") or {}).items():
+            base, space = _space(layer)
+            for t, r in enumerate(rec.get("dims", [])):
+                common = dict(label=label, run=res.get("_dir"), method=p.get("method"), seed=p.get("seed"),
+                              layer=layer, base_layer=base, space=space, task=t + 1, d=rec["d"])
+                rows.append({**common, "rule": p.get("nullspace_rule"), "null_dim": r,
+                             "kept_energy": rec["kept_energy"][t], "rank": (rec.get("rank") or [None] * (t + 1))[t]})
+                ev = spec.get(f"{layer}/task{t}")
+                if ev is not None:
+                    for e in energies:
+                        rows.append({**common, "rule": f"energy {e:g}",
+                                     "null_dim": null_dim(torch.as_tensor(ev), rule="energy", energy=e)})
+    df = pd.DataFrame(rows, columns=NULL_SPACE_COLUMNS)
+    df["null_frac"] = df["null_dim"] / df["d"].where(df["d"] > 0)
+    return df
+
+
+def null_space_summary(runs_or_results, digits: int = 3) -> FixedTable:
+    """Per run: mean r/d and mean kept energy over layers and the null spaces that constrained training
+    (after tasks 1..T-1), with plasticity and BWT."""
+    res_by = results_by_label(runs_or_results)
+    ns = null_space_frame(res_by)
+    rows = []
+    for lab, res in res_by.items():
+        sub = ns[ns["label"] == lab]
+        if sub.empty:
+            continue
+        used = sub[sub["task"] < sub["task"].max()] if sub["task"].max() > 1 else sub
+        m = res.get("metrics") or {}
+        rows.append({"run": lab, "method": (res.get("params") or {}).get("method"),
+                     "mean null fraction": float(used["null_frac"].mean()),
+                     "mean kept energy": f"{used['kept_energy'].mean():.1e}",
+                     "plasticity": m.get("plasticity"), "BWT": m.get("bwt")})
+    cols = ["method", "mean null fraction", "mean kept energy", "plasticity", "BWT"]
+    df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(columns=cols)
+    return fixed(df, {"mean null fraction": digits, "plasticity": METRIC_DIGITS, "BWT": METRIC_DIGITS})
+
+
+# ---- pruning and low-rank records ---------------------------------------------------------------
+def _pruning_runs(results: Mapping[str, dict]):
+    for label, res in results.items():
+        d = res.get("method_diagnostics") or {}
+        if "units" in d and "prune" in d:
+            yield label, d
+
+
+def units_frame(results: Mapping[str, dict]) -> pd.DataFrame:
+    """Long table (label, layer, task, size, frozen, free, new, used = frozen / size) of pruning runs."""
+    rows = []
+    for label, d in _pruning_runs(results):
+        for layer, u in d["units"].items():
+            for t, (fz, fr, nw) in enumerate(zip(u["frozen"], u["free"], u["new"])):
+                rows.append({"label": label, "layer": layer, "task": t + 1, "size": u["size"], "frozen": fz,
+                             "free": fr, "new": nw, "used": fz / u["size"]})
+    return pd.DataFrame(rows)
+
+
+def prune_frame(results: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per (label, task): threshold, val accuracy before / after pruning, drop, units pruned."""
+    rows = []
+    for label, d in _pruning_runs(results):
+        for r in d["prune"]:
+            rows.append({"label": label, "task": r["task"] + 1, "threshold": r["threshold"],
+                         "val_acc": r["val_acc"], "val_acc_pruned": r["val_acc_pruned"], "val_drop": r["val_drop"],
+                         "margin": r["margin"], "probes": len(r["evaluations"]),
+                         "candidates": sum(r["candidates"].values()), "pruned": r["pruned_total"]})
+    return pd.DataFrame(rows)
+
+
+def threshold_frame(results: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per (label, task, layer): the relative activity threshold that layer was pruned with
+    (the one global threshold repeated, or its own under ``prune_thresholds=per_layer``), the units
+    pruned there and, per layer, the val accuracy after it and its cumulative budget."""
+    rows = []
+    for label, d in _pruning_runs(results):
+        for r in d["prune"]:
+            ths = r.get("thresholds") or {n: r["threshold"] for n in r["pruned"]}
+            layers = r.get("layers") or {}
+            for layer, th in ths.items():
+                lay = layers.get(layer, {})
+                rows.append({"label": label, "task": r["task"] + 1, "layer": layer, "threshold": th,
+                             "pruned": r["pruned"][layer], "candidates": r["candidates"][layer],
+                             "val_acc_after": lay.get("acc"), "budget": lay.get("budget")})
+    return pd.DataFrame(rows)
+
+
+def activity_frame(results: Mapping[str, dict]) -> pd.DataFrame:
+    """Long table (label, layer, task, score) of the candidates' relative activity at each pruning."""
+    rows = []
+    for label, d in _pruning_runs(results):
+        for layer, per_task in d["activity"].items():
+            for t, scores in enumerate(per_task):
+                rows.extend({"label": label, "layer": layer, "task": t + 1, "score": s} for s in scores)
+    return pd.DataFrame(rows)
+
+
+def singular_values_frame(results: Mapping[str, dict]) -> pd.DataFrame:
+    """Long table (label, layer, task, i, sigma, sigma_rel) of W's singular values after each task,
+    from the ``lowrank`` diagnostics of factorised runs."""
+    rows = []
+    for label, res in results.items():
+        for layer, rec in ((res.get("method_diagnostics") or {}).get("lowrank") or {}).items():
+            for t, sv in enumerate(rec["singular_values"]):
+                top = sv[0] if sv and sv[0] > 0 else 1.0
+                rows.extend({"label": label, "layer": layer, "task": t + 1, "i": i + 1, "sigma": s,
+                             "sigma_rel": s / top} for i, s in enumerate(sv))
+    return pd.DataFrame(rows, columns=["label", "layer", "task", "i", "sigma", "sigma_rel"])

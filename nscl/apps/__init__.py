@@ -1,0 +1,1 @@
+"""Entry points: command line, notebook facade, notebook suite, sweeps."""

@@ -1,0 +1,187 @@
+"""Executors of a sweep: SLURM (one submitit job array), a local process pool, or in-process
+(``debug``); :func:`run` expands, validates and dispatches only the runs not yet done."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ...experiment import records
+from .spec import EXECUTORS, ROOT, SLURM_KEYS, SweepError, expand, load
+from .state import MANIFEST, OUTCOME, SPEC, SUBMITTED, _last_line, run_one, run_state
+
+def _python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return sys.executable or str(venv)
+
+
+def _submit_slurm(sw: dict, specs: list[dict], logs: Path, wait: bool, timeout_s: float | None) -> list[dict]:
+    import submitit
+
+    opts = dict(sw["executor"].get("slurm") or {})
+    python = opts.pop("python", None) or _python()
+    max_num_timeout = opts.pop("max_num_timeout", 0)
+    cpus = opts.get("cpus_per_task") or 1
+    params: dict[str, Any] = {"job_name": f"nscl-{sw['name']}", "time": 60, "cpus_per_task": cpus}
+    for key, value in opts.items():
+        if value is None or (key == "gpus_per_node" and not value):
+            continue
+        if key == "mem_gb":
+            value = f"{int(value * 1024)}MB"
+        params[SLURM_KEYS[key]] = value
+    params["setup"] = [f"export OMP_NUM_THREADS={cpus} MKL_NUM_THREADS={cpus} PYTHONUNBUFFERED=1",
+                       f"cd {shlex_quote(str(ROOT))}"] + list(params.get("setup") or [])
+    ex = submitit.SlurmExecutor(folder=str(logs / "%j"), python=python, max_num_timeout=max_num_timeout)
+    ex.update_parameters(**params)
+    jobs = ex.map_array(run_one, specs)
+    records.write_json(Path(sw["out"]) / SUBMITTED, {
+        "executor": "slurm", "time": time.time(), "array_job_id": jobs[0].job_id.split("_")[0] if jobs else None,
+        "jobs": {s["name"]: j.job_id for s, j in zip(specs, jobs)}})
+    print(f"submitted {len(jobs)} runs as SLURM job array {jobs[0].job_id.split('_')[0]} "
+          f"(logs: {logs}/<job>_<task>_log.out)", flush=True)
+    if not wait:
+        return [{"name": s["name"], "status": "submitted", "job_id": j.job_id} for s, j in zip(specs, jobs)]
+    return _wait_slurm(specs, jobs, timeout_s)
+
+
+def shlex_quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _squeue(array_ids: set[str]) -> set[str] | None:
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted(array_ids))],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:  # squeue exits 1 when every listed job has left the queue
+        return set() if "Invalid job id" in out.stderr else None
+    return set(out.stdout.split())
+
+
+def _wait_slurm(specs: list[dict], jobs: list, timeout_s: float | None) -> list[dict]:
+    """Wait by watching result files and ``squeue`` (no ``sacct``: works without accounting)."""
+    t0 = time.time()
+    pending = dict(enumerate(jobs))
+    results: dict[int, dict] = {}
+    gone_since: dict[int, float] = {}
+    while pending:
+        queued = _squeue({j.job_id.split("_")[0] for j in pending.values()})
+        for i, job in list(pending.items()):
+            if job.paths.result_pickle.exists():
+                try:
+                    results[i] = job.result()
+                except Exception as e:  # noqa: BLE001 - the job wrapper itself failed
+                    results[i] = _lost(specs[i], f"SLURM job {job.job_id} failed: {_last_line(str(e))}")
+                del pending[i]
+            elif queued is not None and job.job_id not in queued:
+                gone_since.setdefault(i, time.time())
+                if time.time() - gone_since[i] > 15:  # left the queue without a result: killed
+                    log = job.paths.stderr
+                    results[i] = _lost(specs[i], f"SLURM job {job.job_id} ended without a result "
+                                                 f"(killed, time limit or out of memory?); log: {log}")
+                    del pending[i]
+        if pending and timeout_s is not None and time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{len(pending)} SLURM runs not finished after {timeout_s:.0f} s: "
+                               + ", ".join(specs[i]["name"] for i in pending))
+        if pending:
+            time.sleep(1.0)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _lost(spec: dict, message: str) -> dict:
+    """A run whose process ended without a result (killed, time limit, out of memory): state
+    ``stopped``, which a resubmission resumes from the checkpoint (no ``error.txt`` is written)."""
+    return {"name": spec["name"], "status": "stopped", "error": message, "out_dir": spec["out_dir"]}
+
+
+def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None) -> list[dict]:
+    """Bounded process pool: each run is ``python -m nscl.apps.sweep SPEC.json`` with its log in ``logs``."""
+    ex = sw["executor"]
+    n = max(1, int(ex.get("parallel") or 1))
+    threads = ex.get("threads") or max(1, (os.cpu_count() or 1) // n)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    per_run = (specs[0].get("timeout_min") or 0) * 60 or None
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def one(spec: dict) -> dict:
+        out = Path(spec["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        spec_file, outcome = out / SPEC, out / OUTCOME
+        records.write_json(spec_file, spec)
+        if outcome.exists():
+            outcome.unlink()
+        log = logs / (spec["name"].replace("/", "__") + ".log")
+        with open(log, "ab") as f:
+            try:
+                proc = subprocess.run([_python(), "-m", "nscl.apps.sweep", str(spec_file)], stdout=f,
+                                      stderr=subprocess.STDOUT, env=env, timeout=per_run, cwd=str(ROOT))
+            except subprocess.TimeoutExpired:
+                return _lost(spec, f"time limit of {per_run:.0f} s reached; log: {log}")
+        try:
+            return json.loads(outcome.read_text())
+        except (OSError, ValueError):
+            return _lost(spec, f"process exited with code {proc.returncode} without a result; log: {log}")
+
+    with cf.ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(one, s) for s in specs]
+        t0 = time.time()
+        out = []
+        for fut in futures:
+            left = None if timeout_s is None else max(0.0, timeout_s - (time.time() - t0))
+            out.append(fut.result(timeout=left))
+    return out
+
+
+def run(path: str | os.PathLike | dict, executor: str | None = None, out: str | None = None, wait: bool = True,
+        retry_failed: bool = False, dry_run: bool = False, timeout_s: float | None = None,
+        parallel: int | None = None) -> dict:
+    """Expand, validate and execute a sweep; returns ``{"sweep_dir", "submitted", "skipped", "results"}``.
+
+    Only runs that are neither complete nor failed (unless ``retry_failed``) are executed; a
+    resubmission of a finished sweep therefore executes nothing.
+    """
+    sw = load(path)
+    if out is not None:
+        sw["out"] = str(Path(out).expanduser().resolve())
+    if parallel is not None:
+        sw["executor"]["parallel"] = parallel
+    kind = executor or sw["executor"].get("kind", "local")
+    if kind not in EXECUTORS:
+        raise SweepError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    specs = expand(sw)  # validates every run before anything runs
+    sweep_dir = Path(sw["out"])
+    todo, skipped = [], []
+    for spec in specs:
+        state, _ = run_state(spec)
+        if state == "complete" or (state == "failed" and not retry_failed) or state == "running":
+            skipped.append((spec["name"], state))
+        else:
+            todo.append(spec)
+    if dry_run:
+        return {"sweep_dir": str(sweep_dir), "submitted": [s["name"] for s in todo], "skipped": skipped,
+                "results": [], "specs": specs}
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    records.write_json(sweep_dir / MANIFEST, {"sweep": {k: v for k, v in sw.items()}, "specs": specs})
+    logs = sweep_dir / "logs"
+    results: list[dict] = []
+    if todo:
+        if kind == "slurm":
+            if not shutil.which("sbatch"):
+                raise SweepError("executor 'slurm' needs SLURM (sbatch not found); "
+                                 "start a local one with 'sudo .ci/slurm.sh start' or use --executor local")
+            results = _submit_slurm(sw, todo, logs, wait, timeout_s)
+        elif kind == "local":
+            results = _run_local(sw, todo, logs, timeout_s)
+        else:
+            results = [run_one(s) for s in todo]
+    return {"sweep_dir": str(sweep_dir), "submitted": [s["name"] for s in todo], "skipped": skipped,
+            "results": results}

@@ -1,0 +1,164 @@
+"""Sweep files -> explicit, validated run specs with stable names (see :mod:`nscl.apps.sweep`)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ...experiment import config, records
+
+ROOT = Path(__file__).resolve().parents[3]
+NAME_KEYS = ("benchmark", "method", "seed")
+TOP_KEYS = {"name", "description", "run", "files", "params", "grid", "overrides", "out", "executor",
+            "cell_timeout_s", "kernel"}
+EXECUTOR_KEYS = {"kind", "parallel", "threads", "timeout_min", "slurm"}
+# sweep-file slurm key -> submitit SlurmExecutor parameter
+SLURM_KEYS = {"partition": "partition", "account": "account", "qos": "qos", "gpus_per_node": "gpus_per_node",
+              "cpus_per_task": "cpus_per_task", "mem_gb": "mem", "timeout_min": "time",
+              "array_parallelism": "array_parallelism", "constraint": "constraint", "exclude": "exclude",
+              "setup": "setup", "additional": "additional_parameters", "job_name": "job_name",
+              "python": None, "max_num_timeout": None}
+EXECUTORS = ("slurm", "local", "debug")
+
+
+class SweepError(ValueError):
+    """The sweep file is invalid (the message names the key or the run)."""
+
+
+# ---- sweep file -> run specs -----------------------------------------------------------------
+def _path(p: str | os.PathLike) -> Path:
+    """A path from a sweep file: absolute, else relative to the current directory, else to the repo root."""
+    q = Path(p).expanduser()
+    for cand in ([q] if q.is_absolute() else [q, ROOT / q]):
+        if cand.exists():
+            return cand.resolve()
+    raise SweepError(f"file {str(p)!r} not found (looked in {os.getcwd()} and {ROOT})")
+
+
+def load(source: str | os.PathLike | dict) -> dict:
+    """Read and check a sweep file -- or a sweep mapping built in code (a notebook) -- for its
+    top-level and executor keys; paths made absolute."""
+    if isinstance(source, dict):
+        path, sw = Path(f"<{source.get('name', 'sweep')}>"), dict(source)
+    else:
+        path = Path(source)
+        try:
+            sw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise SweepError(f"sweep file {str(path)!r} not found") from None
+    if not isinstance(sw, dict):
+        raise SweepError(f"{path}: a sweep file is a mapping (name, run, files, params, grid, executor, ...)")
+    bad = set(sw) - TOP_KEYS
+    if bad:
+        raise SweepError(f"{path}: unknown sweep key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(TOP_KEYS))}")
+    ex = sw.get("executor") or {}
+    bad = set(ex) - EXECUTOR_KEYS
+    if bad:
+        raise SweepError(f"{path}: unknown executor key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(EXECUTOR_KEYS))}")
+    bad = set(ex.get("slurm") or {}) - set(SLURM_KEYS)
+    if bad:
+        raise SweepError(f"{path}: unknown executor.slurm key(s) {', '.join(sorted(bad))}; "
+                         f"valid: {', '.join(sorted(SLURM_KEYS))}")
+    if ex.get("kind", "local") not in EXECUTORS:
+        raise SweepError(f"{path}: executor.kind must be one of {', '.join(EXECUTORS)}, got {ex.get('kind')!r}")
+    sw = dict(sw)
+    sw.setdefault("name", path.stem)
+    sw["run"] = sw.get("run", "cli")
+    if sw["run"] != "cli":
+        sw["run"] = str(_path(sw["run"]))
+    sw["files"] = [str(_path(f)) for f in sw.get("files") or []]
+    sw["out"] = str(Path(sw.get("out") or f"results/sweeps/{sw['name']}").expanduser().resolve())
+    sw["executor"] = ex
+    sw["_file"] = None if isinstance(source, dict) else str(path.resolve())
+    return sw
+
+
+def _grids(sw: dict) -> list[dict]:
+    grid = sw.get("grid") or {}
+    grids = grid if isinstance(grid, list) else [grid]
+    for g in grids:
+        if not isinstance(g, dict):
+            raise SweepError("grid must be a mapping key: [values] (or a list of such mappings)")
+    return grids
+
+
+def _points(grid: dict) -> Iterable[dict]:
+    keys = list(grid)
+    values = [v if isinstance(v, list) else [v] for v in (grid[k] for k in keys)]
+    for combo in itertools.product(*values):
+        yield dict(zip(keys, combo))
+
+
+def _matches(when: dict, params: dict) -> bool:
+    for k, v in when.items():
+        allowed = v if isinstance(v, list) else [v]
+        if params.get(k) not in allowed:
+            return False
+    return True
+
+
+def _slug(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "", s.replace(",", "-"))[:24]
+
+
+def run_name(params: dict, varying: Iterable[str], run: str) -> str:
+    """``<benchmark>/<method>/[<k><v>_...]s<seed>-<hash>``: stable for the same explicit parameters.
+
+    The hash covers the parameters that differ from their registered defaults (so a parameter
+    registered later, or one set explicitly to its default, does not move a run elsewhere)."""
+    _defaults = config.defaults()
+    key = {k: v for k, v in params.items()
+           if k not in records.RUN_INVARIANT and not (k in _defaults and v == _defaults[k])}
+    key["_run"] = "cli" if run == "cli" else Path(run).stem
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    hp = "".join(f"{k}{_slug(params[k])}_" for k in varying if k not in NAME_KEYS and k in params)
+    return f"{params.get('benchmark', 'default')}/{params.get('method', 'default')}/{hp}s{params.get('seed', 0)}-{digest}"
+
+
+def expand(sw: dict) -> list[dict]:
+    """Explicit, validated run specs (dicts: name, run, params, cfg, out_dir, timeouts), in grid order."""
+    base: dict = {}
+    for f in sw["files"]:
+        base.update(config.load_file(f))
+    base.update(sw.get("params") or {})
+    points = []
+    for grid in _grids(sw):
+        for point in _points(grid):
+            params = {**base, **point}
+            for rule in sw.get("overrides") or []:
+                if not isinstance(rule, dict) or set(rule) - {"when", "set"}:
+                    raise SweepError(f"each overrides entry is {{when: {{key: value}}, set: {{key: value}}}}, got {rule!r}")
+                if _matches(rule.get("when") or {}, params):
+                    params.update(rule.get("set") or {})
+            points.append((params, list(grid)))
+    # grid keys whose value is not the same in every run go into the names
+    all_keys = {k for _, keys in points for k in keys}
+    varying = [k for k in dict.fromkeys(k for _, keys in points for k in keys)
+               if len({json.dumps(p.get(k, "<unset>"), sort_keys=True, default=str) for p, _ in points}) > 1]
+    specs, seen = [], set()
+    for params, keys in points:
+        name = run_name(params, [k for k in varying if k in all_keys], sw["run"])
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            cfg = config.resolve(overrides=params)
+        except config.ConfigError as e:
+            raise SweepError(f"run {name}: {e}") from None
+        specs.append({
+            "name": name, "sweep": sw["name"], "run": sw["run"], "params": params, "cfg": cfg,
+            "out_dir": str(Path(sw["out"]) / "runs" / name),
+            "cell_timeout_s": sw.get("cell_timeout_s"), "kernel": sw.get("kernel"),
+            "timeout_min": (sw["executor"].get("timeout_min")
+                            or (sw["executor"].get("slurm") or {}).get("timeout_min")),
+        })
+    if not specs:
+        raise SweepError(f"sweep {sw['name']!r} expands to no runs (empty grid?)")
+    return specs

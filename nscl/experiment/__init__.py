@@ -1,0 +1,1 @@
+"""One experiment: the parameter schema (config), the training loop (trainer), run records."""

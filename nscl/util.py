@@ -1,0 +1,80 @@
+"""Small helpers every layer may use (they import nothing from nscl): atomic file writes,
+JSON-safe conversion, progress bars.
+
+Atomic writes go through a temporary file in the target's folder and ``os.replace``, so a reader
+never sees a half-written file, even after a crash or ``kill -9``. Files get the permissions the
+process umask allows (like ``open``), so collaborators on shared storage can read results.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+#: temporary files of :func:`atomic_write` older than this (seconds) belong to a crashed writer
+STALE_TEMP_S = 3600.0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _remove_stale_temps(folder: Path, name: str) -> None:
+    """Delete ``.<name>.*.tmp`` files a crashed writer left behind (older than STALE_TEMP_S)."""
+    now = time.time()
+    for tmp in folder.glob(f".{name}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` via a temporary file + ``os.replace``: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path.parent, path.name)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; results are meant to be shared
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types from numpy / torch values and containers; non-finite floats become None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays / scalars, tensors
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
+def progress(iterable: Iterable, quiet: bool = False, **kw):
+    """A tqdm bar (widgets in Jupyter, text in a terminal) unless ``quiet``.
+
+    ``$NSCL_QUIET`` (any non-empty value) turns bars off whatever ``quiet`` says: ``make test`` and
+    ``make notebooks`` set it so that the notebooks' stored outputs hold no progress bars.
+    """
+    if quiet or os.environ.get("NSCL_QUIET"):
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kw)

@@ -1,0 +1,257 @@
+"""JupyterLab as a user meets it: a real headless Chromium drives a real JupyterLab.
+
+The test starts JupyterLab from the project's environment (``sys.executable``) on a free localhost
+port with a token, on a temporary copy of ``notebooks/00_quickstart.ipynb`` (runs go to
+``$NSCL_OUTPUT_ROOT`` in the same temporary folder, so the repository is never touched, not even by
+JupyterLab's autosave). In the browser it:
+
+1. opens the notebook and checks that the project's kernel "Python (nscl)" started and that opening
+   did not mark the notebook as modified;
+2. types small parameters into the parameters cell, runs all cells from the Run menu and waits until
+   every cell has run; asserts no error output, as many figures as the committed notebook stores,
+   the metrics table, and a widget progress bar per training run (no "IProgress not found");
+3. types ``epoch`` for ``epochs``, runs all again in the same kernel, and asserts the error naming
+   the misspelled parameter.
+
+Chromium is Debian's package (``make test`` installs it when root), driven through the ``playwright``
+package with ``executable_path``: nothing downloads a browser. Without Chromium the test fails and
+says how to install it. Runtime about a minute on 2 loaded cores (the limit is 3).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "00_quickstart.ipynb"
+KERNEL_DISPLAY_NAME = "Python (nscl)"
+# small enough for seconds of training, the same notebook code paths as the defaults
+SMALL = {"samples_per_task": 100, "test_samples_per_task": 100, "hidden": [32], "quiet": False}
+RUN_TIMEOUT_S = 150
+
+
+def chromium() -> str:
+    """Debian's Chromium (or $NSCL_CHROMIUM); a clear failure, never a skip, when it is missing."""
+    path = os.environ.get("NSCL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("Chromium not found: tests/test_lab_browser.py needs Debian's chromium. `make test` installs "
+                    "it when run as root; otherwise run `sudo apt-get install chromium`, or set NSCL_CHROMIUM to a "
+                    "Chromium binary. (Never `playwright install`: nothing may download a browser.)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_parameters_cell(source: str, **values) -> str:
+    """The parameters cell with some assignments replaced (comments and the other lines kept)."""
+    lines = source.splitlines()
+    for name, value in values.items():
+        pattern = re.compile(rf"^{name}\s*=")
+        hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+        assert hits, f"{name} is not assigned in the parameters cell of {NOTEBOOK.name}"
+        lines[hits[0]] = f"{name} = {value!r}"
+    return "\n".join(lines)
+
+
+def committed_figures() -> int:
+    """Figures the committed notebook shows (its stored outputs, which nbval checks)."""
+    nb = json.loads(NOTEBOOK.read_text())
+    return sum("image/png" in o.get("data", {}) for c in nb["cells"] for o in c.get("outputs", []))
+
+
+def parameters_source() -> str:
+    nb = json.loads(NOTEBOOK.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    return "".join(cell["source"])
+
+
+@contextlib.contextmanager
+def serve_lab(tmp_path: Path):
+    """A JupyterLab server on a temporary copy of the notebook: (base url, token, log path)."""
+    work = tmp_path / "project"
+    (work / "notebooks").mkdir(parents=True)
+    shutil.copy(NOTEBOOK, work / "notebooks" / NOTEBOOK.name)
+    settings = tmp_path / "lab-settings"
+    for plugin, values in {"@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                                            "checkForUpdates": False},
+                           "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"}}.items():
+        f = settings / f"{plugin}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(values))
+    env = dict(os.environ, NSCL_OUTPUT_ROOT=str(tmp_path / "out"), JUPYTERLAB_SETTINGS_DIR=str(settings),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_PREFER_ENV_PATH="1", OMP_NUM_THREADS="1")
+    env.pop("NSCL_QUIET", None)  # the lab shows progress bars
+    port, token = free_port(), secrets.token_hex(16)
+    log = tmp_path / "jupyterlab.log"
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"JupyterLab did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        kernels = json.loads(urllib.request.urlopen(f"{url}/api/kernelspecs?token={token}", timeout=10).read())
+        assert "nscl" in kernels["kernelspecs"], (
+            f"the project's kernel 'nscl' is not installed in {sys.prefix} (make venv installs it): "
+            f"{sorted(kernels['kernelspecs'])}")
+        yield url, token, log
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    browser_path = chromium()  # a clear failure before anything starts
+    with serve_lab(tmp_path) as (url, token, log), sync_playwright() as pw:
+        t0 = time.time()
+        browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/lab/tree/notebooks/{NOTEBOOK.name}?token={token}")
+            panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+            panel.locator(".jp-Notebook .jp-Cell").first.wait_for()
+
+            # 1. the project's kernel starts by itself, and opening does not modify the notebook
+            kernel_name = panel.locator(".jp-Toolbar-kernelName")
+            page.wait_for_function("() => document.querySelector('.jp-NotebookPanel .jp-Toolbar-kernelName')"
+                                   f"?.textContent.trim() === {json.dumps(KERNEL_DISPLAY_NAME)}")
+            wait_idle(page)
+            assert kernel_name.inner_text().strip() == KERNEL_DISPLAY_NAME
+            page.wait_for_timeout(2000)  # the kernel's metadata, if it differed, would have been written by now
+            tab = page.locator(f".lm-TabBar-tab:has-text('{NOTEBOOK.name}')")
+            assert "jp-mod-dirty" not in (tab.get_attribute("class") or ""), "opening marked the notebook modified"
+
+            # 2. small parameters typed into the parameters cell, then Run > Run All Cells
+            params = parameters_source()
+            edit_cell(page, panel, 1, small_parameters_cell(params, **SMALL))
+            run_all(page)
+            wait_for_run(page, panel)
+            errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            assert errors.count() == 0, f"error output: {errors.first.inner_text()[:2000]}"
+            images = panel.locator(".jp-OutputArea-output img")
+            assert images.count() == committed_figures() >= 1
+            page.wait_for_function("() => [...document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 100)")
+            table = panel.locator(".jp-OutputArea-output table.dataframe").filter(has_text="BWT")
+            assert table.count() == 1
+            header = table.locator("thead").inner_text()
+            assert all(col in header for col in ("ACC", "BWT", "plasticity", "forgetting"))
+            rows = table.locator("tbody th").all_inner_texts()
+            assert rows == ["finetune", "adam_nscl"]
+            cells = table.locator("tbody td").all_inner_texts()
+            assert len(cells) == 8 and all(re.fullmatch(r"-?\d+\.\d\d", c) for c in cells), cells
+            bars = panel.locator(".jp-OutputArea-output .widget-hprogress")  # ipywidgets' rendered bars
+            assert bars.count() == 2, "one widget progress bar per training run"
+            assert panel.locator(".jp-OutputArea-output .widget-hprogress .progress-bar-success").count() == 2
+            labels = " ".join(panel.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts())
+            labels = labels.replace("\u2007", " ")  # tqdm pads with figure spaces
+            tasks = int(re.search(r": (\d+) tasks, one head per task", panel.inner_text()).group(1))  # nb.describe
+            assert re.search(r"finetune on \w+: 100%", labels) and re.search(r"adam_nscl on \w+: 100%", labels)
+            assert labels.count(f"{tasks}/{tasks}") == 2, labels  # one tick per task, all done
+            assert "IProgress not found" not in panel.inner_text()
+
+            # 3. a misspelled parameter in the same, live kernel: the error, and nothing trained
+            edit_cell(page, panel, 1, small_parameters_cell(params, **SMALL).replace("epochs =", "epoch ="))
+            run_all(page)
+            wait_for_run(page, panel, allow_unrun=True)
+            errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+            assert errors.count() == 1, "the misspelled parameter ran through without an error in the live kernel"
+            text = errors.first.inner_text()
+            assert "ConfigError" in text and "unknown notebook parameter 'epoch'" in text and "epochs" in text
+            assert panel.locator(".jp-OutputArea-output img").count() == 0  # Run All stopped at the error
+        except Exception:
+            try:
+                page.screenshot(path=str(log.parent / "lab.png"))
+            finally:
+                print(f"JupyterLab log:\n{log.read_text()[-4000:]}\nscreenshot: {log.parent / 'lab.png'}")
+            raise
+        finally:
+            browser.close()
+        print(f"browser test: {time.time() - t0:.0f} s in the browser")
+
+
+# ---- driving the UI -------------------------------------------------------------------------------
+def wait_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    """The kernel status indicator in the notebook toolbar says idle."""
+    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']",
+                           timeout=timeout_s * 1000)
+
+
+def menu(page, top: str, command: str) -> None:
+    page.locator(".lm-MenuBar-item", has_text=top).first.click()
+    page.locator(f".lm-Menu-item[data-command='{command}']").click()
+
+
+def run_all(page) -> None:
+    """Edit > Clear Outputs of All Cells (prompts back to [ ]), then Run > Run All Cells."""
+    menu(page, "Edit", "editmenu:clear-all")
+    menu(page, "Run", "runmenu:run-all")
+
+
+def edit_cell(page, panel, index: int, source: str) -> None:
+    """Replace the source of the ``index``-th cell as a user would: click, select all, type (paste)."""
+    editor = panel.locator(".jp-Notebook .jp-Cell").nth(index).locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(source)
+    page.keyboard.press("Escape")  # command mode
+    assert editor.inner_text().replace("\u00a0", " ").strip() == source.strip()
+
+
+def prompts(panel) -> list[str]:
+    return [p.strip() for p in panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()]
+
+
+def wait_for_run(page, panel, allow_unrun: bool = False) -> None:
+    """Run All is over: none is queued or running ([*]), and every code cell ran (a number in its
+    prompt) or an error stopped the run (``allow_unrun``: expected; else a failure showing the error)."""
+    deadline = time.time() + RUN_TIMEOUT_S
+    errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    while True:
+        p = prompts(panel)
+        done = [bool(re.fullmatch(r"\[\d+\]:", s)) for s in p]
+        if p and not any("*" in s for s in p):
+            if all(done):
+                break
+            if any(done) and errors.count():
+                if allow_unrun:
+                    break
+                pytest.fail(f"Run All stopped at an error: {errors.first.inner_text()[:3000]}")
+        if time.time() > deadline:
+            pytest.fail(f"Run All did not finish in {RUN_TIMEOUT_S} s; prompts: {p}")
+        time.sleep(0.5)
+    wait_idle(page)
