@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare lab clean
+.PHONY: venv data slurm browser test run notebooks compare results lab clean
 
 venv: $(STAMP) $(KERNEL)
 
@@ -74,12 +74,21 @@ run: venv data
 notebooks: venv data
 	$(PY) -m nscl suite --regenerate
 
-# All methods x {split,permuted} Fashion-MNIST x 3 seeds on CPU (local executor), then the comparison notebook.
+# All methods x {split,permuted} Fashion-MNIST x 3 seeds at the size of make run (CPU, local executor),
+# then the comparison notebook on it. The same runs are the suite-size half of make results.
 compare: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	$(PY) -m nscl sweep collect results/sweeps/compare_fmnist
 	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
+
+# The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x
+# {suite size, full size} x seeds 0,1,2 on CPU (local executor, 2 runs at once, 1 thread each; complete
+# runs are skipped, so it resumes). Not run by CI: about 2 h on 2 cores. Commit the page it writes.
+results: venv data
+	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
+	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml
+	$(PY) -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full -o docs/results.md
 
 # JupyterLab on the project folder (notebooks/ and results/) with this clone's kernel. --allow-root only
 # as root; any further flags in LAB_ARGS, e.g. make lab LAB_ARGS="--port 8899 --ip 0.0.0.0 --no-browser"

@@ -96,7 +96,7 @@ def test_params_yaml_fully_resolved(run_dir):
     assert config.validate(saved) == saved
     # layering: base.yaml, then ci.yaml, then -p
     assert saved["benchmark"] == "split_digits" and saved["method"] == "adam_nscl"
-    assert saved["epochs"] == 1 and saved["hidden"] == [64, 64] and saved["threads"] == 1
+    assert saved["epochs"] == 2 and saved["hidden"] == [64, 64] and saved["threads"] == 1
     assert json.loads(json.dumps(saved)) == saved
 
 

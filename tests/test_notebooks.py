@@ -17,6 +17,7 @@ from nscl.analysis import tables
 from nscl.apps import notebook as nb
 from nscl.apps import suite as suite_app  # (`suite` is the module-scoped fixture below)
 from nscl.experiment import config, records
+from nscl.methods import null_space_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 CI = [ROOT / "params" / "base.yaml", ROOT / "params" / "ci.yaml"]
@@ -52,7 +53,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
     assert (out / stem / f"{stem}.ipynb").exists()
     assert (out / stem / records.RESULTS).exists()  # beside the output notebook
     assert rec["schema"] == nb.NOTEBOOK_RESULTS_SCHEMA
-    assert rec["params"]["samples_per_task"] == 300 and rec["params"]["device"] == "cpu"  # ci.yaml reached it
+    assert rec["params"]["samples_per_task"] == 1000 and rec["params"]["device"] == "cpu"  # ci.yaml reached it
     assert rec["figures"], "every notebook saves at least one figure"
     for f in rec["figures"]:
         png = out / stem / f
@@ -66,17 +67,51 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
             run = records.load(out / stem / m["run_dir"])
             assert run["metrics"] == m["metrics"]
     executed = json.loads((out / stem / f"{stem}.ipynb").read_text())
-    assert executed["metadata"]["papermill"]["parameters"]["samples_per_task"] == 300
+    assert executed["metadata"]["papermill"]["parameters"]["samples_per_task"] == 1000
 
 
-def test_quickstart_adam_nscl_forgets_less_than_finetuning(suite):
+def test_quickstart_adam_nscl_forgets_less_than_finetuning_on_both_streams(suite):
     rec = record(suite, "00_quickstart")
-    ft, ns = rec["methods"]["finetune"]["metrics"], rec["methods"]["adam_nscl"]["metrics"]
-    assert ns["bwt"] > ft["bwt"]
-    assert ns["bwt"] >= -1.0  # projection: old tasks keep their accuracy (to within a point)
-    assert ft["forgetting"] > ns["forgetting"]
-    # both ran on the same stream: identical first-task accuracy before any interference
-    assert rec["methods"]["finetune"]["acc"][0][0] == rec["methods"]["adam_nscl"]["acc"][0][0]
+    assert set(rec["methods"]) == {f"{b}/{m}" for b in ("split_fmnist", "permuted_fmnist")
+                                   for m in ("finetune", "adam_nscl")}
+    for bench, T in (("split_fmnist", 5), ("permuted_fmnist", 10)):
+        ft, ns = rec["methods"][f"{bench}/finetune"], rec["methods"][f"{bench}/adam_nscl"]
+        assert ft["metrics"]["tasks_done"] == ns["metrics"]["tasks_done"] == T
+        assert ns["metrics"]["bwt"] > ft["metrics"]["bwt"]
+        assert ns["metrics"]["bwt"] >= -1.0  # projection: old tasks keep their accuracy (to within a point)
+        assert ft["metrics"]["forgetting"] > ns["metrics"]["forgetting"]
+        # both ran on the same stream: identical first-task accuracy before any interference
+        assert ft["acc"][0][0] == ns["acc"][0][0]
+        assert ns["at_chance"] == [] and ns["method"] == "adam_nscl"
+    # forgetting is real on the permuted stream: fine-tuning loses more there than on split
+    assert (rec["methods"]["permuted_fmnist/finetune"]["metrics"]["bwt"]
+            < rec["methods"]["split_fmnist/finetune"]["metrics"]["bwt"])
+
+
+def test_no_notebook_shows_a_null_space_method_at_chance(suite):
+    out, entries = suite
+    recs = suite_app.suite_records(out)
+    assert suite_app.chance_failures(recs) == []
+    checked = {stem: [label for label, m in rec["methods"].items() if m.get("method") in null_space_methods()]
+               for stem, rec in recs.items()}
+    for stem in ("00_quickstart", "01_adam_nscl", "02_pruning", "03_low_rank", "05_compare_methods"):
+        assert checked[stem], f"{stem} records no null-space run"
+        for label in checked[stem]:
+            assert recs[stem]["methods"][label]["at_chance"] == [], (stem, label)
+    assert "no null-space method at chance on any task: passed**" in (out / "summary.md").read_text()
+
+
+def test_a_starved_notebook_fails_with_the_chance_check(tmp_path):
+    """The same quickstart, starved (one tiny epoch, a strict rule): the last cell stops it, naming the run."""
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(ROOT / "notebooks" / "00_quickstart.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"benchmarks": ["split_fmnist"], "samples_per_task": 100, "epochs": 1,
+                                        "batch_size": 64, "hidden": [16, 16], "nullspace_rule": "a_min",
+                                        "a": 1.0, "threads": 1, "output_dir": str(tmp_path)},
+                            kernel_name="python3", progress_bar=False, cwd=str(ROOT / "notebooks"))
+    assert err.value.ename == "ChanceLevelError"
+    assert "split_fmnist/adam_nscl on task(s)" in err.value.evalue
+    assert nb.load_results(tmp_path)["methods"]["split_fmnist/adam_nscl"]["at_chance"]  # recorded before failing
 
 
 def test_adam_nscl_notebook_invariance_and_null_space_vs_a(suite):
@@ -102,7 +137,8 @@ def test_analysis_notebook_reads_the_suite_runs_without_training(suite):
     out, _ = suite
     rec = record(suite, "04_null_space_analysis")
     assert not (out / "04_null_space_analysis" / "runs").exists()  # nothing retrained
-    expected = {f"{stem}/{m}" for stem in ("00_quickstart", "01_adam_nscl") for m in ("finetune", "adam_nscl")}
+    expected = {f"{stem}/{m}" for stem in ("00_quickstart/split_fmnist", "00_quickstart/permuted_fmnist",
+                                           "01_adam_nscl") for m in ("finetune", "adam_nscl")}
     assert expected <= set(rec["methods"])
     summary = {row["run"]: row for row in rec["extra"]["null_space_summary"]}
     assert expected <= set(summary)
@@ -116,8 +152,8 @@ def test_summary_lists_every_notebook(suite):
     text = (out / "summary.md").read_text()
     for stem in entries:
         assert f"[{stem}]({stem}/{stem}.ipynb) | complete" in text
-    ns = nb.load_results(out / "00_quickstart")["methods"]["adam_nscl"]["metrics"]
-    assert f"| 00_quickstart | adam_nscl | {ns['acc']:.2f} | {ns['bwt']:+.2f} |" in text
+    ns = nb.load_results(out / "00_quickstart")["methods"]["permuted_fmnist/adam_nscl"]["metrics"]
+    assert f"| 00_quickstart | permuted_fmnist/adam_nscl | {ns['acc']:.2f} | {ns['bwt']:+.2f} |" in text
 
 
 def test_misspelled_parameter_fails_naming_the_key(tmp_path):

@@ -11,7 +11,7 @@ Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
 * :func:`spectrum_cut` — one layer's spectrum with the ``a * lambda_min`` cut (Adam-NSCL Alg. 2).
 * :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, one shared log axis.
 * :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
-* :func:`stability_plasticity` — BWT against plasticity per method and benchmark, mean ± std over seeds.
+* :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
 from __future__ import annotations
@@ -41,14 +41,16 @@ def _acc_array(acc) -> np.ndarray:
 def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str = "viridis"):
     """One annotated heatmap per entry of ``{label: results}`` (test accuracy in %, task-aware)."""
     n = len(results)
+    T_max = max(len(res["acc"]) for res in results.values())
+    side = max(3.4, 0.42 * T_max + 0.6)  # 5 tasks: the default 3.6 x 3.4; 10 tasks: room for the numbers
     with sns.axes_style("white"):
-        fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 0.6, 3.4), squeeze=False)
+        fig, axes = plt.subplots(1, n, figsize=((side + 0.2) * n + 0.6, side), squeeze=False)
     for ax, (label, res) in zip(axes[0], results.items()):
         a = _acc_array(res["acc"])
         T = a.shape[0]
         ticks = list(range(1, T + 1))
-        sns.heatmap(a, annot=True, fmt=fmt, vmin=0, vmax=100, cmap=cmap, cbar=False, square=True,
-                    xticklabels=ticks, yticklabels=ticks, annot_kws={"fontsize": 8}, ax=ax)
+        sns.heatmap(a, annot=True, fmt=fmt if T <= 6 else ".0f", vmin=0, vmax=100, cmap=cmap, cbar=False,
+                    square=True, xticklabels=ticks, yticklabels=ticks, annot_kws={"fontsize": 8}, ax=ax)
         m = res.get("metrics") or {}
         sub = f"ACC {m['acc']:.2f}  BWT {m['bwt']:+.2f}" if m.get("bwt") is not None else ""
         ax.set_title(f"{label}\n{sub}", fontsize=10)
@@ -306,31 +308,39 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     return fig
 
 
-def stability_plasticity(runs: pd.DataFrame, order: list | None = None):
-    """The stability-plasticity plane: BWT against plasticity, one panel per benchmark; faint points are
-    runs (seeds), large points with error bars the mean ± std per method.
+def stability_plasticity(runs: pd.DataFrame, order: list | None = None, col: str = "benchmark",
+                         row: str | None = None, hue: str = "method", x: str = "plasticity", y: str = "bwt"):
+    """The stability-plasticity plane: plasticity (x, %) against BWT (y, points), one panel per ``col``
+    (and ``row``) value. Small dots are runs (seeds); a large marker with ±1 std error bars is each
+    ``hue`` group's mean. Up is stable (no forgetting), right is plastic.
 
-    ``runs``: one row per complete run with ``benchmark``, ``method``, ``plasticity`` and ``bwt``
-    (e.g. a sweep's collected table).
+    ``runs``: one row per complete run with ``x``, ``y``, ``hue``, ``col`` (and ``row``) columns, e.g. a
+    sweep's collected table; ``order``: the ``hue`` values in legend order (default: as they appear).
     """
-    order = order or list(dict.fromkeys(runs["method"]))
+    df = runs
+    order = order or list(dict.fromkeys(df[hue]))
     palette = dict(zip(order, sns.color_palette("tab10", len(order))))
-    benches = list(dict.fromkeys(runs["benchmark"]))
+    cols = list(dict.fromkeys(df[col]))
+    rows = list(dict.fromkeys(df[row])) if row else [None]
     with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(1, len(benches), figsize=(5.2 * len(benches) + 1.6, 4.0), squeeze=False)
-    for ax, bench in zip(axes[0], benches):
-        d = runs[runs["benchmark"] == bench]
-        sns.scatterplot(data=d, x="plasticity", y="bwt", hue="method", hue_order=order, palette=palette,
-                        alpha=0.35, s=25, legend=False, ax=ax)
-        for m, g in d.groupby("method", sort=False):
-            ax.errorbar(g["plasticity"].mean(), g["bwt"].mean(), xerr=g["plasticity"].std(ddof=1) if len(g) > 1 else 0,
-                        yerr=g["bwt"].std(ddof=1) if len(g) > 1 else 0, fmt="o", ms=8, capsize=3,
-                        color=palette[m], label=m)
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_title(bench)
-        ax.set_xlabel("plasticity (%)")
-        ax.set_ylabel("BWT (points)")
-    axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
+        fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.6 * len(cols) + 1.8, 3.8 * len(rows)),
+                                 squeeze=False)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i][j]
+            d = df[(df[col] == c) & ((df[row] == r) if row else True)]
+            sns.scatterplot(data=d, x=x, y=y, hue=hue, hue_order=order, palette=palette, alpha=0.35, s=22,
+                            legend=False, ax=ax)
+            for m, g in d.groupby(hue, sort=False):
+                sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)  # noqa: E731
+                ax.errorbar(g[x].mean(), g[y].mean(), xerr=sd(g[x]), yerr=sd(g[y]), fmt="o", ms=7, capsize=3,
+                            color=palette[m], label=m)
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set_title(f"{c}" if r is None else f"{c}, {r}", fontsize=10)
+            ax.set_xlabel("plasticity (%)")
+            ax.set_ylabel("BWT (points)")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=palette[m], label=m) for m in order]
+    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False)
     fig.tight_layout()
     return fig
 

@@ -3,6 +3,7 @@
     python -m nscl run -f params/base.yaml -f params/ci.yaml -p method=adam_nscl -p seed=1 -o runs/x
     python -m nscl show runs/x runs/y          # metrics table (+ accuracy matrices with --matrix)
     python -m nscl params                       # every valid key with its default and meaning
+    python -m nscl results suite=DIR full=DIR   # docs/results.md from finished sweeps (make results)
 """
 from __future__ import annotations
 
@@ -117,7 +118,13 @@ def _add_suite(sub) -> None:
     add_cli(sub)
 
 
-COMMANDS = [_add_run, _add_sweep, _add_suite]
+def _add_results(sub) -> None:
+    from .results_page import add_cli  # python -m nscl results: docs/results.md from finished sweeps
+
+    add_cli(sub)
+
+
+COMMANDS = [_add_run, _add_sweep, _add_suite, _add_results]
 
 
 def build_parser() -> argparse.ArgumentParser:

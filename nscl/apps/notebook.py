@@ -38,6 +38,10 @@ API (kept stable; other notebooks use it):
   summary and the run directory (relative to ``output_dir``), plus the notebook parameters, figure
   files and any ``extra`` values. ``nscl suite`` puts each output notebook in its ``output_dir``, so this
   file lies beside it.
+* :func:`check_above_chance(results) -> str` — raises :class:`ChanceLevelError` when a null-space
+  method (adam_nscl, nscl_prune, nscl_lowrank) ends within ``CHANCE_MARGIN`` points of chance on
+  any task (a starved configuration); the last cell of every training notebook calls it.
+  :func:`at_chance(results)` lists such tasks of one run (recorded per method by :func:`save_results`).
 * :func:`find_runs(paths) -> [Path]` — :func:`nscl.experiment.records.find_runs`: run directories at
   or below the given paths or glob patterns; notebook-level records are skipped.
   :func:`require_runs(paths)` is the same, but finding nothing is a ConfigError naming the parameter
@@ -66,6 +70,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..analysis.probes import layer_inputs, task_gradient  # noqa: F401  (part of the notebook API)
+from ..core.metrics import CHANCE_MARGIN
 from ..experiment import config as config_mod
 from ..experiment import records
 
@@ -276,14 +281,67 @@ def _rel(path, root) -> str:
         return str(path)
 
 
+def at_chance(res: Mapping, margin: float = CHANCE_MARGIN) -> list[int] | None:
+    """Tasks (1-based) on which a run's final accuracy is within ``margin`` points of chance
+    (:func:`nscl.metrics.at_chance`); ``None`` when the run does not record its tasks' class counts."""
+    from ..core.metrics import at_chance as _at_chance
+
+    tasks = (res.get("stream") or {}).get("tasks")
+    if not res.get("acc") or not tasks:
+        return None
+    return _at_chance(res["acc"], [t["n_classes"] for t in tasks], margin)
+
+
+class ChanceLevelError(RuntimeError):
+    """A null-space method ended at chance on some task: its configuration starves it."""
+
+
+def check_above_chance(results: Mapping[str, Mapping], margin: float = CHANCE_MARGIN) -> str:
+    """Raise :class:`ChanceLevelError` if a null-space method's run (``Method.null_space``: adam_nscl,
+    nscl_prune, nscl_lowrank) ends within ``margin`` points of chance on any task; else return (and
+    print) one line naming the runs checked.
+
+    A null-space method at chance means its null spaces left no room to learn (too few steps, too
+    small a network, too strict a rule), not that the method was measured: such a configuration must
+    not be shown. Every committed notebook ends with this check, so nbval and ``make run`` fail on it.
+    """
+    from ..methods import null_space_methods
+
+    names = null_space_methods()
+    checked, bad = [], []
+    for label, res in results.items():
+        if (res.get("params") or {}).get("method") not in names:
+            continue
+        tasks = at_chance(res, margin)
+        if tasks is None:
+            continue
+        checked.append(label)
+        if tasks:
+            last = [row for row in res["acc"] if row and row[0] is not None][-1]
+            n = [t["n_classes"] for t in res["stream"]["tasks"]]
+            bad.append(f"{label} on task(s) " + ", ".join(
+                f"{j} ({last[j - 1]:.1f}% vs chance {100 / n[j - 1]:.0f}%)" for j in tasks))
+    if bad:
+        raise ChanceLevelError(
+            f"null-space method(s) at chance (within {margin:g} points) on the final row: {'; '.join(bad)}. "
+            "The configuration starves them: give them more optimizer steps (epochs, samples_per_task, "
+            "batch_size) or a wider network (hidden), or a null-space rule that leaves room to learn.")
+    line = (f"above chance (+{margin:g} points) on every task: {', '.join(checked)}" if checked
+            else "no null-space method to check")
+    print(line)
+    return line
+
+
 def _summary(res: dict, output_dir: Path | None) -> dict:
     ns = {layer: {"d": rec["d"], "dims": rec["dims"], "kept_energy": rec["kept_energy"]}
           for layer, rec in (res.get("null_space") or {}).items()}
     run_dir = res.get("_dir") or None
     return {
         "status": res.get("status"),
+        "method": (res.get("params") or {}).get("method"),
         "metrics": res.get("metrics"),
         "acc": res.get("acc"),
+        "at_chance": at_chance(res),
         "null_space": ns,
         "run_dir": _rel(run_dir, output_dir) if run_dir and output_dir else run_dir,
         "total_s": (res.get("timing") or {}).get("total_s"),

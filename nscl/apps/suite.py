@@ -14,10 +14,12 @@ it wrote. The output is::
     <out>/<stem>/results.json     the notebook's record (nscl.apps.notebook.save_results), beside it
     <out>/<stem>/runs/<method>/   run directories (results.json, spectra.npz, params.yaml)
     <out>/<stem>/figures/*.png    figures
-    <out>/summary.md              one table: notebook, status, minutes, and each method's ACC/BWT
+    <out>/summary.md              one table: notebook, status, minutes, and each method's ACC/BWT;
+                                  the check that no null-space method is at chance on any task
 
 Unknown keys fail inside the notebook (``nscl.apps.notebook.parameters``), naming the key; a failed
-notebook is recorded in the summary, the others still run, and the exit status is 1.
+notebook is recorded in the summary, the others still run, and the exit status is 1. The exit status
+is 1 too when a null-space method's run ends at chance on some task (:func:`chance_failures`).
 
 ``python -m nscl suite --regenerate`` (``make notebooks``) instead executes the committed notebooks in
 place with their own tiny defaults: the stored outputs that ``pytest --nbval`` checks.
@@ -31,8 +33,10 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ..core.metrics import CHANCE_MARGIN
 from ..experiment import config as config_mod
 from ..experiment import records
+from ..methods import null_space_methods
 from ..util import atomic_write
 from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
 
@@ -156,15 +160,47 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
             if not str(m.get("run_dir") or "").startswith("..")]
     if rows:
         lines += ["", "Task-aware test accuracy in percent; BWT and forgetting in points "
-                  "(see nscl.core.metrics).", "",
-                  "| notebook | run | ACC | BWT | plasticity | forgetting | tasks |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  f"(see nscl.core.metrics). *At chance*: tasks whose final accuracy is within {CHANCE_MARGIN:g} "
+                  "points of chance (1 / classes per task).", "",
+                  "| notebook | run | ACC | BWT | plasticity | forgetting | tasks | at chance |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
         for nb, label, m in rows:
             mm = m.get("metrics") or {}
+            chance = m.get("at_chance")
+            chance = "-" if chance is None else (", ".join(map(str, chance)) or "none")
             lines.append(f"| {nb} | {label} | {_fmt(mm.get('acc'))} | {_fmt(mm.get('bwt'), '+.2f')} | "
                          f"{_fmt(mm.get('plasticity'))} | {_fmt(mm.get('forgetting'))} | "
-                         f"{mm.get('tasks_done', '-')} |")
+                         f"{mm.get('tasks_done', '-')} | {chance} |")
+        failures = chance_failures(by_notebook)
+        checked = sum(m.get("method") in null_space_methods() and m.get("at_chance") is not None
+                      for _, _, m in rows)
+        lines += ["", f"**Check, no null-space method at chance on any task: "
+                      f"{'FAILED' if failures else 'passed'}** ({checked} null-space runs checked)"
+                      + ("".join(f"\n- {f}" for f in failures) if failures else ".")]
     return "\n".join(lines) + "\n"
+
+
+def chance_failures(records: Mapping[str, dict]) -> list[str]:
+    """``"<notebook>/<run>: tasks i, j"`` for every null-space method's run (``Method.null_space``)
+    that a notebook record lists as at chance on some task of its final row (see
+    :func:`nscl.notebook.check_above_chance`)."""
+    names = null_space_methods()
+    return [f"{nb}/{label}: task(s) {', '.join(map(str, m['at_chance']))} at chance"
+            for nb, rec in records.items() for label, m in rec.get("methods", {}).items()
+            if m.get("method") in names and m.get("at_chance")]
+
+
+def suite_records(out: str | Path) -> dict[str, dict]:
+    """The notebook records (``<out>/<notebook>/results.json``) of a suite folder, by notebook."""
+    recs = {}
+    for path in sorted(Path(out).glob(f"*/{records.RESULTS}")):
+        try:
+            rec = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
+            recs[path.parent.name] = rec
+    return recs
 
 
 def write_summary(out: Path, entries: list[dict], total_s: float | None = None) -> Path:
@@ -271,6 +307,9 @@ def cmd_suite(args) -> int:
                         log_output=args.log_output, folder=args.notebooks, hook=args.hook or None)
     summary = Path(args.out) / "summary.md"
     print(summary.read_text())
+    failures = chance_failures(suite_records(args.out))
     print(f"suite: {sum(e['status'] == 'complete' for e in entries)}/{len(entries)} notebooks complete in "
           f"{(time.perf_counter() - t0) / 60:.1f} min; written: {summary}")
-    return 0 if all(e["status"] == "complete" for e in entries) else 1
+    if failures:
+        print(f"FAILED: {len(failures)} null-space run(s) at chance on some task (see summary.md)", file=sys.stderr)
+    return 0 if all(e["status"] == "complete" for e in entries) and not failures else 1

@@ -30,3 +30,22 @@ def summary(acc: list[list]) -> dict:
     else:
         out["bwt"] = out["forgetting"] = None
     return out
+
+
+#: a task counts as "at chance" when its accuracy is at most chance (100 / n_classes) plus this many points
+CHANCE_MARGIN = 5.0
+
+
+def at_chance(acc: list[list], n_classes: list[int], margin: float = CHANCE_MARGIN) -> list[int]:
+    """Tasks (1-based) whose accuracy in the last filled row of ``acc`` is within ``margin`` points
+    of chance, ``100 / n_classes[j]``: tasks the network never learned or lost completely.
+
+    ``n_classes[j]`` is the number of classes of task j's head (task-incremental: chance is 1/n).
+    """
+    rows = _rows(acc)
+    if not rows:
+        return []
+    last = rows[-1][:len(rows)]
+    if len(n_classes) < len(last):
+        raise ValueError(f"n_classes has {len(n_classes)} entries, the accuracy matrix {len(last)} tasks")
+    return [j + 1 for j, a in enumerate(last) if a is not None and a <= 100.0 / n_classes[j] + margin]

@@ -25,6 +25,7 @@ ADAM_NSCL_PARAMS = (
 @register("adam_nscl")
 class AdamNSCL(Method):
     protects_bn = True
+    null_space = True
     params = ADAM_NSCL_PARAMS
 
     def backbone_lr(self, t):

@@ -51,6 +51,8 @@ class Method:
     name = "base"
     #: protect BatchNorm from task 2 on according to the ``bn`` parameter (null-space family)
     protects_bn = False
+    #: trains later tasks inside the old tasks' null space (checked: never at chance on a task)
+    null_space = False
     #: parameters this method reads beyond the common ones (data, model, training, null space, run)
     params: tuple[Param, ...] = ()
 

@@ -298,4 +298,5 @@ class NSCLPrune(_UnitPruning):
     """CLNP pruning whose kept units keep learning inside the old tasks' null space (see module doc)."""
 
     project_old = True
+    null_space = True
     params = PRUNING_PARAMS + ADAM_NSCL_PARAMS

@@ -1,0 +1,376 @@
+"""The results page (``make results``): finished comparison sweeps -> ``docs/results.md`` + one figure.
+
+    python -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full \\
+        -o docs/results.md [--figure docs/results_stability_plasticity.png]
+
+Each positional argument is a sweep directory (``python -m nscl sweep run FILE``), optionally
+labelled ``SIZE=DIR`` (default label: the sweep's name); the label is the *size* column of the page.
+The page holds, from the complete runs only:
+
+* per benchmark, one table with a row per method: ACC, BWT and plasticity, mean ± std over seeds
+  (``n`` shown when a group has another number of seeds than the others), one column group per size;
+* the issue's goals per benchmark x size (:func:`goals`): the best null-space method against
+  ``joint``, the default ``adam_nscl`` against ``joint`` and ``finetune``;
+* the stability-plasticity plane (:func:`nscl.plots.stability_plasticity`) as a PNG beside the page;
+* the exact commands, the stream sizes and the null-space rule the runs used;
+* the environment: commit(s), versions, CPU, threads, and wall / compute time per sweep.
+
+Nothing is trained here; the page is rebuilt from the run directories as often as wanted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from ..analysis import tables
+from ..experiment import records as runs
+from ..util import atomic_write
+from . import sweep
+from .sweep import spec as sweep_spec
+from .sweep import state as sweep_state
+
+METRICS = ("acc", "bwt", "plasticity")
+HEAD = {"acc": "ACC", "bwt": "BWT", "plasticity": "plasticity"}
+#: parameters that describe the null-space rule (shown on the page as the runs used them)
+RULE_KEYS = ("nullspace_rule", "a", "a_min_floor", "energy", "energy_step", "energy_max", "leak", "rel_tol")
+#: parameters that describe a stream's size (shown per benchmark x size)
+SIZE_KEYS = ("samples_per_task", "test_samples_per_task", "epochs", "batch_size", "model", "hidden", "lr")
+#: the issue's goals: best null-space method within this many ACC points of joint, with BWT >= this
+BEST_GAP, BEST_BWT = 0.5, -0.5
+#: default adam_nscl within this many points of joint and at least this many above finetune
+DEFAULT_GAP, DEFAULT_GAIN = 1.0, 2.0
+
+
+def parse_sweeps(args: Iterable[str]) -> dict[str, Path]:
+    """``["suite=DIR", "DIR2"]`` -> ``{"suite": DIR, "<name of DIR2's sweep>": DIR2}`` (order kept)."""
+    out: dict[str, Path] = {}
+    for a in args:
+        label, _, d = a.rpartition("=") if "=" in a else ("", "", a)
+        path = Path(d).expanduser()
+        if not label:
+            label = sweep.manifest(path)["sweep"].get("name") or path.name
+        if label in out:
+            raise sweep.SweepError(f"two sweeps labelled {label!r}: label them SIZE=DIR")
+        out[label] = path
+    if not out:
+        raise sweep.SweepError("no sweep directory given (python -m nscl results SIZE=DIR ...)")
+    return out
+
+
+def collect(sweeps: Mapping[str, str | os.PathLike]):
+    """One row per run of every sweep (:func:`nscl.sweep.collect`), with a ``size`` column (the label)."""
+    import pandas as pd
+
+    frames = []
+    for label, d in sweeps.items():
+        df = sweep.collect(d, write=False)
+        df.insert(0, "size", label)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def table(df):
+    """Mean and std over seeds of the complete runs, one row per (benchmark, size, method), in run order."""
+    return tables.seed_summary(df, by=("benchmark", "size", "method"), metrics=METRICS)
+
+
+def goals(summary, best_of: Iterable[str] | None = None):
+    """Per (benchmark, size): the issue's two goals, measured on :func:`table`'s means.
+
+    * best null-space method (highest mean ACC among ``best_of``, default every ``Method.null_space``
+      method): ``best_gap`` = joint ACC - its ACC; goal met when ``best_gap <= 0.5`` and its BWT >= -0.5;
+    * default ``adam_nscl``: goal met when it is within 1 point of joint and >= 2 points above finetune.
+
+    A group without joint, finetune or adam_nscl gets ``None`` for the goals that need them.
+    """
+    import pandas as pd
+
+    if best_of is None:
+        from ..methods import null_space_methods
+
+        best_of = null_space_methods()
+    best_of = tuple(best_of)
+    rows = []
+    for (bench, size), g in summary.groupby(["benchmark", "size"], sort=False):
+        acc = dict(zip(g["method"], g["acc_mean"]))
+        bwt = dict(zip(g["method"], g["bwt_mean"]))
+        joint, ft, nscl = acc.get("joint"), acc.get("finetune"), acc.get("adam_nscl")
+        cand = {m: a for m, a in acc.items() if m in best_of}
+        best = max(cand, key=cand.get) if cand else None
+        row = {"benchmark": bench, "size": size, "joint": joint, "finetune": ft,
+               "best": best, "best_acc": cand.get(best), "best_bwt": bwt.get(best),
+               "best_gap": None if joint is None or best is None else joint - cand[best],
+               "adam_nscl": nscl, "adam_nscl_bwt": bwt.get("adam_nscl"),
+               "default_gap": None if joint is None or nscl is None else joint - nscl,
+               "default_gain": None if ft is None or nscl is None else nscl - ft}
+        row["best_goal"] = (None if row["best_gap"] is None else
+                            bool(row["best_gap"] <= BEST_GAP and row["best_bwt"] >= BEST_BWT))
+        row["default_goal"] = (None if row["default_gap"] is None or row["default_gain"] is None else
+                               bool(row["default_gap"] <= DEFAULT_GAP and row["default_gain"] >= DEFAULT_GAIN))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean, std, digits: int = 2, sign: bool = False) -> str:
+    if mean != mean or mean is None:  # NaN
+        return "-"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f.format(mean) + (f" ± {std:.{digits}f}" if std == std and std is not None else "")
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+            *["| " + " | ".join(r) + " |" for r in rows]]
+
+
+def method_tables(summary, digits: int = 2) -> list[str]:
+    """Markdown: one table per benchmark, a row per method, ACC / BWT / plasticity per size."""
+    lines = []
+    sizes = list(dict.fromkeys(summary["size"]))
+    n_common = int(summary["n"].mode().iloc[0]) if len(summary) else 0
+    for bench, g in summary.groupby("benchmark", sort=False):
+        header = ["method"] + [f"{HEAD[m]} ({s})" for s in sizes for m in METRICS]
+        rows = []
+        for method in dict.fromkeys(g["method"]):
+            row = [f"`{method}`"]
+            for s in sizes:
+                hit = g[(g["method"] == method) & (g["size"] == s)]
+                if hit.empty:
+                    row += ["-"] * len(METRICS)
+                    continue
+                r = hit.iloc[0]
+                note = f" (n={int(r['n'])})" if int(r["n"]) != n_common else ""
+                row += [_cell(r[f"{m}_mean"], r[f"{m}_std"], digits, sign=(m == "bwt")) + (note if m == "acc" else "")
+                        for m in METRICS]
+            rows.append(row)
+        lines += [f"### {bench}", ""]
+        lines += _md_table(header, rows, ["---"] + ["---:"] * (len(header) - 1))
+        lines.append("")
+    return lines
+
+
+def goal_lines(gl) -> list[str]:
+    """Markdown table of :func:`goals` with ✓ / ✗ per goal."""
+    def yes(v):
+        return "-" if v is None else ("✓" if v else "✗")
+
+    def num(v, sign=False):
+        return "-" if v is None or v != v else (f"{v:+.2f}" if sign else f"{v:.2f}")
+
+    header = ["benchmark", "size", "joint", "best null-space method", "its ACC", "its BWT", "joint − best",
+              f"goal 1 (≤ {BEST_GAP:g}, BWT ≥ {BEST_BWT:g})", "adam_nscl", "joint − adam_nscl",
+              "adam_nscl − finetune", f"goal 2 (≤ {DEFAULT_GAP:g}, ≥ {DEFAULT_GAIN:g})"]
+    rows = [[r["benchmark"], r["size"], num(r["joint"]), f"`{r['best']}`" if r["best"] else "-", num(r["best_acc"]),
+             num(r["best_bwt"], True), num(r["best_gap"]), yes(r["best_goal"]), num(r["adam_nscl"]),
+             num(r["default_gap"]), num(r["default_gain"], True), yes(r["default_goal"])]
+            for _, r in gl.iterrows()]
+    return _md_table(header, rows, ["---", "---", "---:", "---", "---:", "---:", "---:", ":-:", "---:", "---:", "---:",
+                                    ":-:"])
+
+
+def _rel(path, start) -> str:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:
+        return str(path)
+
+
+def _repo_path(path, root) -> str:
+    """``path`` relative to the repository root; a path in another checkout (a frozen worktree the
+    sweep ran from) from its ``params/`` or ``results/`` folder on, as in this one."""
+    rel = _rel(path, root)
+    if rel.startswith(".."):
+        parts = Path(path).parts
+        for anchor in ("params", "results"):
+            if anchor in parts:
+                i = len(parts) - 1 - parts[::-1].index(anchor)
+                return "/".join(parts[i:])
+    return rel
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _fmt_time(s: float | None) -> str:
+    if s is None or s != s:
+        return "-"
+    return f"{s / 3600:.2f} h" if s >= 5400 else f"{s / 60:.1f} min"
+
+
+def sweep_times(sweep_dir: str | os.PathLike) -> dict:
+    """Wall time (first run's start to last results.json written), summed run time, runs, executor."""
+    man = sweep.manifest(sweep_dir)
+    starts, ends, total = [], [], 0.0
+    for spec in man["specs"]:
+        d = Path(spec["out_dir"])
+        if (d / sweep_state.JOB).exists() and (d / runs.RESULTS).exists():
+            try:
+                starts.append(json.loads((d / sweep_state.JOB).read_text())["started"])
+                ends.append((d / runs.RESULTS).stat().st_mtime)
+                total += (runs.load(d).get("timing") or {}).get("total_s") or 0.0
+            except (OSError, ValueError, KeyError):
+                continue
+    ex = man["sweep"].get("executor") or {}
+    return {"wall_s": (max(ends) - min(starts)) if starts else None, "run_s": total, "runs": len(man["specs"]),
+            "executor": ex.get("kind", "local"), "parallel": ex.get("parallel"), "threads": ex.get("threads"),
+            "file": man["sweep"].get("_file"), "description": man["sweep"].get("description")}
+
+
+def _uniq(values) -> str:
+    vals = [v for v in dict.fromkeys(values) if v is not None]
+    return ", ".join(map(str, vals)) or "-"
+
+
+def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | None = None,
+           page: str | os.PathLike | None = None, command: str | None = None, note: str | None = None,
+           df=None) -> str:
+    """The markdown page (see the module docstring); ``figure`` is linked relative to ``page``;
+    ``df``: :func:`collect`'s table of the same sweeps, if already at hand."""
+    df = collect(sweeps) if df is None else df
+    ok = df[df["state"] == "complete"]
+    summary = table(ok)
+    root = sweep_spec.ROOT
+    where = Path(page).resolve().parent if page else root
+    lines = ["# Results: every method on Split and Permuted Fashion-MNIST", "",
+             "Generated by `python -m nscl results` from finished sweeps; do not edit by hand "
+             "(`make results` rebuilds it). Task-incremental (one head per task), test accuracy in percent; "
+             "BWT in points (negative = forgetting); plasticity = mean accuracy on each task right after "
+             "learning it (see `nscl/core/metrics.py`). Mean ± std over seeds "
+             f"({_uniq(sorted(ok['seed'].unique()))}); every method with its package defaults.", ""]
+    if note:
+        lines += [note, ""]
+    states = df["state"].value_counts().to_dict()
+    if states.get("complete", 0) != len(df):
+        lines += [f"**Incomplete:** {len(df)} runs, " + ", ".join(f"{n} {s}" for s, n in states.items())
+                  + "; the tables use the complete ones.", ""]
+    lines += ["## Accuracy, backward transfer, plasticity", ""]
+    lines += method_tables(summary)
+    gl = goals(summary)
+    lines += ["## Goals", "",
+              f"Goal 1: the best null-space method is within {BEST_GAP:g} ACC points of `joint` with BWT ≥ "
+              f"{BEST_BWT:g}. Goal 2: the default `adam_nscl` is within {DEFAULT_GAP:g} point of `joint` and "
+              f"at least {DEFAULT_GAIN:g} points above `finetune`. Measured on the means above.", ""]
+    lines += goal_lines(gl) + [""]
+    chance = _chance_rows(ok)
+    lines += [f"Null-space runs at chance on some task (final accuracy within the check's margin of chance): "
+              + ("none." if not chance else "; ".join(chance) + "."), ""]
+    if figure:
+        lines += ["## Stability–plasticity plane", "",
+                  "Each small dot is one run (seed); each large marker a method's mean with ±1 std. "
+                  "Up: less forgetting; right: learns each new task better.", "",
+                  f"![stability-plasticity plane]({_rel(figure, where)})", ""]
+    lines += ["## How to regenerate", "", "```bash", "make results", "# runs:"]
+    times = {label: sweep_times(d) for label, d in sweeps.items()}
+    for label, t in times.items():
+        if t["file"]:
+            lines.append(f"python -m nscl sweep run {_repo_path(t['file'], root)}")
+    lines += [command or "python -m nscl results " + " ".join(f"{k}={_repo_path(v, root)}" for k, v in sweeps.items())
+              + f" -o {_repo_path(page, root) if page else 'docs/results.md'}",
+              "```", "",
+              "Runs already complete are skipped, so the sweeps resume after an interruption; "
+              "`python -m nscl sweep status DIR` shows progress.", ""]
+    lines += ["## Streams and settings", ""]
+    rows = []
+    for (bench, size), g in ok.groupby(["benchmark", "size"], sort=False):
+        p = runs.load(g.iloc[0]["run"])["params"]
+        rows.append([bench, size] + [str(p.get(k)) for k in SIZE_KEYS])
+    lines += _md_table(["benchmark", "size", *SIZE_KEYS], rows, ["---"] * (2 + len(SIZE_KEYS))) + [""]
+    nscl_runs = ok[ok["method"] == "adam_nscl"]
+    if len(nscl_runs):
+        p = runs.load(nscl_runs.iloc[0]["run"])["params"]
+        rule = ", ".join(f"`{k}={p[k]}`" for k in RULE_KEYS if k in p and _rule_key_used(k, p))
+        lines += [f"Null-space rule of the null-space methods (the package default at the commit below): {rule}.", ""]
+    lines += ["## Environment", ""]
+    env = [runs.load(r).get("env") or {} for r in ok["run"]]
+    commits = _uniq(f"{(e.get('git') or {}).get('commit', '?')[:10]}"
+                    + (" (uncommitted changes)" if (e.get("git") or {}).get("dirty") else "") for e in env)
+    lines += [f"- commit: {commits}",
+              f"- nscl {_uniq(e.get('nscl') for e in env)}, Python {_uniq(e.get('python') for e in env)}, "
+              f"torch {_uniq(e.get('torch') for e in env)}, torchvision {_uniq(e.get('torchvision') for e in env)}, "
+              f"numpy {_uniq(e.get('numpy') for e in env)}",
+              f"- platform: {_uniq(e.get('platform') for e in env)}; device: {_uniq(e.get('device') for e in env)}",
+              f"- CPU: {_cpu_model()}, {os.cpu_count()} cores (where the page was built); "
+              f"torch threads per run: {_uniq(e.get('threads') for e in env)}"]
+    for label, t in times.items():
+        lines.append(f"- sweep `{label}` ({t['runs']} runs, {t['executor']} executor, {t['parallel'] or 1} at once): "
+                     f"wall time {_fmt_time(t['wall_s'])}, summed run time {_fmt_time(t['run_s'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _rule_key_used(key: str, p: Mapping) -> bool:
+    """Whether a rule parameter matters for the rule ``p`` uses (``a`` only for a_min, ...)."""
+    rule = p.get("nullspace_rule")
+    owner = {"a": "a_min", "a_min_floor": "a_min", "energy": "energy", "energy_step": "energy",
+             "energy_max": "energy", "leak": "leak", "rel_tol": "rel_tol"}
+    return key not in owner or owner[key] == rule
+
+
+def _chance_rows(ok) -> list[str]:
+    from ..methods import null_space_methods
+    from .notebook import at_chance
+
+    out = []
+    for _, r in ok[ok["method"].isin(null_space_methods())].iterrows():
+        tasks = at_chance(runs.load(r["run"]))
+        if tasks:
+            out.append(f"{r['name']} (tasks {', '.join(map(str, tasks))})")
+    return out
+
+
+def write(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathLike,
+          figure: str | os.PathLike | None = None, command: str | None = None, note: str | None = None) -> Path:
+    """Write the page (and the figure, default ``<page stem>_stability_plasticity.png`` beside it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis import plots
+
+    page = Path(page)
+    figure = Path(figure) if figure else page.with_name(f"{page.stem}_stability_plasticity.png")
+    df = collect(sweeps)
+    ok = df[df["state"] == "complete"]
+    if ok.empty:
+        raise sweep.SweepError(f"no complete run in {', '.join(map(str, sweeps.values()))}: nothing to report")
+    fig = plots.stability_plasticity(ok, col="benchmark", row="size" if ok["size"].nunique() > 1 else None)
+    tmp = figure.with_name(f".{figure.name}.tmp.png")
+    plots.savefig(fig, tmp)
+    plt.close(fig)
+    text = render(sweeps, figure=figure, page=page, command=command, note=note, df=df)
+    os.replace(tmp, figure)
+    atomic_write(page, text)
+    return page
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def add_cli(sub) -> None:
+    p = sub.add_parser("results", help="build the results page (markdown + figure) from finished sweeps")
+    p.add_argument("sweeps", nargs="+", metavar="[SIZE=]DIR", help="sweep directories, optionally labelled")
+    p.add_argument("-o", "--out", default="docs/results.md", help="page to write (default docs/results.md)")
+    p.add_argument("--figure", default=None, help="figure PNG (default: <page>_stability_plasticity.png)")
+    p.add_argument("--note", default=None, help="a paragraph to put under the page's introduction")
+    p.set_defaults(func=cmd_results)
+
+
+def cmd_results(args) -> int:
+    try:
+        sweeps = parse_sweeps(args.sweeps)
+        page = write(sweeps, args.out, args.figure, note=args.note)
+    except sweep.SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(page.read_text())
+    print(f"written: {page}")
+    return 0

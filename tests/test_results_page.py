@@ -1,0 +1,182 @@
+"""The chance-level check (notebooks, suite summary) and the results page built from fake sweeps.
+
+The fake sweeps are real sweep directories (manifest from :func:`nscl.sweep.expand`, one run
+directory per spec) whose ``results.json`` carry constructed metrics, so every number on the page
+is known in advance. Nothing is trained.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from nscl.apps import notebook as nb
+from nscl.apps import results_page, sweep
+from nscl.apps import suite as report
+from nscl.apps.sweep import state as sweep_state
+from nscl.core import metrics
+from nscl.experiment import records as runs
+
+METHODS = ["finetune", "joint", "adam_nscl", "nscl_prune"]
+
+
+# ---- the chance check -------------------------------------------------------------------------
+def test_at_chance_uses_each_task_s_classes_and_the_final_row():
+    acc = [[98.0, None, None],
+           [97.0, 54.0, None],      # task 2 learned badly, but only the final row counts
+           [96.0, 56.0, 14.0]]
+    assert metrics.at_chance(acc, [2, 2, 10]) == [3]           # 56 > 50+5; 14 <= 10+5
+    assert metrics.at_chance(acc, [2, 2, 10], margin=6.5) == [2, 3]
+    assert metrics.at_chance(acc, [2, 2, 2]) == [3]
+    assert metrics.at_chance([[55.0, None], [None, None]], [2, 2]) == [1]  # partial run: last filled row
+    assert metrics.at_chance([[None]], [2]) == []
+    with pytest.raises(ValueError, match="n_classes"):
+        metrics.at_chance(acc, [2, 2])
+
+
+def _run(method: str, last_row: list[float], n_classes: int = 2, label_dir=None) -> dict:
+    T = len(last_row)
+    acc = [[None] * T for _ in range(T)]
+    for i in range(T):
+        for j in range(i + 1):
+            acc[i][j] = last_row[j]
+    return {"params": {"method": method}, "acc": acc, "metrics": metrics.summary(acc),
+            "stream": {"tasks": [{"n_classes": n_classes} for _ in range(T)]}}
+
+
+def test_check_above_chance_fails_only_for_null_space_methods(capsys):
+    good = {"finetune": _run("finetune", [50.0, 99.0]),  # forgetting to chance is finetune's right
+            "clnp": _run("clnp", [99.0, 51.0]),  # so is running out of free units
+            "adam_nscl": _run("adam_nscl", [98.0, 97.0]),
+            "split/nscl_lowrank": _run("nscl_lowrank", [60.0, 97.0])}
+    assert "adam_nscl, split/nscl_lowrank" in nb.check_above_chance(good)
+    bad = {**good, "permuted/nscl_prune": _run("nscl_prune", [70.0, 12.0, 80.0], n_classes=10)}
+    with pytest.raises(nb.ChanceLevelError, match=r"permuted/nscl_prune on task\(s\) 2 \(12.0% vs chance 10%\)"):
+        nb.check_above_chance(bad)
+    bad2 = {"adam_nscl": _run("adam_nscl", [98.0, 50.0, 97.0, 97.0, 54.9])}
+    with pytest.raises(nb.ChanceLevelError, match=r"task\(s\) 2 \(50.0%.*5 \(54.9%"):
+        nb.check_above_chance(bad2)
+
+
+def test_suite_summary_flags_a_null_space_run_at_chance(tmp_path):
+    entries = []
+    for stem, res in (("00_a", {"finetune": _run("finetune", [50.0, 99.0]), "adam_nscl": _run("adam_nscl", [98.0, 97.0])}),
+                      ("01_b", {"adam_nscl": _run("adam_nscl", [98.0, 50.0, 97.0])})):
+        nb.save_results(tmp_path / stem, res)
+        entries.append({"notebook": stem, "status": "complete", "error": None, "seconds": 1.0})
+    text = report.summary_markdown(tmp_path, entries)
+    assert "| 00_a | finetune | 74.50 | +0.00 | 74.50 | 0.00 | 2 | 1 |" in text  # listed, not a failure
+    assert "| 00_a | adam_nscl | 97.50 | +0.00 | 97.50 | 0.00 | 2 | none |" in text
+    assert "| 01_b | adam_nscl | 81.67 | +0.00 | 81.67 | 0.00 | 3 | 2 |" in text
+    assert "no null-space method at chance on any task: FAILED** (2 null-space runs checked)" in text
+    assert "- 01_b/adam_nscl: task(s) 2 at chance" in text
+    assert report.chance_failures(report.suite_records(tmp_path)) == ["01_b/adam_nscl: task(s) 2 at chance"]
+    nb.save_results(tmp_path / "01_b", {"adam_nscl": _run("adam_nscl", [98.0, 90.0, 97.0])})
+    text = report.summary_markdown(tmp_path, entries)
+    assert "no null-space method at chance on any task: passed** (2 null-space runs checked)." in text
+    assert report.chance_failures(report.suite_records(tmp_path)) == []
+
+
+# ---- the results page -------------------------------------------------------------------------
+# (benchmark, method) -> ACC of seeds 0, 1, 2 at each size; BWT = -(seed + 1) * bwt_step
+ACC = {
+    "suite": {("split_fmnist", "finetune"): [94.0, 95.0, 96.0], ("split_fmnist", "joint"): [98.0, 99.0, 100.0],
+              ("split_fmnist", "adam_nscl"): [98.0, 98.5, 99.0], ("split_fmnist", "nscl_prune"): [97.0, 97.0, 97.0],
+              ("permuted_fmnist", "finetune"): [60.0, 62.0, 64.0], ("permuted_fmnist", "joint"): [80.0, 80.0, 80.0],
+              ("permuted_fmnist", "adam_nscl"): [76.0, 77.0, 78.0], ("permuted_fmnist", "nscl_prune"): [78.0, 78.0, 78.0]},
+    "full": {("split_fmnist", "finetune"): [96.0, 96.0, 96.0], ("split_fmnist", "joint"): [99.0, 99.0, 99.0],
+             ("split_fmnist", "adam_nscl"): [98.9, 98.9, 98.9], ("split_fmnist", "nscl_prune"): [98.0, 98.0, 98.0],
+             ("permuted_fmnist", "finetune"): [74.0, 75.0, 76.0], ("permuted_fmnist", "joint"): [82.5, 82.5, 82.5],
+             ("permuted_fmnist", "adam_nscl"): [81.0, 82.0, 83.0], ("permuted_fmnist", "nscl_prune"): [81.0, 81.0, 81.0]},
+}
+BWT_STEP = {"finetune": 3.0, "joint": 0.0, "adam_nscl": 0.1, "nscl_prune": 0.5}
+
+
+def _fake_sweep(root, size: str, fail=None) -> "Path":  # noqa: F821
+    sw = sweep.load({"name": f"fake_{size}", "description": f"{size} size", "run": "cli",
+                     "params": {"samples_per_task": 100 if size == "suite" else 200, "epochs": 1},
+                     "grid": {"benchmark": ["split_fmnist", "permuted_fmnist"], "method": METHODS, "seed": [0, 1, 2]},
+                     "out": str(root / size), "executor": {"kind": "local", "parallel": 2, "threads": 1}})
+    specs = sweep.expand(sw)
+    for spec in specs:
+        p = spec["cfg"]
+        T = 5 if p["benchmark"] == "split_fmnist" else 10
+        a = ACC[size][(p["benchmark"], p["method"])][p["seed"]]
+        bwt = -(p["seed"] + 1) * BWT_STEP[p["method"]]
+        res = {"schema": runs.SCHEMA, "status": "complete", "params": p,
+               "stream": {"tasks": [{"n_classes": 2 if T == 5 else 10} for _ in range(T)]},
+               "acc": [[a] * (i + 1) + [None] * (T - i - 1) for i in range(T)],
+               "metrics": {"acc": a, "bwt": bwt, "plasticity": a - bwt, "forgetting": -bwt, "tasks_done": T},
+               "timing": {"total_s": 10.0},
+               "env": {"nscl": "0.1", "python": "3.11", "torch": "2.x", "git": {"commit": "abcdef1234567", "dirty": False},
+                       "threads": 1, "device": "cpu"}}
+        if fail and spec["name"].startswith(fail):
+            res["status"] = "failed"
+        d = root / size / "runs" / spec["name"]
+        runs.write_json(d / sweep_state.JOB, {"started": time.time() - 60, "pid": 1, "host": "x"})
+        runs.write_json(d / runs.RESULTS, res)
+    runs.write_json(root / size / sweep_state.MANIFEST, {"sweep": sw, "specs": specs})
+    return root / size
+
+
+def test_results_page_tables_goals_and_figure(tmp_path):
+    dirs = {"suite": _fake_sweep(tmp_path, "suite"), "full": _fake_sweep(tmp_path, "full", fail="permuted_fmnist/joint/s2")}
+    summary = results_page.table(results_page.collect(dirs).query("state == 'complete'"))
+    row = summary[(summary["benchmark"] == "split_fmnist") & (summary["size"] == "suite") & (summary["method"] == "joint")]
+    assert row["acc_mean"].item() == pytest.approx(99.0) and row["acc_std"].item() == pytest.approx(1.0)
+    assert row["n"].item() == 3
+    gl = results_page.goals(summary).set_index(["benchmark", "size"])
+    # split suite: best null-space = adam_nscl 98.5, joint 99.0 -> gap 0.5, BWT -0.2 -> met;
+    # adam_nscl - finetune = 3.5 >= 2, joint - adam_nscl = 0.5 <= 1 -> met
+    s = gl.loc[("split_fmnist", "suite")]
+    assert s["best"] == "adam_nscl" and s["best_gap"] == pytest.approx(0.5) and s["best_goal"] and s["default_goal"]
+    # permuted suite: best = nscl_prune 78 (gap 2) -> not met; adam_nscl 77 is 3 below joint -> not met
+    p = gl.loc[("permuted_fmnist", "suite")]
+    assert p["best"] == "nscl_prune" and p["best_gap"] == pytest.approx(2.0) and not p["best_goal"]
+    assert p["default_gap"] == pytest.approx(3.0) and not p["default_goal"]
+    # split full: adam_nscl within 0.1 of joint, but only 2.9 above finetune -> goal 2 met; prune BWT -1 irrelevant
+    f = gl.loc[("split_fmnist", "full")]
+    assert f["best"] == "adam_nscl" and f["best_gap"] == pytest.approx(0.1) and f["default_gain"] == pytest.approx(2.9)
+    # permuted full: joint's seed 2 failed -> its mean is over seeds 0, 1 only
+    pf = gl.loc[("permuted_fmnist", "full")]
+    assert pf["joint"] == pytest.approx(82.5) and pf["best"] == "adam_nscl" and pf["best_gap"] == pytest.approx(0.5)
+
+    page = results_page.write(dirs, tmp_path / "docs" / "results.md", command="make-believe command")
+    text = page.read_text()
+    assert "| `joint` | 99.00 ± 1.00 | +0.00 ± 0.00 | 99.00 ± 1.00 | 99.00 ± 0.00 |" in text  # split: suite, full
+    assert "| `adam_nscl` | 98.50 ± 0.50 | -0.20 ± 0.10 | 98.70 ± 0.60 | 98.90 ± 0.00 | -0.20 ± 0.10 |" in text
+    assert "| `joint` | 80.00 ± 0.00 | +0.00 ± 0.00 | 80.00 ± 0.00 | 82.50 ± 0.00 (n=2) |" in text  # permuted
+    assert "| permuted_fmnist | suite | 80.00 | `nscl_prune` | 78.00 | -1.00 | 2.00 | ✗ | 77.00 | 3.00 | +15.00 | ✗ |" in text
+    assert "| split_fmnist | suite | 99.00 | `adam_nscl` | 98.50 | -0.20 | 0.50 | ✓ |" in text
+    assert "**Incomplete:** 48 runs, 47 complete, 1 failed" in text
+    assert "python -m nscl sweep run" not in text  # built in code: no sweep file to name
+    assert "make-believe command" in text and "abcdef1234" in text
+    assert "| split_fmnist | suite | 100 | None | 1 |" in text  # the stream settings the runs used
+    png = tmp_path / "docs" / "results_stability_plasticity.png"
+    assert "](results_stability_plasticity.png)" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "docs").glob(".*tmp*"))  # nothing half-written left behind
+    assert "at chance on some task (final accuracy within the check's margin of chance): none." in text
+
+
+def test_results_page_lists_null_space_runs_at_chance_and_labels(tmp_path):
+    d = _fake_sweep(tmp_path, "suite")
+    name = next(s["name"] for s in json.loads((d / sweep_state.MANIFEST).read_text())["specs"]
+                if s["name"].startswith("split_fmnist/adam_nscl/s0"))
+    res = runs.load(d / "runs" / name)
+    res["acc"][-1][1] = 51.0
+    runs.write_json(d / "runs" / name / runs.RESULTS, {k: v for k, v in res.items() if k != "_dir"})
+    assert results_page.parse_sweeps([str(d)]) == {"fake_suite": d}
+    with pytest.raises(sweep.SweepError, match="labelled"):
+        results_page.parse_sweeps([f"a={d}", f"a={d}"])
+    text = results_page.render({"suite": d})
+    assert f"on some task (final accuracy within the check's margin of chance): {name} (tasks 2)." in text
+
+
+def test_results_cli_reports_a_missing_sweep(tmp_path, capsys):
+    from nscl.apps import cli
+
+    assert cli.main(["results", str(tmp_path / "nope"), "-o", str(tmp_path / "r.md")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
