@@ -16,7 +16,7 @@ def tiny_cfg():
     """A resolved config for a 5-task split_digits stream (~290 samples/task), 1 epoch, CPU, quiet."""
     def make(**overrides):
         base = dict(benchmark="split_digits", epochs=1, batch_size=32, hidden=[32, 32],
-                    device="cpu", quiet=True, seed=0)
+                    device="cpu", quiet=True, seed=0, nullspace_rule="a_min")  # exact invariance checks
         base.update(overrides)
         return config.resolve(overrides=base)
     return make

@@ -17,7 +17,7 @@ from nscl.core.models import batchnorm_layers, projected_layers
 
 def resolved(**overrides):
     base = dict(benchmark="split_digits", n_tasks=3, epochs=1, batch_size=32, hidden=[32, 32], device="cpu",
-                quiet=True, seed=0)
+                quiet=True, seed=0, nullspace_rule="a_min")  # exact null spaces: the invariance checks
     base.update(overrides)
     return config.resolve(overrides=base)
 

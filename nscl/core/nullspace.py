@@ -15,7 +15,26 @@ Selection rules (``rule``):
   null direction is in the null space and ``a`` acts relative to that floor. ``floor="none"`` is the
   official behaviour.
 * ``energy`` (GPM-style): the largest directions holding a fraction ``energy`` of the total
-  eigenvalue mass are protected; the rest is the null space.
+  eigenvalue mass are protected; the rest is the null space. With ``energy_step > 0`` the
+  threshold rises task by task as GPM does on CIFAR-100 (Saha et al. 2021):
+  ``energy_t = min(energy + t * energy_step, energy_max)`` after task ``t`` (0-based), since every
+  old task is exposed again at every later task (:func:`energy_at`).
+* ``leak`` (held-out leakage budget, new here): the largest null space whose share of the
+  *held-out* old-task input energy stays within a budget ``beta``::
+
+      r* = max { r : L(r) <= beta },   L(r) = tr(U_r^T C_val U_r) / tr(C_val)
+                                            = sum_{i<=r} u_i^T C_val u_i / tr(C_val),
+
+  with ``u_1, u_2, ...`` the eigenvectors of the *training* covariance ``C`` by ascending eigenvalue
+  and ``C_val`` the covariance of the old tasks' validation inputs, accumulated the same way.
+  ``L(r)`` is Eq. 7's ``R`` measured on data the basis was not fitted to: an isotropic update in
+  ``U_r`` changes old outputs by ``E||dW U_r U_r^T x||^2 ~ tr(U_r^T C_val U_r)``. The training
+  spectrum's smallest eigenvalues are biased low (with ``n`` rows in ``d`` dimensions the sample
+  spectrum spreads, Marchenko-Pastur), so the training energy of the tail underestimates what unseen
+  inputs put there; ``C_val`` is independent of ``U``, so ``u_i^T C_val u_i`` is an unbiased estimate
+  of each direction's energy. One budget then means the same exposure at every layer, sample size and
+  task count. ``L`` is monotone in ``r``, so ``r*`` is a prefix (one cumulative sum). Without held-out
+  data it falls back to the training energies (the energy rule with ``energy = 1 - beta``).
 * ``rel_tol``: null = eigenvalues ``<= rel_tol * lambda_max``.
 
 The kept-energy ratio ``R = sum_{null} lambda / sum lambda`` (paper Eq. 7) measures how much of the
@@ -44,6 +63,17 @@ class NullSpace:
     def kept_energy(self) -> float:
         """Paper Eq. 7: fraction of the covariance's trace that lies in the null space."""
         return kept_energy(self.eigvals, self.r)
+
+    def val_kept_energy(self, val_cov: torch.Tensor | None) -> float | None:
+        """Held-out Eq. 7: share of ``tr(C_val)`` inside the null space, ``tr(U2^T C_val U2) / tr(C_val)``."""
+        if val_cov is None:
+            return None
+        val_cov = val_cov.to(self.eigvecs)
+        total = torch.diagonal(val_cov).sum().item()
+        if total <= 0:
+            return None
+        u2 = self.null_basis
+        return max(((val_cov @ u2) * u2).sum().item(), 0.0) / total
 
     @property
     def null_basis(self) -> torch.Tensor:
@@ -74,9 +104,22 @@ def numerical_rank(eigvals: torch.Tensor) -> int:
     return int((eigvals.to(torch.float64) > rank_tolerance(eigvals)).sum().item())
 
 
+RULES = ("a_min", "energy", "leak", "rel_tol")
+
+
+def energy_at(t: int, energy: float, step: float = 0.0, cap: float = 1.0) -> float:
+    """GPM's rising threshold after task ``t`` (0-based): ``min(energy + t * step, cap)``."""
+    return min(energy + t * step, max(cap, energy))
+
+
 def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor: str = "rank",
-             energy: float = 0.99, rel_tol: float = 1e-3) -> int:
-    """Number of eigenvalues (ascending ``eigvals``) that the rule puts in the null space."""
+             energy: float = 0.99, rel_tol: float = 1e-3, leak: float = 0.02,
+             val_energy: torch.Tensor | None = None) -> int:
+    """Number of eigenvalues (ascending ``eigvals``) that the rule puts in the null space.
+
+    ``val_energy`` (``leak`` rule): ``u_i^T C_val u_i`` for each eigenvector, in the same order; its
+    sum is ``tr(C_val)``. ``None`` or an all-zero vector falls back to ``eigvals``.
+    """
     ev = eigvals.to(torch.float64)
     d = ev.numel()
     lam_max = ev[-1].item() if d else 0.0
@@ -96,20 +139,37 @@ def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor:
         cum = desc.cumsum(0) / desc.sum()
         protected = int((cum < energy - 1e-12).sum().item()) + 1  # smallest k with cum[k-1] >= energy
         return d - min(protected, d)
+    if rule == "leak":
+        q = ev if val_energy is None else val_energy.to(torch.float64)
+        if q.numel() != d:
+            raise ValueError(f"val_energy has {q.numel()} entries for {d} eigenvalues")
+        q = q.clamp_min(0)
+        if q.sum().item() <= 0:
+            q = ev.clamp_min(0)
+        cum = q.cumsum(0) / q.sum()
+        return int((cum <= leak + 1e-12).sum().item())  # cum is non-decreasing: a prefix
     if rule == "rel_tol":
         return int((ev <= rel_tol * lam_max).sum().item())
     raise ValueError(f"unknown null-space rule {rule!r}")
 
 
-def compute(cov: torch.Tensor, **rule) -> NullSpace:
-    """Eigendecompose a covariance (``torch.linalg.eigh`` in float64: ascending order) and select."""
+def compute(cov: torch.Tensor, val_cov: torch.Tensor | None = None, **rule) -> NullSpace:
+    """Eigendecompose a covariance (``torch.linalg.eigh`` in float64: ascending order) and select.
+
+    ``val_cov``: the held-out covariance the ``leak`` rule measures against (ignored by the others).
+    """
     cov = cov.to(torch.float64)
     cov = (cov + cov.T) / 2
     eigvals, eigvecs = torch.linalg.eigh(cov)
     # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
     # values the official code's SVD returns), so the null space is always a prefix.
     eigvals, order = eigvals.abs().sort()
-    return NullSpace(eigvals, eigvecs[:, order], null_dim(eigvals, **rule))
+    eigvecs = eigvecs[:, order]
+    val_energy = None
+    if rule.get("rule") == "leak" and val_cov is not None:
+        val_cov = val_cov.to(eigvecs)
+        val_energy = ((val_cov @ eigvecs) * eigvecs).sum(0)  # u_i^T C_val u_i
+    return NullSpace(eigvals, eigvecs, null_dim(eigvals, val_energy=val_energy, **rule))
 
 
 class Projector:
@@ -146,76 +206,110 @@ class Projector:
 class NullSpaceTracker:
     """Per-layer covariance accumulated over tasks, its null space after each task, and the history.
 
-    ``history[layer]`` = ``{"d", "dims": [r per task], "kept_energy": [R per task], "rank": [...],
-    "lambda_max": [...]}``; ``spectra["<layer>/task<t>"]`` = ascending eigenvalues after task t.
+    ``cov`` sums the training inputs of every finished task; ``val_cov`` sums their validation inputs
+    the same way (the ``leak`` rule's ``C_val``; for every rule it also gives the held-out kept
+    energy). ``history[layer]`` = ``{"d", "dims": [r per task], "kept_energy": [R per task],
+    "val_kept_energy": [held-out R, None without validation data], "rank": [...], "lambda_max": [...]}``;
+    ``spectra["<layer>/task<t>"]`` = ascending eigenvalues after task t.
     """
 
     def __init__(self, layers: dict, covariance: str = "per_sample", rule: dict | None = None,
                  scale_sqrt_r: bool = False):
-        """``rule``: keyword arguments of :func:`null_dim` (rule, a, floor, energy, rel_tol);
-        ``covariance``: ``per_sample`` or ``batch_mean`` (:class:`nscl.core.covariance.Covariance`)."""
+        """``rule``: keyword arguments of :func:`null_dim` (rule, a, floor, energy, rel_tol, leak) plus
+        ``energy_step`` / ``energy_max`` (:func:`energy_at`); ``covariance``: ``per_sample`` or
+        ``batch_mean`` (:class:`nscl.core.covariance.Covariance`)."""
         from .covariance import Covariance, input_dim
 
         self.layers = layers
         self.base_rule = dict(rule or {})
         self.scale_sqrt_r = scale_sqrt_r
         self.cov = Covariance(layers, covariance)
+        self.val_cov = Covariance(layers, covariance)
         self.spaces: dict[str, NullSpace] = {}
-        self.history = {n: {"d": input_dim(m), "dims": [], "kept_energy": [], "rank": [], "lambda_max": []}
+        self.history = {n: {"d": input_dim(m), "dims": [], "kept_energy": [], "val_kept_energy": [],
+                            "rank": [], "lambda_max": []}
                         for n, m in layers.items()}
+        self.task = -1  # the last task whose inputs are in the covariances
         self.spectra: dict[str, "numpy.ndarray"] = {}  # noqa: F821 (numpy arrays, see recompute)
         self.rules = {n: {} for n in layers}  # per-layer overrides of the selection rule
 
-    def rule(self, name: str) -> dict:
-        """The selection rule of one layer: the tracker's rule with the layer's overrides."""
-        return {**self.base_rule, **self.rules.get(name, {})}
+    def rule(self, name: str, t: int | None = None) -> dict:
+        """Keyword arguments of :func:`compute` for one layer after task ``t`` (default: the last one
+        seen): the tracker's rule with the layer's overrides, the energy threshold at task ``t``."""
+        rule = {**self.base_rule, **self.rules.get(name, {})}
+        step, cap = rule.pop("energy_step", 0.0), rule.pop("energy_max", 1.0)
+        if "energy" in rule:
+            rule["energy"] = energy_at(max(self.task if t is None else t, 0), rule["energy"], step, cap)
+        return rule
+
+    def val_matrix(self, name: str) -> torch.Tensor | None:
+        """Held-out covariance of one layer, or None when no validation inputs were seen."""
+        if not self.val_cov.counts.get(name):
+            return None
+        return self.val_cov.matrix(name)
+
+    def null_space(self, name: str, cols: torch.Tensor | None = None, t: int | None = None) -> NullSpace:
+        """The null space of ``name``'s covariance under its rule, restricted to the input columns
+        ``cols`` if given (``nscl_prune`` needs one per owner class of kept units)."""
+        cov, val = self.cov.matrix(name), self.val_matrix(name)
+        if cols is not None:
+            cov = cov[cols.to(cov.device)][:, cols.to(cov.device)]
+            val = val[cols.to(val.device)][:, cols.to(val.device)] if val is not None else None
+        return compute(cov, val_cov=val, **self.rule(name, t))
 
     def set_rule(self, name: str, **overrides) -> None:
         """Override the selection rule of one layer (e.g. a factorised layer's bottleneck)."""
         self.rules.setdefault(name, {}).update(overrides)
 
-    def update(self, forward, batches, t: int) -> None:
-        """Add task ``t``'s layer inputs (``forward(x)`` over ``batches``) and recompute the null spaces."""
+    def update(self, forward, batches, t: int, val_batches=()) -> None:
+        """Add task ``t``'s layer inputs (``forward(x)`` over ``batches``, and over ``val_batches`` for
+        the held-out covariance) and recompute the null spaces."""
         self.cov.update(forward, batches)
+        self.val_cov.update(forward, val_batches)
         self.recompute(t)
 
     def recompute(self, t: int | None = None) -> None:
+        if t is not None:
+            self.task = t
         for name in self.layers:
-            ns = compute(self.cov.matrix(name), **self.rule(name))
+            ns = self.null_space(name)
             self.spaces[name] = ns
             if t is not None:
                 h = self.history[name]
                 ev = ns.eigvals
                 h["dims"].append(ns.r)
                 h["kept_energy"].append(ns.kept_energy)
+                h.setdefault("val_kept_energy", []).append(ns.val_kept_energy(self.val_matrix(name)))
                 h["rank"].append(numerical_rank(ev))
                 h["lambda_max"].append(ev[-1].item())
                 self.spectra[f"{name}/task{t}"] = ev.cpu().numpy()
 
     # ---- covariance access (methods that transform a layer's old covariance) ---------------------
-    def has_covariance(self, name: str) -> bool:
-        return name in self.cov.sums
+    def has_covariance(self, name: str, held_out: bool = False) -> bool:
+        return name in (self.val_cov if held_out else self.cov).sums
 
     def covariance(self, name: str) -> torch.Tensor:
         """The accumulated (normalised) covariance of a layer's old inputs."""
         return self.cov.matrix(name)
 
-    def covariance_sum(self, name: str) -> torch.Tensor:
+    def covariance_sum(self, name: str, held_out: bool = False) -> torch.Tensor:
         """The un-normalised sum of outer products (what tasks add into)."""
-        return self.cov.sums[name]
+        return (self.val_cov if held_out else self.cov).sums[name]
 
-    def covariance_count(self, name: str) -> int:
-        return self.cov.counts[name]
+    def covariance_count(self, name: str, held_out: bool = False) -> int:
+        return (self.val_cov if held_out else self.cov).counts[name]
 
     def set_covariance(self, name: str, total: torch.Tensor, count: int | None = None,
-                       recompute: bool = True) -> None:
-        """Replace a layer's accumulated sum (and row count); recompute its null space unless told not to.
-        Not recorded in ``history``: the next task boundary records it."""
-        self.cov.sums[name] = total
+                       recompute: bool = True, held_out: bool = False) -> None:
+        """Replace a layer's accumulated sum (and row count) of the training covariance, or of the
+        held-out one with ``held_out``; recompute its null space unless told not to. Not recorded in
+        ``history``: the next task boundary records it."""
+        cov = self.val_cov if held_out else self.cov
+        cov.sums[name] = total
         if count is not None:
-            self.cov.counts[name] = count
+            cov.counts[name] = count
         if recompute:
-            self.spaces[name] = compute(self.cov.matrix(name), **self.rule(name))
+            self.spaces[name] = self.null_space(name)
 
     def projector(self, name: str, dtype=None, device=None) -> Projector:
         layer = self.layers[name]
@@ -224,12 +318,16 @@ class NullSpaceTracker:
 
     def state_dict(self) -> dict:
         """Tensors and plain containers only (checkpoints are loaded with ``weights_only=True``)."""
-        return {"cov": self.cov.state_dict(), "history": self.history,
-                "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()}, "rules": self.rules}
+        return {"cov": self.cov.state_dict(), "val_cov": self.val_cov.state_dict(), "history": self.history,
+                "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()}, "rules": self.rules,
+                "task": self.task}
 
     def load_state_dict(self, state: dict) -> None:
         self.cov.load_state_dict(state["cov"])
+        if "val_cov" in state:
+            self.val_cov.load_state_dict(state["val_cov"])
         self.history, self.rules = state["history"], state["rules"]
+        self.task = state.get("task", max((len(h["dims"]) for h in self.history.values()), default=0) - 1)
         self.spectra = {k: v.numpy() for k, v in state["spectra"].items()}
         if self.cov.sums:
             self.recompute(None)

@@ -55,12 +55,18 @@ COMMON: tuple[Param, ...] = (
     # --- null space (tracked for every method; the projecting methods train in it)
     Param("covariance", "per_sample", "str", "per-sample uncentred covariance (principled, default) "
           "or the official batch-mean-then-unfold variant", choices=("per_sample", "batch_mean")),
-    Param("nullspace_rule", "a_min", "str", "which eigenvectors span the null space",
-          choices=("a_min", "energy", "rel_tol")),
+    Param("nullspace_rule", "energy", "str", "which eigenvectors span the null space: energy (default, "
+          "chosen by measurement; GPM-style, rising with energy_step), a_min (paper), leak (held-out leakage "
+          "budget), rel_tol", choices=("energy", "a_min", "leak", "rel_tol")),
     Param("a", 10.0, "float", "a_min rule: keep eigenvalues <= a * lambda_min"),
     Param("a_min_floor", "rank", "str", "a_min rule on rank-deficient covariances: floor lambda_min at the "
           "numerical-rank tolerance (principled, default) or use it raw (official)", choices=("rank", "none")),
-    Param("energy", 0.99, "float", "energy rule: directions holding this energy fraction are protected"),
+    Param("energy", 0.9, "float", "energy rule: directions holding this energy fraction are protected"),
+    Param("energy_step", 0.0, "float", "energy rule: the threshold rises by this much per finished task "
+          "(GPM on CIFAR-100: 0.003), energy_t = min(energy + t * energy_step, energy_max)"),
+    Param("energy_max", 1.0, "float", "energy rule: cap of the rising threshold (>= energy)"),
+    Param("leak", 0.02, "float", "leak rule: largest null space holding at most this share of the old tasks' "
+          "held-out (validation) input energy, tr(U2' C_val U2) / tr(C_val); needs val_fraction > 0"),
     Param("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null"),
     Param("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for "
           "batch_mean, eval_batch_size for per_sample)"),
@@ -212,6 +218,16 @@ def _check_values(cfg: dict) -> None:
             raise ConfigError(f"parameter {key!r} must be > 0, got {cfg[key]}")
     if not 0 < cfg["energy"] <= 1:
         raise ConfigError(f"parameter 'energy' must be in (0, 1], got {cfg['energy']}")
+    if cfg["energy_step"] < 0:
+        raise ConfigError(f"parameter 'energy_step' must be >= 0, got {cfg['energy_step']}")
+    if not cfg["energy"] <= cfg["energy_max"] <= 1:
+        raise ConfigError(f"parameter 'energy_max' must be in [energy, 1] = [{cfg['energy']}, 1], "
+                          f"got {cfg['energy_max']}")
+    if not 0 <= cfg["leak"] < 1:
+        raise ConfigError(f"parameter 'leak' must be in [0, 1), got {cfg['leak']}")
+    if cfg["nullspace_rule"] == "leak" and cfg["val_fraction"] <= 0:
+        raise ConfigError("parameter 'nullspace_rule' is 'leak', which measures the null space on the old "
+                          "tasks' validation inputs: set val_fraction > 0 (e.g. 0.1) or choose another rule")
     if not 0 <= cfg["val_fraction"] < 1:
         raise ConfigError(f"parameter 'val_fraction' must be in [0, 1), got {cfg['val_fraction']}")
     if cfg["preset"] is not None and cfg["preset"] not in PRESETS:

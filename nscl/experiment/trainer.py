@@ -91,9 +91,11 @@ class Trainer:
         self.tracker = NullSpaceTracker(
             self.method.tracked_layers(), cfg["covariance"], scale_sqrt_r=cfg["scale_sqrt_r"],
             rule=dict(rule=cfg["nullspace_rule"], a=cfg["a"], floor=cfg["a_min_floor"], energy=cfg["energy"],
-                      rel_tol=cfg["rel_tol"]))
+                      energy_step=cfg["energy_step"], energy_max=cfg["energy_max"], rel_tol=cfg["rel_tol"],
+                      leak=cfg["leak"]))
         T = len(self.stream)
         self.acc: list[list] = [[None] * T for _ in range(T)]
+        self.val_acc: list[list] = [[None] * T for _ in range(T)]  # the same matrix on the val split
         self.timing: list[dict] = []
         self.generator = torch.Generator()
         self.tasks_done = 0  # tasks trained and closed (end_task) so far
@@ -191,6 +193,10 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t)
         xs = (x for x, _, _ in self.batches([(self.stream[t].train, t)], bs, shuffle=True, generator=gen))
         self.tracker.cov.update(lambda x: self.model.features(x), xs)
+        val = self.stream[t].val  # held-out inputs of the same task: the leak rule, held-out kept energy
+        if len(val):
+            vs = (x for x, _, _ in self.batches([(val, t)], bs, shuffle=True, generator=gen))
+            self.tracker.val_cov.update(lambda x: self.model.features(x), vs)
         timing["covariance_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.tracker.recompute(t)
@@ -198,6 +204,8 @@ class Trainer:
         t0 = time.perf_counter()
         for j in range(t + 1):
             self.acc[t][j] = self.accuracy(j)
+            # validation accuracy: what settings are chosen on (never the test split)
+            self.val_acc[t][j] = self.accuracy(j, "val") if len(self.stream[j].val) else None
         timing["eval_s"] = time.perf_counter() - t0
         self.tasks_done = t + 1
         return timing
@@ -263,6 +271,8 @@ class Trainer:
             "tasks": [t.name for t in self.stream],
             "acc": self.acc,
             "metrics": metrics_mod.summary(self.acc),
+            "val_acc": self.val_acc,
+            "val_metrics": metrics_mod.summary(self.val_acc),
             "null_space": self.tracker.history,
             "method_diagnostics": self.method.diagnostics(),
             "timing": {"per_task": self.timing, "total_s": total_s if total_s is not None else
@@ -283,7 +293,7 @@ class Trainer:
         records.save_checkpoint(self.out_dir, {
             "task": t, "params": self.cfg, "model": self.model.state_dict(),
             "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
-            "acc": self.acc, "timing": self.timing})
+            "acc": self.acc, "val_acc": self.val_acc, "timing": self.timing})
 
     def _resume(self) -> int:
         """Load the checkpoint of the last finished task, if any; return the next task index."""
@@ -301,6 +311,7 @@ class Trainer:
         self.method.load_state_dict(state["method"])
         self.tracker.load_state_dict(state["tracker"])
         self.acc, self.timing = state["acc"], state["timing"]
+        self.val_acc = state.get("val_acc", self.val_acc)
         self.tasks_done = state["task"] + 1
         return self.tasks_done
 

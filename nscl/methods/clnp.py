@@ -110,13 +110,12 @@ class _UnitPruning(Method):
         tracker = self.trainer.tracker
         ro = self.masks.owner[wire.out_group]
         co = self.masks.col_owner(wire)
-        cov = tracker.covariance(wire.name)
         weight = wire.module.weight
         blocks, log = [], []
         for k in sorted(set(ro[ro < t].tolist())):
             rows = (ro == k).nonzero().squeeze(1)
             cols = (co <= k).nonzero().squeeze(1)
-            ns = nullspace.compute(cov[cols.to(cov.device)][:, cols.to(cov.device)], **tracker.rule(wire.name))
+            ns = tracker.null_space(wire.name, cols=cols)
             proj = nullspace.Projector(ns, dtype=weight.dtype, device=weight.device,
                                        scale_sqrt_r=self.cfg["scale_sqrt_r"])
             blocks.append((rows.to(weight.device), cols.to(weight.device), proj))

@@ -121,9 +121,12 @@ class LowRank(Method):
             if f.A.bias is not None or not tracker.has_covariance(b) or not tracker.has_covariance(a):
                 continue
             _, B = f.factors()
-            S_x = tracker.covariance_sum(b)
-            Bd = B.to(S_x)
-            tracker.set_covariance(a, Bd.T @ S_x @ Bd, tracker.covariance_count(b))
+            for held_out in (True, False):  # the held-out covariance follows the same map; then recompute
+                if tracker.has_covariance(b, held_out):
+                    S_x = tracker.covariance_sum(b, held_out)
+                    Bd = B.to(S_x)
+                    tracker.set_covariance(a, Bd.T @ S_x @ Bd, tracker.covariance_count(b, held_out),
+                                           recompute=not held_out, held_out=held_out)
 
     def penalty(self, t):
         pen = super().penalty(t)
@@ -140,13 +143,15 @@ class LowRank(Method):
             tracker = self.trainer.tracker if self.trainer is not None else None
             for name, f in self.layers.items():
                 r, M = f.truncate(tol)
-                if tracker is not None and tracker.has_covariance(f"{name}.A"):
-                    S = tracker.covariance_sum(f"{name}.A")  # old bottleneck covariance follows z -> M z
+                for held_out in (False, True):  # old bottleneck covariances (train, held-out) follow z -> M z
+                    if tracker is None or not tracker.has_covariance(f"{name}.A", held_out):
+                        continue
+                    S = tracker.covariance_sum(f"{name}.A", held_out)
                     full = torch.zeros(S.shape, dtype=S.dtype, device=S.device)
                     full[:r, :f.K] = M.to(S)
                     if S.shape[0] > f.K:  # bias column of A
                         full[f.K:, f.K:] = torch.eye(S.shape[0] - f.K, dtype=S.dtype, device=S.device)
-                    tracker.set_covariance(f"{name}.A", full @ S @ full.T, recompute=False)
+                    tracker.set_covariance(f"{name}.A", full @ S @ full.T, recompute=False, held_out=held_out)
         for name, f in self.layers.items():
             for k, v in lr.layer_stats(f, self.cfg["rank_tol"]).items():
                 self.records[name][k].append(v)
