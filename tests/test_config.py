@@ -38,6 +38,14 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys():
     ("epochs", 0, "'epochs' must be >= 1"),
     ("energy", 1.5, "'energy' must be in (0, 1]"),
     ("lr", -1.0, "'lr' must be > 0"),
+    ("energy_step", -0.01, "'energy_step' must be >= 0"),
+    ("energy_step", float("nan"), "'energy_step' must be a finite number"),
+    ("a", float("inf"), "'a' must be a finite number"),
+    ("energy_max", 0.5, "'energy_max' must be in [energy, 1]"),
+    ("energy_max", 1.01, "'energy_max' must be in [energy, 1]"),
+    ("leak", 1.0, "'leak' must be in [0, 1)"),
+    ("leak", -0.1, "'leak' must be in [0, 1)"),
+    ("leak", float("nan"), "'leak' must be a finite number"),
     ("preset", "cifar_paper", "parameter 'preset': unknown"),
 ])
 def test_wrong_types_and_values_rejected(key, value, needle):
@@ -106,3 +114,9 @@ def test_cli_rejects_bad_params_before_training(argv, needle, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err
     assert not out.exists()
+
+
+def test_leak_rule_needs_held_out_data():
+    msg = error_of(nullspace_rule="leak", val_fraction=0.0)
+    assert "validation inputs" in msg and "val_fraction > 0" in msg
+    assert config.resolve(overrides=dict(nullspace_rule="leak", leak=0.05))["leak"] == 0.05

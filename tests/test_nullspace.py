@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nscl.core.nullspace import NullSpace, NullSpaceTracker, Projector, compute, null_dim
+from nscl.core.nullspace import NullSpace, NullSpaceTracker, Projector, compute, energy_at, null_dim
 
 
 def random_space(d: int, r: int, seed: int = 0) -> NullSpace:
@@ -127,3 +127,85 @@ def test_tracker_history_spectra_and_per_layer_rules():
     tr.recompute()
     assert tr.projector("l").r == 8
     assert h["dims"] == [5, 3]  # recompute without a task does not append history
+
+
+# ---- GPM-style rising threshold and the held-out leakage budget --------------------------------
+def test_energy_at_rises_per_task_and_is_capped():
+    assert energy_at(0, 0.97, 0.003) == pytest.approx(0.97)
+    assert energy_at(5, 0.97, 0.003) == pytest.approx(0.985)
+    assert energy_at(50, 0.97, 0.003, cap=0.99) == pytest.approx(0.99)
+    assert energy_at(7, 0.9) == 0.9  # no step: the flat energy rule
+
+
+def test_leak_rule_on_constructed_spectrum_and_held_out_energies():
+    ev = torch.tensor([1.0, 2.0, 3.0, 4.0, 90.0], dtype=torch.float64)  # training eigenvalues, total 100
+    q = torch.tensor([1.0, 1.0, 2.0, 6.0, 90.0], dtype=torch.float64)  # u_i^T C_val u_i, total 100
+    # held-out cumulative shares 0.01, 0.02, 0.04, 0.10, 1.0: the largest prefix within the budget
+    assert [null_dim(ev, "leak", leak=b, val_energy=q) for b in (0.0, 0.01, 0.02, 0.05, 0.099, 0.1, 0.5)] \
+        == [0, 1, 2, 3, 3, 4, 4]
+    # without held-out data the training energies decide (shares 0.01, 0.03, 0.06, 0.10): another answer
+    assert null_dim(ev, "leak", leak=0.05) == 2
+    assert null_dim(ev, "leak", leak=0.05, val_energy=torch.zeros(5, dtype=torch.float64)) == 2
+    with pytest.raises(ValueError, match="val_energy has 4 entries"):
+        null_dim(ev, "leak", leak=0.05, val_energy=q[:4])
+
+
+def rotated(diag: list[float], q: torch.Tensor) -> torch.Tensor:
+    return q @ torch.diag(torch.tensor(diag, dtype=torch.float64)) @ q.T
+
+
+def test_leak_rule_keeps_directions_that_held_out_data_uses():
+    """The training covariance has five tiny directions; held-out data of the same tasks puts real
+    energy into one of them (the training sample missed it). The energy rule frees all five; the
+    leak rule stops before that direction, whatever the budget below its share."""
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    train = rotated([1e-6, 2e-6, 3e-6, 4e-6, 5e-6, 2.0, 5.0, 10.0], q)
+    val = rotated([1e-6, 2e-6, 3e-6, 1.0, 5e-6, 2.0, 5.0, 10.0], q)  # the 4th direction: 1/18 of C_val
+    assert compute(train, rule="energy", energy=0.98).r == 5
+    assert compute(train, val_cov=val, rule="leak", leak=0.02).r == 3
+    assert compute(train, val_cov=val, rule="leak", leak=0.06).r == 5  # 1/18 = 0.056 fits
+    assert compute(train, val_cov=val, rule="leak", leak=0.2).r == 6  # + 2/18 = 0.167
+    assert compute(train, rule="leak", leak=0.02).r == 5  # no held-out data: training energies
+    ns = compute(train, val_cov=val, rule="leak", leak=0.02)
+    assert ns.val_kept_energy(val) == pytest.approx(6e-6 / 18.000015, rel=1e-6)
+    P = ns.null_basis @ ns.null_basis.T
+    torch.testing.assert_close(P, q[:, :3] @ q[:, :3].T, rtol=0, atol=1e-8)
+
+
+def test_tracker_leak_rule_from_train_and_val_batches():
+    """Tracker end to end: task inputs live in a 3-dim subspace of R^10 (train and val alike), except
+    that the validation inputs also vary along one direction the 40 training rows never reach."""
+    torch.manual_seed(0)
+    lin = nn.Linear(10, 4, bias=False)
+    rule = dict(rule="leak", leak=0.05)
+    tr = NullSpaceTracker({"l": lin}, "per_sample", rule=rule)
+    basis, _ = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64))
+    basis = basis.float()
+    x_train = torch.randn(40, 3) @ basis[:, :3].T
+    x_val = torch.randn(400, 3) @ basis[:, :3].T + torch.randn(400, 1) @ basis[:, 3:4].T
+    tr.update(lin, [x_train], t=0, val_batches=[x_val])
+    h = tr.history["l"]
+    # 7 exact null directions of the training covariance; the one val direction holds 1/4 of C_val,
+    # so with a 5% budget it stays protected (it is one of the 7 equally null ones: the rule must see it)
+    assert h["rank"] == [3]
+    assert h["dims"][0] < 7
+    assert h["val_kept_energy"][0] <= 0.05
+    assert tr.projector("l").r == h["dims"][0]
+    # the same tracker without held-out data frees all 7
+    tr2 = NullSpaceTracker({"l": lin}, "per_sample", rule=rule)
+    tr2.update(lin, [x_train], t=0)
+    assert tr2.history["l"]["dims"] == [7] and tr2.history["l"]["val_kept_energy"] == [None]
+
+
+def test_tracker_rising_energy_threshold():
+    """The same inputs every task (energy shares 0.5, 0.3, 0.12, 0.05, 0.025, 0.005): the protected
+    set grows as energy_t = 0.9, 0.95, 0.99 (capped) after tasks 1, 2, 3."""
+    lin = nn.Linear(6, 2, bias=False)
+    tr = NullSpaceTracker({"l": lin}, "per_sample", rule=dict(rule="energy", energy=0.9, energy_step=0.05,
+                                                              energy_max=0.99))
+    x = torch.diag(torch.tensor([0.5, 0.3, 0.12, 0.05, 0.025, 0.005]).sqrt())
+    for t in range(4):
+        tr.update(lin, [x], t=t)
+    assert tr.history["l"]["dims"] == [3, 2, 1, 1]
+    assert [tr.rule("l", t)["energy"] for t in range(4)] == pytest.approx([0.9, 0.95, 0.99, 0.99])

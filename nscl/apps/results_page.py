@@ -263,7 +263,7 @@ def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | 
               f"at least {DEFAULT_GAIN:g} points above `finetune`. Measured on the means above.", ""]
     lines += goal_lines(gl) + [""]
     chance = _chance_rows(ok)
-    lines += [f"Null-space runs at chance on some task (final accuracy within the check's margin of chance): "
+    lines += ["Null-space runs at chance on some task (final accuracy within the check's margin of chance): "
               + ("none." if not chance else "; ".join(chance) + "."), ""]
     if figure:
         lines += ["## Stability–plasticity plane", "",
