@@ -103,10 +103,12 @@ PARAMS = (
     Param("benchmark", "split_fmnist", "str", "task stream, see nscl.data.BENCHMARKS"),
     Param("data_root", None, "str", "directory with the dataset files (else NSCL_DATA_ROOT, system paths)"),
     Param("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)"),
-    Param("n_tasks", None, "int", "override the benchmark's number of tasks"),
-    Param("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)"),
-    Param("test_samples_per_task", None, "int", "keep this many test samples per task"),
-    Param("val_fraction", 0.1, "float", "held-out fraction of each task's training data"),
+    Param("n_tasks", None, "int", "override the benchmark's number of tasks (split: at most its classes)",
+          range="[1, inf)"),
+    Param("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)",
+          range="[1, inf)"),
+    Param("test_samples_per_task", None, "int", "keep this many test samples per task", range="[1, inf)"),
+    Param("val_fraction", 0.1, "float", "held-out fraction of each task's training data", range="[0, 1)"),
     Param("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
           choices=("fixed", "random")),
 )
@@ -128,6 +130,17 @@ BENCHMARKS: dict[str, dict] = {
 }
 
 _SCENARIOS = ("split", "permuted")
+
+#: classes of each dataset, known without reading it (a split stream has at most this many tasks)
+DATASET_CLASSES = {"fashion_mnist": 10, "cifar100": 100, "tinyimagenet": 200, "digits": 10}
+
+
+def benchmark_classes(benchmark: str) -> int:
+    """Number of classes a benchmark's stream is cut from (checked before any data is read)."""
+    b = BENCHMARKS[benchmark]
+    if b["dataset"] == "synthetic":
+        return int(b["dataset_kwargs"]["n_classes"])
+    return DATASET_CLASSES[b["dataset"]]
 
 
 class DataNotFoundError(FileNotFoundError):
