@@ -192,3 +192,89 @@ def test_two_runs_started_at_once_into_one_folder_never_both_succeed(tmp_path):
     with open(out / records.PARAMS) as f:
         assert res["status"] == "complete" and res["params"]["seed"] == yaml.safe_load(f)["seed"] == winners[0]
     assert not (out / records.LOCK).exists()
+
+
+# ---- listings that never mislead (issue 10, item 3) ------------------------------------------------
+def line_of(text: str, start: str) -> str:
+    """The one output line that starts with ``start`` (after leading blanks), whitespace collapsed."""
+    (line,) = [" ".join(ln.split()) for ln in text.splitlines() if ln.strip().startswith(start)]
+    return line
+
+
+def test_show_seeds_counts_distinct_seeds_not_runs(tmp_path, write_run, capsys):
+    for i, value in enumerate([70.0, 70.0, 70.0, 90.0]):  # four runs of seed 0 (one differs)
+        write_run(tmp_path / f"r{i}", value, seed=0)
+    assert cli.main(["show", str(tmp_path), "--seeds"]) == 0
+    out = capsys.readouterr().out
+    assert "n=4" not in out and "± 0.00" not in out and "nan" not in out
+    assert line_of(out, "group") == "group n seeds ACC BWT plasticity incomplete duplicates"
+    # n = 1 distinct seed; its value alone (no made-up spread); the 3 other runs of seed 0 counted apart
+    assert line_of(out, "all runs") == "all runs 1 0 70.00 0.00 70.00 0 3"
+    assert "duplicates: further complete runs of a seed already counted" in out
+
+
+def test_show_lists_status_and_tasks_done_and_never_averages_partial_runs(tmp_path, write_run, capsys):
+    write_run(tmp_path / "ok0", 60.0, seed=0)
+    write_run(tmp_path / "ok1", 64.0, seed=1)
+    write_run(tmp_path / "failed", 92.0, status="failed", done=1, seed=2,
+              error="NonFiniteLossError: loss is nan at task 2, epoch 1, step 3")
+    write_run(tmp_path / "killed", 99.0, status="running", done=3, seed=3)
+    assert cli.main(["show", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert line_of(out, "run ").startswith("run method benchmark seed status tasks ACC")
+    cells = {name: line_of(out, name + " ").split()[4:7] for name in ("ok0", "ok1", "failed", "killed")}
+    assert cells == {"ok0": ["complete", "5/5", "60.00"], "ok1": ["complete", "5/5", "64.00"],
+                     "failed": ["failed", "1/5", "92.00"], "killed": ["running", "3/5", "99.00"]}
+    assert "2 run(s) not complete: their metrics cover only the tasks done" in out
+    assert line_of(out, "failed:") == "failed: NonFiniteLossError: loss is nan at task 2, epoch 1, step 3"
+
+    assert cli.main(["show", str(tmp_path), "--seeds"]) == 0
+    out = capsys.readouterr().out  # mean ± std of the complete 60 and 64 only; 2 runs left out
+    assert line_of(out, "all runs") == "all runs 2 0,1 62.00 ± 2.83 0.00 ± 0.00 62.00 ± 2.83 2 0"
+
+
+def test_show_seeds_keeps_every_differing_parameter_apart(tmp_path, write_run, capsys):
+    for seed, (lo, hi) in enumerate([(50.0, 80.0), (52.0, 82.0)]):
+        write_run(tmp_path / f"lo{seed}", lo, seed=seed, lr=1e-4)
+        write_run(tmp_path / f"hi{seed}", hi, seed=seed, lr=1e-2)
+    assert cli.main(["show", str(tmp_path), "--seeds"]) == 0
+    out = capsys.readouterr().out
+    assert line_of(out, "lr") == "lr n seeds ACC BWT plasticity incomplete duplicates"
+    assert line_of(out, "0.01") == "0.0100 2 0,1 81.00 ± 1.41 0.00 ± 0.00 81.00 ± 1.41 0 0"
+    assert line_of(out, "0.0001") == "0.0001 2 0,1 51.00 ± 1.41 0.00 ± 0.00 51.00 ± 1.41 0 0"
+    assert cli.main(["show", str(tmp_path), "--seeds", "--ignore", "lr"]) == 0  # asked for: pooled, and it says so
+    assert line_of(capsys.readouterr().out, "all runs").startswith("all runs 2 0,1 ")
+
+
+# ---- bad values: one-line errors before any training (issue 10, items 6 and 7) ----------------------
+@pytest.mark.parametrize("param,needle", [
+    ("lr=.nan", "'lr' must be a finite number, got nan"),
+    ("lr=.inf", "'lr' must be a finite number, got inf"),
+    ("a=.nan", "'a' must be a finite number, got nan"),
+    ("betas=[.nan, 0.9]", "'betas' must hold finite numbers"),
+    ("n_tasks=11", "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
+    ("n_tasks=0", "'n_tasks' must be >= 1, got 0"),
+    ("seed=-1", "'seed' must be >= 0, got -1"),
+    ("samples_per_task=0", "'samples_per_task' must be >= 1, got 0"),
+    ("hidden=[0]", "'hidden' must hold values >= 1, got [0]"),
+    ("hidden=[64, -1]", "'hidden' must hold values >= 1"),
+])
+def test_cli_bad_values_are_one_line_errors_before_training(param, needle, tmp_path, capsys, monkeypatch):
+    from nscl.experiment import trainer
+
+    monkeypatch.setattr(trainer, "run", lambda *a, **k: pytest.fail("training started"))
+    out = tmp_path / "run"
+    assert cli.main(["run", "-f", "params/base.yaml", "-p", param, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: parameter ") and needle in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_nan_rejected_as_a_process(tmp_path):
+    """The real command line: exit status 2, one line on stderr, nothing written."""
+    out = tmp_path / "never"
+    proc = nscl("run", "-f", "params/base.yaml", "-p", "lr=.nan", "-o", str(out))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: parameter 'lr' must be a finite number, got nan: backbone learning rate (first task; later "
+        "tasks too unless lr_projected)"]
+    assert not out.exists()

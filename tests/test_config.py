@@ -47,15 +47,35 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys():
     ("leak", -0.1, "'leak' must be in [0, 1)"),
     ("leak", float("nan"), "'leak' must be a finite number"),
     ("preset", "cifar_paper", "parameter 'preset': unknown"),
+    # non-finite numbers (issue 10, item 6): a NaN lr died at step 2, a NaN `a` gave empty null spaces
+    ("lr", float("nan"), "'lr' must be a finite number, got nan"),
+    ("lr", float("inf"), "'lr' must be a finite number, got inf"),
+    ("lr", "1e400", "'lr' must be a finite number, got inf"),  # YAML's exponent spelling overflows
+    ("a", float("nan"), "'a' must be a finite number, got nan"),
+    ("energy", float("-inf"), "'energy' must be a finite number"),
+    ("betas", [0.9, float("nan")], "'betas' must hold finite numbers"),
+    # ranges declared with the parameters (issue 10, item 7): tracebacks deep in a run before
+    ("n_tasks", 0, "'n_tasks' must be >= 1, got 0"),
+    ("n_tasks", 11, "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
+    ("seed", -1, "'seed' must be >= 0, got -1"),
+    ("samples_per_task", 0, "'samples_per_task' must be >= 1, got 0"),
+    ("test_samples_per_task", -5, "'test_samples_per_task' must be >= 1"),
+    ("hidden", [0], "'hidden' must hold values >= 1, got [0]"),
+    ("cnn_channels", [8, 0], "'cnn_channels' must hold values >= 1"),
+    ("betas", [0.9, 1.0], "'betas' must hold values in [0, 1), got [0.9, 1.0]"),
+    ("val_fraction", 1.0, "'val_fraction' must be in [0, 1), got 1.0"),
+    ("threads", 0, "'threads' must be >= 1"),
+    ("rank_schedule", [0.0, 1.0], "'rank_schedule' must hold values in (0, 1]"),
+    ("lr_projected", 0.0, "'lr_projected' must be > 0"),
 ])
 def test_wrong_types_and_values_rejected(key, value, needle):
     assert needle in error_of(**{key: value})
 
 
 def test_types_are_normalised():
-    cfg = config.resolve(overrides=dict(lr=1, betas=(0.9, 1), hidden=(8, 4), lr_projected=None))
+    cfg = config.resolve(overrides=dict(lr=1, betas=(0, 0.9), hidden=(8, 4), lr_projected=None))
     assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
-    assert cfg["betas"] == [0.9, 1.0] and cfg["hidden"] == [8, 4]
+    assert cfg["betas"] == [0.0, 0.9] and isinstance(cfg["betas"][0], float) and cfg["hidden"] == [8, 4]
     assert set(cfg) == set(config.defaults())  # fully resolved: every key present
 
 
@@ -120,3 +140,46 @@ def test_leak_rule_needs_held_out_data():
     msg = error_of(nullspace_rule="leak", val_fraction=0.0)
     assert "validation inputs" in msg and "val_fraction > 0" in msg
     assert config.resolve(overrides=dict(nullspace_rule="leak", leak=0.05))["leak"] == 0.05
+
+
+def test_ranges_checked_per_benchmark_and_null_allowed():
+    assert config.resolve(overrides=dict(benchmark="split_cifar100_20", n_tasks=100))["n_tasks"] == 100
+    assert "at most 100 tasks; got 101" in error_of(benchmark="split_cifar100_10", n_tasks=101)
+    assert config.resolve(overrides=dict(benchmark="permuted_fmnist", n_tasks=11))["n_tasks"] == 11  # any count
+    cfg = config.resolve(overrides=dict(n_tasks=None, threads=None, lr_projected=None, hidden=[]))
+    assert cfg["n_tasks"] is None and cfg["threads"] is None and cfg["hidden"] == []
+
+
+def test_benchmark_classes_match_the_data():
+    """The class counts that config checks n_tasks against, without reading data, are the real ones."""
+    from nscl import data
+
+    assert set(data.DATASET_CLASSES) | {"synthetic"} == {b["dataset"] for b in data.BENCHMARKS.values()}
+    for name in ("split_digits", "synthetic"):
+        assert data.benchmark_classes(name) == data.make_stream(name, seed=0).info["n_classes_total"] == 10
+    for name, b in data.BENCHMARKS.items():  # the benchmarks' own task counts fit their classes
+        assert 1 <= b["n_tasks"] <= data.benchmark_classes(name)
+
+
+def test_param_range_declaration():
+    from nscl.core.params import Param
+
+    p = Param("k", 2, "int", "help", range="[1, inf)")
+    assert p.bounds() == (1.0, float("inf"), True, False) and p.describe_range() == ">= 1"
+    assert p.range_error(1) is None and p.range_error(0) == "must be >= 1" and p.range_error(None) is None
+    q = Param("f", 0.5, "float", "help", range="(0, 1]")
+    assert q.describe_range() == "in (0, 1]"
+    assert [q.range_error(v) is None for v in (0.0, 1e-9, 1.0, 1.5, float("nan"))] == [False, True, True, False, False]
+    lst = Param("l", [1, 2], "list[int]", "help", range="[1, inf)")
+    assert lst.range_error([]) is None and lst.range_error([3, 0]) == "must hold values >= 1"
+    assert Param("g", -1.0, "float", "help", range="(-inf, 0]").describe_range() == "<= 0"
+    for bad in (dict(range="1..inf"), dict(range="[2, 1]"), dict(range="[5, inf)"), dict(type="str", default="x")):
+        kw = {"name": "b", "default": 2, "type": "int", "help": "h", "range": "[1, inf)", **bad}
+        with pytest.raises(ValueError, match="parameter 'b'"):
+            Param(**kw)
+
+
+def test_every_declared_default_is_valid():
+    """Defaults pass their own ranges and choices (a declaration cannot contradict itself)."""
+    assert config.validate({}) == config.defaults()
+    assert sum(p.range is not None for p in config.PARAMS.values()) >= 25

@@ -182,3 +182,122 @@ def test_cli_status_and_collect(tmp_path):
     assert r.returncode == 0 and "1 runs: 1 complete" in r.stdout
     r = subprocess.run(py + ["collect", str(tmp_path / "out")], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "split_digits/finetune/s0-" in r.stdout and "(1 rows)" in r.stdout
+
+
+# ---- tables that never mislead, errors that are one line, exit codes that tell (issue 10) ----------
+def fake_sweep(tmp_path, monkeypatch, write_run, grid, outcome):
+    """Run a sweep whose runs write made-up records instead of training: ``outcome(cfg)`` gives
+    ``(ACC value, status, tasks done)`` per run (real expansion, manifest, states and collect)."""
+    from nscl.apps.sweep import executors
+
+    def fake_run_one(spec):
+        value, status, done = outcome(spec["cfg"])
+        write_run(spec["out_dir"], value, status=status, done=done, T=3, **spec["cfg"])
+        if status == "failed":
+            (Path(spec["out_dir"]) / "error.txt").write_text("Traceback ...\nNonFiniteLossError: loss is nan\n")
+        return {"name": spec["name"], "status": status, "error": None, "out_dir": spec["out_dir"]}
+
+    monkeypatch.setattr(executors, "run_one", fake_run_one)
+    return sweep.run(write_sweep(tmp_path, grid=grid), executor="debug")["sweep_dir"]
+
+
+def line_of(text: str, *parts: str) -> str:
+    """The one line holding every one of ``parts``, whitespace collapsed."""
+    (line,) = [" ".join(ln.split()) for ln in text.splitlines() if all(p in ln for p in parts)]
+    return line
+
+
+def test_collect_never_pools_differing_parameters_as_seeds(tmp_path, monkeypatch, write_run, capsys):
+    from nscl.apps import cli
+
+    def outcome(cfg):  # lr_projected 1e-3: 80 / 82, 1e-4: 60 / 62; seed 2 failed after one task
+        if cfg["seed"] == 2:
+            return 99.0, "failed", 1
+        return (80.0 if cfg["lr_projected"] == 1e-3 else 60.0) + 2 * cfg["seed"], "complete", None
+
+    d = fake_sweep(tmp_path, monkeypatch, write_run, {"method": ["adam_nscl"], "lr_projected": [1e-3, 1e-4],
+                                                      "seed": [0, 1, 2]}, outcome)
+    assert cli.main(["sweep", "collect", d]) == 0
+    out = capsys.readouterr().out
+    head = line_of(out, "benchmark", "lr_projected", "seeds")
+    assert head == "benchmark method lr_projected n seeds ACC BWT plasticity incomplete duplicates"
+    # pooled, the four complete runs would read 71.0 ± 11.9 with n=4
+    assert line_of(out, "split_digits adam_nscl", "0.0010") == \
+        "split_digits adam_nscl 0.0010 2 0,1 81.0 ± 1.4 0.0 ± 0.0 81.0 ± 1.4 1 0"
+    assert line_of(out, "split_digits adam_nscl", "0.0001") == \
+        "split_digits adam_nscl 0.0001 2 0,1 61.0 ± 1.4 0.0 ± 0.0 61.0 ± 1.4 1 0"
+    failed = [ln.split() for ln in out.splitlines() if "_s2-" in ln and "failed" in ln.split()]
+    assert len(failed) == 2 and all(row[1:3] == ["failed", "1/3"] for row in failed)  # state, tasks done
+    assert "NonFiniteLossError: loss is nan" in out
+
+
+def test_resubmitted_sweep_with_failed_runs_exits_nonzero_and_lists_them(tmp_path, capsys):
+    from nscl.apps import cli
+
+    path = write_sweep(tmp_path, grid=[{"method": ["finetune"], "seed": [0]},
+                                       {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]}])
+    assert cli.main(["sweep", "run", str(path), "--executor", "debug"]) == 1
+    first = capsys.readouterr()
+    assert "0 skipped" in first.out
+    assert cli.main(["sweep", "run", str(path), "--executor", "debug"]) == 1  # nothing ran, one still failed
+    again = capsys.readouterr()
+    assert "0 run(s) executed, 2 skipped" in again.out and "1 complete, 1 failed" in again.out
+    assert again.err.startswith("error: 1 run(s) of the sweep did not complete:")
+    bad = line_of(again.err, "failed ", "lr1e+30")
+    assert bad.startswith("failed split_digits/finetune/lr1e+30_s0-") and "NonFiniteLossError" in bad
+    assert "--retry-failed" in again.err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("name: [unclosed\n", "is not valid YAML"),
+    ("grid: {seed: [0, 1]\nexecutor: {kind: local}\n", "is not valid YAML"),
+    ("- a\n- b\n", "a sweep file is a mapping"),
+    ("files: params/base.yaml\n", "files must be a list of parameter files"),
+    ("params: [epochs, 2]\n", "params must be a mapping"),
+    ("grid: 5\n", "grid must be a mapping key: [values]"),
+    ("grid: [{seed: [0]}, 3]\n", "grid must be a mapping key: [values]"),
+    ("executor: local\n", "executor must be a mapping"),
+    ("executor: {kind: cluster}\n", "executor.kind must be one of slurm, local, debug"),
+    ("executor: {parallel: two}\n", "executor.parallel must be an integer >= 1, got 'two'"),
+    ("executor: {parallel: 0}\n", "executor.parallel must be an integer >= 1, got 0"),
+    ("executor: {slurm: {mem_gb: lots}}\n", "executor.slurm.mem_gb must be a number of GB > 0"),
+    ("executor: {slurm: {partiton: gpu}}\n", "unknown executor.slurm key(s) partiton; valid: account,"),
+    ("cell_timeout_s: soon\n", "cell_timeout_s must be a number of seconds > 0"),
+    ("grid: {seed: [0]}\noverrides: [{when: ewc, set: {lr: 0.1}}]\n", "each overrides entry is"),
+    ("name: 3\n", "name must be a non-empty string"),
+])
+def test_malformed_sweep_file_is_a_one_line_error(text, needle, tmp_path, capsys):
+    from nscl.apps import cli
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"out: {tmp_path / 'out'}\n" + text if not text.startswith("-") else text)
+    assert cli.main(["sweep", "run", str(path), "--executor", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_settings_checked_are_the_ones_passed_on():
+    from nscl.apps.sweep import spec
+
+    assert set(spec.SLURM_SHAPE) == set(spec.SLURM_KEYS)
+
+
+def test_sweep_and_suite_layer_files_like_the_command_line(tmp_path):
+    """A preset in a later file lies over the earlier files (the CLI's rule). Sweeps once merged the
+    files first, so base.yaml's epochs 3 silently replaced the paper recipe's 80."""
+    from nscl.apps import suite
+    from nscl.experiment import config
+
+    files = ["params/base.yaml", "params/split_cifar100_10.yaml"]
+    path = write_sweep(tmp_path, grid={"method": ["finetune", "adam_nscl"], "seed": [1]})
+    doc = yaml.safe_load(path.read_text())
+    doc.update(files=files, params={"device": "cpu", "seed": 0})
+    path.write_text(yaml.safe_dump(doc))
+    for spec in sweep.expand(sweep.load(path)):
+        cli_cfg = config.resolve(files, {"device": "cpu", "method": spec["cfg"]["method"], "seed": 1})
+        assert spec["cfg"] == cli_cfg
+        assert (spec["cfg"]["epochs"], spec["cfg"]["batch_size"], spec["cfg"]["covariance"]) == (80, 32, "batch_mean")
+    nb_params = suite.notebook_parameters(Path("notebooks/00_quickstart.ipynb"), files, {"seed": 1}, hook=None)
+    assert config.resolve(overrides={k: v for k, v in nb_params.items() if k in config.PARAMS}) == \
+        config.resolve(files, {"seed": 1})

@@ -190,18 +190,35 @@ def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str
     return pd.DataFrame(out)
 
 
-def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=("acc", "bwt", "plasticity")
-                   ) -> pd.DataFrame:
-    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`seed_summary`, with the
-    decimals of every metric table."""
-    drop = ("label", "seeds", "incomplete", "duplicates", "time_s_mean")
+def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=("acc", "bwt", "plasticity"),
+                   seeds: bool = False, counts: bool | None = None) -> pd.DataFrame:
+    """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`seed_summary`.
+
+    Keeps the group keys and ``n`` (distinct seeds averaged); ``seeds=True`` adds which seeds. The
+    ``incomplete`` and ``duplicates`` counts come last: always with ``counts=True``, and by default
+    whenever one of them is not zero, so a table never hides runs it left out. One seed gives the
+    mean alone (no ``± 0``), none gives ``-``.
+    """
+    drop = {"label", "seeds", "incomplete", "duplicates", "time_s_mean"}
+    keep_counts = [c for c in ("incomplete", "duplicates")
+                   if c in summary and (counts or (counts is None and (summary[c] > 0).any()))]
     out = summary[[c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in drop]].copy()
+    if seeds and "seeds" in summary:
+        out["seeds"] = summary["seeds"]
     for m in metrics:
         if f"{m}_mean" in summary:
             out[m.upper() if m in ("acc", "bwt") else m] = [
-                f"{mu:.{digits}f} ± {sd:.{digits}f}" if sd == sd else f"{mu:.{digits}f}"
+                "-" if mu != mu else f"{mu:.{digits}f} ± {sd:.{digits}f}" if sd == sd else f"{mu:.{digits}f}"
                 for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+    for c in keep_counts:
+        out[c] = summary[c]
     return out
+
+
+#: what the count columns of :func:`format_summary` mean (printed under the CLI tables)
+SUMMARY_LEGEND = ("n: distinct seeds of complete runs, averaged (mean ± sample std; one seed: the value alone)\n"
+                  "incomplete: failed or unfinished runs, never averaged\n"
+                  "duplicates: further complete runs of a seed already counted, left out")
 
 
 # ---- null spaces ------------------------------------------------------------------------------

@@ -48,22 +48,48 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _tasks(res: dict) -> tuple[int, int]:
+    """``(tasks done, tasks of the stream)`` of a run record."""
+    done = (res.get("metrics") or {}).get("tasks_done")
+    if done is None:
+        done = sum(1 for row in res.get("acc") or [] if row and row[0] is not None)
+    total = len(res.get("tasks") or []) or len(res.get("acc") or []) or (res.get("stream") or {}).get("n_tasks") or 0
+    return int(done), int(total)
+
+
 def format_results(results: list[dict], matrix: bool = False) -> str:
-    """Plain-text table of ACC / BWT / plasticity / forgetting (and accuracy matrices)."""
-    lines = [f"{'run':<28} {'method':<12} {'benchmark':<16} {'seed':>4} {'ACC':>7} {'BWT':>7} "
-             f"{'plast.':>7} {'forget':>7} {'time s':>7}"]
+    """Plain-text table of status, tasks done, ACC / BWT / plasticity / forgetting (and accuracy matrices).
+
+    A failed or unfinished run is listed with its status and tasks done (e.g. ``3/5``): its metrics
+    cover only those tasks. The failed runs' errors follow the table."""
+    lines = [f"{'run':<28} {'method':<12} {'benchmark':<16} {'seed':>4} {'status':<9} {'tasks':>5} {'ACC':>7} "
+             f"{'BWT':>7} {'plast.':>7} {'forget':>7} {'time s':>7}"]
     fmt = lambda v: f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'-':>7}"  # noqa: E731
+    partial, errors = 0, []
     for res in results:
-        p, m = res["params"], res["metrics"]
-        name = _short(res)
-        lines.append(f"{name:<28} {p['method']:<12} {p['benchmark']:<16} {p['seed']:>4} {fmt(m['acc'])} "
-                     f"{fmt(m['bwt'])} {fmt(m['plasticity'])} {fmt(m['forgetting'])} "
-                     f"{fmt(res['timing']['total_s'])}")
+        p, m = res.get("params") or {}, res.get("metrics") or {}
+        name, status = _short(res), res.get("status") or "-"
+        done, total = _tasks(res)
+        partial += status != "complete"
+        if status == "failed":
+            errors.append(f"  {name}: {res.get('error') or 'no error recorded'}")
+        lines.append(f"{name:<28} {str(p.get('method')):<12} {str(p.get('benchmark')):<16} {str(p.get('seed')):>4} "
+                     f"{status:<9} {f'{done}/{total}':>5} {fmt(m.get('acc'))} {fmt(m.get('bwt'))} "
+                     f"{fmt(m.get('plasticity'))} {fmt(m.get('forgetting'))} "
+                     f"{fmt((res.get('timing') or {}).get('total_s'))}")
+    if partial:
+        lines.append(f"\n{partial} run(s) not complete: their metrics cover only the tasks done. status 'running' "
+                     f"means still running or killed (the same command resumes it); --seeds never averages them.")
+    if errors:
+        lines.append("errors of the failed runs:")
+        lines.extend(errors)
     if matrix:
         for res in results:
             lines.append(f"\naccuracy matrix of {_short(res, 60)} "
                          f"(row i: after training task i; column j: task j)")
-            for i, row in enumerate(res["acc"]):
+            for i, row in enumerate(res.get("acc") or []):
+                if not row or row[0] is None:
+                    continue
                 lines.append(f"  {i + 1:>2} " + " ".join(f"{v:6.1f}" if v is not None else f"{'':>6}" for v in row))
     return "\n".join(lines)
 
@@ -89,20 +115,30 @@ def cmd_show(args) -> int:
         print(f"no results.json under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     if args.seeds:
-        df = tables.seed_summary(tables.runs_frame(args.paths), ignore=args.ignore)
-        for _, r in df.iterrows():
-            cells = "  ".join(f"{m.upper()} {r[m + '_mean']:6.2f} ± {r[m + '_std']:4.2f}"
-                              for m in ("acc", "bwt", "plasticity"))
-            print(f"{r['label']:<60} n={r['n']}  {cells}  ({r['time_s_mean']:.0f} s/run)")
+        print(format_seeds(tables.seed_summary(tables.runs_frame(args.paths), ignore=args.ignore)))
         return 0
     print(format_results([records.load(d) for d in dirs], matrix=args.matrix))
     return 0
 
 
+def format_seeds(summary) -> str:
+    """``nscl show --seeds``: one row per group of runs that share every other parameter: n (distinct
+    seeds of complete runs), which seeds, mean ± std, and the runs left out (incomplete, duplicates)."""
+    from ..analysis import tables
+
+    if summary.empty:
+        return "no runs"
+    df = tables.format_summary(summary, digits=2, seeds=True, counts=True)
+    if (summary["label"] == "all").all():  # no parameter differs between the runs
+        df.insert(0, "group", "all runs")
+    return df.to_string(index=False) + "\n\n" + tables.SUMMARY_LEGEND
+
+
 def cmd_params(args) -> int:
     for name, p in sorted(config.PARAMS.items()):
         choices = f" [{'|'.join(map(str, p.choices))}]" if p.choices else ""
-        print(f"{name:<22} {p.type:<12} default={p.default!r}{choices}\n{'':<22} {p.help}")
+        allowed = f" ({p.describe_range()})" if p.range else ""
+        print(f"{name:<22} {p.type:<12} default={p.default!r}{choices}{allowed}\n{'':<22} {p.help}")
     return 0
 
 

@@ -59,14 +59,12 @@ def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: M
     """The papermill parameters of one notebook in the suite (see the module docstring)."""
     import papermill as pm
 
-    params: dict = {}
-    for f in files:
-        params.update(config_mod.read_mapping(f))
+    sources = [config_mod.read_mapping(f) for f in files]  # layered as the command line layers -f files
     if hook:
         hook_file = Path(params_dir or project_root() / "params") / hook.format(stem=nb.stem)
         if hook_file.exists():
-            params.update(config_mod.read_mapping(hook_file))
-    params.update(overrides or {})
+            sources.append(config_mod.read_mapping(hook_file))
+    params = config_mod.layer([*sources, dict(overrides or {})])
     if output_dir is not None:
         params["output_dir"] = str(output_dir)
     declared = pm.inspect_notebook(str(nb))

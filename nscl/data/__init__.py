@@ -22,7 +22,7 @@ from __future__ import annotations
 from ..core.params import Param
 from .errors import CorruptDataError, DataError, DataNotFoundError
 from .paths import SYSTEM_DATA_ROOTS
-from .registry import BENCHMARKS, DATASETS, DatasetSpec, find_or_fail, load_dataset
+from .registry import BENCHMARKS, DATASETS, DatasetSpec, benchmark_classes, find_or_fail, load_dataset
 
 __all__ = [
     "BENCHMARKS",
@@ -33,6 +33,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "DatasetSpec",
+    "benchmark_classes",
     "Stream",
     "Task",
     "TaskData",
@@ -47,10 +48,12 @@ PARAMS: tuple[Param, ...] = (
     Param("data_root", None, "str", "directory with the dataset files; if set (or NSCL_DATA_ROOT), "
                                     "only it is searched, else the system paths"),
     Param("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)"),
-    Param("n_tasks", None, "int", "override the benchmark's number of tasks"),
-    Param("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)"),
-    Param("test_samples_per_task", None, "int", "keep this many test samples per task"),
-    Param("val_fraction", 0.1, "float", "held-out fraction of each task's training data"),
+    Param("n_tasks", None, "int", "override the benchmark's number of tasks (split: at most its classes)",
+          range="[1, inf)"),
+    Param("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)",
+          range="[1, inf)"),
+    Param("test_samples_per_task", None, "int", "keep this many test samples per task", range="[1, inf)"),
+    Param("val_fraction", 0.1, "float", "held-out fraction of each task's training data", range="[0, 1)"),
     Param("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
           choices=("fixed", "random")),
 )

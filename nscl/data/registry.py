@@ -202,3 +202,15 @@ def load_dataset(name: str, data_root: str | None = None, download: bool = False
     except CorruptDataError as e:
         raise CorruptDataError(e.path, e.reason, f"delete or replace it with an intact copy ({ds.get})") from e
     return dict(out)
+
+
+#: classes of each dataset, known without reading it (a split stream has at most this many tasks)
+DATASET_CLASSES = {"fashion_mnist": 10, "cifar100": 100, "tinyimagenet": 200, "digits": 10}
+
+
+def benchmark_classes(benchmark: str) -> int:
+    """Number of classes a benchmark's stream is cut from (checked before any data is read)."""
+    b = BENCHMARKS[benchmark]
+    if b["dataset"] == "synthetic":
+        return int(b["dataset_kwargs"]["n_classes"])
+    return DATASET_CLASSES[b["dataset"]]

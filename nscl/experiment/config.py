@@ -20,7 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from ..core.params import Param
-from ..data import BENCHMARKS
+from ..data import BENCHMARKS, benchmark_classes
 from ..data import PARAMS as DATA_PARAMS
 from ..methods import METHODS
 
@@ -34,46 +34,51 @@ class ConfigError(ValueError):
 COMMON: tuple[Param, ...] = (
     # --- model
     Param("model", "mlp", "str", "backbone", choices=("mlp", "cnn", "resnet18")),
-    Param("hidden", [256, 256], "list[int]", "MLP hidden widths"),
+    Param("hidden", [256, 256], "list[int]", "MLP hidden widths", range="[1, inf)"),
     Param("bias", False, "bool", "bias in backbone Linear/Conv layers (off: exact null spaces)"),
-    Param("cnn_channels", [32, 64], "list[int]", "small CNN channel widths"),
+    Param("cnn_channels", [32, 64], "list[int]", "small CNN channel widths", range="[1, inf)"),
     Param("batchnorm", True, "bool", "BatchNorm in the small CNN (ResNet-18 always has it)"),
-    Param("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)"),
+    Param("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)", range="[1, inf)"),
     # --- training loop
     Param("method", "adam_nscl", "str", "continual-learning method, see nscl.methods.METHODS"),
-    Param("epochs", 3, "int", "epochs per task"),
-    Param("batch_size", 64, "int", "training batch size"),
-    Param("eval_batch_size", 1000, "int", "evaluation batch size"),
-    Param("lr", 1e-3, "float", "backbone learning rate (first task; later tasks too unless lr_projected)"),
-    Param("head_lr", None, "float", "head learning rate (default: lr)"),
-    Param("bn_lr", None, "float", "BatchNorm learning rate (default: lr)"),
-    Param("weight_decay", 0.0, "float", "coupled L2 weight decay on backbone and BN (as the official code)"),
-    Param("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80])"),
-    Param("gamma", 0.5, "float", "MultiStepLR decay factor"),
-    Param("betas", [0.9, 0.999], "list[float]", "Adam betas"),
-    Param("eps", 1e-8, "float", "Adam eps"),
+    Param("epochs", 3, "int", "epochs per task", range="[1, inf)"),
+    Param("batch_size", 64, "int", "training batch size", range="[1, inf)"),
+    Param("eval_batch_size", 1000, "int", "evaluation batch size", range="[1, inf)"),
+    Param("lr", 1e-3, "float", "backbone learning rate (first task; later tasks too unless lr_projected)",
+          range="(0, inf)"),
+    Param("head_lr", None, "float", "head learning rate (default: lr)", range="(0, inf)"),
+    Param("bn_lr", None, "float", "BatchNorm learning rate (default: lr)", range="(0, inf)"),
+    Param("weight_decay", 0.0, "float", "coupled L2 weight decay on backbone and BN (as the official code)",
+          range="[0, inf)"),
+    Param("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80])", range="[1, inf)"),
+    Param("gamma", 0.5, "float", "MultiStepLR decay factor", range="(0, inf)"),
+    Param("betas", [0.9, 0.999], "list[float]", "Adam betas", range="[0, 1)"),
+    Param("eps", 1e-8, "float", "Adam eps", range="[0, inf)"),
     # --- null space (tracked for every method; the projecting methods train in it)
     Param("covariance", "per_sample", "str", "per-sample uncentred covariance (principled, default) "
           "or the official batch-mean-then-unfold variant", choices=("per_sample", "batch_mean")),
     Param("nullspace_rule", "energy", "str", "which eigenvectors span the null space: energy (default, "
           "chosen by measurement; GPM-style, rising with energy_step), a_min (paper), leak (held-out leakage "
           "budget), rel_tol", choices=("energy", "a_min", "leak", "rel_tol")),
-    Param("a", 10.0, "float", "a_min rule: keep eigenvalues <= a * lambda_min"),
+    Param("a", 10.0, "float", "a_min rule: keep eigenvalues <= a * lambda_min", range="(0, inf)"),
     Param("a_min_floor", "rank", "str", "a_min rule on rank-deficient covariances: floor lambda_min at the "
           "numerical-rank tolerance (principled, default) or use it raw (official)", choices=("rank", "none")),
-    Param("energy", 0.9, "float", "energy rule: directions holding this energy fraction are protected"),
+    Param("energy", 0.9, "float", "energy rule: directions holding this energy fraction are protected",
+          range="(0, 1]"),
     Param("energy_step", 0.0, "float", "energy rule: the threshold rises by this much per finished task "
-          "(GPM on CIFAR-100: 0.003), energy_t = min(energy + t * energy_step, energy_max)"),
-    Param("energy_max", 1.0, "float", "energy rule: cap of the rising threshold (>= energy)"),
+          "(GPM on CIFAR-100: 0.003), energy_t = min(energy + t * energy_step, energy_max)", range="[0, inf)"),
+    Param("energy_max", 1.0, "float", "energy rule: cap of the rising threshold (in [energy, 1])", range="(0, 1]"),
     Param("leak", 0.02, "float", "leak rule: largest null space holding at most this share of the old tasks' "
-          "held-out (validation) input energy, tr(U2' C_val U2) / tr(C_val); needs val_fraction > 0"),
-    Param("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null"),
+          "held-out (validation) input energy, tr(U2' C_val U2) / tr(C_val); needs val_fraction > 0",
+          range="[0, 1)"),
+    Param("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null",
+          range="(0, inf)"),
     Param("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for "
-          "batch_mean, eval_batch_size for per_sample)"),
+          "batch_mean, eval_batch_size for per_sample)", range="[1, inf)"),
     # --- run
-    Param("seed", 0, "int", "seed for data order, init and everything else"),
+    Param("seed", 0, "int", "seed for data order, init and everything else", range="[0, inf)"),
     Param("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N"),
-    Param("threads", None, "int", "torch CPU threads (default: torch's)"),
+    Param("threads", None, "int", "torch CPU threads (default: torch's)", range="[1, inf)"),
     Param("quiet", False, "bool", "no progress bars"),
     Param("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named"),
     Param("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes"),
@@ -125,7 +130,7 @@ def defaults() -> dict:
 
 
 def _unknown(key: str) -> ConfigError:
-    close = difflib.get_close_matches(key, PARAMS, n=3)
+    close = difflib.get_close_matches(str(key), PARAMS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"unknown parameter {key!r}.{hint} Valid keys: {', '.join(sorted(PARAMS))}")
 
@@ -189,6 +194,9 @@ def _check_type(key: str, value: Any) -> Any:
             raise bad
     if p.choices and value not in p.choices:
         raise ConfigError(f"parameter {key!r} must be one of {', '.join(map(str, p.choices))}; got {value!r}")
+    out_of_range = p.range_error(value)
+    if out_of_range:
+        raise ConfigError(f"parameter {key!r} {out_of_range}, got {value!r}: {p.help}")
     return value
 
 
@@ -210,26 +218,18 @@ def _check_values(cfg: dict) -> None:
     if cfg["method"] not in METHODS:
         raise ConfigError(f"parameter 'method': unknown {cfg['method']!r}; valid: "
                           f"{', '.join(sorted(METHODS))}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if cfg[key] < 1:
-            raise ConfigError(f"parameter {key!r} must be >= 1, got {cfg[key]}")
-    for key in ("lr", "a", "energy", "rel_tol"):
-        if cfg[key] <= 0:
-            raise ConfigError(f"parameter {key!r} must be > 0, got {cfg[key]}")
-    if not 0 < cfg["energy"] <= 1:
-        raise ConfigError(f"parameter 'energy' must be in (0, 1], got {cfg['energy']}")
-    if cfg["energy_step"] < 0:
-        raise ConfigError(f"parameter 'energy_step' must be >= 0, got {cfg['energy_step']}")
-    if not cfg["energy"] <= cfg["energy_max"] <= 1:
+    # single values are range-checked by their declarations (Param.range, in _check_type)
+    if cfg["n_tasks"] is not None and BENCHMARKS[cfg["benchmark"]]["scenario"] == "split":
+        classes = benchmark_classes(cfg["benchmark"])
+        if cfg["n_tasks"] > classes:
+            raise ConfigError(f"parameter 'n_tasks': {cfg['benchmark']} splits {classes} classes into tasks, "
+                              f"so at most {classes} tasks; got {cfg['n_tasks']}")
+    if cfg["energy_max"] < cfg["energy"]:
         raise ConfigError(f"parameter 'energy_max' must be in [energy, 1] = [{cfg['energy']}, 1], "
                           f"got {cfg['energy_max']}")
-    if not 0 <= cfg["leak"] < 1:
-        raise ConfigError(f"parameter 'leak' must be in [0, 1), got {cfg['leak']}")
     if cfg["nullspace_rule"] == "leak" and cfg["val_fraction"] <= 0:
         raise ConfigError("parameter 'nullspace_rule' is 'leak', which measures the null space on the old "
                           "tasks' validation inputs: set val_fraction > 0 (e.g. 0.1) or choose another rule")
-    if not 0 <= cfg["val_fraction"] < 1:
-        raise ConfigError(f"parameter 'val_fraction' must be in [0, 1), got {cfg['val_fraction']}")
     if cfg["preset"] is not None and cfg["preset"] not in PRESETS:
         raise ConfigError(f"parameter 'preset': unknown {cfg['preset']!r}; valid: {', '.join(PRESETS)}")
     try:
@@ -282,17 +282,12 @@ def load_file(path: str | os.PathLike) -> dict:
     return data
 
 
-def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = None,
-            **kwargs: Any) -> dict:
-    """Layer parameter files (left to right), then ``overrides``, then keyword arguments.
-
-    A ``preset`` is a named bundle of parameters expanded where it is named: under the keys of the
-    same source (file / overrides / kwargs) but over everything layered before it. So
-    ``-f params/base.yaml -p preset=adam_nscl_official`` switches base's run to the official
-    variant, and a file with ``preset: cifar100_10_paper`` plus ``epochs: 10`` shortens the recipe.
-    """
+def layer(sources: Iterable[dict]) -> dict:
+    """Layer parameter mappings left to right, each ``preset`` expanded where it is named: under the
+    keys of the same mapping but over everything layered before it. Not validated (a notebook's
+    extras may be there); :func:`resolve`, sweeps and the notebook suite all layer through here, so
+    the same files give the same run everywhere."""
     layered: dict = {}
-    sources = [load_file(f) for f in files] + [dict(overrides or {}), dict(kwargs)]
     for source in sources:
         preset = source.get("preset")
         if preset is not None:
@@ -300,7 +295,19 @@ def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = No
                 raise ConfigError(f"parameter 'preset': unknown {preset!r}; valid: {', '.join(PRESETS)}")
             layered.update(PRESETS[preset])
         layered.update(source)
-    return validate(layered)
+    return layered
+
+
+def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = None,
+            **kwargs: Any) -> dict:
+    """Layer parameter files (left to right), then ``overrides``, then keyword arguments (:func:`layer`).
+
+    A ``preset`` is a named bundle of parameters expanded where it is named: under the keys of the
+    same source (file / overrides / kwargs) but over everything layered before it. So
+    ``-f params/base.yaml -p preset=adam_nscl_official`` switches base's run to the official
+    variant, and a file with ``preset: cifar100_10_paper`` plus ``epochs: 10`` shortens the recipe.
+    """
+    return validate(layer([load_file(f) for f in files] + [dict(overrides or {}), dict(kwargs)]))
 
 
 def parse_overrides(items: Iterable[str], check_keys: bool = True) -> dict:

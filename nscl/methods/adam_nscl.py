@@ -15,7 +15,8 @@ from .base import BN, EWC_LAMBDA, Method, register
 #: Adam-NSCL's own parameters (the null-space rule itself is common: every run records null spaces)
 ADAM_NSCL_PARAMS = (
     BN, EWC_LAMBDA,
-    Param("lr_projected", None, "float", "backbone lr from task 2 on (Adam-NSCL's svd_lr)"),
+    Param("lr_projected", None, "float", "backbone lr from task 2 on (Adam-NSCL's svd_lr)",
+          range="(0, inf)"),
     Param("project", "update", "str", "project the final Adam step (official) or the gradient before Adam",
           choices=("update", "grad")),
     Param("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector"),

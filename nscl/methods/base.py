@@ -34,7 +34,8 @@ METHODS: dict[str, type["Method"]] = {}
 #: BatchNorm protection of the null-space family (base class, ``protects_bn``)
 BN = Param("bn", "freeze", "str", "BatchNorm in later tasks: EWC on affine params (official), "
            "frozen after task 1 (principled default), or unprotected", choices=("ewc", "freeze", "none"))
-EWC_LAMBDA = Param("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)")
+EWC_LAMBDA = Param("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)",
+                   range="[0, inf)")
 
 
 def register(name: str):

@@ -54,19 +54,22 @@ from .base import Method, register
 
 PRUNING_PARAMS = (
     Param("prune_margin", 1.0, "float", "pruning: largest held-out (val) accuracy drop, in points, "
-          "the pruning threshold may cost the current task (graceful-forgetting margin m)"),
-    Param("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)"),
+          "the pruning threshold may cost the current task (graceful-forgetting margin m)", range="[0, inf)"),
+    Param("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)",
+          range="[0, inf)"),
     Param("l1_target", "weights", "str", "pruning: L1 on the free units' incoming weights (CLNP) or "
           "on their activations", choices=("weights", "activations")),
     Param("prune_criterion", "magnitude", "str", "pruning: unit activity = mean post-ReLU output or "
           "fraction of positive outputs (held-out data)", choices=("magnitude", "fraction_active")),
-    Param("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search"),
-    Param("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched"),
+    Param("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search",
+          range="[1, inf)"),
+    Param("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched",
+          range="(0, inf)"),
     Param("prune_thresholds", "per_layer", "str", "pruning: one relative activity threshold for all layers "
           "(global) or one per layer, searched layer by layer with the margin shared (per_layer; the only one "
           "that reliably prunes BatchNorm'd conv channels)", choices=("global", "per_layer")),
     Param("prune_finetune_epochs", 0, "int", "pruning: epochs of fine-tuning the kept sub-network "
-          "after pruning (reverted if it breaks the margin)"),
+          "after pruning (reverted if it breaks the margin)", range="[0, inf)"),
 )
 
 

@@ -54,21 +54,21 @@ from .base import Method, register
 
 LOWRANK_PARAMS = (
     Param("rank_max", None, "int", "low-rank: inner width K per factorised layer "
-          "(default min(out, d), i.e. no hard cap)"),
+          "(default min(out, d), i.e. no hard cap)", range="[1, inf)"),
     Param("rank_schedule", [1.0], "list[float]", "low-rank: fraction of K active at task t "
-          "(entry t, the last entry repeats), e.g. [0.25, 0.5, 0.75, 1.0]"),
+          "(entry t, the last entry repeats), e.g. [0.25, 0.5, 0.75, 1.0]", range="(0, 1]"),
     Param("nuclear_lambda", 1e-4, "float", "low-rank: strength of the nuclear-norm surrogate "
-          "lambda/2 (||A||^2 + ||B||^2) on active components"),
+          "lambda/2 (||A||^2 + ||B||^2) on active components", range="[0, inf)"),
     Param("truncate_tol", 0.0, "float", "low-rank: after each task drop singular values of W "
-          "below truncate_tol * sigma_max and re-balance the factors (0 = off)"),
+          "below truncate_tol * sigma_max and re-balance the factors (0 = off)", range="[0, 1)"),
     Param("lowrank_min_d", 32, "int", "low-rank: layers with input dim d below this stay dense "
-          "(the ResNet-18 stem, d = 27)"),
+          "(the ResNet-18 stem, d = 27)", range="[0, inf)"),
     Param("refresh_bottleneck", False, "bool", "nscl_lowrank: before each task set the old bottleneck "
           "covariance to M B^T C_x B M from the input covariance and the current B (exact: no non-linearity "
           "in between), so components switched on in an approximate null space stay protected. Measured on "
           "permuted_fmnist with a grow schedule: no BWT gain, -4.7 ACC (off by default)"),
     Param("rank_tol", 1e-3, "float", "low-rank diagnostics: effective rank = number of singular "
-          "values of W above rank_tol * sigma_max"),
+          "values of W above rank_tol * sigma_max", range="(0, 1)"),
 )
 
 ENERGIES = (0.9, 0.95, 0.99)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ...analysis.tables import format_summary, seed_summary
+from ...analysis.tables import SUMMARY_LEGEND, format_summary, seed_summary
 from .executors import run
 from .spec import EXECUTORS, SweepError
 from .state import COLLECTED, collect, format_status, status
@@ -46,6 +46,8 @@ def _reports_sweep_errors(cmd):
 
 @_reports_sweep_errors
 def _cmd_run(args) -> int:
+    """Exit 0 only when no run of the sweep is failed or stopped, this time or from an earlier
+    submission (a resubmission skips failed runs, so it must still say they are there)."""
     res = run(args.file, executor=args.executor, out=args.out, wait=not args.no_wait,
               retry_failed=args.retry_failed, dry_run=args.dry_run, timeout_s=args.timeout,
               parallel=args.parallel)
@@ -58,8 +60,17 @@ def _cmd_run(args) -> int:
     for r in res["results"]:
         if r.get("status") in ("failed", "stopped"):
             print(f"  {r['status'].upper()} {r['name']}: {r['error']}")
-    print(format_status(status(res["sweep_dir"]), res["sweep_dir"]))
-    return 1 if any(r.get("status") in ("failed", "stopped") for r in res["results"]) else 0
+    rows = status(res["sweep_dir"])
+    print(format_status(rows, res["sweep_dir"]))
+    bad = [r for r in rows if r["state"] in ("failed", "stopped")]
+    if bad:
+        print(f"error: {len(bad)} run(s) of the sweep did not complete:", file=sys.stderr)
+        for r in bad:
+            print(f"  {r['state']:<8} {r['name']}: {r['detail']}", file=sys.stderr)
+        print(f"(their logs: {res['sweep_dir']}/runs/<name>/error.txt; resubmit with --retry-failed to run "
+              "failed ones again, stopped ones resume on any resubmission)", file=sys.stderr)
+        return 1
+    return 0
 
 
 @_reports_sweep_errors
@@ -71,12 +82,25 @@ def _cmd_status(args) -> int:
 
 @_reports_sweep_errors
 def _cmd_collect(args) -> int:
+    import pandas as pd
+
     df = collect(args.dir)
-    cols = [c for c in ("name", "state", "acc", "bwt", "plasticity", "total_s") if c in df]
-    with __import__("pandas").option_context("display.width", 200, "display.max_rows", 500):
+    if "tasks_done" in df:  # tasks done of the stream, e.g. 3/5 (a run that failed early has none)
+        df["tasks"] = [f"{int(d)}/{int(t)}" if d == d and t == t and t else "-"
+                       for d, t in zip(df["tasks_done"], df.get("tasks", df["tasks_done"]))]
+    cols = [c for c in ("name", "state", "tasks", "acc", "bwt", "plasticity", "total_s") if c in df]
+    with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 50):
         print(df[cols].to_string(index=False))
+        failed = df[df["state"] == "failed"]
+        if len(failed):
+            print("\nfailed:")
+            for name, err in zip(failed["name"], failed["error"]):
+                print(f"  {name}: {err}")
         if {"benchmark", "method", "acc"} <= set(df.columns) and (df["state"] == "complete").any():
-            print("\nmean ± std over seeds (complete runs):")
-            print(format_summary(seed_summary(df, by=("benchmark", "method"))).to_string(index=False))
+            print("\nmean ± std over distinct seeds (complete runs only; every other differing parameter is "
+                  "its own row):")
+            print(format_summary(seed_summary(df, by=("benchmark", "method")), seeds=True,
+                                 counts=True).to_string(index=False))
+            print(SUMMARY_LEGEND)
     print(f"\nwritten: {Path(args.dir) / (COLLECTED + '.csv')} ({len(df)} rows)")
     return 0

@@ -15,9 +15,6 @@ from ...experiment import config, records
 
 ROOT = Path(__file__).resolve().parents[3]
 NAME_KEYS = ("benchmark", "method", "seed")
-TOP_KEYS = {"name", "description", "run", "files", "params", "grid", "overrides", "out", "executor",
-            "cell_timeout_s", "kernel"}
-EXECUTOR_KEYS = {"kind", "parallel", "threads", "timeout_min", "slurm"}
 # sweep-file slurm key -> submitit SlurmExecutor parameter
 SLURM_KEYS = {"partition": "partition", "account": "account", "qos": "qos", "gpus_per_node": "gpus_per_node",
               "cpus_per_task": "cpus_per_task", "mem_gb": "mem", "timeout_min": "time",
@@ -29,6 +26,69 @@ EXECUTORS = ("slurm", "local", "debug")
 
 class SweepError(ValueError):
     """The sweep file is invalid (the message names the key or the run)."""
+
+
+# ---- the shape of a sweep file: what each key must hold -------------------------------------------
+def _is_int(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and 0 < v < float("inf")
+
+
+def _str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _grid(v) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and all(isinstance(g, dict) for g in v))
+
+
+_OPT_STR = (lambda v: v is None or isinstance(v, str), "a string")
+#: key -> (check, what it must be) for the top level, ``executor`` and ``executor.slurm``
+TOP_SHAPE = {
+    "name": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
+    "description": _OPT_STR, "kernel": _OPT_STR,
+    "run": (lambda v: isinstance(v, str), "'cli' or the path of a notebook"),
+    "files": (_str_list, "a list of parameter files, e.g. [params/base.yaml]"),
+    "params": (lambda v: v is None or isinstance(v, dict), "a mapping key: value"),
+    "grid": (_grid, "a mapping key: [values] (or a list of such mappings)"),
+    "overrides": (lambda v: v is None or isinstance(v, list), "a list of {when: {...}, set: {...}}"),
+    "out": (lambda v: isinstance(v, str), "a directory path"),
+    "cell_timeout_s": (lambda v: v is None or _is_number(v), "a number of seconds > 0"),
+    "executor": (lambda v: v is None or isinstance(v, dict), "a mapping (kind, parallel, threads, timeout_min, slurm)"),
+}
+EXECUTOR_SHAPE = {
+    "kind": (lambda v: v in EXECUTORS, f"one of {', '.join(EXECUTORS)}"),
+    "parallel": (lambda v: v is None or _is_int(v, 1), "an integer >= 1"),
+    "threads": (lambda v: v is None or _is_int(v, 1), "an integer >= 1"),
+    "timeout_min": (lambda v: v is None or _is_number(v), "a number of minutes > 0"),
+    "slurm": (lambda v: v is None or isinstance(v, dict), "a mapping of SLURM settings"),
+}
+SLURM_SHAPE = {
+    **{k: _OPT_STR for k in ("partition", "account", "qos", "constraint", "exclude", "job_name", "python")},
+    "gpus_per_node": (lambda v: v is None or _is_int(v, 0), "an integer >= 0"),
+    "cpus_per_task": (lambda v: v is None or _is_int(v, 1), "an integer >= 1"),
+    "mem_gb": (lambda v: v is None or _is_number(v), "a number of GB > 0"),
+    "timeout_min": (lambda v: v is None or _is_number(v), "a number of minutes > 0"),
+    "array_parallelism": (lambda v: v is None or _is_int(v, 1), "an integer >= 1"),
+    "max_num_timeout": (lambda v: v is None or _is_int(v, 0), "an integer >= 0"),
+    "setup": (lambda v: v is None or _str_list(v), "a list of shell lines"),
+    "additional": (lambda v: v is None or isinstance(v, dict), "a mapping of extra sbatch options"),
+}
+
+
+def _check_shape(path, mapping: dict, shape: dict, prefix: str = "") -> None:
+    """Unknown keys and values of the wrong kind fail here, naming the key (one-line errors)."""
+    bad = set(map(str, mapping)) - set(shape)
+    if bad:
+        raise SweepError(f"{path}: unknown {prefix.rstrip('.') or 'sweep'} key(s) {', '.join(sorted(bad))}; "
+                         f"valid: {', '.join(sorted(shape))}")
+    for key, value in mapping.items():
+        ok, what = shape[key]
+        if not ok(value):
+            raise SweepError(f"{path}: {prefix}{key} must be {what}, got {value!r}")
 
 
 # ---- sweep file -> run specs -----------------------------------------------------------------
@@ -52,21 +112,16 @@ def load(source: str | os.PathLike | dict) -> dict:
             sw = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise SweepError(f"sweep file {str(path)!r} not found") from None
+        except IsADirectoryError:
+            raise SweepError(f"{path} is a directory; give the sweep's YAML file") from None
+        except yaml.YAMLError as e:
+            raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(sw, dict):
         raise SweepError(f"{path}: a sweep file is a mapping (name, run, files, params, grid, executor, ...)")
-    bad = set(sw) - TOP_KEYS
-    if bad:
-        raise SweepError(f"{path}: unknown sweep key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(TOP_KEYS))}")
+    _check_shape(path, sw, TOP_SHAPE)
     ex = sw.get("executor") or {}
-    bad = set(ex) - EXECUTOR_KEYS
-    if bad:
-        raise SweepError(f"{path}: unknown executor key(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(EXECUTOR_KEYS))}")
-    bad = set(ex.get("slurm") or {}) - set(SLURM_KEYS)
-    if bad:
-        raise SweepError(f"{path}: unknown executor.slurm key(s) {', '.join(sorted(bad))}; "
-                         f"valid: {', '.join(sorted(SLURM_KEYS))}")
-    if ex.get("kind", "local") not in EXECUTORS:
-        raise SweepError(f"{path}: executor.kind must be one of {', '.join(EXECUTORS)}, got {ex.get('kind')!r}")
+    _check_shape(path, ex, EXECUTOR_SHAPE, "executor.")
+    _check_shape(path, ex.get("slurm") or {}, SLURM_SHAPE, "executor.slurm.")
     sw = dict(sw)
     sw.setdefault("name", path.stem)
     sw["run"] = sw.get("run", "cli")
@@ -124,19 +179,19 @@ def run_name(params: dict, varying: Iterable[str], run: str) -> str:
 
 def expand(sw: dict) -> list[dict]:
     """Explicit, validated run specs (dicts: name, run, params, cfg, out_dir, timeouts), in grid order."""
-    base: dict = {}
-    for f in sw["files"]:
-        base.update(config.load_file(f))
-    base.update(sw.get("params") or {})
+    # layered like the command line's -f files (a preset in a file lies under that file's keys but
+    # over the files before it), then the fixed params, then each grid point
+    base = config.layer([config.load_file(f) for f in sw["files"]] + [sw.get("params") or {}])
     points = []
     for grid in _grids(sw):
         for point in _points(grid):
-            params = {**base, **point}
+            params = config.layer([base, point])
             for rule in sw.get("overrides") or []:
-                if not isinstance(rule, dict) or set(rule) - {"when", "set"}:
+                if (not isinstance(rule, dict) or set(rule) - {"when", "set"}
+                        or not all(isinstance(rule.get(k) or {}, dict) for k in ("when", "set"))):
                     raise SweepError(f"each overrides entry is {{when: {{key: value}}, set: {{key: value}}}}, got {rule!r}")
                 if _matches(rule.get("when") or {}, params):
-                    params.update(rule.get("set") or {})
+                    params = config.layer([params, rule.get("set") or {}])
             points.append((params, list(grid)))
     # grid keys whose value is not the same in every run go into the names
     all_keys = {k for _, keys in points for k in keys}
