@@ -42,7 +42,7 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys():
     ("energy_step", float("nan"), "'energy_step' must be a finite number"),
     ("a", float("inf"), "'a' must be a finite number"),
     ("energy_max", 0.5, "'energy_max' must be in [energy, 1]"),
-    ("energy_max", 1.01, "'energy_max' must be in [energy, 1]"),
+    ("energy_max", 1.01, "'energy_max' must be in (0, 1]"),
     ("leak", 1.0, "'leak' must be in [0, 1)"),
     ("leak", -0.1, "'leak' must be in [0, 1)"),
     ("leak", float("nan"), "'leak' must be a finite number"),

@@ -22,11 +22,20 @@ from __future__ import annotations
 from ..core.params import Param
 from .errors import CorruptDataError, DataError, DataNotFoundError
 from .paths import SYSTEM_DATA_ROOTS
-from .registry import BENCHMARKS, DATASETS, DatasetSpec, benchmark_classes, find_or_fail, load_dataset
+from .registry import (
+    BENCHMARKS,
+    DATASET_CLASSES,
+    DATASETS,
+    DatasetSpec,
+    benchmark_classes,
+    find_or_fail,
+    load_dataset,
+)
 
 __all__ = [
     "BENCHMARKS",
     "DATASETS",
+    "DATASET_CLASSES",
     "PARAMS",
     "SYSTEM_DATA_ROOTS",
     "CorruptDataError",
