@@ -61,6 +61,8 @@ register("bias", False, "bool", "bias in backbone Linear/Conv layers (off: exact
 register("cnn_channels", [32, 64], "list[int]", "small CNN channel widths")
 register("batchnorm", True, "bool", "BatchNorm in the small CNN (ResNet-18 always has it)")
 register("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)")
+register("resnet_block", "preact", "str", "ResNet-18 block: identity shortcuts add the raw input (preact, "
+         "He et al.) or bn1(input) (official Adam-NSCL code)", choices=("preact", "official"))
 # --- method -----------------------------------------------------------------------------------
 register("method", "adam_nscl", "str", "continual-learning method, see nscl.methods.METHODS")
 register("epochs", 3, "int", "epochs per task")
@@ -75,6 +77,8 @@ register("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80]
 register("gamma", 0.5, "float", "MultiStepLR decay factor")
 register("betas", [0.9, 0.999], "list[float]", "Adam betas")
 register("eps", 1e-8, "float", "Adam eps")
+register("eps_placement", "torch", "str", "NullSpaceAdam eps: m_hat / (sqrt(v_hat) + eps) (torch) or the "
+         "official code's m_hat / (sqrt(v_hat) + eps / sqrt(1 - beta2^t))", choices=("torch", "official"))
 register("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)")
 register("bn", "freeze", "str", "BatchNorm in later tasks: EWC on affine params (official), "
          "frozen after task 1 (principled default), or unprotected", choices=("ewc", "freeze", "none"))
@@ -92,6 +96,13 @@ register("project", "update", "str", "project the final Adam step (official) or 
          choices=("update", "grad"))
 register("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector")
 register("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for batch_mean, eval_batch_size for per_sample)")
+register("cov_samples", None, "int", "covariance pass on a seeded random subset of at most this many "
+         "samples per task, reweighted to the task's size (unbiased; default: every sample)")
+register("cov_patches", None, "int", "per_sample covariance of a conv: at most this many random patch "
+         "positions per sample (unbiased; default: every position)")
+register("eigen_update", "full", "str", "null spaces after task 2 on: full eigendecomposition (exact) or "
+         "nested (Rayleigh-Ritz inside the previous null space: cheaper, never larger)",
+         choices=("full", "nested"))
 # --- run --------------------------------------------------------------------------------------
 register("seed", 0, "int", "seed for data order, init and everything else")
 register("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N")
@@ -99,29 +110,34 @@ register("threads", None, "int", "torch CPU threads (default: torch's)")
 register("quiet", False, "bool", "no progress bars")
 register("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named")
 register("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes")
+register("nan_check_every", 10, "int", "look at the loss for NaN/inf every this many steps (and at each "
+         "epoch end); the error still names the first bad step. 1 = every step (a host sync per step)")
 
 PRESETS: dict[str, dict] = {
     # Adam-NSCL's official switches (research/adam_nscl.md 1.4-1.6), on any benchmark/model:
     # batch-mean covariance, raw a*lambda_min rule, 1/sqrt(r) step scaling, EWC on BatchNorm.
     "adam_nscl_official": dict(method="adam_nscl", covariance="batch_mean", a_min_floor="none",
                                scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min",
-                               project="update"),
+                               project="update", eps_placement="official"),
     # The paper's 10-split CIFAR-100 recipe as the official script runs it (research/adam_nscl.md 1.7).
     "cifar100_10_paper": dict(
         benchmark="split_cifar100_10", model="resnet18", method="adam_nscl", epochs=80, batch_size=32,
         lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
         milestones=[30, 60, 80], gamma=0.5, a=10.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update"),
+        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
+        eps_placement="official", resnet_block="official"),
     "cifar100_20_paper": dict(
         benchmark="split_cifar100_20", model="resnet18", method="adam_nscl", epochs=80, batch_size=16,
         lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
         milestones=[30, 60, 80], gamma=0.5, a=30.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update"),
+        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
+        eps_placement="official", resnet_block="official"),
     "tinyimagenet_25_paper": dict(
         benchmark="tinyimagenet_25", model="resnet18", method="adam_nscl", epochs=80, batch_size=16,
         lr=5e-5, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
         milestones=[30, 60, 80], gamma=0.5, a=10.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update"),
+        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
+        eps_placement="official", resnet_block="official"),
 }
 
 
@@ -220,9 +236,12 @@ def _check_values(cfg: dict) -> None:
     if cfg["method"] not in methods.METHODS:
         raise ConfigError(f"parameter 'method': unknown {cfg['method']!r}; valid: "
                           f"{', '.join(sorted(methods.METHODS))}")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "nan_check_every"):
         if cfg[key] < 1:
             raise ConfigError(f"parameter {key!r} must be >= 1, got {cfg[key]}")
+    for key in ("cov_samples", "cov_patches"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ConfigError(f"parameter {key!r} must be >= 1 or null (all), got {cfg[key]}")
     for key in ("lr", "a", "energy", "rel_tol"):
         if cfg[key] <= 0:
             raise ConfigError(f"parameter {key!r} must be > 0, got {cfg[key]}")

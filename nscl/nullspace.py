@@ -20,9 +20,19 @@ Selection rules (``rule``):
 
 The kept-energy ratio ``R = sum_{null} lambda / sum lambda`` (paper Eq. 7) measures how much of the
 old inputs' energy the allowed updates may still touch.
+
+Cost at a task boundary. Layers of the same size are decomposed by one batched ``eigh`` call (on
+CPU the per-matrix results are bitwise those of separate calls; on a GPU it saves launches). With
+``eigen_update="nested"`` the tracker reuses the previous eigenbasis from task 2 on: the new null
+space is searched only inside the previous one, by Rayleigh-Ritz (``eigh`` of ``U2^T C U2``, r x r,
+instead of d x d), and the full spectrum comes from the cheaper ``eigvalsh``. A Ritz vector's value
+is exactly its energy ``v^T C v``, so every kept direction meets the threshold; by eigenvalue
+interlacing the nested null space is never larger than the full one (it can be smaller: a direction
+of the old range whose relative energy dropped below the threshold stays protected).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +43,9 @@ class NullSpace:
     """Eigen-decomposition of one layer's covariance and the chosen null-space dimension ``r``."""
 
     eigvals: torch.Tensor  # (d,) |lambda| ascending, float64
-    eigvecs: torch.Tensor  # (d, d) columns, float64
+    eigvecs: torch.Tensor  # (d, d) columns, float64 (the first r span the null space)
     r: int
+    kept: float | None = None  # kept energy when eigvecs are not C's eigenvectors (nested update)
 
     @property
     def d(self) -> int:
@@ -43,6 +54,8 @@ class NullSpace:
     @property
     def kept_energy(self) -> float:
         """Paper Eq. 7: fraction of the covariance's trace that lies in the null space."""
+        if self.kept is not None:
+            return self.kept
         total = self.eigvals.clamp_min(0).sum().item()
         return self.eigvals[: self.r].clamp_min(0).sum().item() / total if total > 0 else 1.0
 
@@ -82,15 +95,83 @@ def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor:
     raise ValueError(f"unknown null-space rule {rule!r}")
 
 
+def null_threshold(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor: str = "rank",
+                   energy: float = 0.99, rel_tol: float = 1e-3) -> float:
+    """The eigenvalue bound of :func:`null_dim`: null directions are those with energy <= this value
+    (for ``energy``, midway between the last null and the first protected eigenvalue)."""
+    ev = eigvals.to(torch.float64)
+    d = ev.numel()
+    if d == 0 or ev[-1].item() <= 0:
+        return math.inf
+    lam_max = ev[-1].item()
+    if rule == "a_min":
+        lam_min = ev[0].item()
+        if floor == "rank":
+            lam_min = max(lam_min, d * torch.finfo(torch.float64).eps * lam_max)
+        return a * lam_min
+    if rule == "rel_tol":
+        return rel_tol * lam_max
+    r = null_dim(ev, rule, a, floor, energy, rel_tol)
+    if r == 0:
+        return -math.inf
+    return math.inf if r == d else (ev[r - 1].item() + ev[r].item()) / 2
+
+
 def compute(cov: torch.Tensor, **rule) -> NullSpace:
     """Eigendecompose a covariance (``torch.linalg.eigh`` in float64: ascending order) and select."""
+    return compute_many([cov], [rule])[0]
+
+
+def compute_many(covs: list[torch.Tensor], rules: list[dict], batched: bool | None = None) -> list[NullSpace]:
+    """:func:`compute` for many covariances, with one batched ``eigh`` per matrix size.
+
+    ``batched=None``: batch on a GPU only (fewer launches). On CPU a batched LAPACK call saves
+    nothing and its rounding in numerically-null clusters can differ from separate calls, so the
+    CPU default keeps one call per matrix (bitwise the results of :func:`compute`).
+    """
+    out: list[NullSpace | None] = [None] * len(covs)
+    by_size: dict[tuple, list[int]] = {}
+    for i, c in enumerate(covs):
+        batch = c.device.type == "cuda" if batched is None else batched
+        by_size.setdefault((c.shape[0], c.device) if batch else (i,), []).append(i)
+    for idx in by_size.values():
+        cov = torch.stack([covs[i].to(torch.float64) for i in idx])
+        cov = (cov + cov.mT) / 2
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
+        # values the official code's SVD returns), so the null space is always a prefix.
+        eigvals, order = eigvals.abs().sort(-1)
+        eigvecs = eigvecs.gather(2, order[:, None, :].expand_as(eigvecs))
+        for j, i in enumerate(idx):
+            ev = eigvals[j]
+            out[i] = NullSpace(ev, eigvecs[j], null_dim(ev, **rules[i]))
+    return out
+
+
+def compute_nested(cov: torch.Tensor, previous: NullSpace, **rule) -> NullSpace:
+    """Null space of ``cov`` inside ``previous``'s null space (Rayleigh-Ritz; see the module doc).
+
+    The rule is applied to the exact spectrum (``eigvalsh``); its threshold (:func:`null_threshold`)
+    is the bound the Ritz values must meet, so the result equals the full computation whenever the
+    full null space lies inside the previous one.
+    """
     cov = cov.to(torch.float64)
     cov = (cov + cov.T) / 2
-    eigvals, eigvecs = torch.linalg.eigh(cov)
-    # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
-    # values the official code's SVD returns), so the null space is always a prefix.
-    eigvals, order = eigvals.abs().sort()
-    return NullSpace(eigvals, eigvecs[:, order], null_dim(eigvals, **rule))
+    exact = torch.linalg.eigvalsh(cov).abs().sort().values
+    r_full = null_dim(exact, **rule)
+    u2 = previous.null_basis.to(device=cov.device, dtype=torch.float64)
+    if previous.r == 0 or r_full == 0:
+        basis = previous.eigvecs.to(device=cov.device, dtype=torch.float64)
+        return NullSpace(exact, basis, 0, kept=0.0)
+    small = u2.T @ (cov @ u2)
+    theta, w = torch.linalg.eigh((small + small.T) / 2)
+    theta, order = theta.abs().sort()
+    w = w[:, order]
+    r = int((theta <= null_threshold(exact, **rule)).sum().item())
+    basis = torch.cat([u2 @ w, previous.range_basis.to(device=cov.device, dtype=torch.float64)], 1)
+    total = exact.clamp_min(0).sum().item()
+    kept = theta[:r].clamp_min(0).sum().item() / total if total > 0 else 1.0
+    return NullSpace(exact, basis, r, kept=kept)
 
 
 class Projector:
@@ -136,7 +217,7 @@ class NullSpaceTracker:
 
         self.layers = layers
         self.cfg = cfg
-        self.cov = Covariance(layers, cfg["covariance"])
+        self.cov = Covariance(layers, cfg["covariance"], cfg.get("cov_patches"))
         self.spaces: dict[str, NullSpace] = {}
         self.history = {n: {"d": input_dim(m), "dims": [], "kept_energy": [], "rank": [], "lambda_max": []}
                         for n, m in layers.items()}
@@ -155,8 +236,14 @@ class NullSpaceTracker:
         self.recompute(t)
 
     def recompute(self, t: int | None = None) -> None:
-        for name in self.layers:
-            ns = compute(self.cov.matrix(name), **self.rule(name))
+        names = list(self.layers)
+        nested = self.cfg.get("eigen_update", "full") == "nested" and t is not None and t > 0
+        if nested:
+            spaces = [compute_nested(self.cov.matrix(n), self.spaces[n], **self.rule(n)) if n in self.spaces
+                      else compute(self.cov.matrix(n), **self.rule(n)) for n in names]
+        else:
+            spaces = compute_many([self.cov.matrix(n) for n in names], [self.rule(n) for n in names])
+        for name, ns in zip(names, spaces):
             self.spaces[name] = ns
             if t is not None:
                 h = self.history[name]
@@ -174,11 +261,19 @@ class NullSpaceTracker:
                          device=device or layer.weight.device, scale_sqrt_r=self.cfg["scale_sqrt_r"])
 
     def state_dict(self) -> dict:
-        return {"cov": self.cov.state_dict(), "history": self.history, "spectra": self.spectra,
-                "rules": self.rules}
+        state = {"cov": self.cov.state_dict(), "history": self.history, "spectra": self.spectra,
+                 "rules": self.rules}
+        if self.cfg.get("eigen_update", "full") == "nested":  # path-dependent: the bases themselves
+            state["spaces"] = {n: (ns.eigvals.cpu(), ns.eigvecs.cpu(), ns.r, ns.kept)
+                               for n, ns in self.spaces.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.cov.load_state_dict(state["cov"])
         self.history, self.spectra, self.rules = state["history"], state["spectra"], state["rules"]
-        if self.cov.sums:
+        if state.get("spaces") is not None:
+            device = next(iter(self.layers.values())).weight.device if self.layers else "cpu"
+            self.spaces = {n: NullSpace(ev.to(device), vec.to(device), r, kept)
+                           for n, (ev, vec, r, kept) in state["spaces"].items()}
+        elif self.cov.sums:
             self.recompute(None)

@@ -212,7 +212,7 @@ def null_space_frame(paths: Iterable[str | os.PathLike]):
 
 
 #: parameters that never change what a run computes (a run made with other values is the same run)
-RUN_INVARIANT = ("quiet", "device", "threads", "checkpoint")
+RUN_INVARIANT = ("quiet", "device", "threads", "checkpoint", "nan_check_every")
 #: left out when grouping runs over seeds: the invariant ones, the seed, and where the data came from
 NON_SEMANTIC = ("seed", *RUN_INVARIANT, "data_root", "download")
 

@@ -32,6 +32,49 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names task, epoch and step."""
 
 
+class _FiniteGuard:
+    """NaN/inf guard of the training loss without a host sync per step.
+
+    ``record`` keeps, on the loss' device, the value and index of the first non-finite loss; every
+    ``nan_check_every`` steps (before that step's backward) and at every :meth:`check` one ``.item()``
+    looks at it and raises :class:`NonFiniteLossError` naming the task, epoch and step where it
+    first happened. With ``nan_check_every=1`` this is a check before every backward.
+    """
+
+    def __init__(self, t: int, cfg: dict, lr: float):
+        self.t, self.cfg, self.lr = t, cfg, lr
+        self.every = cfg["nan_check_every"]
+        self.where: list[tuple[int, int]] = []  # (epoch, step) of each step since the last check
+        self.first_step = self.first_loss = self.counter = None
+
+    def record(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        value = loss.detach()
+        if self.counter is None:
+            self.counter = torch.zeros((), dtype=torch.long, device=value.device)
+            self.first_step = torch.full((), -1, dtype=torch.long, device=value.device)
+            self.first_loss = torch.zeros((), dtype=value.dtype, device=value.device)
+        take = ~torch.isfinite(value) & (self.first_step < 0)
+        self.first_step = torch.where(take, self.counter, self.first_step)
+        self.first_loss = torch.where(take, value, self.first_loss)
+        self.counter += 1
+        self.where.append((epoch, step))
+        if len(self.where) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        if self.first_step is None or not self.where:
+            return
+        first = int(self.first_step.item())
+        if first >= 0:
+            epoch, step = self.where[first]
+            raise NonFiniteLossError(
+                f"loss is {self.first_loss.item()} at task {self.t + 1}, epoch {epoch + 1}, step {step + 1} "
+                f"(method {self.cfg['method']}, lr {self.lr}); lower the learning rate or "
+                f"penalty strength. Results of the tasks finished before are kept.")
+        self.where = []
+        self.counter.zero_()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -149,26 +192,26 @@ class Trainer:
         method.before_task(t)
         opt, sched = method.make_optimizer(t)
         sets = method.train_sets(t)
+        # one task per batch: an int head index (a tensor would make MultiHead sync on .tolist())
+        single = sets[0][1] if len(sets) == 1 else None
         train_augment = True
+        guard = _FiniteGuard(t, cfg, method.backbone_lr(t))
         t0 = time.perf_counter()
         for epoch in range(cfg["epochs"]):
             method.set_train_mode(t)
             for step, (x, y, tasks) in enumerate(self.batches(sets, train=train_augment)):
-                logits = model(x, tasks)
+                logits = model(x, tasks if single is None else single)
                 loss = F.cross_entropy(logits, y)
                 pen = method.penalty(t)
                 if pen is not None:
                     loss = loss + pen
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at task {t + 1}, epoch {epoch + 1}, step {step + 1} "
-                        f"(method {cfg['method']}, lr {method.backbone_lr(t)}); lower the learning rate or "
-                        f"penalty strength. Results of the tasks finished before are kept.")
+                guard.record(loss, epoch, step)  # checks (one host sync) every nan_check_every steps
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 method.after_backward(t)
                 opt.step()
                 method.after_step(t)
+            guard.check()
             sched.step()
             if bar is not None:
                 bar.set_postfix(task=t + 1, epoch=epoch + 1, loss=f"{loss.item():.3f}")
@@ -187,8 +230,14 @@ class Trainer:
         bs = self.cfg["cov_batch_size"] or (self.cfg["batch_size"] if self.cfg["covariance"] == "batch_mean"
                                              else self.cfg["eval_batch_size"])
         gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t)
-        xs = (x for x, _, _ in self.batches([(self.stream[t].train, t)], bs, shuffle=True, generator=gen))
-        self.tracker.cov.update(lambda x: self.model.features(x), xs)
+        data, weight = self.stream[t].train, 1.0
+        m = self.cfg["cov_samples"]
+        if m is not None and m < len(data):  # unbiased subset estimate, weighted to the task's size
+            weight = len(data) / m
+            data = data.subset(torch.randperm(len(data), generator=gen)[:m].sort().values)
+        xs = (x for x, _, _ in self.batches([(data, t)], bs, shuffle=True, generator=gen))
+        patch_gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t + 104729)
+        self.tracker.cov.update(lambda x: self.model.features(x), xs, weight=weight, generator=patch_gen)
         timing["covariance_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.tracker.recompute(t)
