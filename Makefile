@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 
-.PHONY: venv data slurm test run notebooks compare lab clean
+.PHONY: venv data slurm test run notebooks compare lab clean gpu-check
 
 venv: $(STAMP)
 
@@ -62,6 +62,11 @@ compare: venv data
 	$(PY) -m nscl sweep collect results/sweeps/compare_fmnist
 	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
+
+# The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
+# on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
+gpu-check: venv
+	PY=$(PY) bash scripts/gpu_check.sh
 
 lab: venv
 	$(PY) -m ipykernel install --user --name nscl --display-name "Python (nscl)" >/dev/null

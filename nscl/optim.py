@@ -16,12 +16,14 @@ Faithful to the official optimizer (research/adam_nscl.md 1.6):
 outputs exactly unchanged.
 
 Speed: moments and parameter updates use PyTorch's multi-tensor (``foreach``) kernels. With
-``batched=True`` (default) the layers whose projectors are thin :class:`~nscl.nullspace.Projector`
+``batched`` (default: on a GPU) the layers whose projectors are thin :class:`~nscl.nullspace.Projector`
 bases of the same kind and the same ``(out, d)`` shape are projected together: their updates are
 stacked and multiplied by zero-padded stacked bases with one ``bmm`` pair per group (zero columns
-add nothing, so the result is the same product). A shape that occurs once keeps the plain per-layer
-matmuls. The step makes no host synchronisation (step counts and bias corrections are Python
-numbers), so nothing in it waits for the GPU.
+add nothing, so the result is the same product), which saves kernel launches. On CPU the flops are
+the same and the stacking copies cost more than the launches save (measured by
+``python -m nscl.bench projection``), so there the default is one matmul pair per layer. A shape
+that occurs once always keeps the per-layer matmuls. The step makes no host synchronisation (step
+counts and bias corrections are Python numbers), so nothing in it waits for the GPU.
 
 ``stats["projected_steps"]`` counts projected layer-updates, so a test can prove the projection
 happened (the PyTorch-2 ``zero_grad`` pitfall that silently turns the official method off cannot go
@@ -104,7 +106,7 @@ def _buckets(layers: list, max_padding: float = 1.25) -> tuple[list, list]:
 class NullSpaceAdam(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, project: str = "update", eps_placement: str = "torch",
-                 batched: bool = True):
+                 batched: bool | None = None):
         if project not in ("update", "grad"):
             raise ValueError(f"project must be 'update' or 'grad', got {project!r}")
         if eps_placement not in EPS_PLACEMENTS:
@@ -131,10 +133,18 @@ class NullSpaceAdam(torch.optim.Optimizer):
         """``(buckets, single)``: the bmm groups and the layers projected one by one."""
         if self._plan is None:
             bias_free = [e for e in self.layers if e[1] is None]
-            if self.batched:
+            batched = self.batched
+            if batched is None:  # default: bmm groups on a GPU only
+                bias_free, cpu = ([e for e in bias_free if e[0].device.type == "cuda"],
+                                  [e for e in bias_free if e[0].device.type != "cuda"])
+                batched = True
+            else:
+                cpu = []
+            if batched:
                 buckets, single = _buckets(bias_free)
             else:
                 buckets, single = [], bias_free
+            single = single + cpu
             with_bias = [e for e in self.layers if e[1] is not None]
             order = {id(e[0]): i for i, e in enumerate(self.layers)}
             self._plan = (buckets, sorted(single + with_bias, key=lambda e: order[id(e[0])]))

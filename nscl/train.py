@@ -273,13 +273,16 @@ class Trainer:
             runs.write_json(self.out_dir / runs.RESULTS, res)
         return res
 
+    def checkpoint_state(self, t: int) -> dict:
+        """Everything a resume after task ``t`` needs (what ``checkpoint.pt`` holds)."""
+        return {"task": t, "params": self.cfg, "model": self.model.state_dict(),
+                "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
+                "acc": self.acc, "timing": self.timing}
+
     def _checkpoint(self, t: int) -> None:
         if self.out_dir is None or not self.cfg["checkpoint"]:
             return
-        runs.save_checkpoint(self.out_dir, {
-            "task": t, "params": self.cfg, "model": self.model.state_dict(),
-            "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
-            "acc": self.acc, "timing": self.timing})
+        runs.save_checkpoint(self.out_dir, self.checkpoint_state(t))
 
     def _resume(self) -> int:
         """Load the checkpoint of the last finished task, if any; return the next task index."""

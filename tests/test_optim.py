@@ -267,7 +267,7 @@ def test_official_eps_placement_reproduces_the_official_update_to_1e12(placement
     params = {k: nn.Parameter(v.clone()) for k, v in weights.items()}
     opt = NullSpaceAdam([dict(params=[params["c1"], params["c2"], params["c3"]], lr=lr, weight_decay=wd),
                          dict(params=[params["head"]], lr=head_lr, weight_decay=0.0)],
-                        betas=betas, eps=eps, eps_placement=placement)
+                        betas=betas, eps=eps, eps_placement=placement, batched=True)
     for k, ns in spaces.items():
         opt.set_projector(params[k], None, Projector(ns, dtype=torch.float64, scale_sqrt_r=True))
     buckets, single = opt.plan()
@@ -313,6 +313,11 @@ def test_batched_projection_equals_layer_by_layer(scale_sqrt_r):
             opt.set_projector(m.weight, None, Projector(random_null_space(d, r, i), dtype=torch.float64,
                                                         scale_sqrt_r=scale_sqrt_r))
         opts.append(opt)
+    assert NullSpaceAdam([layers[0].weight]).batched is None  # default: bmm on a GPU, per layer on CPU
+    auto = NullSpaceAdam([p for m in layers for p in m.parameters()])
+    for i, (m, r) in enumerate(zip(layers, ranks)):
+        auto.set_projector(m.weight, None, Projector(random_null_space(d, r, i), dtype=torch.float64))
+    assert auto.plan()[0] == [] and len(auto.plan()[1]) == len(ranks)
     buckets, single = opts[0].plan()
     # null k = 2, 3 | 4 | 8 (the padding limit splits them); range k = 2, 3; r = 0 and r = d alone
     assert sorted((b.kind, len(b.layers)) for b in buckets) == [("null", 2), ("range", 2)]
