@@ -19,7 +19,8 @@ exact per-sample one, layer by layer: ``r`` vs ``r_exact``, ``leak`` = the large
 exact covariance along an estimated null direction divided by the exact threshold (<= 1: every
 estimated null direction is null for the exact covariance too), ``overlap`` = ||U2_exact^T U2||_F^2 / r
 (1: the estimated null space lies inside the exact one), and the relative Frobenius error of the
-covariance. Gram flops per layer (rows x d^2) explain the cost ratios.
+covariance. Gram flops per layer (rows x d^2) explain the cost ratios; ``paper_scale_flops`` gives
+them for the recipe's network and task size.
 
 Part ``runs`` (ACC / BWT and null-space dimensions against the exact boundary, one seed): the
 principled Adam-NSCL on (a) Split Fashion-MNIST with the small CNN (real data) and (b) the
@@ -68,14 +69,49 @@ def _pass(trainer: Trainer, mode: str, patches=None, subset=None, batch: int = 2
     cov = Covariance(trainer.tracker.layers, mode, patches)
     trainer.model.eval()
     xs = [x for x, _, _ in trainer.batches([(data, 0)], batch, shuffle=True, generator=gen)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cov.update(trainer.model.features, xs, weight=weight, generator=torch.Generator().manual_seed(12))
     seconds = time.perf_counter() - t0
+    _pass.cpu_seconds = time.process_time() - c0  # process CPU time: robust to a loaded machine
     flops = {}
     for name, layer in cov.layers.items():
         rows = cov.counts[name] / weight
         flops[name] = 2 * rows * input_dim(layer) ** 2
     return cov, seconds, flops
+
+
+def paper_scale_flops(patches: list[int], n: int = 5000, batch: int = 32) -> dict:
+    """Gram flops (2 rows d^2, float64) of one covariance pass of the recipe's ResNet-18 (width 64,
+    32x32 inputs, ``n`` samples): batch-mean (``ceil(n / batch) * L`` rows per layer), exact per-sample
+    (``n * L``) and ``cov_patches=k`` (``n * min(k, L)``), per stage and in total; and the forward
+    flops of the pass (float32; 2 x multiply-adds of the convolutions)."""
+    from ..models import MultiHead, PreActResNet18, projected_layers
+
+    net = MultiHead(PreActResNet18(3, 64), 512, [10])
+    positions, macs = {}, {}
+    def record(name):
+        def hook(mod, inputs, out):
+            positions[name] = out.shape[2] * out.shape[3]
+            macs[name] = out[0].numel() * mod.weight[0].numel()
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in projected_layers(net).items()]
+    with torch.no_grad():
+        net.features(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    kinds = {"batch_mean": lambda L: math.ceil(n / batch) * L, "per_sample": lambda L: n * L,
+             **{f"per_sample_patches{k}": (lambda L, k=k: n * min(k, L)) for k in patches}}
+    out = {"n": n, "batch": batch, "tflop": {}, "by_stage_tflop": {}}
+    for kind, rows in kinds.items():
+        by_stage: dict[str, float] = {}
+        for name, layer in projected_layers(net).items():
+            stage = name.split(".")[1] if ".layer" in name else "stem"
+            by_stage[stage] = by_stage.get(stage, 0.0) + 2 * rows(positions[name]) * input_dim(layer) ** 2 / 1e12
+        out["by_stage_tflop"][kind] = by_stage
+        out["tflop"][kind] = sum(by_stage.values())
+    out["forward_tflop_float32"] = 2 * n * sum(macs.values()) / 1e12
+    return out
 
 
 def estimators(width: int, samples: int, patches: list[int], subsets: list[int]) -> dict:
@@ -84,17 +120,19 @@ def estimators(width: int, samples: int, patches: list[int], subsets: list[int])
     trainer = Trainer(cfg, None, _cifar(samples, 1))
     trainer._train_task(0, None)
     exact, t_exact, fl_exact = _pass(trainer, "per_sample")
+    c_exact = _pass.cpu_seconds
     spaces = {n: compute(exact.matrix(n), **RULE) for n in exact.layers}
     variants = [("batch_mean", dict(mode="batch_mean", batch=32)),
                 *[(f"per_sample_patches{k}", dict(mode="per_sample", patches=k)) for k in patches],
                 *[(f"per_sample_samples{m}", dict(mode="per_sample", subset=m)) for m in subsets]]
     out = {"width": width, "samples": samples, "rule": RULE,
-           "exact": {"seconds": t_exact, "gflop": sum(fl_exact.values()) / 1e9,
+           "exact": {"seconds": t_exact, "cpu_seconds": c_exact, "gflop": sum(fl_exact.values()) / 1e9,
                      "layers": {n: {"d": s.d, "r": s.r} for n, s in spaces.items()}},
            "variants": {}}
     print(f"exact per-sample pass: {t_exact:.1f} s, {sum(fl_exact.values()) / 1e9:.1f} GFLOP", flush=True)
     for name, kw in variants:
         cov, secs, flops = _pass(trainer, kw["mode"], kw.get("patches"), kw.get("subset"), kw.get("batch", 250))
+        cpu_secs = _pass.cpu_seconds
         layers, dr, leaks = {}, [], []
         for n, ns_exact in spaces.items():
             c_exact = exact.matrix(n)
@@ -109,16 +147,20 @@ def estimators(width: int, samples: int, patches: list[int], subsets: list[int])
             dr.append(abs(est.r - ns_exact.r) / est.d)
             leaks.append(energy / thr)
         out["variants"][name] = {
-            "seconds": secs, "vs_exact_time": secs / t_exact, "gflop": sum(flops.values()) / 1e9,
+            "seconds": secs, "cpu_seconds": cpu_secs, "vs_exact_time": secs / t_exact,
+            "vs_exact_cpu_time": cpu_secs / c_exact, "gflop": sum(flops.values()) / 1e9,
             "max_abs_dr_over_d": max(dr), "mean_abs_dr_over_d": sum(dr) / len(dr), "max_leak": max(leaks),
             "layers": layers}
         v = out["variants"][name]
-        print(f"{name:<26} {secs:7.1f} s ({v['vs_exact_time']:.2f} x exact, {v['gflop']:.1f} GFLOP) | "
+        print(f"{name:<26} {secs:7.1f} s ({v['vs_exact_time']:.2f} x exact; CPU time {v['vs_exact_cpu_time']:.2f} x; "
+              f"{v['gflop']:.1f} GFLOP) | "
               f"|r - r_exact|/d max {v['max_abs_dr_over_d']:.3f} mean {v['mean_abs_dr_over_d']:.3f} | "
               f"max leak {v['max_leak']:.2g}", flush=True)
-    bm = out["variants"]["batch_mean"]["seconds"]
+    bm, bm_cpu = out["variants"]["batch_mean"]["seconds"], out["variants"]["batch_mean"]["cpu_seconds"]
     out["vs_batch_mean_time"] = {n: v["seconds"] / bm for n, v in out["variants"].items()}
     out["vs_batch_mean_time"]["per_sample_exact"] = t_exact / bm
+    out["vs_batch_mean_cpu_time"] = {n: v["cpu_seconds"] / bm_cpu for n, v in out["variants"].items()}
+    out["vs_batch_mean_cpu_time"]["per_sample_exact"] = c_exact / bm_cpu
     return out
 
 
@@ -184,6 +226,10 @@ def main(argv=None) -> int:
     report = {"benchmark": "boundary", "env": env_info("cpu", 0), "argv": argv,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     parts = args.parts.split(",")
+    report["paper_scale_flops"] = flops = paper_scale_flops([int(k) for k in args.patches.split(",")])
+    print("paper scale (ResNet-18 width 64, 5000 samples): Gram TFLOP " +
+          ", ".join(f"{k} {v:.2f}" for k, v in flops["tflop"].items()) +
+          f"; forward {flops['forward_tflop_float32']:.2f} TFLOP (float32)", flush=True)
     if "estimators" in parts:
         report["estimators"] = estimators(args.width, args.samples, [int(k) for k in args.patches.split(",")],
                                           [int(m) for m in args.subsets.split(",")])

@@ -90,8 +90,11 @@ def _stream(spec: dict):
             return (make_stream("synthetic", seed=0, n_tasks=5, shape=(1, 28, 28), n_classes=10, train_per_class=6000),
                     "synthetic 1x28x28 (Fashion-MNIST not on disk)")
     # only the measured tasks' classes are generated (10 per task, as the 10-split recipe)
+    # (and on CPU only as many images as are used)
+    train = RECIPE_TRAIN_PER_TASK // 10 if spec["samples"] is None else math.ceil(spec["samples"] / 10)
+    test = 100 if spec["test"] is None else math.ceil(spec["test"] / 10)
     s = make_stream("synthetic", seed=0, n_tasks=spec["tasks"], shape=(3, 32, 32), n_classes=10 * spec["tasks"],
-                    train_per_class=RECIPE_TRAIN_PER_TASK // 10, test_per_class=100, val_fraction=0.0,
+                    train_per_class=train, test_per_class=test, val_fraction=0.0,
                     samples_per_task=spec["samples"], test_samples_per_task=spec["test"])
     return s, "synthetic 3x32x32 (CIFAR-100 shaped, 10 classes per task)"
 
