@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare results lab clean
+.PHONY: venv data slurm browser test run notebooks compare results lab clean gpu-check
 
 venv: $(STAMP) $(KERNEL)
 
@@ -81,6 +81,12 @@ compare: venv data
 	$(PY) -m nscl sweep collect results/sweeps/compare_fmnist
 	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
+
+# The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
+# on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
+gpu-check: venv
+	PY=$(PY) bash scripts/gpu_check.sh
+
 
 # The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x
 # {suite size, full size} x seeds 0,1,2 on CPU (local executor, 2 runs at once, 1 thread each; complete

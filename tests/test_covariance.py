@@ -113,3 +113,52 @@ def test_float32_inputs_accumulate_in_float64_and_state_roundtrip():
     assert other.counts == cov.counts
     # a layer that saw nothing has a zero covariance of the right size
     assert torch.equal(Covariance({"l": lin}).matrix("l"), torch.zeros(4, 4, dtype=torch.float64))
+
+
+# ---- cheaper unbiased estimates ----------------------------------------------------------------
+def test_patch_subset_is_unbiased_and_keeps_k_positions_per_sample():
+    """``patches=k``: each sample contributes k of its L patch rows (a uniform k-subset), counts grow
+    by k per sample, and the average of many estimates converges to the exact covariance."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False).double()
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64) + 0.5  # L = 25 positions per sample
+    exact = Covariance({"c": conv})
+    exact.update(conv, [x])
+    full_rows = layer_input_rows(conv, x).reshape(4, 25, -1)
+    g = torch.Generator().manual_seed(0)
+    k, draws = 5, 400
+    mean = torch.zeros_like(exact.matrix("c"))
+    single_err = []
+    for _ in range(draws):
+        est = Covariance({"c": conv}, patches=k)
+        est.update(conv, [x], generator=g)
+        assert est.counts["c"] == 4 * k
+        rows = layer_input_rows(conv, x, patches=k, generator=torch.Generator().manual_seed(1)).reshape(4, k, -1)
+        for b in range(4):  # every kept row is one of that sample's own patches, none twice
+            match = (rows[b][:, None, :] == full_rows[b][None, :, :]).all(-1)
+            assert (match.sum(1) == 1).all() and match.any(0).sum() == k
+        mean += est.matrix("c") / draws
+        single_err.append((est.matrix("c") - exact.matrix("c")).norm().item())
+    ref = exact.matrix("c").norm().item()
+    err = (mean - exact.matrix("c")).norm().item() / ref
+    assert err < 0.05, err  # Monte-Carlo error ~ single-draw error / sqrt(400)
+    assert min(single_err) / ref > 4 * err  # ... while single draws really are random
+    # k >= L, or batch_mean: the exact rows
+    same = Covariance({"c": conv}, patches=25)
+    same.update(conv, [x], generator=g)
+    assert torch.equal(same.matrix("c"), exact.matrix("c"))
+    torch.testing.assert_close(layer_input_rows(conv, x, "batch_mean", patches=2),
+                               layer_input_rows(conv, x, "batch_mean"), rtol=0, atol=0)
+
+
+def test_weighted_pass_counts_as_the_full_task():
+    """``weight``: a subset pass enters as if it had the task's full size (rows and sums scaled)."""
+    lin = nn.Linear(3, 2, bias=True).double()
+    a, b = torch.randn(10, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    cov = Covariance({"l": lin})
+    cov.update(lin, [a])
+    cov.update(lin, [b], weight=2.5)  # 4 samples standing for 10
+    ra, rb = layer_input_rows(lin, a), layer_input_rows(lin, b)
+    expect = (ra.T @ ra + 2.5 * rb.T @ rb) / 20
+    assert cov.counts["l"] == pytest.approx(20.0)
+    torch.testing.assert_close(cov.matrix("l"), expect, rtol=1e-12, atol=1e-12)

@@ -5,7 +5,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nscl.core.nullspace import NullSpace, NullSpaceTracker, Projector, compute, energy_at, null_dim
+from nscl.core.nullspace import (
+    NullSpace,
+    NullSpaceTracker,
+    Projector,
+    compute,
+    compute_many,
+    compute_nested,
+    energy_at,
+    null_dim,
+    null_threshold,
+)
 
 
 def random_space(d: int, r: int, seed: int = 0) -> NullSpace:
@@ -209,3 +219,58 @@ def test_tracker_rising_energy_threshold():
         tr.update(lin, [x], t=t)
     assert tr.history["l"]["dims"] == [3, 2, 1, 1]
     assert [tr.rule("l", t)["energy"] for t in range(4)] == pytest.approx([0.9, 0.95, 0.99, 0.99])
+
+
+# ---- batched and nested eigendecompositions ---------------------------------------------------------
+def test_compute_many_is_bitwise_compute_per_matrix():
+    g = torch.Generator().manual_seed(3)
+    covs = []
+    for d, n in ((6, 3), (9, 20), (6, 10), (9, 4), (6, 2)):
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
+        covs.append(x.T @ x / n)
+    rules = [dict(rule="a_min", a=10.0, floor=f) for f in ("rank", "none", "rank", "rank", "none")]
+    many = compute_many(covs, rules)  # CPU: one call per matrix
+    batched = compute_many(covs, rules, batched=True)  # one eigh per size, as on a GPU
+    for c, rule, ns, nb in zip(covs, rules, many, batched):
+        one = compute(c, **rule)
+        assert torch.equal(ns.eigvals, one.eigvals) and torch.equal(ns.eigvecs, one.eigvecs) and ns.r == one.r
+        assert nb.r == one.r  # same selection, same null space up to rounding
+        torch.testing.assert_close(nb.eigvals, one.eigvals, rtol=0, atol=1e-12)
+        torch.testing.assert_close(nb.null_basis @ nb.null_basis.T, one.null_basis @ one.null_basis.T,
+                                   rtol=0, atol=1e-10)
+
+
+def _cov(x):
+    return x.T @ x / len(x)
+
+
+def test_nested_null_space_inside_previous_never_larger_and_exactly_protective():
+    g = torch.Generator().manual_seed(4)
+    d = 12
+    rule = dict(rule="a_min", a=10.0, floor="rank")
+    x1 = torch.randn(40, 4, generator=g, dtype=torch.float64) @ torch.randn(4, d, generator=g, dtype=torch.float64)
+    prev = compute(_cov(x1), **rule)
+    assert prev.r == d - 4
+    # task 2 adds 3 new directions: the full null space (d - 7) lies inside the previous one -> nested = full
+    x2 = torch.randn(40, 3, generator=g, dtype=torch.float64) @ torch.randn(3, d, generator=g, dtype=torch.float64)
+    c = (_cov(x1) * 40 + _cov(x2) * 40) / 80
+    full, nested = compute(c, **rule), compute_nested(c, prev, **rule)
+    assert nested.r == full.r == d - 7
+    torch.testing.assert_close(nested.null_basis @ nested.null_basis.T, full.null_basis @ full.null_basis.T,
+                               rtol=0, atol=1e-9)
+    assert nested.kept_energy == pytest.approx(full.kept_energy, abs=1e-12)
+    assert torch.equal(nested.eigvals, full.eigvals.abs().sort().values) or \
+        torch.allclose(nested.eigvals, full.eigvals, rtol=0, atol=1e-12)
+    # the basis is orthonormal, its null part inside the previous null space, and Projector accepts it
+    torch.testing.assert_close(nested.eigvecs.T @ nested.eigvecs, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert (prev.range_basis.T @ nested.null_basis).abs().max() < 1e-12
+    proj = Projector(nested, dtype=torch.float64)
+    assert (x1 @ proj.matrix()).abs().max() < 1e-10 and (x2 @ proj.matrix()).abs().max() < 1e-10
+    # full-rank data afterwards: lambda_min rises, the full rule re-admits old directions, nested does not
+    x3 = torch.randn(200, d, generator=g, dtype=torch.float64) * 0.2
+    c3 = (c * 80 + _cov(x3) * 200) / 280
+    full3, nested3 = compute(c3, **rule), compute_nested(c3, nested, **rule)
+    assert 0 < nested3.r < full3.r
+    energies = torch.diag(nested3.null_basis.T @ c3 @ nested3.null_basis)
+    assert energies.max() <= null_threshold(full3.eigvals, **rule) * (1 + 1e-12)  # each kept direction meets it
+    assert (nested.range_basis.T @ nested3.null_basis).abs().max() < 1e-12

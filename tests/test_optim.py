@@ -2,6 +2,8 @@
 when the final step is projected, and the documented failure of projecting the gradient instead."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -199,3 +201,134 @@ def test_step_leaves_raw_gradients_untouched(project, wd):
     g = lin.weight.grad.clone()
     opt.step()
     assert torch.equal(lin.weight.grad, g)
+
+
+# ---- the official epsilon placement -------------------------------------------------------------
+def official_reference(weights: dict, grad_fn, projectors: dict, lr: float, head_lr: float, betas, eps: float,
+                       wd: float, steps: int) -> dict:
+    """The official Adam-NSCL update written out independently (older PyTorch Adam form), float64:
+    ``g = grad + wd w``; ``m, v`` on g; ``u = -lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``;
+    ``u <- u.view(out, d) @ P`` for projected weights; ``w <- w + u``. The head has its own lr, no decay."""
+    b1, b2 = betas
+    w = {k: v.clone() for k, v in weights.items()}
+    m = {k: torch.zeros_like(v) for k, v in w.items()}
+    v2 = {k: torch.zeros_like(v) for k, v in w.items()}
+    for t in range(1, steps + 1):
+        grads = grad_fn(w)
+        for k in w:
+            decay = 0.0 if k == "head" else wd
+            g = grads[k] + decay * w[k]
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v2[k] = b2 * v2[k] + (1 - b2) * g * g
+            rate = (head_lr if k == "head" else lr) * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            u = -rate * m[k] / (v2[k].sqrt() + eps)
+            if k in projectors:
+                u = (u.reshape(u.shape[0], -1) @ projectors[k]).reshape(u.shape)
+            w[k] = w[k] + u
+    return w
+
+
+def _official_case():
+    """Two same-shaped convs (one bmm group, different r, sqrt(r) scaling), a third conv of another
+    shape, and an unprojected head: a small fixed float64 network and its loss."""
+    g = torch.Generator().manual_seed(3)
+    shapes = {"c1": (4, 2, 3, 3), "c2": (4, 2, 3, 3), "c3": (3, 4, 1, 1), "head": (2, 3)}
+    weights = {k: 0.3 * torch.randn(*s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
+    x = torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64)
+    spaces = {k: random_null_space(int(torch.tensor(shapes[k][1:]).prod()), r, seed)
+              for k, r, seed in (("c1", 5, 0), ("c2", 6, 1), ("c3", 1, 2))}
+
+    def loss(w):
+        h = F.conv2d(x, w["c1"], padding=1).tanh() + F.conv2d(x, w["c2"], padding=1).sin()
+        h = F.conv2d(h, w["c3"]).relu().mean((2, 3))
+        return (h @ w["head"].T).pow(2).sum() * 1e-3  # small gradients: sqrt(v) comparable to eps
+
+    def grad_fn(w):
+        leaves = {k: v.detach().requires_grad_(True) for k, v in w.items()}
+        grads = torch.autograd.grad(loss(leaves), list(leaves.values()))
+        return dict(zip(leaves, grads))
+
+    return weights, spaces, grad_fn
+
+
+def random_null_space(d: int, r: int, seed: int) -> NullSpace:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return NullSpace(torch.arange(d, dtype=torch.float64), q, r)
+
+
+@pytest.mark.parametrize("placement", ["official", "torch"])
+def test_official_eps_placement_reproduces_the_official_update_to_1e12(placement):
+    weights, spaces, grad_fn = _official_case()
+    lr, head_lr, betas, eps, wd, steps = 5e-2, 1e-1, (0.9, 0.999), 1e-4, 5e-4, 6
+    dense = {k: ns.null_basis @ ns.null_basis.T / math.sqrt(ns.r) for k, ns in spaces.items()}
+    expected = official_reference(weights, grad_fn, dense, lr, head_lr, betas, eps, wd, steps)
+
+    params = {k: nn.Parameter(v.clone()) for k, v in weights.items()}
+    opt = NullSpaceAdam([dict(params=[params["c1"], params["c2"], params["c3"]], lr=lr, weight_decay=wd),
+                         dict(params=[params["head"]], lr=head_lr, weight_decay=0.0)],
+                        betas=betas, eps=eps, eps_placement=placement, batched=True)
+    for k, ns in spaces.items():
+        opt.set_projector(params[k], None, Projector(ns, dtype=torch.float64, scale_sqrt_r=True))
+    buckets, single = opt.plan()
+    assert len(buckets) == 1 and len(buckets[0].layers) == 2  # c1 and c2 share one bmm (padded 5 -> 6 columns)
+    for _ in range(steps):
+        grads = grad_fn({k: p.detach() for k, p in params.items()})
+        for k, p in params.items():
+            p.grad = grads[k]
+        opt.step()
+    err = max((params[k].detach() - expected[k]).abs().max().item() for k in weights)
+    moved = min((expected[k] - weights[k]).abs().max().item() for k in weights)
+    assert moved > 1e-3  # every weight moved
+    if placement == "official":
+        assert err < 1e-12, err
+    else:  # torch's m_hat / (sqrt(v_hat) + eps) is a different step
+        assert err > 1e-6, err
+    assert opt.stats["projected_steps"] == 3 * steps
+
+
+def test_eps_placement_is_checked():
+    with pytest.raises(ValueError, match="eps_placement"):
+        NullSpaceAdam(nn.Linear(2, 2).parameters(), eps_placement="pytorch1.5")
+
+
+# ---- batched projection ---------------------------------------------------------------------------
+@pytest.mark.parametrize("scale_sqrt_r", [False, True])
+def test_batched_projection_equals_layer_by_layer(scale_sqrt_r):
+    """Same-shaped layers share one bmm per kind (zero-padded bases); the steps equal the per-layer ones.
+    Ranks chosen so that both kinds occur, padding is needed, a bucket splits, and r=0 / r=d layers
+    fall back to the per-layer path."""
+    torch.manual_seed(4)
+    d, out = 18, 6
+    ranks = [2, 3, 8, 15, 16, 0, 18, 4]
+    layers = [nn.Conv2d(2, out, 3, bias=False).double() for _ in ranks]
+    twins = [nn.Conv2d(2, out, 3, bias=False).double() for _ in ranks]
+    for a, b in zip(layers, twins):
+        b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    opts = []
+    for mods, batched in ((layers, True), (twins, False)):
+        opt = NullSpaceAdam([p for m in mods for p in m.parameters()], lr=1e-2, weight_decay=1e-3, batched=batched)
+        for i, (m, r) in enumerate(zip(mods, ranks)):
+            opt.set_projector(m.weight, None, Projector(random_null_space(d, r, i), dtype=torch.float64,
+                                                        scale_sqrt_r=scale_sqrt_r))
+        opts.append(opt)
+    assert NullSpaceAdam([layers[0].weight]).batched is None  # default: bmm on a GPU, per layer on CPU
+    auto = NullSpaceAdam([p for m in layers for p in m.parameters()])
+    for i, (m, r) in enumerate(zip(layers, ranks)):
+        auto.set_projector(m.weight, None, Projector(random_null_space(d, r, i), dtype=torch.float64))
+    assert auto.plan()[0] == [] and len(auto.plan()[1]) == len(ranks)
+    buckets, single = opts[0].plan()
+    # null k = 2, 3 | 4 | 8 (the padding limit splits them); range k = 2, 3; r = 0 and r = d alone
+    assert sorted((b.kind, len(b.layers)) for b in buckets) == [("null", 2), ("range", 2)]
+    assert len(single) == 4
+    assert all(b.padded_flops <= 1.25 * b.flops for b in buckets)
+    assert opts[1].plan()[0] == []
+    for _ in range(4):
+        for mods, opt in zip((layers, twins), opts):
+            opt.zero_grad(set_to_none=True)
+            sum(m(x).sin().sum() for m in mods).backward()
+            opt.step()
+    for a, b, r in zip(layers, twins, ranks):
+        torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-13)
+    assert opts[0].stats == opts[1].stats == {"steps": 4, "projected_steps": 4 * len(ranks)}

@@ -79,6 +79,45 @@ def test_trainer_adam_nscl_keeps_task1_logits_and_projects_every_step():
     assert res["acc"][1][0] == res["acc"][0][0]
 
 
+def test_trainer_nested_eigen_update_keeps_task1_logits():
+    """``eigen_update=nested`` through the real loop: null spaces never grow, and task 1 is still
+    protected exactly."""
+    trainer = train.Trainer(resolved(method="adam_nscl", eigen_update="nested", n_tasks=4, **INVARIANT))
+    snaps, _ = task1_snapshots(trainer)
+    res = trainer.run()
+    full = train.run(resolved(method="adam_nscl", n_tasks=4, **INVARIANT))
+    for s in snaps[1:]:
+        rel = ((s["logits"] - snaps[0]["logits"]).norm() / snaps[0]["logits"].norm()).item()
+        assert rel < 1e-5, rel
+    for name, hist in res["null_space"].items():
+        dims = hist["dims"]
+        assert dims == sorted(dims, reverse=True), dims
+        assert all(n <= f for n, f in zip(dims, full["null_space"][name]["dims"]))
+        assert dims[0] == full["null_space"][name]["dims"][0]  # task 1 is always a full decomposition
+
+
+def test_subsampled_covariance_pass_counts_like_the_full_task():
+    """``cov_samples`` weights the subset to the task's size, ``cov_patches`` keeps k rows per sample;
+    with limits above the data size the pass is exactly the full one."""
+    cnn = dict(model="cnn", cnn_channels=[4, 8], hidden=[16], samples_per_task=100, n_tasks=2)
+    exact = train.Trainer(resolved(method="adam_nscl", **cnn))
+    exact.run()
+    big = train.Trainer(resolved(method="adam_nscl", cov_samples=10_000, cov_patches=10_000, **cnn))
+    big.run()
+    assert all(torch.equal(exact.tracker.cov.sums[n], big.tracker.cov.sums[n]) for n in exact.tracker.cov.sums)
+    sub = train.Trainer(resolved(method="adam_nscl", cov_samples=30, cov_patches=5, **cnn))
+    sub.run()
+    n_train = [len(t.train) for t in sub.stream]
+    for name, layer in sub.tracker.layers.items():
+        if isinstance(layer, torch.nn.Conv2d):  # 8x8 and 4x4 maps -> 5 of 64 / 16 positions per sample
+            assert sub.tracker.cov.counts[name] == pytest.approx(5 * sum(n_train))
+        else:
+            assert sub.tracker.cov.counts[name] == pytest.approx(exact.tracker.cov.counts[name])
+        rel = ((sub.tracker.cov.matrix(name) - exact.tracker.cov.matrix(name)).norm()
+               / exact.tracker.cov.matrix(name).norm()).item()
+        assert 0 < rel < 0.5, (name, rel)
+
+
 def test_trainer_finetune_changes_task1_logits():
     trainer = train.Trainer(resolved(method="finetune", **INVARIANT))
     snaps, _ = task1_snapshots(trainer)
@@ -120,9 +159,13 @@ class Killed(BaseException):
     """A simulated kill: like KeyboardInterrupt (or kill -9) it does not go through the failure path."""
 
 
-@pytest.mark.parametrize("method", ["adam_nscl", "ewc"])
-def test_killed_run_resumes_to_identical_results(method, tmp_path, monkeypatch):
-    cfg = resolved(method=method, epochs=2)
+@pytest.mark.parametrize("method,extra", [("adam_nscl", {}), ("ewc", {}),
+                                          ("adam_nscl", dict(eigen_update="nested", model="cnn",
+                                                             cnn_channels=[4, 8], hidden=[16], cov_patches=5,
+                                                             cov_samples=100))],
+                         ids=["adam_nscl", "ewc", "nested_subsampled"])
+def test_killed_run_resumes_to_identical_results(method, extra, tmp_path, monkeypatch):
+    cfg = resolved(method=method, epochs=2, **extra)
     full = train.run(cfg, tmp_path / "full")
 
     killed = train.Trainer(cfg, tmp_path / "resumed")
@@ -141,7 +184,7 @@ def test_killed_run_resumes_to_identical_results(method, tmp_path, monkeypatch):
     assert records.load_checkpoint(tmp_path / "resumed")["task"] == 1
     # resuming with other parameters is refused rather than mixing two runs
     with pytest.raises(config.ConfigError, match="other parameters.*lr"):
-        train.run(resolved(method=method, epochs=2, lr=0.5), tmp_path / "resumed")
+        train.run(resolved(method=method, epochs=2, **{**extra, "lr": 0.5}), tmp_path / "resumed")
 
     resumed = train.run(cfg, tmp_path / "resumed")
     for key in ("status", "acc", "metrics", "null_space", "method_diagnostics", "params", "stream"):
@@ -162,7 +205,7 @@ def test_killed_run_resumes_to_identical_results(method, tmp_path, monkeypatch):
     # a complete run is never overwritten by a run with other parameters (nor its params.yaml)
     before = (tmp_path / "resumed" / records.RESULTS).read_bytes(), (tmp_path / "resumed" / records.PARAMS).read_bytes()
     with pytest.raises(config.ConfigError, match="complete run with other parameters.*seed"):
-        train.run(resolved(method=method, epochs=2, seed=5), tmp_path / "resumed")
+        train.run(resolved(method=method, epochs=2, **{**extra, "seed": 5}), tmp_path / "resumed")
     assert before == ((tmp_path / "resumed" / records.RESULTS).read_bytes(),
                       (tmp_path / "resumed" / records.PARAMS).read_bytes())
 
@@ -183,6 +226,30 @@ def test_nan_loss_stops_with_task_epoch_step_and_keeps_finished_work(tmp_path, m
     fresh = train.Trainer(cfg)
     fresh.model.load_state_dict(ckpt["model"])  # intact and loadable
     assert fresh.accuracy(0) == res["acc"][0][0]
+
+
+@pytest.mark.parametrize("every", [1, 4, 100])
+def test_deferred_nan_check_names_the_first_bad_step(every, tmp_path, monkeypatch):
+    """The loss is looked at every ``nan_check_every`` steps (no host sync per step), yet the error
+    names the step where it first went non-finite, and the record is marked failed."""
+    calls = {"n": 0}
+
+    def penalty(self, t):
+        if t != 1:
+            return None
+        calls["n"] += 1
+        return torch.tensor(float("inf") if calls["n"] in (3, 5) else 0.0)
+
+    monkeypatch.setattr(METHODS["finetune"], "penalty", penalty)
+    cfg = resolved(method="finetune", nan_check_every=every)
+    steps_per_epoch = -(-len(train.Trainer(cfg).stream[1].train) // cfg["batch_size"])
+    with pytest.raises(train.NonFiniteLossError, match=r"loss is inf at task 2, epoch 1, step 3 "):
+        train.run(cfg, tmp_path)
+    res = records.load(tmp_path)
+    assert res["status"] == "failed" and "task 2, epoch 1, step 3 " in res["error"]
+    # checked before step 3's backward, at step 4, or at the end of the epoch
+    assert calls["n"] == {1: 3, 4: 4, 100: steps_per_epoch}[every] and steps_per_epoch > 5
+    assert res["metrics"]["tasks_done"] == 1
 
 
 def test_huge_lr_is_reported_as_non_finite():

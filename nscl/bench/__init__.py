@@ -7,5 +7,6 @@ always measured within one process.
 BENCHMARKS = {
     "projection": "NullSpaceAdam step vs torch Adam step (MLP on CPU, ResNet-18 at batch 32)",
     "nuclear": "exact nuclear norm (SVD) vs factorised Frobenius surrogate, per step",
-    "e2e": "wall time per task / epoch, with and without projection",
+    "e2e": "wall time per task / epoch, task boundary / epoch, peak memory, checkpoint size (recipe settings)",
+    "boundary": "cheaper task boundaries (cov_patches, cov_samples, nested eigen) against the exact one",
 }

@@ -85,11 +85,23 @@ class SmallCNN(nn.Module):
         return self.mlp(x)
 
 
-class PreActBlock(nn.Module):
-    """BN -> ReLU -> conv3x3 -> BN -> ReLU -> conv3x3, plus a (1x1 conv) shortcut after the first BN+ReLU."""
+RESNET_BLOCKS = ("preact", "official")
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+
+class PreActBlock(nn.Module):
+    """BN -> ReLU -> conv3x3 -> BN -> ReLU -> conv3x3, plus a (1x1 conv) shortcut after the first BN+ReLU.
+
+    ``variant="preact"`` (He et al., "Identity mappings"): an identity shortcut adds the raw input
+    ``x``. ``variant="official"`` (the Adam-NSCL code): ``bn1`` is applied to ``x`` first, so an
+    identity shortcut adds ``bn1(x)`` (before the ReLU). Blocks with a 1x1-conv shortcut compute the
+    same function in both variants; the identity blocks differ as soon as ``bn1`` is not the identity.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, variant: str = "preact"):
         super().__init__()
+        if variant not in RESNET_BLOCKS:
+            raise ValueError(f"unknown ResNet block {variant!r}; valid: {', '.join(RESNET_BLOCKS)}")
+        self.variant = variant
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -99,8 +111,12 @@ class PreActBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
-        short = self.shortcut(out) if self.shortcut is not None else x
+        pre = self.bn1(x)
+        out = F.relu(pre)
+        if self.shortcut is not None:
+            short = self.shortcut(out)
+        else:
+            short = pre if self.variant == "official" else x
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + short
@@ -108,15 +124,16 @@ class PreActBlock(nn.Module):
 
 class PreActResNet18(nn.Module):
     """The Adam-NSCL ResNet-18: 3x3 stem (stride 1, no max-pool), stages 64/128/256/512 with strides
-    1/2/2/2, two PreActBlocks each, bias-free convs, ``bn_last`` -> ReLU -> global average pool."""
+    1/2/2/2, two PreActBlocks each, bias-free convs, ``bn_last`` -> ReLU -> global average pool.
+    ``block``: the :class:`PreActBlock` variant (``"official"`` for the Adam-NSCL code's network)."""
 
-    def __init__(self, in_channels: int = 3, width: int = 64):
+    def __init__(self, in_channels: int = 3, width: int = 64, block: str = "preact"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         planes, stages, in_planes = [width, 2 * width, 4 * width, 8 * width], [], width
         for i, p in enumerate(planes):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(PreActBlock(in_planes, p, stride), PreActBlock(p, p, 1)))
+            stages.append(nn.Sequential(PreActBlock(in_planes, p, stride, block), PreActBlock(p, p, 1, block)))
             in_planes = p
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn_last = nn.BatchNorm2d(in_planes)
@@ -130,7 +147,8 @@ class PreActResNet18(nn.Module):
 
 
 def build_model(name: str, input_shape: tuple, n_classes: list[int], *, hidden=(256, 256),
-                bias: bool = False, cnn_channels=(32, 64), batchnorm: bool = True, width: int = 64) -> MultiHead:
+                bias: bool = False, cnn_channels=(32, 64), batchnorm: bool = True, width: int = 64,
+                resnet_block: str = "preact") -> MultiHead:
     """A multi-head model: backbone ``name`` (mlp / cnn / resnet18) and one head per task.
 
     Seed the RNG before calling for a deterministic init.
@@ -140,7 +158,7 @@ def build_model(name: str, input_shape: tuple, n_classes: list[int], *, hidden=(
     elif name == "cnn":
         backbone = SmallCNN(input_shape, list(cnn_channels), list(hidden), bias=bias, batchnorm=batchnorm)
     elif name == "resnet18":
-        backbone = PreActResNet18(input_shape[0], width=width)
+        backbone = PreActResNet18(input_shape[0], width=width, block=resnet_block)
     else:
         raise ValueError(f"unknown model {name!r}")
     return MultiHead(backbone, backbone.out_dim, n_classes)

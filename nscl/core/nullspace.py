@@ -39,9 +39,19 @@ Selection rules (``rule``):
 
 The kept-energy ratio ``R = sum_{null} lambda / sum lambda`` (paper Eq. 7) measures how much of the
 old inputs' energy the allowed updates may still touch.
+
+Cost at a task boundary. Layers of the same size are decomposed by one batched ``eigh`` call on a
+GPU (fewer launches; on CPU one call per matrix, bitwise the separate results). With
+``eigen_update="nested"`` the tracker reuses the previous eigenbasis from task 2 on: the new null
+space is searched only inside the previous one, by Rayleigh-Ritz (``eigh`` of ``U2^T C U2``, r x r,
+instead of d x d), and the full spectrum comes from the cheaper ``eigvalsh``. A Ritz vector's value
+is exactly its energy ``v^T C v``, so every kept direction meets the threshold; by eigenvalue
+interlacing the nested null space is never larger than the full one (it can be smaller: a direction
+of the old range whose relative energy dropped below the threshold stays protected).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +62,9 @@ class NullSpace:
     """Eigen-decomposition of one layer's covariance and the chosen null-space dimension ``r``."""
 
     eigvals: torch.Tensor  # (d,) |lambda| ascending, float64
-    eigvecs: torch.Tensor  # (d, d) columns, float64
+    eigvecs: torch.Tensor  # (d, d) columns, float64 (the first r span the null space)
     r: int
+    kept: float | None = None  # kept energy when eigvecs are not C's eigenvectors (nested update)
 
     @property
     def d(self) -> int:
@@ -62,6 +73,8 @@ class NullSpace:
     @property
     def kept_energy(self) -> float:
         """Paper Eq. 7: fraction of the covariance's trace that lies in the null space."""
+        if self.kept is not None:
+            return self.kept
         return kept_energy(self.eigvals, self.r)
 
     def val_kept_energy(self, val_cov: torch.Tensor | None) -> float | None:
@@ -153,23 +166,92 @@ def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor:
     raise ValueError(f"unknown null-space rule {rule!r}")
 
 
+def null_threshold(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor: str = "rank",
+                   energy: float = 0.99, rel_tol: float = 1e-3, leak: float = 0.02) -> float:
+    """The eigenvalue bound of :func:`null_dim`: null directions are those with energy <= this value
+    (for ``energy`` and ``leak``, midway between the last null and the first protected eigenvalue of
+    the training spectrum)."""
+    ev = eigvals.to(torch.float64)
+    d = ev.numel()
+    if d == 0 or ev[-1].item() <= 0:
+        return math.inf
+    lam_max = ev[-1].item()
+    if rule == "a_min":
+        lam_min = ev[0].item()
+        if floor == "rank":
+            lam_min = max(lam_min, rank_tolerance(ev))
+        return a * lam_min
+    if rule == "rel_tol":
+        return rel_tol * lam_max
+    r = null_dim(ev, rule, a, floor, energy, rel_tol, leak)
+    if r == 0:
+        return -math.inf
+    return math.inf if r == d else (ev[r - 1].item() + ev[r].item()) / 2
+
+
 def compute(cov: torch.Tensor, val_cov: torch.Tensor | None = None, **rule) -> NullSpace:
     """Eigendecompose a covariance (``torch.linalg.eigh`` in float64: ascending order) and select.
 
     ``val_cov``: the held-out covariance the ``leak`` rule measures against (ignored by the others).
     """
+    ns = compute_many([cov], [rule])[0]
+    if rule.get("rule") == "leak" and val_cov is not None:
+        val = val_cov.to(ns.eigvecs)
+        val_energy = ((val @ ns.eigvecs) * ns.eigvecs).sum(0)  # u_i^T C_val u_i
+        ns.r = null_dim(ns.eigvals, val_energy=val_energy, **rule)
+    return ns
+
+
+def compute_many(covs: list[torch.Tensor], rules: list[dict], batched: bool | None = None) -> list[NullSpace]:
+    """:func:`compute` (without held-out data) for many covariances, one batched ``eigh`` per size.
+
+    ``batched=None``: batch on a GPU only (fewer launches). On CPU a batched LAPACK call saves
+    nothing and its rounding in numerically-null clusters can differ from separate calls, so the
+    CPU default keeps one call per matrix (bitwise the results of :func:`compute`).
+    """
+    out: list[NullSpace | None] = [None] * len(covs)
+    by_size: dict[tuple, list[int]] = {}
+    for i, c in enumerate(covs):
+        batch = c.device.type == "cuda" if batched is None else batched
+        by_size.setdefault((c.shape[0], c.device) if batch else (i,), []).append(i)
+    for idx in by_size.values():
+        cov = torch.stack([covs[i].to(torch.float64) for i in idx])
+        cov = (cov + cov.mT) / 2
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
+        # values the official code's SVD returns), so the null space is always a prefix.
+        eigvals, order = eigvals.abs().sort(-1)
+        eigvecs = eigvecs.gather(2, order[:, None, :].expand_as(eigvecs))
+        for j, i in enumerate(idx):
+            ev = eigvals[j]
+            out[i] = NullSpace(ev, eigvecs[j], null_dim(ev, **rules[i]))
+    return out
+
+
+def compute_nested(cov: torch.Tensor, previous: NullSpace, **rule) -> NullSpace:
+    """Null space of ``cov`` inside ``previous``'s null space (Rayleigh-Ritz; see the module doc).
+
+    The rule is applied to the exact spectrum (``eigvalsh``); its threshold (:func:`null_threshold`)
+    is the bound the Ritz values must meet, so the result equals the full computation whenever the
+    full null space lies inside the previous one.
+    """
     cov = cov.to(torch.float64)
     cov = (cov + cov.T) / 2
-    eigvals, eigvecs = torch.linalg.eigh(cov)
-    # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
-    # values the official code's SVD returns), so the null space is always a prefix.
-    eigvals, order = eigvals.abs().sort()
-    eigvecs = eigvecs[:, order]
-    val_energy = None
-    if rule.get("rule") == "leak" and val_cov is not None:
-        val_cov = val_cov.to(eigvecs)
-        val_energy = ((val_cov @ eigvecs) * eigvecs).sum(0)  # u_i^T C_val u_i
-    return NullSpace(eigvals, eigvecs, null_dim(eigvals, val_energy=val_energy, **rule))
+    exact = torch.linalg.eigvalsh(cov).abs().sort().values
+    r_full = null_dim(exact, **rule)
+    u2 = previous.null_basis.to(device=cov.device, dtype=torch.float64)
+    if previous.r == 0 or r_full == 0:
+        basis = previous.eigvecs.to(device=cov.device, dtype=torch.float64)
+        return NullSpace(exact, basis, 0, kept=0.0)
+    small = u2.T @ (cov @ u2)
+    theta, w = torch.linalg.eigh((small + small.T) / 2)
+    theta, order = theta.abs().sort()
+    w = w[:, order]
+    r = int((theta <= null_threshold(exact, **rule)).sum().item())
+    basis = torch.cat([u2 @ w, previous.range_basis.to(device=cov.device, dtype=torch.float64)], 1)
+    total = exact.clamp_min(0).sum().item()
+    kept = theta[:r].clamp_min(0).sum().item() / total if total > 0 else 1.0
+    return NullSpace(exact, basis, r, kept=kept)
 
 
 class Projector:
@@ -214,17 +296,19 @@ class NullSpaceTracker:
     """
 
     def __init__(self, layers: dict, covariance: str = "per_sample", rule: dict | None = None,
-                 scale_sqrt_r: bool = False):
+                 scale_sqrt_r: bool = False, patches: int | None = None, eigen_update: str = "full"):
         """``rule``: keyword arguments of :func:`null_dim` (rule, a, floor, energy, rel_tol, leak) plus
         ``energy_step`` / ``energy_max`` (:func:`energy_at`); ``covariance``: ``per_sample`` or
-        ``batch_mean`` (:class:`nscl.core.covariance.Covariance`)."""
+        ``batch_mean`` (:class:`nscl.core.covariance.Covariance`, ``patches`` per sample of a conv);
+        ``eigen_update``: ``full`` or ``nested`` (see the module doc)."""
         from .covariance import Covariance, input_dim
 
         self.layers = layers
         self.base_rule = dict(rule or {})
         self.scale_sqrt_r = scale_sqrt_r
-        self.cov = Covariance(layers, covariance)
-        self.val_cov = Covariance(layers, covariance)
+        self.cov = Covariance(layers, covariance, patches)
+        self.val_cov = Covariance(layers, covariance, patches)
+        self.eigen_update = eigen_update
         self.spaces: dict[str, NullSpace] = {}
         self.history = {n: {"d": input_dim(m), "dims": [], "kept_energy": [], "val_kept_energy": [],
                             "rank": [], "lambda_max": []}
@@ -271,8 +355,15 @@ class NullSpaceTracker:
     def recompute(self, t: int | None = None) -> None:
         if t is not None:
             self.task = t
-        for name in self.layers:
-            ns = self.null_space(name)
+        names = list(self.layers)
+        if self.eigen_update == "nested" and t is not None and t > 0:
+            spaces = [compute_nested(self.cov.matrix(n), self.spaces[n], **self.rule(n)) if n in self.spaces
+                      else self.null_space(n) for n in names]
+        elif any(self.rule(n).get("rule") == "leak" for n in names):
+            spaces = [self.null_space(n) for n in names]  # measured against the held-out covariance
+        else:
+            spaces = compute_many([self.cov.matrix(n) for n in names], [self.rule(n) for n in names])
+        for name, ns in zip(names, spaces):
             self.spaces[name] = ns
             if t is not None:
                 h = self.history[name]
@@ -320,7 +411,9 @@ class NullSpaceTracker:
         """Tensors and plain containers only (checkpoints are loaded with ``weights_only=True``)."""
         return {"cov": self.cov.state_dict(), "val_cov": self.val_cov.state_dict(), "history": self.history,
                 "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()}, "rules": self.rules,
-                "task": self.task}
+                "task": self.task, "spaces": {n: (ns.eigvals.cpu(), ns.eigvecs.cpu(), ns.r, ns.kept)
+                                              for n, ns in self.spaces.items()}
+                if self.eigen_update == "nested" else None}  # nested spaces are path-dependent: keep them
 
     def load_state_dict(self, state: dict) -> None:
         self.cov.load_state_dict(state["cov"])
@@ -329,5 +422,9 @@ class NullSpaceTracker:
         self.history, self.rules = state["history"], state["rules"]
         self.task = state.get("task", max((len(h["dims"]) for h in self.history.values()), default=0) - 1)
         self.spectra = {k: v.numpy() for k, v in state["spectra"].items()}
-        if self.cov.sums:
+        if state.get("spaces") is not None:
+            device = next(iter(self.layers.values())).weight.device if self.layers else "cpu"
+            self.spaces = {n: NullSpace(ev.to(device), vec.to(device), r, kept)
+                           for n, (ev, vec, r, kept) in state["spaces"].items()}
+        elif self.cov.sums:
             self.recompute(None)

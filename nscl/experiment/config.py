@@ -38,6 +38,8 @@ COMMON: tuple[Param, ...] = (
     Param("bias", False, "bool", "bias in backbone Linear/Conv layers (off: exact null spaces)"),
     Param("cnn_channels", [32, 64], "list[int]", "small CNN channel widths", range="[1, inf)"),
     Param("batchnorm", True, "bool", "BatchNorm in the small CNN (ResNet-18 always has it)"),
+    Param("resnet_block", "preact", "str", "ResNet-18 block: identity shortcuts add the raw input (preact, "
+          "He et al.) or bn1(input) (official Adam-NSCL code)", choices=("preact", "official")),
     Param("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)", range="[1, inf)"),
     # --- training loop
     Param("method", "adam_nscl", "str", "continual-learning method, see nscl.methods.METHODS"),
@@ -53,6 +55,8 @@ COMMON: tuple[Param, ...] = (
     Param("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80])", range="[1, inf)"),
     Param("gamma", 0.5, "float", "MultiStepLR decay factor", range="(0, inf)"),
     Param("betas", [0.9, 0.999], "list[float]", "Adam betas", range="[0, 1)"),
+    Param("eps_placement", "torch", "str", "NullSpaceAdam eps: m_hat / (sqrt(v_hat) + eps) (torch) or the "
+          "official code's m_hat / (sqrt(v_hat) + eps / sqrt(1 - beta2^t))", choices=("torch", "official")),
     Param("eps", 1e-8, "float", "Adam eps", range="[0, inf)"),
     # --- null space (tracked for every method; the projecting methods train in it)
     Param("covariance", "per_sample", "str", "per-sample uncentred covariance (principled, default) "
@@ -75,6 +79,13 @@ COMMON: tuple[Param, ...] = (
           range="(0, inf)"),
     Param("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for "
           "batch_mean, eval_batch_size for per_sample)", range="[1, inf)"),
+    Param("cov_samples", None, "int", "covariance pass on a seeded random subset of at most this many "
+          "samples per task, reweighted to the task's size (unbiased; default: every sample)", range="[1, inf)"),
+    Param("cov_patches", None, "int", "per_sample covariance of a conv: at most this many random patch "
+          "positions per sample (unbiased; default: every position)", range="[1, inf)"),
+    Param("eigen_update", "full", "str", "null spaces after task 2 on: full eigendecomposition (exact) or "
+          "nested (Rayleigh-Ritz inside the previous null space: cheaper, never larger)",
+          choices=("full", "nested")),
     # --- run
     Param("seed", 0, "int", "seed for data order, init and everything else", range="[0, inf)"),
     Param("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N"),
@@ -82,6 +93,9 @@ COMMON: tuple[Param, ...] = (
     Param("quiet", False, "bool", "no progress bars"),
     Param("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named"),
     Param("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes"),
+    Param("nan_check_every", 10, "int", "look at the loss for NaN/inf every this many steps (and at each "
+          "epoch end); the error still names the first bad step. 1 = every step (a host sync per step)",
+          range="[1, inf)"),
 )
 
 
@@ -104,23 +118,26 @@ PRESETS: dict[str, dict] = {
     # batch-mean covariance, raw a*lambda_min rule, 1/sqrt(r) step scaling, EWC on BatchNorm.
     "adam_nscl_official": dict(method="adam_nscl", covariance="batch_mean", a_min_floor="none",
                                scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min",
-                               project="update"),
+                               project="update", eps_placement="official"),
     # The paper's 10-split CIFAR-100 recipe as the official script runs it (research/adam_nscl.md 1.7).
     "cifar100_10_paper": dict(
         benchmark="split_cifar100_10", model="resnet18", method="adam_nscl", epochs=80, batch_size=32,
         lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
         milestones=[30, 60, 80], gamma=0.5, a=10.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update"),
+        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
+        eps_placement="official", resnet_block="official"),
     "cifar100_20_paper": dict(
         benchmark="split_cifar100_20", model="resnet18", method="adam_nscl", epochs=80, batch_size=16,
         lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
         milestones=[30, 60, 80], gamma=0.5, a=30.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update"),
+        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
+        eps_placement="official", resnet_block="official"),
     "tinyimagenet_25_paper": dict(
         benchmark="tinyimagenet_25", model="resnet18", method="adam_nscl", epochs=80, batch_size=16,
         lr=5e-5, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
         milestones=[30, 60, 80], gamma=0.5, a=10.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update"),
+        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
+        eps_placement="official", resnet_block="official"),
 }
 
 

@@ -199,7 +199,7 @@ def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> 
 
 
 #: parameters that never change what a run computes (a run made with other values is the same run)
-RUN_INVARIANT = ("quiet", "device", "threads", "checkpoint")
+RUN_INVARIANT = ("quiet", "device", "threads", "checkpoint", "nan_check_every")
 #: left out when grouping runs over seeds: the invariant ones, the seed, and where the data came from
 NON_SEMANTIC = ("seed", *RUN_INVARIANT, "data_root", "download")
 

@@ -32,6 +32,49 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names task, epoch and step."""
 
 
+class _FiniteGuard:
+    """NaN/inf guard of the training loss without a host sync per step.
+
+    ``record`` keeps, on the loss' device, the value and index of the first non-finite loss; every
+    ``nan_check_every`` steps (before that step's backward) and at every :meth:`check` one ``.item()``
+    looks at it and raises :class:`NonFiniteLossError` naming the task, epoch and step where it
+    first happened. With ``nan_check_every=1`` this is a check before every backward.
+    """
+
+    def __init__(self, t: int, cfg: dict, lr: float):
+        self.t, self.cfg, self.lr = t, cfg, lr
+        self.every = cfg["nan_check_every"]
+        self.where: list[tuple[int, int]] = []  # (epoch, step) of each step since the last check
+        self.first_step = self.first_loss = self.counter = None
+
+    def record(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        value = loss.detach()
+        if self.counter is None:
+            self.counter = torch.zeros((), dtype=torch.long, device=value.device)
+            self.first_step = torch.full((), -1, dtype=torch.long, device=value.device)
+            self.first_loss = torch.zeros((), dtype=value.dtype, device=value.device)
+        take = ~torch.isfinite(value) & (self.first_step < 0)
+        self.first_step = torch.where(take, self.counter, self.first_step)
+        self.first_loss = torch.where(take, value, self.first_loss)
+        self.counter += 1
+        self.where.append((epoch, step))
+        if len(self.where) >= self.every:
+            self.check()
+
+    def check(self) -> None:
+        if self.first_step is None or not self.where:
+            return
+        first = int(self.first_step.item())
+        if first >= 0:
+            epoch, step = self.where[first]
+            raise NonFiniteLossError(
+                f"loss is {self.first_loss.item()} at task {self.t + 1}, epoch {epoch + 1}, step {step + 1} "
+                f"(method {self.cfg['method']}, lr {self.lr}); lower the learning rate or "
+                f"penalty strength. Results of the tasks finished before are kept.")
+        self.where = []
+        self.counter.zero_()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -85,11 +128,13 @@ class Trainer:
         self.model = build_model(
             cfg["model"], self.stream.input_shape, [t.n_classes for t in self.stream], hidden=cfg["hidden"],
             bias=cfg["bias"], cnn_channels=cfg["cnn_channels"], batchnorm=cfg["batchnorm"], width=cfg["width"],
+            resnet_block=cfg["resnet_block"],
         ).to(self.device)
         self.method = METHODS[cfg["method"]](cfg, self.model, self.stream, self.device)
         self.method.trainer = self
         self.tracker = NullSpaceTracker(
             self.method.tracked_layers(), cfg["covariance"], scale_sqrt_r=cfg["scale_sqrt_r"],
+            patches=cfg["cov_patches"], eigen_update=cfg["eigen_update"],
             rule=dict(rule=cfg["nullspace_rule"], a=cfg["a"], floor=cfg["a_min_floor"], energy=cfg["energy"],
                       energy_step=cfg["energy_step"], energy_max=cfg["energy_max"], rel_tol=cfg["rel_tol"],
                       leak=cfg["leak"]))
@@ -153,25 +198,25 @@ class Trainer:
         method.before_task(t)
         opt, sched = method.make_optimizer(t)
         sets = method.train_sets(t)
+        # one task per batch: an int head index (a tensor would make MultiHead sync on .tolist())
+        single = sets[0][1] if len(sets) == 1 else None
+        guard = _FiniteGuard(t, cfg, method.backbone_lr(t))
         t0 = time.perf_counter()
         for epoch in range(cfg["epochs"] if epochs is None else epochs):
             method.set_train_mode(t)
             for step, (x, y, tasks) in enumerate(self.batches(sets, train=True)):
-                logits = model(x, tasks)
+                logits = model(x, tasks if single is None else single)
                 loss = F.cross_entropy(logits, y)
                 pen = method.penalty(t)
                 if pen is not None:
                     loss = loss + pen
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at task {t + 1}, epoch {epoch + 1}, step {step + 1} "
-                        f"(method {cfg['method']}, lr {method.backbone_lr(t)}); lower the learning rate or "
-                        f"penalty strength. Results of the tasks finished before are kept.")
+                guard.record(loss, epoch, step)  # checks (one host sync) every nan_check_every steps
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 method.after_backward(t)
                 opt.step()
                 method.after_step(t)
+            guard.check()
             sched.step()
             if self._bar is not None:
                 self._bar.set_postfix(task=t + 1, epoch=epoch + 1, loss=f"{loss.item():.3f}")
@@ -191,12 +236,18 @@ class Trainer:
         bs = self.cfg["cov_batch_size"] or (self.cfg["batch_size"] if self.cfg["covariance"] == "batch_mean"
                                              else self.cfg["eval_batch_size"])
         gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t)
-        xs = (x for x, _, _ in self.batches([(self.stream[t].train, t)], bs, shuffle=True, generator=gen))
-        self.tracker.cov.update(lambda x: self.model.features(x), xs)
+        data, weight = self.stream[t].train, 1.0
+        m = self.cfg["cov_samples"]
+        if m is not None and m < len(data):  # unbiased subset estimate, weighted to the task's size
+            weight = len(data) / m
+            data = data.subset(torch.randperm(len(data), generator=gen)[:m].sort().values)
+        xs = (x for x, _, _ in self.batches([(data, t)], bs, shuffle=True, generator=gen))
+        patch_gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t + 104729)
+        self.tracker.cov.update(lambda x: self.model.features(x), xs, weight=weight, generator=patch_gen)
         val = self.stream[t].val  # held-out inputs of the same task: the leak rule, held-out kept energy
         if len(val):
             vs = (x for x, _, _ in self.batches([(val, t)], bs, shuffle=True, generator=gen))
-            self.tracker.val_cov.update(lambda x: self.model.features(x), vs)
+            self.tracker.val_cov.update(lambda x: self.model.features(x), vs, generator=patch_gen)
         timing["covariance_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.tracker.recompute(t)
@@ -287,13 +338,16 @@ class Trainer:
             records.write_json(self.out_dir / records.RESULTS, res)
         return res
 
+    def checkpoint_state(self, t: int) -> dict:
+        """Everything a resume after task ``t`` needs (what ``checkpoint.pt`` holds)."""
+        return {"task": t, "params": self.cfg, "model": self.model.state_dict(),
+                "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
+                "acc": self.acc, "val_acc": self.val_acc, "timing": self.timing}
+
     def _checkpoint(self, t: int) -> None:
         if self.out_dir is None or not self.cfg["checkpoint"]:
             return
-        records.save_checkpoint(self.out_dir, {
-            "task": t, "params": self.cfg, "model": self.model.state_dict(),
-            "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
-            "acc": self.acc, "val_acc": self.val_acc, "timing": self.timing})
+        records.save_checkpoint(self.out_dir, self.checkpoint_state(t))
 
     def _resume(self) -> int:
         """Load the checkpoint of the last finished task, if any; return the next task index."""

@@ -36,7 +36,7 @@ class AdamNSCL(Method):
 
     def make_optimizer(self, t):
         opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"],
-                            project=self.cfg["project"])
+                            project=self.cfg["project"], eps_placement=self.cfg["eps_placement"])
         if t > 0:  # first task: plain Adam (nothing to protect yet)
             tracker = self.trainer.tracker
             for name, layer in self.tracked_layers().items():

@@ -128,7 +128,8 @@ class _UnitPruning(Method):
         return blocks
 
     def make_optimizer(self, t):
-        opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"], project="update")
+        opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"], project="update",
+                            eps_placement=self.cfg["eps_placement"])
         self.grad_masks = []
         for wire in self.masks.graph.wires:
             fixed = self.masks.interference(wire)

@@ -1,0 +1,36 @@
+"""The e2e benchmark's records (not its timings): per-run fields, consistency, checkpoint size."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nscl.bench import e2e
+from nscl.core.covariance import input_dim
+from nscl.core.models import MultiHead, PreActResNet18, projected_layers
+
+
+@pytest.mark.slow
+def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert e2e.main(["--cases", "resnet18", "--width", "4", "--resnet-steps", "1", "--tasks", "2", "--threads", "1",
+                     "--settings", "finetune,principled_fast", "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    (case,) = rep["cases"]
+    assert "partial" not in case and set(case["runs"]) == {"finetune", "principled_fast"}
+    fast = case["runs"]["principled_fast"]
+    assert fast["params"]["cov_patches"] == 16 and fast["params"]["eigen_update"] == "nested"
+    for r in case["runs"].values():
+        assert len(r["tasks"]) == 2 and r["peak_host_mb"] > 50 and r["peak_device_mb"] is None
+        for t in r["tasks"]:
+            assert t["boundary_s"] == pytest.approx(t["covariance_s"] / t["train_samples"] * 5000 + t["eigen_s"])
+            assert t["boundary_epoch_ratio"] == pytest.approx(t["boundary_s"] / (t["s_per_step"] * 157))
+        # the checkpoint holds at least every layer's float64 covariance (sum of d^2 x 8 bytes)
+        net = MultiHead(PreActResNet18(3, 4), 32, [10])
+        cov_bytes = sum(8 * input_dim(m) ** 2 for m in projected_layers(net).values())
+        assert r["checkpoint_bytes"] > 0.9 * cov_bytes
+        assert r["projected_full_run_s"]["extrapolated"] is True
+    # nested keeps the bases in the checkpoint as well (path-dependent): larger than finetune's
+    assert fast["checkpoint_bytes"] > case["runs"]["finetune"]["checkpoint_bytes"]
+    assert set(case["step_ratio_vs_plain"]) == {"finetune", "principled_fast"}
+    assert case["step_ratio_vs_plain"]["finetune"] == 1.0
