@@ -89,8 +89,7 @@ def test_presets_select_the_official_block_and_eps():
     assert off["eps_placement"] == "official" and off["resnet_block"] == "preact"
     d = config.resolve()
     assert d["resnet_block"] == "preact" and d["eps_placement"] == "torch"
-    model = build_model(config.resolve(overrides=dict(model="resnet18", width=4, resnet_block="official")),
-                        (3, 8, 8), [2])
+    model = build_model("resnet18", (3, 8, 8), [2], width=4, resnet_block="official")
     assert {m.variant for m in model.modules() if isinstance(m, PreActBlock)} == {"official"}
     with pytest.raises(config.ConfigError, match="resnet_block"):
         config.resolve(overrides=dict(resnet_block="v2"))

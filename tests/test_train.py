@@ -84,7 +84,7 @@ def test_trainer_nested_eigen_update_keeps_task1_logits():
     protected exactly."""
     trainer = train.Trainer(resolved(method="adam_nscl", eigen_update="nested", n_tasks=4, **INVARIANT))
     snaps, _ = task1_snapshots(trainer)
-    res = trainer.run()
+    res = trainer.fit()
     full = train.run(resolved(method="adam_nscl", n_tasks=4, **INVARIANT))
     for s in snaps[1:]:
         rel = ((s["logits"] - snaps[0]["logits"]).norm() / snaps[0]["logits"].norm()).item()
@@ -101,12 +101,12 @@ def test_subsampled_covariance_pass_counts_like_the_full_task():
     with limits above the data size the pass is exactly the full one."""
     cnn = dict(model="cnn", cnn_channels=[4, 8], hidden=[16], samples_per_task=100, n_tasks=2)
     exact = train.Trainer(resolved(method="adam_nscl", **cnn))
-    exact.run()
+    exact.fit()
     big = train.Trainer(resolved(method="adam_nscl", cov_samples=10_000, cov_patches=10_000, **cnn))
-    big.run()
+    big.fit()
     assert all(torch.equal(exact.tracker.cov.sums[n], big.tracker.cov.sums[n]) for n in exact.tracker.cov.sums)
     sub = train.Trainer(resolved(method="adam_nscl", cov_samples=30, cov_patches=5, **cnn))
-    sub.run()
+    sub.fit()
     n_train = [len(t.train) for t in sub.stream]
     for name, layer in sub.tracker.layers.items():
         if isinstance(layer, torch.nn.Conv2d):  # 8x8 and 4x4 maps -> 5 of 64 / 16 positions per sample
