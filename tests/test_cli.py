@@ -246,6 +246,16 @@ def test_show_seeds_keeps_every_differing_parameter_apart(tmp_path, write_run, c
     assert line_of(capsys.readouterr().out, "all runs").startswith("all runs 2 0,1 ")
 
 
+def test_seed_table_never_prints_minus_zero(tmp_path, write_run, capsys):
+    from nscl.analysis import tables
+
+    summary = tables.seed_summary(tables.runs_frame([write_run(tmp_path / f"r{s}", 50.0, seed=s) for s in (0, 1)]))
+    summary["bwt_mean"], summary["bwt_std"] = -0.004, 0.001
+    assert tables.format_summary(summary)["BWT"].tolist() == ["0.0 ± 0.0"]
+    summary["bwt_mean"] = -0.06
+    assert tables.format_summary(summary)["BWT"].tolist() == ["-0.1 ± 0.0"]
+
+
 # ---- bad values: one-line errors before any training (issue 10, items 6 and 7) ----------------------
 @pytest.mark.parametrize("param,needle", [
     ("lr=.nan", "'lr' must be a finite number, got nan"),

@@ -205,10 +205,14 @@ def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=(
     out = summary[[c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in drop]].copy()
     if seeds and "seeds" in summary:
         out["seeds"] = summary["seeds"]
+    def num(v: float) -> str:  # no '-0.0' for a mean that rounds to zero
+        text = f"{v:.{digits}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
     for m in metrics:
         if f"{m}_mean" in summary:
             out[m.upper() if m in ("acc", "bwt") else m] = [
-                "-" if mu != mu else f"{mu:.{digits}f} ± {sd:.{digits}f}" if sd == sd else f"{mu:.{digits}f}"
+                "-" if mu != mu else f"{num(mu)} ± {num(sd)}" if sd == sd else num(mu)
                 for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
     for c in keep_counts:
         out[c] = summary[c]
