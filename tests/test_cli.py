@@ -251,9 +251,10 @@ def test_seed_table_never_prints_minus_zero(tmp_path, write_run, capsys):
 
     summary = tables.seed_summary(tables.runs_frame([write_run(tmp_path / f"r{s}", 50.0, seed=s) for s in (0, 1)]))
     summary["bwt_mean"], summary["bwt_std"] = -0.004, 0.001
-    assert tables.format_summary(summary)["BWT"].tolist() == ["0.0 ± 0.0"]
+    assert tables.format_summary(summary, digits=1)["BWT"].tolist() == ["0.0 ± 0.0"]
+    assert tables.format_summary(summary)["BWT"].tolist() == ["-0.00 ± 0.00".replace("-", "")]
     summary["bwt_mean"] = -0.06
-    assert tables.format_summary(summary)["BWT"].tolist() == ["-0.1 ± 0.0"]
+    assert tables.format_summary(summary, digits=1)["BWT"].tolist() == ["-0.1 ± 0.0"]
 
 
 # ---- bad values: one-line errors before any training (issue 10, items 6 and 7) ----------------------

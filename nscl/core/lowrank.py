@@ -8,7 +8,7 @@ patch) is replaced by :class:`Factorized`: ``y = A (m * (B^T x))`` with
 * ``A``: ``K -> out`` (an ``nn.Linear``, or a 1x1 ``nn.Conv2d``), carrying the layer's bias if any;
 * ``m``: a 0/1 buffer over the K inner components; only the first ``r`` are active (rank budget).
 
-Identities (research/clnp_lowrank.md B.1, Srebro et al. 2005)::
+Identities (Srebro et al. 2005; Burer and Monteiro 2003)::
 
     ||W||_* = min_{A B^T = W} 1/2 (||A||_F^2 + ||B||_F^2)      (any K >= rank W)
 

@@ -1,6 +1,6 @@
 """``NullSpaceAdam``: Adam whose steps on projected layers are confined to the old tasks' null space.
 
-Faithful to the official optimizer (research/adam_nscl.md 1.6):
+Faithful to the official optimizer (docs/official_vs_paper.md):
 
 1. ``g <- grad + wd * w`` (coupled L2 decay, before the moments);
 2. Adam moments ``m, v`` on the **unprojected** ``g``;

@@ -114,12 +114,12 @@ PARAMS: dict[str, Param] = _collect()
 
 
 PRESETS: dict[str, dict] = {
-    # Adam-NSCL's official switches (research/adam_nscl.md 1.4-1.6), on any benchmark/model:
+    # Adam-NSCL's official switches (docs/official_vs_paper.md), on any benchmark/model:
     # batch-mean covariance, raw a*lambda_min rule, 1/sqrt(r) step scaling, EWC on BatchNorm.
     "adam_nscl_official": dict(method="adam_nscl", covariance="batch_mean", a_min_floor="none",
                                scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min",
                                project="update", eps_placement="official"),
-    # The paper's 10-split CIFAR-100 recipe as the official script runs it (research/adam_nscl.md 1.7).
+    # The paper's 10-split CIFAR-100 recipe as the official script runs it (docs/official_vs_paper.md).
     "cifar100_10_paper": dict(
         benchmark="split_cifar100_10", model="resnet18", method="adam_nscl", epochs=80, batch_size=32,
         lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
