@@ -329,6 +329,10 @@ def stability_plasticity(runs: pd.DataFrame, order: list | None = None, col: str
         for j, c in enumerate(cols):
             ax = axes[i][j]
             d = df[(df[col] == c) & ((df[row] == r) if row else True)]
+            if d.empty:  # no complete run here (yet)
+                ax.set_title(f"{c}" if r is None else f"{c}, {r}", fontsize=10)
+                ax.text(0.5, 0.5, "no complete runs", ha="center", va="center", transform=ax.transAxes)
+                continue
             sns.scatterplot(data=d, x=x, y=y, hue=hue, hue_order=order, palette=palette, alpha=0.35, s=22,
                             legend=False, ax=ax)
             for m, g in d.groupby(hue, sort=False):

@@ -95,6 +95,7 @@ def goals(summary, best_of: Iterable[str] | None = None):
         best_of = null_space_methods()
     best_of = tuple(best_of)
     rows = []
+    summary = summary[summary["acc_mean"].notna()]  # groups without a complete run (pending, failed)
     for (bench, size), g in summary.groupby(["benchmark", "size"], sort=False):
         acc = dict(zip(g["method"], g["acc_mean"]))
         bwt = dict(zip(g["method"], g["bwt_mean"]))
