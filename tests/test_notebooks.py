@@ -83,9 +83,8 @@ def test_quickstart_adam_nscl_forgets_less_than_finetuning_on_both_streams(suite
         # both ran on the same stream: identical first-task accuracy before any interference
         assert ft["acc"][0][0] == ns["acc"][0][0]
         assert ns["at_chance"] == [] and ns["method"] == "adam_nscl"
-    # forgetting is real on the permuted stream: fine-tuning loses more there than on split
-    assert (rec["methods"]["permuted_fmnist/finetune"]["metrics"]["bwt"]
-            < rec["methods"]["split_fmnist/finetune"]["metrics"]["bwt"])
+    # forgetting is real on the permuted stream too: fine-tuning loses points of old tasks there
+    assert rec["methods"]["permuted_fmnist/finetune"]["metrics"]["bwt"] < -2.0
 
 
 def test_no_notebook_shows_a_null_space_method_at_chance(suite):
