@@ -19,6 +19,7 @@ says how to install it. Runtime about a minute on 2 loaded cores (the limit is 3
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -79,6 +80,13 @@ def parameters_source() -> str:
     nb = json.loads(NOTEBOOK.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     return "".join(cell["source"])
+
+
+def notebook_list(name: str) -> list[str]:
+    """A list literal assigned in the committed parameters cell (``benchmarks``, ``methods``)."""
+    (value,) = [ast.literal_eval(node.value) for node in ast.parse(parameters_source()).body
+                if isinstance(node, ast.Assign) and node.targets[0].id == name]
+    return value
 
 
 @contextlib.contextmanager
@@ -170,18 +178,22 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
             assert table.count() == 1
             header = table.locator("thead").inner_text()
             assert all(col in header for col in ("ACC", "BWT", "plasticity", "forgetting"))
+            streams, methods = notebook_list("benchmarks"), notebook_list("methods")
+            runs = len(streams) * len(methods)
             rows = table.locator("tbody th").all_inner_texts()
-            assert rows == ["finetune", "adam_nscl"]
+            assert rows == [f"{b}/{m}" for b in streams for m in methods]
             cells = table.locator("tbody td").all_inner_texts()
-            assert len(cells) == 8 and all(re.fullmatch(r"-?\d+\.\d\d", c) for c in cells), cells
+            assert len(cells) == 4 * runs and all(re.fullmatch(r"-?\d+\.\d\d", c) for c in cells), cells
             bars = panel.locator(".jp-OutputArea-output .widget-hprogress")  # ipywidgets' rendered bars
-            assert bars.count() == 2, "one widget progress bar per training run"
-            assert panel.locator(".jp-OutputArea-output .widget-hprogress .progress-bar-success").count() == 2
+            assert bars.count() == runs, "one widget progress bar per training run"
+            assert panel.locator(".jp-OutputArea-output .widget-hprogress .progress-bar-success").count() == runs
             labels = " ".join(panel.locator(".jp-OutputArea-output .widget-html-content").all_inner_texts())
             labels = labels.replace("\u2007", " ")  # tqdm pads with figure spaces
-            tasks = int(re.search(r": (\d+) tasks, one head per task", panel.inner_text()).group(1))  # nb.describe
-            assert re.search(r"finetune on \w+: 100%", labels) and re.search(r"adam_nscl on \w+: 100%", labels)
-            assert labels.count(f"{tasks}/{tasks}") == 2, labels  # one tick per task, all done
+            text = panel.inner_text()
+            for b in streams:
+                tasks = int(re.search(rf"{b}: (\d+) tasks, one head per task", text).group(1))  # nb.describe
+                for m in methods:  # one tick per task, all done
+                    assert re.search(rf"{m} on {b}: 100%\s+{tasks}/{tasks} ", labels), labels
             assert "IProgress not found" not in panel.inner_text()
 
             # 3. a misspelled parameter in the same, live kernel: the error, and nothing trained

@@ -221,11 +221,11 @@ def test_collect_never_pools_differing_parameters_as_seeds(tmp_path, monkeypatch
     out = capsys.readouterr().out
     head = line_of(out, "benchmark", "lr_projected", "seeds")
     assert head == "benchmark method lr_projected n seeds ACC BWT plasticity incomplete duplicates"
-    # pooled, the four complete runs would read 71.0 ± 11.9 with n=4
+    # pooled, the four complete runs would read 71.00 ± 11.89 with n=4
     assert line_of(out, "split_digits adam_nscl", "0.0010") == \
-        "split_digits adam_nscl 0.0010 2 0,1 81.0 ± 1.4 0.0 ± 0.0 81.0 ± 1.4 1 0"
+        "split_digits adam_nscl 0.0010 2 0,1 81.00 ± 1.41 0.00 ± 0.00 81.00 ± 1.41 1 0"
     assert line_of(out, "split_digits adam_nscl", "0.0001") == \
-        "split_digits adam_nscl 0.0001 2 0,1 61.0 ± 1.4 0.0 ± 0.0 61.0 ± 1.4 1 0"
+        "split_digits adam_nscl 0.0001 2 0,1 61.00 ± 1.41 0.00 ± 0.00 61.00 ± 1.41 1 0"
     failed = [ln.split() for ln in out.splitlines() if "_s2-" in ln and "failed" in ln.split()]
     assert len(failed) == 2 and all(row[1:3] == ["failed", "1/3"] for row in failed)  # state, tasks done
     assert "NonFiniteLossError: loss is nan" in out
