@@ -34,3 +34,19 @@ def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
     assert fast["checkpoint_bytes"] > case["runs"]["finetune"]["checkpoint_bytes"]
     assert set(case["step_ratio_vs_plain"]) == {"finetune", "principled_fast"}
     assert case["step_ratio_vs_plain"]["finetune"] == 1.0
+
+
+def test_boundary_estimators_are_exact_when_nothing_is_left_out():
+    """A subset or patch limit at least the data size reproduces the exact pass (same r, zero error);
+    a real subset does not, and every reported number is a plain float."""
+    from nscl.bench import boundary
+
+    out = boundary.estimators(4, 48, [10_000, 2], [48, 12])
+    exact_r = {n: v["r"] for n, v in out["exact"]["layers"].items()}
+    for name in ("per_sample_patches10000", "per_sample_samples48"):
+        v = out["variants"][name]
+        assert v["max_abs_dr_over_d"] == 0.0
+        assert all(layer["r"] == exact_r[n] and layer["cov_rel_err"] < 1e-12 for n, layer in v["layers"].items())
+    assert out["variants"]["per_sample_patches2"]["layers"]["backbone.layer1.0.conv1"]["cov_rel_err"] > 1e-3
+    assert all(isinstance(x, float) for v in out["variants"].values() for k, x in v.items() if k != "layers")
+    json.dumps(out)  # serialisable as is

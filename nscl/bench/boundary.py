@@ -14,7 +14,7 @@ covariance pass is timed for
 * ``per_sample`` with ``cov_patches=k`` for each ``--patches`` value, and with ``cov_samples=m``
   for each ``--subsets`` value (both unbiased estimates of the exact one),
 
-and each estimate's null space (the principled rule: a_min, a=10, rank floor) is compared with the
+and each estimate's null space (the principled default rule, ``RULE``) is compared with the
 exact per-sample one, layer by layer: ``r`` vs ``r_exact``, ``leak`` = the largest energy of the
 exact covariance along an estimated null direction divided by the exact threshold (<= 1: every
 estimated null direction is null for the exact covariance too), ``overlap`` = ||U2_exact^T U2||_F^2 / r
@@ -44,7 +44,14 @@ from ..core.nullspace import compute, null_threshold
 from ..experiment.records import env_info, write_json
 from ..experiment.trainer import Trainer
 
-RULE = dict(rule="a_min", a=10.0, floor="rank")
+def _default_rule() -> dict:
+    """The principled default selection rule (``nullspace_rule`` and its keys at their defaults)."""
+    d = config.defaults()
+    return dict(rule=d["nullspace_rule"], a=d["a"], floor=d["a_min_floor"], energy=d["energy"],
+                rel_tol=d["rel_tol"], leak=d["leak"])
+
+
+RULE = _default_rule()
 
 
 def _cifar(samples: int, tasks: int, test: int = 200):
@@ -114,18 +121,19 @@ def paper_scale_flops(patches: list[int], n: int = 5000, batch: int = 32) -> dic
     return out
 
 
-def estimators(width: int, samples: int, patches: list[int], subsets: list[int]) -> dict:
+def estimators(width: int, samples: int, patches: list[int], subsets: list[int], rule: dict | None = None) -> dict:
     cfg = _principled(model="resnet18", width=width, epochs=1, batch_size=32, benchmark="synthetic",
                       val_fraction=0.0, lr=1e-3)
     trainer = Trainer(cfg, None, _cifar(samples, 1))
-    trainer._train_task(0, None)
+    trainer.train_task(0)
     exact, t_exact, fl_exact = _pass(trainer, "per_sample")
     c_exact = _pass.cpu_seconds
-    spaces = {n: compute(exact.matrix(n), **RULE) for n in exact.layers}
+    rule = rule or RULE
+    spaces = {n: compute(exact.matrix(n), **rule) for n in exact.layers}
     variants = [("batch_mean", dict(mode="batch_mean", batch=32)),
                 *[(f"per_sample_patches{k}", dict(mode="per_sample", patches=k)) for k in patches],
                 *[(f"per_sample_samples{m}", dict(mode="per_sample", subset=m)) for m in subsets]]
-    out = {"width": width, "samples": samples, "rule": RULE,
+    out = {"width": width, "samples": samples, "rule": rule,
            "exact": {"seconds": t_exact, "cpu_seconds": c_exact, "gflop": sum(fl_exact.values()) / 1e9,
                      "layers": {n: {"d": s.d, "r": s.r} for n, s in spaces.items()}},
            "variants": {}}
@@ -135,13 +143,13 @@ def estimators(width: int, samples: int, patches: list[int], subsets: list[int])
         cpu_secs = _pass.cpu_seconds
         layers, dr, leaks = {}, [], []
         for n, ns_exact in spaces.items():
-            c_exact = exact.matrix(n)
-            est = compute(cov.matrix(n), **RULE)
+            c_full = exact.matrix(n)
+            est = compute(cov.matrix(n), **rule)
             u2 = est.null_basis
-            thr = null_threshold(ns_exact.eigvals, **RULE)
-            energy = torch.linalg.eigvalsh(u2.T @ c_exact @ u2).max().item() if est.r else 0.0
+            thr = null_threshold(ns_exact.eigvals, **rule)
+            energy = torch.linalg.eigvalsh(u2.T @ c_full @ u2).max().item() if est.r else 0.0
             overlap = ((ns_exact.null_basis.T @ u2).norm() ** 2 / est.r).item() if est.r else 1.0
-            rel = ((cov.matrix(n) - c_exact).norm() / c_exact.norm()).item()
+            rel = ((cov.matrix(n) - c_full).norm() / c_full.norm()).item()
             layers[n] = {"d": est.d, "r": est.r, "r_exact": ns_exact.r, "leak": energy / thr,
                          "overlap": overlap, "cov_rel_err": rel, "gflop": flops[n] / 1e9}
             dr.append(abs(est.r - ns_exact.r) / est.d)
@@ -173,7 +181,7 @@ RUN_VARIANTS = {
 }
 
 
-def runs(width: int, samples: int) -> dict:
+def runs(width: int, samples: int, rule: dict | None = None) -> dict:
     cases = {
         "cnn_split_fmnist": (dict(benchmark="split_fmnist", model="cnn", cnn_channels=[32, 64], hidden=[256],
                                   samples_per_task=2000, test_samples_per_task=1000, epochs=2, batch_size=64), 1800),
@@ -188,8 +196,10 @@ def runs(width: int, samples: int) -> dict:
         for name, extra in RUN_VARIANTS.items():
             if extra == "subset":
                 extra = dict(cov_samples=max(1, n_train // 4))
-            cfg = _principled(**kw, **extra)
-            res = Trainer(cfg, None, stream).run()
+            keys = {} if rule is None else dict(nullspace_rule=rule["rule"], a=rule.get("a", 10.0),
+                                                a_min_floor=rule.get("floor", "rank"))
+            cfg = _principled(**kw, **extra, **keys)
+            res = Trainer(cfg, None, stream).fit()
             tim = res["timing"]["per_task"]
             steps = math.ceil(n_train / cfg["batch_size"]) * cfg["epochs"]
             r = {"params": extra, "acc": res["metrics"]["acc"], "bwt": res["metrics"]["bwt"],
@@ -218,12 +228,15 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=1250)
     ap.add_argument("--patches", default="4,16,64")
     ap.add_argument("--subsets", default="313,625")
+    ap.add_argument("--rule", default="default", choices=("default", "a_min"),
+                    help="null-space rule: the principled default, or a_min (a=10, rank floor)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="results/bench/boundary.json")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"benchmark": "boundary", "env": env_info("cpu", 0), "argv": argv,
+    rule = RULE if args.rule == "default" else dict(rule="a_min", a=10.0, floor="rank")
+    report = {"benchmark": "boundary", "env": env_info("cpu", 0), "argv": argv, "rule": rule,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     parts = args.parts.split(",")
     report["paper_scale_flops"] = flops = paper_scale_flops([int(k) for k in args.patches.split(",")])
@@ -232,10 +245,10 @@ def main(argv=None) -> int:
           f"; forward {flops['forward_tflop_float32']:.2f} TFLOP (float32)", flush=True)
     if "estimators" in parts:
         report["estimators"] = estimators(args.width, args.samples, [int(k) for k in args.patches.split(",")],
-                                          [int(m) for m in args.subsets.split(",")])
+                                          [int(m) for m in args.subsets.split(",")], rule)
         write_json(args.out, report)
     if "runs" in parts:
-        report["runs"] = runs(args.width, args.samples)
+        report["runs"] = runs(args.width, args.samples, None if args.rule == "default" else rule)
     write_json(args.out, report)
     print(f"written: {args.out}")
     return 0

@@ -21,8 +21,9 @@ eigen / evaluation seconds, s/step, and:
 Settings (ResNet case; all on the 10-split CIFAR-100 recipe, preset ``cifar100_10_paper``):
 ``finetune`` (plain Adam, the reference step), ``official`` (the preset itself: batch-mean
 covariance, raw a*lambda_min, sqrt(r) scaling, EWC on BN, official eps and block), ``principled``
-(the preset's schedule with nscl's principled defaults: per-sample covariance, rank floor, no
-scaling, frozen BN, torch eps, pre-activation block), ``principled_fast`` (principled with the
+(the preset's schedule with nscl's principled defaults of every faithful/principled switch:
+per-sample covariance, the default null-space rule, no scaling, frozen BN, torch eps,
+pre-activation block), ``principled_fast`` (principled with the
 cheap boundary: ``cov_patches=16`` and ``eigen_update=nested``).
 
 Cases
@@ -55,9 +56,11 @@ RECIPE_TASKS, RECIPE_EPOCHS, RECIPE_TRAIN_PER_TASK, RECIPE_BATCH = 10, 80, 5000,
 RECIPE_STEPS_PER_EPOCH = math.ceil(RECIPE_TRAIN_PER_TASK / RECIPE_BATCH)  # 157
 RECIPE_STEPS = RECIPE_TASKS * RECIPE_EPOCHS * RECIPE_STEPS_PER_EPOCH  # 125,600
 
-#: the principled defaults on top of the recipe's schedule (README: faithful and principled variants)
-PRINCIPLED = dict(covariance="per_sample", a_min_floor="rank", scale_sqrt_r=False, bn="freeze",
-                  eps_placement="torch", resnet_block="preact")
+#: the faithful/principled switches: "principled" takes nscl's defaults of these on top of the recipe's
+#: schedule (README: faithful and principled variants)
+SWITCHES = ("covariance", "a_min_floor", "scale_sqrt_r", "bn", "eps_placement", "resnet_block", "nullspace_rule",
+            "energy", "energy_step", "energy_max", "leak", "project")
+PRINCIPLED = {k: v for k, v in config.defaults().items() if k in SWITCHES}
 SETTINGS = {
     "finetune": dict(method="finetune"),
     "official": dict(method="adam_nscl"),
@@ -184,8 +187,7 @@ def resnet_case(device: torch.device, steps: int, gpu_epochs: int, width: int, n
                                             seed=0, width=width, **SETTINGS[name]))
         r = _run({**spec, "cfg": cfg, "threads": threads})
         r["setting"] = name
-        r["params"] = {k: cfg[k] for k in ("covariance", "a_min_floor", "scale_sqrt_r", "bn", "eps_placement",
-                                           "resnet_block", "cov_patches", "cov_samples", "eigen_update")}
+        r["params"] = {k: cfg[k] for k in (*SWITCHES, "a", "cov_patches", "cov_samples", "eigen_update")}
         last = r["tasks"][-1]  # projected for adam_nscl
         per_eval = last["eval_s"] / (len(r["tasks"]) * (2 * RECIPE_BATCH if cpu else 1000)) * 1000
         bound = [t["boundary_s"] + t["after_task_s"] for t in r["tasks"]]
