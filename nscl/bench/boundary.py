@@ -181,8 +181,9 @@ RUN_VARIANTS = {
 }
 
 
-def runs(width: int, samples: int, rule: dict | None = None) -> dict:
-    cases = {
+def runs(width: int, samples: int, rule: dict | None = None, cases: list[str] | None = None,
+         variants: list[str] | None = None) -> dict:
+    all_cases = {
         "cnn_split_fmnist": (dict(benchmark="split_fmnist", model="cnn", cnn_channels=[32, 64], hidden=[256],
                                   samples_per_task=2000, test_samples_per_task=1000, epochs=2, batch_size=64), 1800),
         f"resnet18_w{width}_synthetic_cifar": (dict(model="resnet18", width=width, benchmark="synthetic", epochs=2,
@@ -190,10 +191,13 @@ def runs(width: int, samples: int, rule: dict | None = None) -> dict:
                                                samples),
     }
     out = {}
-    for case, (kw, n_train) in cases.items():
+    chosen = {c: v for c, v in all_cases.items() if cases is None or any(c.startswith(p) for p in cases)}
+    for case, (kw, n_train) in chosen.items():
         out[case] = {}
         stream = _cifar(samples, 3) if kw["benchmark"] == "synthetic" else None
         for name, extra in RUN_VARIANTS.items():
+            if variants is not None and name not in variants and name != "exact":
+                continue
             if extra == "subset":
                 extra = dict(cov_samples=max(1, n_train // 4))
             keys = {} if rule is None else dict(nullspace_rule=rule["rule"], a=rule.get("a", 10.0),
@@ -230,6 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--subsets", default="313,625")
     ap.add_argument("--rule", default="default", choices=("default", "a_min"),
                     help="null-space rule: the principled default, or a_min (a=10, rank floor)")
+    ap.add_argument("--cases", default="cnn,resnet", help="runs part: cnn, resnet (prefixes)")
+    ap.add_argument("--variants", default=",".join(RUN_VARIANTS),
+                    help=f"runs part: {', '.join(RUN_VARIANTS)} (exact always runs: the reference)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="results/bench/boundary.json")
     args = ap.parse_args(argv)
@@ -248,7 +255,11 @@ def main(argv=None) -> int:
                                           [int(m) for m in args.subsets.split(",")], rule)
         write_json(args.out, report)
     if "runs" in parts:
-        report["runs"] = runs(args.width, args.samples, None if args.rule == "default" else rule)
+        report["runs"] = {}
+        for case in args.cases.split(","):  # the JSON is written after each case
+            report["runs"].update(runs(args.width, args.samples, None if args.rule == "default" else rule,
+                                       [case], args.variants.split(",")))
+            write_json(args.out, report)
     write_json(args.out, report)
     print(f"written: {args.out}")
     return 0
