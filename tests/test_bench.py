@@ -50,3 +50,12 @@ def test_boundary_estimators_are_exact_when_nothing_is_left_out():
     assert out["variants"]["per_sample_patches2"]["layers"]["backbone.layer1.0.conv1"]["cov_rel_err"] > 1e-3
     assert all(isinstance(x, float) for v in out["variants"].values() for k, x in v.items() if k != "layers")
     json.dumps(out)  # serialisable as is
+
+
+def test_boundary_run_settings_accept_the_rule_keys():
+    from nscl.bench import boundary
+
+    cfg = boundary._principled(model="cnn", nullspace_rule="a_min", a=10.0, a_min_floor="none", cov_patches=16)
+    assert (cfg["nullspace_rule"], cfg["a_min_floor"], cfg["covariance"], cfg["bn"]) == ("a_min", "none", "per_sample",
+                                                                                       "freeze")
+    assert boundary._principled()["nullspace_rule"] == boundary.RULE["rule"]

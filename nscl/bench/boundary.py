@@ -61,8 +61,9 @@ def _cifar(samples: int, tasks: int, test: int = 200):
 
 
 def _principled(**kw) -> dict:
-    return config.resolve(overrides=dict(method="adam_nscl", covariance="per_sample", a_min_floor="rank",
-                                         scale_sqrt_r=False, bn="freeze", quiet=True, device="cpu", seed=0, **kw))
+    base = dict(method="adam_nscl", covariance="per_sample", a_min_floor="rank", scale_sqrt_r=False, bn="freeze",
+                quiet=True, device="cpu", seed=0)
+    return config.resolve(overrides={**base, **kw})
 
 
 def _pass(trainer: Trainer, mode: str, patches=None, subset=None, batch: int = 250) -> tuple[Covariance, float, dict]:
