@@ -274,3 +274,37 @@ def test_nested_null_space_inside_previous_never_larger_and_exactly_protective()
     energies = torch.diag(nested3.null_basis.T @ c3 @ nested3.null_basis)
     assert energies.max() <= null_threshold(full3.eigvals, **rule) * (1 + 1e-12)  # each kept direction meets it
     assert (nested.range_basis.T @ nested3.null_basis).abs().max() < 1e-12
+
+
+def test_nested_update_only_where_the_previous_null_space_is_small():
+    """The tracker's nested update keeps a layer's null space inside the previous one where r <= 3/4 d,
+    and falls back to the full (exact) decomposition where the previous null space is larger."""
+    from nscl.core.nullspace import NESTED_MAX_FRACTION
+
+    torch.manual_seed(0)
+    small, big = nn.Linear(12, 3, bias=False).double(), nn.Linear(12, 3, bias=False).double()
+    rule = dict(rule="a_min", a=10.0, floor="rank")
+    nested = NullSpaceTracker({"small": small, "big": big}, rule=rule, eigen_update="nested")
+    full = NullSpaceTracker({"small": small, "big": big}, rule=rule)
+    g = torch.Generator().manual_seed(1)
+    x_small = torch.randn(40, 10, generator=g, dtype=torch.float64) @ torch.randn(10, 12, generator=g, dtype=torch.float64)
+    x_big = torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 12, generator=g, dtype=torch.float64)
+    batches = [(x_small, x_big)]
+
+    def fwd(pair):
+        small(pair[0])
+        big(pair[1])
+
+    for tr in (nested, full):
+        tr.update(fwd, batches, t=0)
+    assert nested.spaces["small"].r == 2 and nested.spaces["big"].r == 10 > NESTED_MAX_FRACTION * 12
+    prev_small = nested.spaces["small"].null_basis.clone()
+    y = torch.randn(200, 12, generator=g, dtype=torch.float64) * 0.3  # full-rank second task
+    for tr in (nested, full):
+        tr.update(fwd, [(y, y)], t=1)
+    assert nested.spaces["small"].kept is not None and nested.spaces["big"].kept is None  # nested / full path
+    assert nested.spaces["big"].r == full.spaces["big"].r
+    assert torch.equal(nested.spaces["big"].eigvecs, full.spaces["big"].eigvecs)
+    u = nested.spaces["small"].null_basis
+    assert nested.spaces["small"].r <= full.spaces["small"].r
+    assert (u - prev_small @ (prev_small.T @ u)).abs().max() < 1e-12  # inside the previous null space
