@@ -184,3 +184,27 @@ def test_results_cli_reports_a_missing_sweep(tmp_path, capsys):
     assert cli.main(["results", str(tmp_path / "nope"), "-o", str(tmp_path / "r.md")]) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_results_page_pruning_section_reports_freed_units_and_the_next_layer_s_null_space(tmp_path):
+    """Constructed records: nscl_prune frees 32 of 128 units of layer 0 (25%); the null space of layer 1's
+    input is 100 under adam_nscl and 130 under nscl_prune on the spaces that constrained training."""
+    d = _fake_sweep(tmp_path, "suite")
+    for spec in json.loads((d / sweep_state.MANIFEST).read_text())["specs"]:
+        method, bench = spec["cfg"]["method"], spec["cfg"]["benchmark"]
+        if bench != "split_fmnist" or method not in ("adam_nscl", "nscl_prune"):
+            continue
+        res = runs.load(d / "runs" / spec["name"])
+        r1 = 100 if method == "adam_nscl" else 130
+        res["null_space"] = {"layers.0": {"d": 784, "dims": [700] * 5, "kept_energy": [0.1] * 5},
+                             "layers.1": {"d": 128 + 32, "dims": [r1] * 4 + [0], "kept_energy": [0.1] * 5}}
+        if method == "nscl_prune":
+            res["method_diagnostics"] = {"prune": [], "units": {
+                "layers.0": {"size": 128, "frozen": [96] * 5, "free": [10, 20, 30, 40, 32], "new": [0] * 5},
+                "layers.1": {"size": 64, "frozen": [64] * 5, "free": [0] * 5, "new": [0] * 5}}}
+        runs.write_json(d / "runs" / spec["name"] / runs.RESULTS, {k: v for k, v in res.items() if k != "_dir"})
+    text = results_page.render({"suite": d})
+    assert "## Pruning: freed units and the null space they open" in text
+    assert "### split_fmnist, suite" in text and "### permuted_fmnist, suite" not in text  # no pruning runs there
+    assert "| `layers.0` | 784 | 128 | - | 25.0% | 700.0 | 700.0 |" in text  # free after the last task only
+    assert "| `layers.1` | 160 | 64 | - | 0.0% | 100.0 | 130.0 |" in text  # the last task's space is not used

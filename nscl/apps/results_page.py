@@ -266,6 +266,14 @@ def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | 
     chance = _chance_rows(ok)
     lines += ["Null-space runs at chance on some task (final accuracy within the check's margin of chance): "
               + ("none." if not chance else "; ".join(chance) + "."), ""]
+    pruned = pruning_lines(ok)
+    if pruned:
+        lines += ["## Pruning: freed units and the null space they open", "",
+                  "Per layer: the share of its units (channels of a conv layer) that pruning left free after the "
+                  "last task (pruned and re-initialised; they output zero on the old tasks), and the dimension "
+                  "of the null space of the layer's *input* that constrained training (mean over tasks 1..T-1 "
+                  "and seeds). A unit freed in one layer is an input direction of the next with no variance on "
+                  "the old tasks, so the next layer's null space grows with it.", ""] + pruned
     if figure:
         lines += ["## Stability–plasticity plane", "",
                   "Each small dot is one run (seed); each large marker a method's mean with ±1 std. "
@@ -307,6 +315,50 @@ def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | 
         lines.append(f"- sweep `{label}` ({t['runs']} runs, {t['executor']} executor, {t['parallel'] or 1} at once): "
                      f"wall time {_fmt_time(t['wall_s'])}, summed run time {_fmt_time(t['run_s'])}")
     return "\n".join(lines) + "\n"
+
+
+PRUNING_METHODS = ("clnp", "nscl_prune")
+
+
+def pruning_lines(ok, digits: int = 1) -> list[str]:
+    """Markdown, per (benchmark, size) with pruning runs: per layer, the units left free (pruned and
+    re-initialised, output zero for the old tasks) after the last task by ``clnp`` and ``nscl_prune``, and
+    the null-space dimension of the layer's input under ``adam_nscl`` and ``nscl_prune`` (mean over the
+    null spaces that constrained training, tasks 1..T-1, and over seeds). A unit freed in one layer is
+    an input dimension of the next with zero variance, which that layer's null space gains."""
+    lines = []
+    for (bench, size), g in ok.groupby(["benchmark", "size"], sort=False):
+        g = g[g["method"].isin(("adam_nscl", *PRUNING_METHODS))]
+        if not g["method"].isin(PRUNING_METHODS).any():
+            continue
+        res = {str(r): runs.load(r) for r in g["run"]}
+        method = {str(r): m for r, m in zip(g["run"], g["method"])}
+        units = tables.units_frame(res)
+        if units.empty:  # no pruning record (e.g. runs written before pruning kept one)
+            continue
+        units = units[units["task"] == units.groupby("label")["task"].transform("max")].assign(
+            method=lambda u: u["label"].map(method), free_frac=lambda u: u["free"] / u["size"])
+        ns = tables.null_space_frame(res)
+        ns = ns[ns["task"] < ns.groupby("label")["task"].transform("max")]
+        free = units.groupby(["method", "layer"])["free_frac"].mean()
+        null = ns.groupby(["method", "layer"])["null_dim"].mean()
+        layers = list(dict.fromkeys(list(ns["layer"]) + list(units["layer"])))
+        d = dict(zip(ns["layer"], ns["d"]))
+        n_units = dict(zip(units["layer"], units["size"]))
+
+        def cell(series, m, layer, fmt):
+            return fmt(series[(m, layer)]) if (m, layer) in series.index else "-"
+
+        rows = [[f"`{layer}`", str(d.get(layer, "-")), str(n_units.get(layer, "-")),
+                 *[cell(free, m, layer, lambda v: f"{100 * v:.{digits}f}%") for m in PRUNING_METHODS],
+                 *[cell(null, m, layer, lambda v: f"{v:.{digits}f}") for m in ("adam_nscl", "nscl_prune")]]
+                for layer in layers]
+        lines += [f"### {bench}, {size}", ""]
+        lines += _md_table(["layer", "input dim d", "units", "free after last task: `clnp`", "`nscl_prune`",
+                            "null-space dim of the input: `adam_nscl`", "`nscl_prune`"], rows,
+                           ["---", "---:", "---:", "---:", "---:", "---:", "---:"])
+        lines.append("")
+    return lines
 
 
 def _rule_key_used(key: str, p: Mapping) -> bool:
