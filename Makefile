@@ -56,11 +56,12 @@ browser:
 	  echo "WARNING: no chromium and not root: tests/test_lab_browser.py will FAIL." \
 	       "Install it with 'sudo apt-get install chromium' (or set NSCL_CHROMIUM to a Chromium binary)."; fi
 
-# Lint (ruff), unit tests (tests/, incl. every notebook through papermill on params/ci.yaml and JupyterLab
+# Lint and format check (ruff), unit tests (tests/, incl. every notebook through papermill on params/ci.yaml and JupyterLab
 # in a real browser), then nbval: the committed notebooks' stored outputs must reproduce (their runs go to
 # a fresh temporary folder; no progress bars).
 test: venv data slurm browser
 	$(PY) -m ruff check nscl tests
+	$(PY) -m ruff format --check nscl tests
 	$(PY) -m pytest -q
 	NSCL_QUIET=1 NSCL_OUTPUT_ROOT=$$(mktemp -d) $(PY) -m pytest -q --nbval --nbval-current-env notebooks/
 

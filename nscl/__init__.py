@@ -10,6 +10,7 @@ Layers (imports only point down this list; ``tests/test_layers.py`` holds the ru
     analysis    tables and figures from run records
     apps        command line, notebook facade, notebook suite, sweeps; bench (benchmarks)
 """
+
 __version__ = "0.1.0"
 
 

@@ -5,6 +5,7 @@ Atomic writes go through a temporary file in the target's folder and ``os.replac
 never sees a half-written file, even after a crash or ``kill -9``. Files get the permissions the
 process umask allows (like ``open``), so collaborators on shared storage can read results.
 """
+
 from __future__ import annotations
 
 import os

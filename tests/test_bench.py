@@ -1,4 +1,5 @@
 """The e2e benchmark's records (not its timings): per-run fields, consistency, checkpoint size."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,29 @@ from nscl.core.models import MultiHead, PreActResNet18, projected_layers
 @pytest.mark.slow
 def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
     out = tmp_path / "e2e.json"
-    assert e2e.main(["--cases", "resnet18", "--width", "4", "--resnet-steps", "1", "--tasks", "2", "--threads", "1",
-                     "--settings", "finetune,principled_fast", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        e2e.main(
+            [
+                "--cases",
+                "resnet18",
+                "--width",
+                "4",
+                "--resnet-steps",
+                "1",
+                "--tasks",
+                "2",
+                "--threads",
+                "1",
+                "--settings",
+                "finetune,principled_fast",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rep = json.loads(out.read_text())
     (case,) = rep["cases"]
     assert "partial" not in case and set(case["runs"]) == {"finetune", "principled_fast"}
@@ -56,6 +78,10 @@ def test_boundary_run_settings_accept_the_rule_keys():
     from nscl.bench import boundary
 
     cfg = boundary._principled(model="cnn", nullspace_rule="a_min", a=10.0, a_min_floor="none", cov_patches=16)
-    assert (cfg["nullspace_rule"], cfg["a_min_floor"], cfg["covariance"], cfg["bn"]) == ("a_min", "none", "per_sample",
-                                                                                       "freeze")
+    assert (cfg["nullspace_rule"], cfg["a_min_floor"], cfg["covariance"], cfg["bn"]) == (
+        "a_min",
+        "none",
+        "per_sample",
+        "freeze",
+    )
     assert boundary._principled()["nullspace_rule"] == boundary.RULE["rule"]

@@ -1,4 +1,5 @@
 """``python -m nscl run`` end to end on split_digits: the run directory is complete and self-consistent."""
+
 from __future__ import annotations
 
 import json
@@ -18,21 +19,46 @@ from nscl.experiment import config, records
 from nscl.core.nullspace import null_dim
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"schema", "status", "error", "name", "params", "stream", "tasks", "acc", "metrics", "null_space",
-        "method_diagnostics", "timing", "env"}
+KEYS = {
+    "schema",
+    "status",
+    "error",
+    "name",
+    "params",
+    "stream",
+    "tasks",
+    "acc",
+    "metrics",
+    "null_space",
+    "method_diagnostics",
+    "timing",
+    "env",
+}
 
 
 def nscl(*args, cwd=ROOT):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "nscl", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nscl", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "digits"
-    proc = nscl("run", "-f", "params/base.yaml", "-f", "params/ci.yaml", "-p", "benchmark=split_digits",
-                "-p", "threads=1", "-o", str(out))
+    proc = nscl(
+        "run",
+        "-f",
+        "params/base.yaml",
+        "-f",
+        "params/ci.yaml",
+        "-p",
+        "benchmark=split_digits",
+        "-p",
+        "threads=1",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"written: {out}/results.json" in proc.stdout
     return out
@@ -47,8 +73,8 @@ def test_results_schema_and_matrix(run_dir):
     assert T >= 3 and T == res["stream"]["n_tasks"] == len(acc)
     for i, row in enumerate(acc):
         assert len(row) == T
-        assert all(v is None for v in row[i + 1:])
-        assert all(isinstance(v, float) and 0 <= v <= 100 for v in row[:i + 1])
+        assert all(v is None for v in row[i + 1 :])
+        assert all(isinstance(v, float) and 0 <= v <= 100 for v in row[: i + 1])
     # metrics recomputed by hand from the matrix
     last = acc[-1]
     m = res["metrics"]
@@ -57,7 +83,8 @@ def test_results_schema_and_matrix(run_dir):
     assert m["plasticity"] == pytest.approx(sum(acc[j][j] for j in range(T)) / T)
     assert m["bwt"] == pytest.approx(sum(last[j] - acc[j][j] for j in range(T - 1)) / (T - 1))
     assert m["forgetting"] == pytest.approx(
-        sum(max(acc[i][j] for i in range(j, T - 1)) - last[j] for j in range(T - 1)) / (T - 1))
+        sum(max(acc[i][j] for i in range(j, T - 1)) - last[j] for j in range(T - 1)) / (T - 1)
+    )
     per_task = res["timing"]["per_task"]
     assert len(per_task) == T and res["timing"]["total_s"] > 0
     assert {"train_s", "covariance_s", "eigen_s", "eval_s"} <= set(per_task[0])
@@ -78,8 +105,9 @@ def test_spectra_match_null_space_records(run_dir):
         for t in range(T):
             ev = torch.from_numpy(spectra[f"{layer}/task{t}"])
             assert ev.shape == (rec["d"],) and bool((ev[1:] >= ev[:-1]).all())  # ascending
-            r = null_dim(ev, p["nullspace_rule"], a=p["a"], floor=p["a_min_floor"], energy=p["energy"],
-                         rel_tol=p["rel_tol"])
+            r = null_dim(
+                ev, p["nullspace_rule"], a=p["a"], floor=p["a_min_floor"], energy=p["energy"], rel_tol=p["rel_tol"]
+            )
             assert r == rec["dims"][t]
             kept = ev[:r].clamp_min(0).sum() / ev.clamp_min(0).sum()
             assert rec["kept_energy"][t] == pytest.approx(kept.item(), rel=1e-9, abs=1e-15)
@@ -139,8 +167,25 @@ def test_a_rerun_reuses_the_complete_run_and_says_so(run_dir):
 
 def test_parameters_the_method_does_not_read_warn_by_name(tmp_path, capsys):
     assert config.unread(config.resolve(["params/base.yaml"], {"method": "finetune"})) == []  # base's defaults
-    assert cli.main(["run", *TINY, "-p", "method=finetune", "-p", "l1=0.1", "-p", "lr_projected=0.01",
-                     "-p", "lr=0.002", "-o", str(tmp_path / "ft")]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                *TINY,
+                "-p",
+                "method=finetune",
+                "-p",
+                "l1=0.1",
+                "-p",
+                "lr_projected=0.01",
+                "-p",
+                "lr=0.002",
+                "-o",
+                str(tmp_path / "ft"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "warning: method finetune does not read: l1, lr_projected\n" in err
     assert records.load(tmp_path / "ft")["params"]["l1"] == 0.1  # recorded as given
@@ -148,12 +193,31 @@ def test_parameters_the_method_does_not_read_warn_by_name(tmp_path, capsys):
 
 def test_nan_loss_is_one_error_line_and_the_traceback_stays_in_the_run(tmp_path):
     out = tmp_path / "nan"
-    proc = nscl("run", *TINY, "-p", "method=finetune", "-p", "lr=1e12", "-p", "epochs=3", "-p", "n_tasks=3",
-                "-p", "hidden=[32, 32]", "-o", str(out))
+    proc = nscl(
+        "run",
+        *TINY,
+        "-p",
+        "method=finetune",
+        "-p",
+        "lr=1e12",
+        "-p",
+        "epochs=3",
+        "-p",
+        "n_tasks=3",
+        "-p",
+        "hidden=[32, 32]",
+        "-o",
+        str(out),
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert re.search(r"^error: loss is (nan|inf) at task \d+, epoch \d+, step \d+ .*\(traceback in "
-                     + re.escape(f"{out}/error.txt") + r"\)$", proc.stderr, re.M)
+    assert re.search(
+        r"^error: loss is (nan|inf) at task \d+, epoch \d+, step \d+ .*\(traceback in "
+        + re.escape(f"{out}/error.txt")
+        + r"\)$",
+        proc.stderr,
+        re.M,
+    )
     assert (out / records.ERROR).read_text().startswith("Traceback")
     assert records.load(out)["status"] == "failed"
 
@@ -178,16 +242,27 @@ def test_two_runs_started_at_once_into_one_folder_never_both_succeed(tmp_path):
     error (in use, or holds a complete run with other parameters); the folder holds one run."""
     out = tmp_path / "shared"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    procs = {seed: subprocess.Popen([sys.executable, "-m", "nscl", "run", *TINY, "-p", f"seed={seed}", "-o", str(out)],
-                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for seed in (0, 1)}
+    procs = {
+        seed: subprocess.Popen(
+            [sys.executable, "-m", "nscl", "run", *TINY, "-p", f"seed={seed}", "-o", str(out)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    }
     done = {seed: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for seed, p in procs.items()}
     winners = [seed for seed, (rc, _, _) in done.items() if rc == 0]
     assert len(winners) == 1, {s: (rc, err[-500:]) for s, (rc, _, err) in done.items()}
     rc, _, err = done[1 - winners[0]]
     assert rc == 2 and "Traceback" not in err
-    assert re.search(r"error: .* (is in use by another run \(pid \d+ on host|holds a complete run with other "
-                     r"parameters \(seed: )", err), err
+    assert re.search(
+        r"error: .* (is in use by another run \(pid \d+ on host|holds a complete run with other "
+        r"parameters \(seed: )",
+        err,
+    ), err
     res = records.load(out)
     with open(out / records.PARAMS) as f:
         assert res["status"] == "complete" and res["params"]["seed"] == yaml.safe_load(f)["seed"] == winners[0]
@@ -216,15 +291,25 @@ def test_show_seeds_counts_distinct_seeds_not_runs(tmp_path, write_run, capsys):
 def test_show_lists_status_and_tasks_done_and_never_averages_partial_runs(tmp_path, write_run, capsys):
     write_run(tmp_path / "ok0", 60.0, seed=0)
     write_run(tmp_path / "ok1", 64.0, seed=1)
-    write_run(tmp_path / "failed", 92.0, status="failed", done=1, seed=2,
-              error="NonFiniteLossError: loss is nan at task 2, epoch 1, step 3")
+    write_run(
+        tmp_path / "failed",
+        92.0,
+        status="failed",
+        done=1,
+        seed=2,
+        error="NonFiniteLossError: loss is nan at task 2, epoch 1, step 3",
+    )
     write_run(tmp_path / "killed", 99.0, status="running", done=3, seed=3)
     assert cli.main(["show", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert line_of(out, "run ").startswith("run method benchmark seed status tasks ACC")
     cells = {name: line_of(out, name + " ").split()[4:7] for name in ("ok0", "ok1", "failed", "killed")}
-    assert cells == {"ok0": ["complete", "5/5", "60.00"], "ok1": ["complete", "5/5", "64.00"],
-                     "failed": ["failed", "1/5", "92.00"], "killed": ["running", "3/5", "99.00"]}
+    assert cells == {
+        "ok0": ["complete", "5/5", "60.00"],
+        "ok1": ["complete", "5/5", "64.00"],
+        "failed": ["failed", "1/5", "92.00"],
+        "killed": ["running", "3/5", "99.00"],
+    }
     assert "2 run(s) not complete: their metrics cover only the tasks done" in out
     assert line_of(out, "failed:") == "failed: NonFiniteLossError: loss is nan at task 2, epoch 1, step 3"
 
@@ -258,18 +343,21 @@ def test_seed_table_never_prints_minus_zero(tmp_path, write_run, capsys):
 
 
 # ---- bad values: one-line errors before any training (issue 10, items 6 and 7) ----------------------
-@pytest.mark.parametrize("param,needle", [
-    ("lr=.nan", "'lr' must be a finite number, got nan"),
-    ("lr=.inf", "'lr' must be a finite number, got inf"),
-    ("a=.nan", "'a' must be a finite number, got nan"),
-    ("betas=[.nan, 0.9]", "'betas' must hold finite numbers"),
-    ("n_tasks=11", "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
-    ("n_tasks=0", "'n_tasks' must be >= 1, got 0"),
-    ("seed=-1", "'seed' must be >= 0, got -1"),
-    ("samples_per_task=0", "'samples_per_task' must be >= 1, got 0"),
-    ("hidden=[0]", "'hidden' must hold values >= 1, got [0]"),
-    ("hidden=[64, -1]", "'hidden' must hold values >= 1"),
-])
+@pytest.mark.parametrize(
+    "param,needle",
+    [
+        ("lr=.nan", "'lr' must be a finite number, got nan"),
+        ("lr=.inf", "'lr' must be a finite number, got inf"),
+        ("a=.nan", "'a' must be a finite number, got nan"),
+        ("betas=[.nan, 0.9]", "'betas' must hold finite numbers"),
+        ("n_tasks=11", "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
+        ("n_tasks=0", "'n_tasks' must be >= 1, got 0"),
+        ("seed=-1", "'seed' must be >= 0, got -1"),
+        ("samples_per_task=0", "'samples_per_task' must be >= 1, got 0"),
+        ("hidden=[0]", "'hidden' must hold values >= 1, got [0]"),
+        ("hidden=[64, -1]", "'hidden' must hold values >= 1"),
+    ],
+)
 def test_cli_bad_values_are_one_line_errors_before_training(param, needle, tmp_path, capsys, monkeypatch):
     from nscl.experiment import trainer
 
@@ -287,5 +375,6 @@ def test_cli_nan_rejected_as_a_process(tmp_path):
     proc = nscl("run", "-f", "params/base.yaml", "-p", "lr=.nan", "-o", str(out))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "error: parameter 'lr' must be a finite number, got nan: backbone learning rate (first task; later "
-        "tasks too unless lr_projected)"]
+        "tasks too unless lr_projected)"
+    ]
     assert not out.exists()

@@ -1,4 +1,5 @@
 """Parameters (nscl.config): bad ones are rejected before any training, naming the key; layering."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,53 +22,56 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys():
     assert "Did you mean nullspace_rule" in msg
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("epochs", "three", "'epochs' must be int"),
-    ("epochs", 2.5, "'epochs' must be int"),
-    ("epochs", True, "'epochs' must be int"),
-    ("lr", "fast", "'lr' must be float"),
-    ("hidden", [64, "wide"], "'hidden' must be list[int]"),
-    ("hidden", 64, "'hidden' must be list[int]"),
-    ("bias", "yes", "'bias' must be bool"),
-    ("method", None, "'method' may not be null"),
-    ("covariance", "per_batch", "'covariance' must be one of per_sample, batch_mean"),
-    ("nullspace_rule", "svd", "'nullspace_rule' must be one of"),
-    ("bn", "keep", "'bn' must be one of ewc, freeze, none"),
-    ("benchmark", "split_mnist", "parameter 'benchmark': unknown 'split_mnist'; valid:"),
-    ("method", "sgd", "parameter 'method': unknown 'sgd'; valid:"),
-    ("epochs", 0, "'epochs' must be >= 1"),
-    ("energy", 1.5, "'energy' must be in (0, 1]"),
-    ("lr", -1.0, "'lr' must be > 0"),
-    ("energy_step", -0.01, "'energy_step' must be >= 0"),
-    ("energy_step", float("nan"), "'energy_step' must be a finite number"),
-    ("a", float("inf"), "'a' must be a finite number"),
-    ("energy_max", 0.5, "'energy_max' must be in [energy, 1]"),
-    ("energy_max", 1.01, "'energy_max' must be in (0, 1]"),
-    ("leak", 1.0, "'leak' must be in [0, 1)"),
-    ("leak", -0.1, "'leak' must be in [0, 1)"),
-    ("leak", float("nan"), "'leak' must be a finite number"),
-    ("preset", "cifar_paper", "parameter 'preset': unknown"),
-    # non-finite numbers (issue 10, item 6): a NaN lr died at step 2, a NaN `a` gave empty null spaces
-    ("lr", float("nan"), "'lr' must be a finite number, got nan"),
-    ("lr", float("inf"), "'lr' must be a finite number, got inf"),
-    ("lr", "1e400", "'lr' must be a finite number, got inf"),  # YAML's exponent spelling overflows
-    ("a", float("nan"), "'a' must be a finite number, got nan"),
-    ("energy", float("-inf"), "'energy' must be a finite number"),
-    ("betas", [0.9, float("nan")], "'betas' must hold finite numbers"),
-    # ranges declared with the parameters (issue 10, item 7): tracebacks deep in a run before
-    ("n_tasks", 0, "'n_tasks' must be >= 1, got 0"),
-    ("n_tasks", 11, "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
-    ("seed", -1, "'seed' must be >= 0, got -1"),
-    ("samples_per_task", 0, "'samples_per_task' must be >= 1, got 0"),
-    ("test_samples_per_task", -5, "'test_samples_per_task' must be >= 1"),
-    ("hidden", [0], "'hidden' must hold values >= 1, got [0]"),
-    ("cnn_channels", [8, 0], "'cnn_channels' must hold values >= 1"),
-    ("betas", [0.9, 1.0], "'betas' must hold values in [0, 1), got [0.9, 1.0]"),
-    ("val_fraction", 1.0, "'val_fraction' must be in [0, 1), got 1.0"),
-    ("threads", 0, "'threads' must be >= 1"),
-    ("rank_schedule", [0.0, 1.0], "'rank_schedule' must hold values in (0, 1]"),
-    ("lr_projected", 0.0, "'lr_projected' must be > 0"),
-])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("epochs", "three", "'epochs' must be int"),
+        ("epochs", 2.5, "'epochs' must be int"),
+        ("epochs", True, "'epochs' must be int"),
+        ("lr", "fast", "'lr' must be float"),
+        ("hidden", [64, "wide"], "'hidden' must be list[int]"),
+        ("hidden", 64, "'hidden' must be list[int]"),
+        ("bias", "yes", "'bias' must be bool"),
+        ("method", None, "'method' may not be null"),
+        ("covariance", "per_batch", "'covariance' must be one of per_sample, batch_mean"),
+        ("nullspace_rule", "svd", "'nullspace_rule' must be one of"),
+        ("bn", "keep", "'bn' must be one of ewc, freeze, none"),
+        ("benchmark", "split_mnist", "parameter 'benchmark': unknown 'split_mnist'; valid:"),
+        ("method", "sgd", "parameter 'method': unknown 'sgd'; valid:"),
+        ("epochs", 0, "'epochs' must be >= 1"),
+        ("energy", 1.5, "'energy' must be in (0, 1]"),
+        ("lr", -1.0, "'lr' must be > 0"),
+        ("energy_step", -0.01, "'energy_step' must be >= 0"),
+        ("energy_step", float("nan"), "'energy_step' must be a finite number"),
+        ("a", float("inf"), "'a' must be a finite number"),
+        ("energy_max", 0.5, "'energy_max' must be in [energy, 1]"),
+        ("energy_max", 1.01, "'energy_max' must be in (0, 1]"),
+        ("leak", 1.0, "'leak' must be in [0, 1)"),
+        ("leak", -0.1, "'leak' must be in [0, 1)"),
+        ("leak", float("nan"), "'leak' must be a finite number"),
+        ("preset", "cifar_paper", "parameter 'preset': unknown"),
+        # non-finite numbers (issue 10, item 6): a NaN lr died at step 2, a NaN `a` gave empty null spaces
+        ("lr", float("nan"), "'lr' must be a finite number, got nan"),
+        ("lr", float("inf"), "'lr' must be a finite number, got inf"),
+        ("lr", "1e400", "'lr' must be a finite number, got inf"),  # YAML's exponent spelling overflows
+        ("a", float("nan"), "'a' must be a finite number, got nan"),
+        ("energy", float("-inf"), "'energy' must be a finite number"),
+        ("betas", [0.9, float("nan")], "'betas' must hold finite numbers"),
+        # ranges declared with the parameters (issue 10, item 7): tracebacks deep in a run before
+        ("n_tasks", 0, "'n_tasks' must be >= 1, got 0"),
+        ("n_tasks", 11, "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
+        ("seed", -1, "'seed' must be >= 0, got -1"),
+        ("samples_per_task", 0, "'samples_per_task' must be >= 1, got 0"),
+        ("test_samples_per_task", -5, "'test_samples_per_task' must be >= 1"),
+        ("hidden", [0], "'hidden' must hold values >= 1, got [0]"),
+        ("cnn_channels", [8, 0], "'cnn_channels' must hold values >= 1"),
+        ("betas", [0.9, 1.0], "'betas' must hold values in [0, 1), got [0.9, 1.0]"),
+        ("val_fraction", 1.0, "'val_fraction' must be in [0, 1), got 1.0"),
+        ("threads", 0, "'threads' must be >= 1"),
+        ("rank_schedule", [0.0, 1.0], "'rank_schedule' must hold values in (0, 1]"),
+        ("lr_projected", 0.0, "'lr_projected' must be > 0"),
+    ],
+)
 def test_wrong_types_and_values_rejected(key, value, needle):
     assert needle in error_of(**{key: value})
 
@@ -80,8 +84,9 @@ def test_types_are_normalised():
 
 
 def test_overrides_parse_yaml_values_including_exponent_floats():
-    over = config.parse_overrides(["method=ewc", "seed=3", "hidden=[8, 8]", "lr=1e-3", "lr_projected=null",
-                                   "quiet=true", "betas=[0.9, 5e-1]"])
+    over = config.parse_overrides(
+        ["method=ewc", "seed=3", "hidden=[8, 8]", "lr=1e-3", "lr_projected=null", "quiet=true", "betas=[0.9, 5e-1]"]
+    )
     cfg = config.resolve(overrides=over)
     assert cfg["method"] == "ewc" and cfg["seed"] == 3 and cfg["hidden"] == [8, 8] and cfg["quiet"] is True
     assert cfg["lr"] == 1e-3 and cfg["lr_projected"] is None and cfg["betas"] == [0.9, 0.5]
@@ -119,12 +124,15 @@ def test_bad_files_rejected(tmp_path):
         config.resolve([unknown])
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["-p", "lrr=0.1"], "unknown parameter 'lrr'. Did you mean lr"),
-    (["-p", "epochs=many"], "'epochs' must be int"),
-    (["-p", "covariance=foo"], "'covariance' must be one of"),
-    (["-f", "no/such/file.yaml"], "parameter file 'no/such/file.yaml' not found"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["-p", "lrr=0.1"], "unknown parameter 'lrr'. Did you mean lr"),
+        (["-p", "epochs=many"], "'epochs' must be int"),
+        (["-p", "covariance=foo"], "'covariance' must be one of"),
+        (["-f", "no/such/file.yaml"], "parameter file 'no/such/file.yaml' not found"),
+    ],
+)
 def test_cli_rejects_bad_params_before_training(argv, needle, tmp_path, capsys, monkeypatch):
     from nscl.experiment import trainer as train
 

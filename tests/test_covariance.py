@@ -1,4 +1,5 @@
 """Layer-input covariance (nscl.covariance) against brute force: explicit loops, conv output."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,7 +43,9 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("spec", CONVS, ids=lambda s: f"k{s['kernel_size']}s{s['stride']}p{s['padding']}d{s['dilation']}b{int(s['bias'])}")
+@pytest.mark.parametrize(
+    "spec", CONVS, ids=lambda s: f"k{s['kernel_size']}s{s['stride']}p{s['padding']}d{s['dilation']}b{int(s['bias'])}"
+)
 @pytest.mark.parametrize("mode", ["per_sample", "batch_mean"])
 def test_conv_covariance_equals_brute_force(spec, mode):
     torch.manual_seed(0)
@@ -59,11 +62,15 @@ def test_conv_covariance_equals_brute_force(spec, mode):
         n += rows.shape[0]
     assert cov.counts["c"] == n
     torch.testing.assert_close(cov.matrix("c"), S / n, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(layer_input_rows(conv, batches[0], mode).double(),
-                               brute_patches(conv, batches[0].mean(0, keepdim=True) if mode == "batch_mean" else batches[0]))
+    torch.testing.assert_close(
+        layer_input_rows(conv, batches[0], mode).double(),
+        brute_patches(conv, batches[0].mean(0, keepdim=True) if mode == "batch_mean" else batches[0]),
+    )
 
 
-@pytest.mark.parametrize("spec", CONVS, ids=lambda s: f"k{s['kernel_size']}s{s['stride']}d{s['dilation']}b{int(s['bias'])}")
+@pytest.mark.parametrize(
+    "spec", CONVS, ids=lambda s: f"k{s['kernel_size']}s{s['stride']}d{s['dilation']}b{int(s['bias'])}"
+)
 def test_conv_rows_reproduce_conv_output(spec):
     """Feature order matches weight.view(out, -1): [W b] @ [patch; 1] is the conv output."""
     torch.manual_seed(1)
@@ -147,8 +154,9 @@ def test_patch_subset_is_unbiased_and_keeps_k_positions_per_sample():
     same = Covariance({"c": conv}, patches=25)
     same.update(conv, [x], generator=g)
     assert torch.equal(same.matrix("c"), exact.matrix("c"))
-    torch.testing.assert_close(layer_input_rows(conv, x, "batch_mean", patches=2),
-                               layer_input_rows(conv, x, "batch_mean"), rtol=0, atol=0)
+    torch.testing.assert_close(
+        layer_input_rows(conv, x, "batch_mean", patches=2), layer_input_rows(conv, x, "batch_mean"), rtol=0, atol=0
+    )
 
 
 def test_weighted_pass_counts_as_the_full_task():

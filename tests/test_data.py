@@ -24,7 +24,12 @@ from nscl.data import (
     tinyimagenet,
 )
 
-FMNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+FMNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -112,8 +117,13 @@ def test_cifar100_pickles(tmp_path):
     _cifar_pickle(root / "train", tr, [3, 99, 0, 42, 7], [0, 1, 2, 3, 4])
     _cifar_pickle(root / "test", te, [5, 6, 7], [1, 1, 1])
     with open(root / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}, f)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"s{i}".encode() for i in range(20)],
+            },
+            f,
+        )
     ds = load_dataset("cifar100", data_root=str(tmp_path))
     x, y = ds["train"]
     assert x.shape == (5, 3, 32, 32) and x.dtype == torch.uint8
@@ -294,7 +304,7 @@ def test_augmentation_crop_flip_deterministic():
     # every augmented sample is a shifted (and maybe flipped) crop of the zero-padded image
     padded = torch.nn.functional.pad(plain, (4, 4, 4, 4))
     for i in range(4):
-        cands = [padded[i, :, r:r + 8, c:c + 8] for r in range(9) for c in range(9)]
+        cands = [padded[i, :, r : r + 8, c : c + 8] for r in range(9) for c in range(9)]
         cands += [cc.flip(-1) for cc in cands]
         assert any(torch.equal(a[i], cc) for cc in cands)
     sub = td.subset([2, 0])
@@ -316,8 +326,15 @@ def test_synthetic_benchmark_learnable_and_overrides():
     assert torch.equal(s2[0].train.x, t.train.x)
     with pytest.raises(TypeError):
         make_stream("split_digits", noise_std=2.0)
-    assert set(BENCHMARKS) >= {"split_fmnist", "permuted_fmnist", "split_cifar100_10", "split_cifar100_20",
-                               "tinyimagenet_25", "split_digits", "synthetic"}
+    assert set(BENCHMARKS) >= {
+        "split_fmnist",
+        "permuted_fmnist",
+        "split_cifar100_10",
+        "split_cifar100_20",
+        "tinyimagenet_25",
+        "split_digits",
+        "synthetic",
+    }
 
 
 # ---------------------------------------------------------------- real Fashion-MNIST
@@ -328,7 +345,9 @@ def test_real_fashion_mnist(monkeypatch):
     try:
         ds = load_dataset("fashion_mnist")
     except DataNotFoundError:
-        pytest.skip("Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist; `make` does it in CI)")
+        pytest.skip(
+            "Fashion-MNIST IDX files not installed (apt-get install dataset-fashion-mnist; `make` does it in CI)"
+        )
     xtr, ytr = ds["train"]
     assert xtr.shape == (60000, 1, 28, 28) and len(ds["test"][1]) == 10000
     assert abs(xtr.float().mean().item() - 72.94) < 0.05
@@ -368,8 +387,9 @@ def test_explicit_data_root_without_the_files_is_an_error(tmp_path, system_copy)
     assert isinstance(ei.value, D.DataError) and isinstance(ei.value, FileNotFoundError)
     assert f"data_root={empty}" in msg and "t10k-labels-idx1-ubyte[.gz]" in msg
     assert str(tmp_path / "system") not in msg  # the system folder was not searched
-    assert ei.value.searched == [str(empty / s) if s else str(empty)
-                                 for s in ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")]
+    assert ei.value.searched == [
+        str(empty / s) if s else str(empty) for s in ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw")
+    ]
     with pytest.raises(DataNotFoundError, match="does not exist"):
         make_stream("split_fmnist", data_root=str(tmp_path / "typo"))
     # a half-copied folder: the message names the file it lacks
@@ -389,7 +409,9 @@ def test_nscl_data_root_without_the_files_is_an_error(tmp_path, monkeypatch, sys
     assert f"NSCL_DATA_ROOT={tmp_path / 'empty'}" in msg and "unset NSCL_DATA_ROOT" in msg
     # data_root wins over the environment variable
     make_fmnist_dir(tmp_path / "mine", seed=6)
-    assert load_dataset("fashion_mnist", data_root=str(tmp_path / "mine"))["source"] == str((tmp_path / "mine").resolve())
+    assert load_dataset("fashion_mnist", data_root=str(tmp_path / "mine"))["source"] == str(
+        (tmp_path / "mine").resolve()
+    )
 
 
 def test_truncated_gz_names_the_file(tmp_path):
@@ -440,9 +462,26 @@ def test_cli_prints_data_errors_as_one_line(tmp_path):
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("NSCL_DATA_ROOT", None)
-    proc = subprocess.run([sys.executable, "-m", "nscl", "run", "-p", "benchmark=split_fmnist",
-                           "-p", f"data_root={empty}", "-o", str(out)],
-                          check=False, cwd=root, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nscl",
+            "run",
+            "-p",
+            "benchmark=split_fmnist",
+            "-p",
+            f"data_root={empty}",
+            "-o",
+            str(out),
+        ],
+        check=False,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: Fashion-MNIST not found in data_root={empty}"), lines
@@ -469,7 +508,9 @@ def test_download_goes_to_the_explicit_root_else_the_cache(tmp_path, monkeypatch
 
     monkeypatch.setattr(fmnist, "download", fake_download)
     ds = load_dataset("fashion_mnist", data_root=str(tmp_path / "mine"), download=True)
-    assert fetched == [tmp_path / "mine"] and ds["source"] == str((tmp_path / "mine" / "FashionMNIST" / "raw").resolve())
+    assert fetched == [tmp_path / "mine"] and ds["source"] == str(
+        (tmp_path / "mine" / "FashionMNIST" / "raw").resolve()
+    )
     ds = load_dataset("fashion_mnist", download=True)
     assert fetched[-1] == tmp_path / "nscl-cache" and str(tmp_path / "nscl-cache") in ds["source"]
     assert len(fetched) == 2
@@ -482,5 +523,6 @@ def test_download_goes_to_the_explicit_root_else_the_cache(tmp_path, monkeypatch
     monkeypatch.setattr(fmnist, "download", offline)
     with pytest.raises(DataNotFoundError) as ei:
         load_dataset("fashion_mnist", data_root=str(tmp_path / "other"), download=True)
-    assert _one_line(ei.value).startswith(f"Fashion-MNIST: download into {tmp_path / 'other'} failed "
-                                          "(OSError: network is unreachable)")
+    assert _one_line(ei.value).startswith(
+        f"Fashion-MNIST: download into {tmp_path / 'other'} failed (OSError: network is unreachable)"
+    )

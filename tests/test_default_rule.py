@@ -1,5 +1,6 @@
 """The default null-space rule (chosen by the rule study, issue 13) and the presets that must not
 follow it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,17 @@ def test_default_first_layer_null_space_does_not_collapse_after_task1():
     on real Split Fashion-MNIST, task 1 only. The paper's a_min rule (a=10) leaves about 30 of 784
     first-layer directions free here, and fewer after every later task: the layer is frozen and
     plasticity goes. The default must leave a sizeable share of the input space to later tasks."""
-    cfg = config.resolve([ROOT / "params/base.yaml", ROOT / "params/suite.yaml"],
-                         dict(method="adam_nscl", device="cpu", threads=1, quiet=True, checkpoint=False))
-    stream = make_stream(cfg["benchmark"], seed=cfg["seed"], samples_per_task=cfg["samples_per_task"],
-                         test_samples_per_task=cfg["test_samples_per_task"], val_fraction=cfg["val_fraction"])
+    cfg = config.resolve(
+        [ROOT / "params/base.yaml", ROOT / "params/suite.yaml"],
+        dict(method="adam_nscl", device="cpu", threads=1, quiet=True, checkpoint=False),
+    )
+    stream = make_stream(
+        cfg["benchmark"],
+        seed=cfg["seed"],
+        samples_per_task=cfg["samples_per_task"],
+        test_samples_per_task=cfg["test_samples_per_task"],
+        val_fraction=cfg["val_fraction"],
+    )
     stream.tasks = stream.tasks[:1]
     res = trainer.run(cfg, stream=stream)
     first = res["null_space"]["backbone.layers.0"]
@@ -31,8 +39,9 @@ def test_default_first_layer_null_space_does_not_collapse_after_task1():
     assert first["val_kept_energy"][0] < 0.15
 
 
-@pytest.mark.parametrize("preset", ["adam_nscl_official", "cifar100_10_paper", "cifar100_20_paper",
-                                    "tinyimagenet_25_paper"])
+@pytest.mark.parametrize(
+    "preset", ["adam_nscl_official", "cifar100_10_paper", "cifar100_20_paper", "tinyimagenet_25_paper"]
+)
 def test_faithful_presets_keep_the_papers_a_min_rule(preset):
     """The faithful presets set the paper's rule explicitly, whatever the package default is,
     also when layered over params/base.yaml."""

@@ -1,5 +1,6 @@
 """README.md and docs/*.md link only to files of this repository (tracked by git), and every anchor
 they use exists; nothing points outside the project."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """environment.yml (conda users) and pyproject.toml (the one dependency list) agree, and both agree
 with the torch pins of the Makefile."""
+
 from __future__ import annotations
 
 import re
@@ -64,7 +65,8 @@ def test_pip_section_ends_with_editable_dev_install_and_pins_agree():
         assert name in declared, f"environment.yml installs {name}, which pyproject.toml does not declare"
         if not any(spec.operator == "==" for spec in req.specifier):
             assert req.specifier == declared[name].specifier, (
-                f"{name}: environment.yml {req.specifier}, pyproject.toml {declared[name].specifier}")
+                f"{name}: environment.yml {req.specifier}, pyproject.toml {declared[name].specifier}"
+            )
         for spec in req.specifier:
             if spec.operator == "==":
                 assert declared[name].specifier.contains(spec.version), (name, spec.version)

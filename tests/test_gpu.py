@@ -10,6 +10,7 @@ nothing would read as a pass. Tolerances (CUDA vs CPU kernels round differently)
 * a run killed after task 2 and resumed on CUDA completes with the uninterrupted run's results
   (accuracies within 1 point, null-space dimensions within 1).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -27,13 +28,22 @@ pytestmark = pytest.mark.gpu
 
 
 def need_cuda():
-    assert torch.cuda.is_available(), ("no CUDA device: the gpu tests need one (they were selected with -m gpu); "
-                                       "run them on a GPU node")
+    assert torch.cuda.is_available(), (
+        "no CUDA device: the gpu tests need one (they were selected with -m gpu); run them on a GPU node"
+    )
 
 
 def tiny(**kw):
-    base = dict(benchmark="split_digits", n_tasks=3, epochs=2, batch_size=32, hidden=[32, 32], quiet=True, seed=0,
-                method="adam_nscl")
+    base = dict(
+        benchmark="split_digits",
+        n_tasks=3,
+        epochs=2,
+        batch_size=32,
+        hidden=[32, 32],
+        quiet=True,
+        seed=0,
+        method="adam_nscl",
+    )
     base.update(kw)
     return config.resolve(overrides=base)
 
@@ -69,8 +79,10 @@ def test_projection_invariance_on_cuda_float64():
     spaces = compute_many([cov.matrix(n) for n in names], [dict(rule="a_min", a=10.0, floor="rank")] * len(names))
     assert all(s.eigvecs.device.type == "cuda" for s in spaces)
     outs = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
-             for n, m in layers.items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
+        for n, m in layers.items()
+    ]
     with torch.no_grad():
         model.features(x1)
     before = dict(outs)

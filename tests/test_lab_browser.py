@@ -17,6 +17,7 @@ Chromium is Debian's package (``make test`` installs it when root), driven throu
 package with ``executable_path``: nothing downloads a browser. Without Chromium the test fails and
 says how to install it. Runtime about a minute on 2 loaded cores (the limit is 3).
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,9 +48,11 @@ def chromium() -> str:
     """Debian's Chromium (or $NSCL_CHROMIUM); a clear failure, never a skip, when it is missing."""
     path = os.environ.get("NSCL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("Chromium not found: tests/test_lab_browser.py needs Debian's chromium. `make test` installs "
-                    "it when run as root; otherwise run `sudo apt-get install chromium`, or set NSCL_CHROMIUM to a "
-                    "Chromium binary. (Never `playwright install`: nothing may download a browser.)")
+        pytest.fail(
+            "Chromium not found: tests/test_lab_browser.py needs Debian's chromium. `make test` installs "
+            "it when run as root; otherwise run `sudo apt-get install chromium`, or set NSCL_CHROMIUM to a "
+            "Chromium binary. (Never `playwright install`: nothing may download a browser.)"
+        )
     return path
 
 
@@ -84,8 +87,11 @@ def parameters_source() -> str:
 
 def notebook_list(name: str) -> list[str]:
     """A list literal assigned in the committed parameters cell (``benchmarks``, ``methods``)."""
-    (value,) = [ast.literal_eval(node.value) for node in ast.parse(parameters_source()).body
-                if isinstance(node, ast.Assign) and node.targets[0].id == name]
+    (value,) = [
+        ast.literal_eval(node.value)
+        for node in ast.parse(parameters_source()).body
+        if isinstance(node, ast.Assign) and node.targets[0].id == name
+    ]
     return value
 
 
@@ -96,20 +102,36 @@ def serve_lab(tmp_path: Path):
     (work / "notebooks").mkdir(parents=True)
     shutil.copy(NOTEBOOK, work / "notebooks" / NOTEBOOK.name)
     settings = tmp_path / "lab-settings"
-    for plugin, values in {"@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
-                                                                            "checkForUpdates": False},
-                           "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"}}.items():
+    for plugin, values in {
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    }.items():
         f = settings / f"{plugin}.jupyterlab-settings"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(values))
-    env = dict(os.environ, NSCL_OUTPUT_ROOT=str(tmp_path / "out"), JUPYTERLAB_SETTINGS_DIR=str(settings),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTER_PREFER_ENV_PATH="1", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        NSCL_OUTPUT_ROOT=str(tmp_path / "out"),
+        JUPYTERLAB_SETTINGS_DIR=str(settings),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+        JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+        JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+        JUPYTER_PREFER_ENV_PATH="1",
+        OMP_NUM_THREADS="1",
+    )
     env.pop("NSCL_QUIET", None)  # the lab shows progress bars
     port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={work}",
+    ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with open(log, "w") as out:
@@ -128,7 +150,8 @@ def serve_lab(tmp_path: Path):
         kernels = json.loads(urllib.request.urlopen(f"{url}/api/kernelspecs?token={token}", timeout=10).read())
         assert "nscl" in kernels["kernelspecs"], (
             f"the project's kernel 'nscl' is not installed in {sys.prefix} (make venv installs it): "
-            f"{sorted(kernels['kernelspecs'])}")
+            f"{sorted(kernels['kernelspecs'])}"
+        )
         yield url, token, log
     finally:
         server.terminate()
@@ -155,8 +178,10 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
 
             # 1. the project's kernel starts by itself, and opening does not modify the notebook
             kernel_name = panel.locator(".jp-Toolbar-kernelName")
-            page.wait_for_function("() => document.querySelector('.jp-NotebookPanel .jp-Toolbar-kernelName')"
-                                   f"?.textContent.trim() === {json.dumps(KERNEL_DISPLAY_NAME)}")
+            page.wait_for_function(
+                "() => document.querySelector('.jp-NotebookPanel .jp-Toolbar-kernelName')"
+                f"?.textContent.trim() === {json.dumps(KERNEL_DISPLAY_NAME)}"
+            )
             wait_idle(page)
             assert kernel_name.inner_text().strip() == KERNEL_DISPLAY_NAME
             page.wait_for_timeout(2000)  # the kernel's metadata, if it differed, would have been written by now
@@ -172,8 +197,10 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
             assert errors.count() == 0, f"error output: {errors.first.inner_text()[:2000]}"
             images = panel.locator(".jp-OutputArea-output img")
             assert images.count() == committed_figures() >= 1
-            page.wait_for_function("() => [...document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output img')]"
-                                   ".every(i => i.complete && i.naturalWidth > 100)")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.jp-NotebookPanel .jp-OutputArea-output img')]"
+                ".every(i => i.complete && i.naturalWidth > 100)"
+            )
             table = panel.locator(".jp-OutputArea-output table.dataframe").filter(has_text="BWT")
             assert table.count() == 1
             header = table.locator("thead").inner_text()
@@ -219,8 +246,10 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
 # ---- driving the UI -------------------------------------------------------------------------------
 def wait_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
     """The kernel status indicator in the notebook toolbar says idle."""
-    page.wait_for_selector(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=timeout_s * 1000)
+    page.wait_for_selector(
+        ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']",
+        timeout=timeout_s * 1000,
+    )
 
 
 def menu(page, top: str, command: str) -> None:

@@ -3,6 +3,7 @@
 Every import inside ``nscl`` (module level or inside a function) must point to the same layer or a
 lower one, and module-level imports must not form a cycle. Parsed with ``ast``: nothing is imported.
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,7 +82,9 @@ def test_imports_point_down(path):
         if here is None:  # the package root may only import lazily (inside functions)
             continue
         if there is not None and there > here:
-            upward.append(f"{path.relative_to(PKG)}:{line} imports {target} ({LAYERS[there] if there < len(LAYERS) else 'apps'})")
+            upward.append(
+                f"{path.relative_to(PKG)}:{line} imports {target} ({LAYERS[there] if there < len(LAYERS) else 'apps'})"
+            )
         if there is None and target == "nscl" and name == "nscl":
             upward.append(f"{path.relative_to(PKG)}:{line} imports the package root")
     assert not upward, "imports against the layer rule:\n" + "\n".join(upward)
@@ -109,7 +112,7 @@ def test_no_import_cycles():
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state:
                 cycle = visit(n)
                 if cycle:

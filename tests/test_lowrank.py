@@ -1,4 +1,5 @@
 """Rank limitation: identities, exact factorisation, rank budget, and exact protection by nscl_lowrank."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -23,8 +24,9 @@ def _linear(W, bias=None):
 @pytest.mark.parametrize("shape,rank", [((5, 3), 3), ((20, 7), 7), ((64, 64), 64), ((30, 100), 10), ((1, 9), 1)])
 def test_nuclear_identity_at_balanced_factors(shape, rank):
     g = torch.Generator().manual_seed(sum(shape))
-    W = (torch.randn(shape[0], rank, generator=g, dtype=torch.float64)
-         @ torch.randn(rank, shape[1], generator=g, dtype=torch.float64))
+    W = torch.randn(shape[0], rank, generator=g, dtype=torch.float64) @ torch.randn(
+        rank, shape[1], generator=g, dtype=torch.float64
+    )
     f = lr.Factorized.from_dense(_linear(W))
     nuc = torch.linalg.matrix_norm(W, "nuc")
     torch.testing.assert_close(f.weight(), W, rtol=1e-10, atol=1e-10)
@@ -51,11 +53,14 @@ def test_full_rank_factorised_layers_reproduce_dense_outputs():
     assert (lr.Factorized.from_dense(conv, K=3)(xi) - conv(xi)).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("build,shape,n_dense", [
-    (lambda: MLP(64, [40, 40]), (3, 1, 8, 8), 0),
-    (lambda: SmallCNN((1, 8, 8), [8, 16], [32]), (3, 1, 8, 8), 1),  # first conv d=9 stays dense
-    (lambda: PreActResNet18(3, width=4), (2, 3, 8, 8), 4),  # stem (d=27) + 3 shortcuts (d=4,8,16)
-])
+@pytest.mark.parametrize(
+    "build,shape,n_dense",
+    [
+        (lambda: MLP(64, [40, 40]), (3, 1, 8, 8), 0),
+        (lambda: SmallCNN((1, 8, 8), [8, 16], [32]), (3, 1, 8, 8), 1),  # first conv d=9 stays dense
+        (lambda: PreActResNet18(3, width=4), (2, 3, 8, 8), 4),  # stem (d=27) + 3 shortcuts (d=4,8,16)
+    ],
+)
 def test_factorize_whole_backbone_is_exact_and_skips_small_d(build, shape, n_dense):
     torch.manual_seed(1)
     net = build().eval()
@@ -63,8 +68,11 @@ def test_factorize_whole_backbone_is_exact_and_skips_small_d(build, shape, n_den
     before = net(x)
     layers = lr.factorize(net, None, min_d=32)
     assert layers
-    dense = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-             and not any(m is f.A or m is f.B for f in layers.values())]
+    dense = [
+        m
+        for m in net.modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and not any(m is f.A or m is f.B for f in layers.values())
+    ]
     assert len(dense) == n_dense
     torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-5)
 
@@ -165,8 +173,16 @@ def _old_feature_drift(cfg):
 @pytest.mark.parametrize("refresh", [False, True])
 def test_nscl_lowrank_keeps_old_outputs_exactly_lowrank_does_not(tiny_cfg, refresh):
     # 27 training samples per task < every layer's d (64): all null spaces are exact
-    kw = dict(n_tasks=3, samples_per_task=30, hidden=[64, 64], epochs=2, lr=0.01, rank_schedule=[0.5, 0.75, 1.0],
-              nuclear_lambda=1e-3, refresh_bottleneck=refresh)
+    kw = dict(
+        n_tasks=3,
+        samples_per_task=30,
+        hidden=[64, 64],
+        epochs=2,
+        lr=0.01,
+        rank_schedule=[0.5, 0.75, 1.0],
+        nuclear_lambda=1e-3,
+        refresh_bottleneck=refresh,
+    )
     drift, res, budgets = _old_feature_drift(tiny_cfg(method="nscl_lowrank", **kw))
     assert drift < 1e-4
     assert res["metrics"]["bwt"] == pytest.approx(0.0, abs=1e-9)
@@ -188,8 +204,19 @@ def test_nscl_lowrank_keeps_old_outputs_exactly_lowrank_does_not(tiny_cfg, refre
 
 @pytest.mark.parametrize("model", ["cnn", "resnet18"])
 def test_conv_backbones_budget_and_protection(tiny_cfg, model):
-    kw = dict(model=model, cnn_channels=[8, 16], width=4, samples_per_task=60, epochs=1, lr=0.01,
-              rank_schedule=[0.5, 1.0], n_tasks=2, hidden=[32], nullspace_rule="rel_tol", rel_tol=1e-6)
+    kw = dict(
+        model=model,
+        cnn_channels=[8, 16],
+        width=4,
+        samples_per_task=60,
+        epochs=1,
+        lr=0.01,
+        rank_schedule=[0.5, 1.0],
+        n_tasks=2,
+        hidden=[32],
+        nullspace_rule="rel_tol",
+        rel_tol=1e-6,
+    )
     drift, res, budgets = _old_feature_drift(tiny_cfg(method="nscl_lowrank", **kw))
     base_drift, _, _ = _old_feature_drift(tiny_cfg(method="lowrank", **kw))
     assert budgets and all(a == b and rk <= b for a, rk, b in budgets)
@@ -199,8 +226,14 @@ def test_conv_backbones_budget_and_protection(tiny_cfg, model):
 
 
 def test_truncation_inside_a_run_keeps_budget(tiny_cfg):
-    cfg = tiny_cfg(method="nscl_lowrank", truncate_tol=0.7, rank_schedule=[0.5, 1.0], n_tasks=2,
-                   hidden=[40, 40], nuclear_lambda=1e-3)
+    cfg = tiny_cfg(
+        method="nscl_lowrank",
+        truncate_tol=0.7,
+        rank_schedule=[0.5, 1.0],
+        n_tasks=2,
+        hidden=[40, 40],
+        nuclear_lambda=1e-3,
+    )
     res = Trainer(cfg).fit()
     for r in res["method_diagnostics"]["lowrank"].values():
         assert all(a <= b for a, b in zip(r["active_rank"], [20, 40]))
@@ -218,7 +251,9 @@ def test_refreshed_bottleneck_covariance_equals_accumulated_when_b_is_unchanged(
     before = {n: tr.tracker.covariance_sum(f"{n}.A").clone() for n in tr.method.layers}
     tr.method.refresh_bottleneck()
     for n in tr.method.layers:
-        torch.testing.assert_close(tr.tracker.covariance_sum(f"{n}.A"), before[n], rtol=1e-5, atol=1e-6 * before[n].abs().max())
+        torch.testing.assert_close(
+            tr.tracker.covariance_sum(f"{n}.A"), before[n], rtol=1e-5, atol=1e-6 * before[n].abs().max()
+        )
 
 
 def test_params_registered():
@@ -236,8 +271,9 @@ def test_killed_run_resumes_to_identical_results(tiny_cfg, tmp_path):
     """Masks (model buffers), records and the truncation-mapped bottleneck covariance survive a resume."""
     from nscl.experiment import records, trainer
 
-    cfg = tiny_cfg(method="nscl_lowrank", n_tasks=3, rank_schedule=[0.5, 0.75, 1.0], truncate_tol=0.05,
-                   nuclear_lambda=1e-3)
+    cfg = tiny_cfg(
+        method="nscl_lowrank", n_tasks=3, rank_schedule=[0.5, 0.75, 1.0], truncate_tol=0.05, nuclear_lambda=1e-3
+    )
     full = trainer.run(cfg, tmp_path / "full")
     killed = trainer.Trainer(cfg, tmp_path / "resumed")
     before_task = killed.method.before_task

@@ -1,5 +1,6 @@
 """PreAct-ResNet-18 block variants (nscl.models): the official Adam-NSCL block against an independent
 functional forward, and how it differs from the He et al. pre-activation block."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,11 @@ def reference_forward(net: PreActResNet18, x: torch.Tensor) -> torch.Tensor:
     """The official network written with functional ops only (eval-mode BN): in every block
     ``x <- bn1(x)``, ``out = relu(x)``, shortcut = conv(out) if the block has one else ``x``,
     ``out = conv2(relu(bn2(conv1(out)))) + shortcut``; stem conv, stages, relu(bn_last), average pool."""
+
     def bn(m, h):
-        return (h - m.running_mean[None, :, None, None]) / torch.sqrt(m.running_var[None, :, None, None] + m.eps) \
-            * m.weight[None, :, None, None] + m.bias[None, :, None, None]
+        return (h - m.running_mean[None, :, None, None]) / torch.sqrt(
+            m.running_var[None, :, None, None] + m.eps
+        ) * m.weight[None, :, None, None] + m.bias[None, :, None, None]
 
     h = F.conv2d(x, net.conv1.weight, padding=1)
     for stage in (net.layer1, net.layer2, net.layer3, net.layer4):

@@ -5,6 +5,7 @@ every notebook into a temporary folder (per-notebook extras: ``params/ci_<stem>.
 the tests assert on what the notebooks recorded. The committed outputs themselves are checked by
 ``pytest --nbval`` (second step of ``make test``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ NOTEBOOKS = suite_app.notebooks(ROOT / "notebooks")
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    entries = suite_app.run_suite(out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml",
-                               folder=ROOT / "notebooks")
+    entries = suite_app.run_suite(
+        out, CI, overrides={"threads": 1}, progress=False, hook="ci_{stem}.yaml", folder=ROOT / "notebooks"
+    )
     return out, {e["notebook"]: e for e in entries}
 
 
@@ -62,7 +64,7 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
         assert m["status"] in ("complete", None), label
         if m.get("acc") is not None:  # a run's accuracy matrix: T rows, nothing above the diagonal
             T = m["metrics"]["tasks_done"]
-            assert len(m["acc"]) == T and all(v is None for i, row in enumerate(m["acc"]) for v in row[i + 1:])
+            assert len(m["acc"]) == T and all(v is None for i, row in enumerate(m["acc"]) for v in row[i + 1 :])
         if m.get("run_dir") is not None:
             run = records.load(out / stem / m["run_dir"])
             assert run["metrics"] == m["metrics"]
@@ -72,8 +74,9 @@ def test_notebook_runs_and_leaves_results_beside_it(suite, stem):
 
 def test_quickstart_adam_nscl_forgets_less_than_finetuning_on_both_streams(suite):
     rec = record(suite, "00_quickstart")
-    assert set(rec["methods"]) == {f"{b}/{m}" for b in ("split_fmnist", "permuted_fmnist")
-                                   for m in ("finetune", "adam_nscl")}
+    assert set(rec["methods"]) == {
+        f"{b}/{m}" for b in ("split_fmnist", "permuted_fmnist") for m in ("finetune", "adam_nscl")
+    }
     for bench, T in (("split_fmnist", 5), ("permuted_fmnist", 10)):
         ft, ns = rec["methods"][f"{bench}/finetune"], rec["methods"][f"{bench}/adam_nscl"]
         assert ft["metrics"]["tasks_done"] == ns["metrics"]["tasks_done"] == T
@@ -91,8 +94,10 @@ def test_no_notebook_shows_a_null_space_method_at_chance(suite):
     out, entries = suite
     recs = suite_app.suite_records(out)
     assert suite_app.chance_failures(recs) == []
-    checked = {stem: [label for label, m in rec["methods"].items() if m.get("method") in null_space_methods()]
-               for stem, rec in recs.items()}
+    checked = {
+        stem: [label for label, m in rec["methods"].items() if m.get("method") in null_space_methods()]
+        for stem, rec in recs.items()
+    }
     for stem in ("00_quickstart", "01_adam_nscl", "02_pruning", "03_low_rank", "05_compare_methods"):
         assert checked[stem], f"{stem} records no null-space run"
         for label in checked[stem]:
@@ -103,11 +108,24 @@ def test_no_notebook_shows_a_null_space_method_at_chance(suite):
 def test_a_starved_notebook_fails_with_the_chance_check(tmp_path):
     """The same quickstart, starved (one tiny epoch, a strict rule): the last cell stops it, naming the run."""
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(ROOT / "notebooks" / "00_quickstart.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"benchmarks": ["split_fmnist"], "samples_per_task": 100, "epochs": 1,
-                                        "batch_size": 64, "hidden": [16, 16], "nullspace_rule": "a_min",
-                                        "a": 1.0, "threads": 1, "output_dir": str(tmp_path)},
-                            kernel_name="python3", progress_bar=False, cwd=str(ROOT / "notebooks"))
+        pm.execute_notebook(
+            str(ROOT / "notebooks" / "00_quickstart.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={
+                "benchmarks": ["split_fmnist"],
+                "samples_per_task": 100,
+                "epochs": 1,
+                "batch_size": 64,
+                "hidden": [16, 16],
+                "nullspace_rule": "a_min",
+                "a": 1.0,
+                "threads": 1,
+                "output_dir": str(tmp_path),
+            },
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(ROOT / "notebooks"),
+        )
     assert err.value.ename == "ChanceLevelError"
     assert "split_fmnist/adam_nscl on task(s)" in err.value.evalue
     assert nb.load_results(tmp_path)["methods"]["split_fmnist/adam_nscl"]["at_chance"]  # recorded before failing
@@ -136,8 +154,11 @@ def test_analysis_notebook_reads_the_suite_runs_without_training(suite):
     out, _ = suite
     rec = record(suite, "04_null_space_analysis")
     assert not (out / "04_null_space_analysis" / "runs").exists()  # nothing retrained
-    expected = {f"{stem}/{m}" for stem in ("00_quickstart/split_fmnist", "00_quickstart/permuted_fmnist",
-                                           "01_adam_nscl") for m in ("finetune", "adam_nscl")}
+    expected = {
+        f"{stem}/{m}"
+        for stem in ("00_quickstart/split_fmnist", "00_quickstart/permuted_fmnist", "01_adam_nscl")
+        for m in ("finetune", "adam_nscl")
+    }
     assert expected <= set(rec["methods"])
     summary = {row["run"]: row for row in rec["extra"]["null_space_summary"]}
     assert expected <= set(summary)
@@ -157,9 +178,14 @@ def test_summary_lists_every_notebook(suite):
 
 def test_misspelled_parameter_fails_naming_the_key(tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(ROOT / "notebooks" / "00_quickstart.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"smaples_per_task": 100, "output_dir": str(tmp_path)},
-                            kernel_name="python3", progress_bar=False, cwd=str(ROOT / "notebooks"))
+        pm.execute_notebook(
+            str(ROOT / "notebooks" / "00_quickstart.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={"smaples_per_task": 100, "output_dir": str(tmp_path)},
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(ROOT / "notebooks"),
+        )
     assert err.value.ename == "ConfigError"
     assert "'smaples_per_task'" in err.value.evalue and "samples_per_task" in err.value.evalue
     assert not (tmp_path / "runs").exists()  # failed before any training
@@ -170,21 +196,40 @@ def test_parameters_validates_the_namespace(tmp_path, monkeypatch):
     import os
 
     monkeypatch.delenv("NSCL_OUTPUT_ROOT", raising=False)
-    ns = {"samples_per_task": 50, "hidden": [8], "methods": ["finetune"], "output_dir": "results/x",
-          "os": os, "Path": Path, "f": lambda: 1, "In": [], "Out": {}, "_i1": "", "get_ipython": print}
+    ns = {
+        "samples_per_task": 50,
+        "hidden": [8],
+        "methods": ["finetune"],
+        "output_dir": "results/x",
+        "os": os,
+        "Path": Path,
+        "f": lambda: 1,
+        "In": [],
+        "Out": {},
+        "_i1": "",
+        "get_ipython": print,
+    }
     cfg = nb.parameters(ns, extras=["methods", "output_dir"])
     assert cfg["samples_per_task"] == 50 and cfg["hidden"] == [8] and cfg["methods"] == ["finetune"]
     assert cfg["epochs"] == config.PARAMS["epochs"].default  # the rest resolved
     assert Path(cfg["output_dir"]) == ROOT / "results" / "x" or Path(cfg["output_dir"]).is_absolute()
-    assert set(cfg.config) == set(config.PARAMS) and cfg.extras == {"methods": ["finetune"],
-                                                                     "output_dir": cfg["output_dir"]}
+    assert set(cfg.config) == set(config.PARAMS) and cfg.extras == {
+        "methods": ["finetune"],
+        "output_dir": cfg["output_dir"],
+    }
     with pytest.raises(config.ConfigError, match="'hiddden'.*hidden"):
         nb.parameters({"hiddden": [8]}, extras=["methods"])
     with pytest.raises(config.ConfigError, match="hidden"):
         nb.parameters({"hidden": "wide"})  # wrong type
     # papermill --inject-paths: results go beside the output notebook
-    cfg = nb.parameters({"output_dir": "x", "PAPERMILL_OUTPUT_PATH": str(tmp_path / "o" / "nb.ipynb"),
-                         "PAPERMILL_INPUT_PATH": "in.ipynb"}, extras=["output_dir"])
+    cfg = nb.parameters(
+        {
+            "output_dir": "x",
+            "PAPERMILL_OUTPUT_PATH": str(tmp_path / "o" / "nb.ipynb"),
+            "PAPERMILL_INPUT_PATH": "in.ipynb",
+        },
+        extras=["output_dir"],
+    )
     assert cfg["output_dir"] == str((tmp_path / "o").resolve())
     # a re-run of the cell in a live kernel ignores variables created by later cells
     ns2 = {"epochs": 1}
@@ -213,8 +258,11 @@ def test_run_methods_reuses_identical_runs_and_never_deletes_other_ones(tmp_path
     # (the differing parameter and the fix named); the earlier run stays as it was
     run_dir = tmp_path / "runs" / "finetune"
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    with pytest.raises(config.ConfigError, match=r"complete run with other parameters \(epochs: 1 there, 2 now"
-                                                 r".*another output directory.*or delete"):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"complete run with other parameters \(epochs: 1 there, 2 now"
+        r".*another output directory.*or delete",
+    ):
         nb.run_methods({**cfg, "epochs": 2}, ["finetune"], tmp_path)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["adam_nscl", "finetune"]
@@ -231,13 +279,29 @@ LATER = "results = nb.run_methods(cfg, cfg['methods'])\nacc = results['finetune'
 
 
 def test_assigned_names_recognises_a_cell_of_plain_assignments():
-    assert nb.assigned_names("# comment\nepochs = 2\nhidden: list = [64, 64]\nlr = 1e-3 / 2\n"
-                             "a, b = 1, None\nname = f'x'\n") is None  # an f-string is code
-    assert nb.assigned_names("epochs = 2\nhidden: list = [64] * 2\nlr = -1e-3 / 2\na, b = 1, None\n"
-                             "d = {'x': [1.0, 'y']}\nlr2 = lr\n") == {"epochs", "hidden", "lr", "a", "b", "d", "lr2"}
-    for code in ("import os\nepochs = 2", "epochs = int('2')", "x = cfg['epochs']", "x = np.pi", "print(1)",
-                 "results = nb.run_methods(cfg)", "epochs += 1", "", "   \n# only a comment", "for a in []: pass",
-                 "x = [i for i in range(3)]", "epochs = ("):
+    assert (
+        nb.assigned_names(
+            "# comment\nepochs = 2\nhidden: list = [64, 64]\nlr = 1e-3 / 2\na, b = 1, None\nname = f'x'\n"
+        )
+        is None
+    )  # an f-string is code
+    assert nb.assigned_names(
+        "epochs = 2\nhidden: list = [64] * 2\nlr = -1e-3 / 2\na, b = 1, None\nd = {'x': [1.0, 'y']}\nlr2 = lr\n"
+    ) == {"epochs", "hidden", "lr", "a", "b", "d", "lr2"}
+    for code in (
+        "import os\nepochs = 2",
+        "epochs = int('2')",
+        "x = cfg['epochs']",
+        "x = np.pi",
+        "print(1)",
+        "results = nb.run_methods(cfg)",
+        "epochs += 1",
+        "",
+        "   \n# only a comment",
+        "for a in []: pass",
+        "x = [i for i in range(3)]",
+        "epochs = (",
+    ):
         assert nb.assigned_names(code) is None, code
 
 
@@ -269,8 +333,12 @@ def test_parameters_in_a_live_kernel_checks_the_cell_that_just_ran():
 
 def test_parameters_papermill_injected_cell_and_fresh_kernel():
     own = "epochs = 1\nmethods = ['finetune']  # extra"
-    ns = {"In": ["", own, "# Parameters\nsmaples_per_task = 100\n", VALIDATE], "epochs": 1,
-          "methods": ["finetune"], "smaples_per_task": 100}
+    ns = {
+        "In": ["", own, "# Parameters\nsmaples_per_task = 100\n", VALIDATE],
+        "epochs": 1,
+        "methods": ["finetune"],
+        "smaples_per_task": 100,
+    }
     with pytest.raises(config.ConfigError, match="'smaples_per_task'.*samples_per_task"):
         nb.parameters(ns, extras=["methods"])
     ns = {"In": ["", own, "# Parameters\nepochs = 2\n", VALIDATE], "epochs": 2, "methods": ["finetune"]}
@@ -288,16 +356,19 @@ def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
     import nbformat
     from nbclient import NotebookClient
 
-    cells = ["epochs = 2\nhidden = [8]",
-             "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
-             "results = {'a': 1}\nacc = sum([1, 2])\nfig_count = len(results)",
-             "epoch = 3\nhidden = [8]",
-             "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
-             "epochs = 3\nhidden = [8]",
-             "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])"]
+    cells = [
+        "epochs = 2\nhidden = [8]",
+        "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
+        "results = {'a': 1}\nacc = sum([1, 2])\nfig_count = len(results)",
+        "epoch = 3\nhidden = [8]",
+        "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
+        "epochs = 3\nhidden = [8]",
+        "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
+    ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(notebook, kernel_name="python3", allow_errors=True, timeout=120,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, kernel_name="python3", allow_errors=True, timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     out = [c.outputs for c in notebook.cells]
     assert out[1][0]["text"] == "epochs 2\n"
     assert out[4][0]["output_type"] == "error" and out[4][0]["ename"] == "ConfigError"
@@ -309,8 +380,10 @@ def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
 def test_runs_and_output_dir_resolve_from_the_same_root(tmp_path, monkeypatch):
     monkeypatch.delenv("NSCL_OUTPUT_ROOT", raising=False)
     monkeypatch.chdir(ROOT / "notebooks")  # the kernel's working directory in JupyterLab
-    cfg = nb.parameters({"runs": ["results/notebooks", "/abs/x"], "output_dir": "results/y", "sweep_dir": "s"},
-                        extras=["runs", "output_dir", "sweep_dir"])
+    cfg = nb.parameters(
+        {"runs": ["results/notebooks", "/abs/x"], "output_dir": "results/y", "sweep_dir": "s"},
+        extras=["runs", "output_dir", "sweep_dir"],
+    )
     assert cfg["runs"] == [str(ROOT / "results" / "notebooks"), "/abs/x"]
     assert cfg["output_dir"] == str(ROOT / "results" / "y") and cfg["sweep_dir"] == str(ROOT / "s")
     monkeypatch.setenv("NSCL_OUTPUT_ROOT", str(tmp_path))
@@ -322,17 +395,23 @@ def test_require_runs_fails_naming_the_key_and_the_root(tmp_path, monkeypatch):
     monkeypatch.setenv("NSCL_OUTPUT_ROOT", str(tmp_path))
     import re
 
-    with pytest.raises(config.ConfigError, match=r"'runs' matches no run directory.*nothing_here.*resolved from "
-                                                  + re.escape(str(tmp_path))):
+    with pytest.raises(
+        config.ConfigError,
+        match=r"'runs' matches no run directory.*nothing_here.*resolved from " + re.escape(str(tmp_path)),
+    ):
         nb.require_runs([str(tmp_path / "nothing_here")])
-    records.write_json(tmp_path / "00_x" / "runs" / "finetune" / records.RESULTS, {"schema": records.SCHEMA, "params": {}})
+    records.write_json(
+        tmp_path / "00_x" / "runs" / "finetune" / records.RESULTS, {"schema": records.SCHEMA, "params": {}}
+    )
     cfg = nb.parameters({"runs": ["0[0-3]_*"]}, extras=["runs"])
     assert nb.require_runs(cfg["runs"]) == [(tmp_path / "00_x" / "runs" / "finetune").resolve()]
 
 
 def test_metric_tables_show_the_same_decimals_everywhere():
-    res = {"finetune": {"metrics": {"acc": 78.123, "bwt": -11.5, "plasticity": 80.0, "forgetting": 11.5}},
-           "adam_nscl": {"metrics": {"acc": 60.5, "bwt": -4.1234, "plasticity": None, "forgetting": 0.0}}}
+    res = {
+        "finetune": {"metrics": {"acc": 78.123, "bwt": -11.5, "plasticity": 80.0, "forgetting": 11.5}},
+        "adam_nscl": {"metrics": {"acc": 60.5, "bwt": -4.1234, "plasticity": None, "forgetting": 0.0}},
+    }
     table = tables.metrics_table(res)
     text, html = repr(table), table._repr_html_()
     for shown in ("78.12", "-11.50", "80.00", "11.50", "60.50", "-4.12", "0.00", "NaN"):
@@ -351,7 +430,9 @@ def test_regenerate_runs_the_notebooks_an_analysis_reads():
     stems = [(p.stem[:2], write) for p, write in plan]
     assert stems == [("00", False), ("01", False), ("02", False), ("03", False), ("04", True)]
     assert [(p.stem[:2], w) for p, w in suite_app.regenerate_plan(ROOT / "notebooks", ["00", "05"])] == [
-        ("00", True), ("05", True)]
+        ("00", True),
+        ("05", True),
+    ]
 
 
 def test_committed_notebooks_declare_the_project_kernel():

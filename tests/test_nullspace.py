@@ -1,4 +1,5 @@
 """Null-space selection rules on constructed spectra, and the projectors (nscl.nullspace)."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,8 +26,9 @@ def random_space(d: int, r: int, seed: int = 0) -> NullSpace:
     return NullSpace(eigvals, q, r)
 
 
-@pytest.mark.parametrize("d,r,kind", [(12, 3, "null"), (12, 6, "null"), (12, 9, "range"), (12, 0, "null"),
-                                      (12, 12, "range")])
+@pytest.mark.parametrize(
+    "d,r,kind", [(12, 3, "null"), (12, 6, "null"), (12, 9, "range"), (12, 0, "null"), (12, 12, "range")]
+)
 def test_projector_symmetric_idempotent_and_equal_to_u2u2t(d, r, kind):
     ns = random_space(d, r)
     proj = Projector(ns, dtype=torch.float64)
@@ -51,7 +53,7 @@ def test_scale_sqrt_r(r):
     ns = random_space(12, r, seed=1)
     plain = Projector(ns, dtype=torch.float64).matrix()
     scaled = Projector(ns, dtype=torch.float64, scale_sqrt_r=True).matrix()
-    torch.testing.assert_close(scaled, plain / r ** 0.5, rtol=0, atol=1e-12)
+    torch.testing.assert_close(scaled, plain / r**0.5, rtol=0, atol=1e-12)
 
 
 def test_projector_dtype_and_thin_form_in_float32():
@@ -151,8 +153,15 @@ def test_leak_rule_on_constructed_spectrum_and_held_out_energies():
     ev = torch.tensor([1.0, 2.0, 3.0, 4.0, 90.0], dtype=torch.float64)  # training eigenvalues, total 100
     q = torch.tensor([1.0, 1.0, 2.0, 6.0, 90.0], dtype=torch.float64)  # u_i^T C_val u_i, total 100
     # held-out cumulative shares 0.01, 0.02, 0.04, 0.10, 1.0: the largest prefix within the budget
-    assert [null_dim(ev, "leak", leak=b, val_energy=q) for b in (0.0, 0.01, 0.02, 0.05, 0.099, 0.1, 0.5)] \
-        == [0, 1, 2, 3, 3, 4, 4]
+    assert [null_dim(ev, "leak", leak=b, val_energy=q) for b in (0.0, 0.01, 0.02, 0.05, 0.099, 0.1, 0.5)] == [
+        0,
+        1,
+        2,
+        3,
+        3,
+        4,
+        4,
+    ]
     # without held-out data the training energies decide (shares 0.01, 0.03, 0.06, 0.10): another answer
     assert null_dim(ev, "leak", leak=0.05) == 2
     assert null_dim(ev, "leak", leak=0.05, val_energy=torch.zeros(5, dtype=torch.float64)) == 2
@@ -212,8 +221,9 @@ def test_tracker_rising_energy_threshold():
     """The same inputs every task (energy shares 0.5, 0.3, 0.12, 0.05, 0.025, 0.005): the protected
     set grows as energy_t = 0.9, 0.95, 0.99 (capped) after tasks 1, 2, 3."""
     lin = nn.Linear(6, 2, bias=False)
-    tr = NullSpaceTracker({"l": lin}, "per_sample", rule=dict(rule="energy", energy=0.9, energy_step=0.05,
-                                                              energy_max=0.99))
+    tr = NullSpaceTracker(
+        {"l": lin}, "per_sample", rule=dict(rule="energy", energy=0.9, energy_step=0.05, energy_max=0.99)
+    )
     x = torch.diag(torch.tensor([0.5, 0.3, 0.12, 0.05, 0.025, 0.005]).sqrt())
     for t in range(4):
         tr.update(lin, [x], t=t)
@@ -236,8 +246,9 @@ def test_compute_many_is_bitwise_compute_per_matrix():
         assert torch.equal(ns.eigvals, one.eigvals) and torch.equal(ns.eigvecs, one.eigvecs) and ns.r == one.r
         assert nb.r == one.r  # same selection, same null space up to rounding
         torch.testing.assert_close(nb.eigvals, one.eigvals, rtol=0, atol=1e-12)
-        torch.testing.assert_close(nb.null_basis @ nb.null_basis.T, one.null_basis @ one.null_basis.T,
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            nb.null_basis @ nb.null_basis.T, one.null_basis @ one.null_basis.T, rtol=0, atol=1e-10
+        )
 
 
 def _cov(x):
@@ -256,11 +267,13 @@ def test_nested_null_space_inside_previous_never_larger_and_exactly_protective()
     c = (_cov(x1) * 40 + _cov(x2) * 40) / 80
     full, nested = compute(c, **rule), compute_nested(c, prev, **rule)
     assert nested.r == full.r == d - 7
-    torch.testing.assert_close(nested.null_basis @ nested.null_basis.T, full.null_basis @ full.null_basis.T,
-                               rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        nested.null_basis @ nested.null_basis.T, full.null_basis @ full.null_basis.T, rtol=0, atol=1e-9
+    )
     assert nested.kept_energy == pytest.approx(full.kept_energy, abs=1e-12)
-    assert torch.equal(nested.eigvals, full.eigvals.abs().sort().values) or \
-        torch.allclose(nested.eigvals, full.eigvals, rtol=0, atol=1e-12)
+    assert torch.equal(nested.eigvals, full.eigvals.abs().sort().values) or torch.allclose(
+        nested.eigvals, full.eigvals, rtol=0, atol=1e-12
+    )
     # the basis is orthonormal, its null part inside the previous null space, and Projector accepts it
     torch.testing.assert_close(nested.eigvecs.T @ nested.eigvecs, torch.eye(d, dtype=torch.float64), rtol=0, atol=1e-12)
     assert (prev.range_basis.T @ nested.null_basis).abs().max() < 1e-12
@@ -287,7 +300,9 @@ def test_nested_update_only_where_the_previous_null_space_is_small():
     nested = NullSpaceTracker({"small": small, "big": big}, rule=rule, eigen_update="nested")
     full = NullSpaceTracker({"small": small, "big": big}, rule=rule)
     g = torch.Generator().manual_seed(1)
-    x_small = torch.randn(40, 10, generator=g, dtype=torch.float64) @ torch.randn(10, 12, generator=g, dtype=torch.float64)
+    x_small = torch.randn(40, 10, generator=g, dtype=torch.float64) @ torch.randn(
+        10, 12, generator=g, dtype=torch.float64
+    )
     x_big = torch.randn(40, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 12, generator=g, dtype=torch.float64)
     batches = [(x_small, x_big)]
 

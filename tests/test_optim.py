@@ -1,5 +1,6 @@
 """NullSpaceAdam (nscl.optim): Adam when nothing is projected, exact invariance of old-task outputs
 when the final step is projected, and the documented failure of projecting the gradient instead."""
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,9 @@ def layer_outputs(model, x):
     """Output of every projected layer (and the task-1 logits) on inputs ``x``."""
     outs, handles = {}, []
     for name, m in projected_layers(model).items():
-        handles.append(m.register_forward_hook(lambda mod, inp, out, name=name: outs.__setitem__(name, out.detach().clone())))
+        handles.append(
+            m.register_forward_hook(lambda mod, inp, out, name=name: outs.__setitem__(name, out.detach().clone()))
+        )
     with torch.no_grad():
         outs["logits0"] = model(x, 0).clone()
     for h in handles:
@@ -47,8 +50,17 @@ def layer_outputs(model, x):
     return outs
 
 
-def train_task2(model, x1, x2, y2, method: str, project: str = "update", steps: int = 150, wd: float = 1e-3,
-                scale_sqrt_r: bool = False):
+def train_task2(
+    model,
+    x1,
+    x2,
+    y2,
+    method: str,
+    project: str = "update",
+    steps: int = 150,
+    wd: float = 1e-3,
+    scale_sqrt_r: bool = False,
+):
     """Covariance on task-1 inputs (a_min with the rank floor), then task 2 on the backbone + head 2."""
     layers = projected_layers(model)
     cov = Covariance(layers, "per_sample")
@@ -178,7 +190,7 @@ def test_scale_sqrt_r_scales_the_step_and_keeps_invariance():
         o.step()
         steps.append(lin.weight.detach() - 1.0)
         lin.weight.grad = None
-    torch.testing.assert_close(steps[1], steps[0] / 2 ** 0.5)
+    torch.testing.assert_close(steps[1], steps[0] / 2**0.5)
 
 
 def test_projector_dimension_is_checked():
@@ -204,8 +216,9 @@ def test_step_leaves_raw_gradients_untouched(project, wd):
 
 
 # ---- the official epsilon placement -------------------------------------------------------------
-def official_reference(weights: dict, grad_fn, projectors: dict, lr: float, head_lr: float, betas, eps: float,
-                       wd: float, steps: int) -> dict:
+def official_reference(
+    weights: dict, grad_fn, projectors: dict, lr: float, head_lr: float, betas, eps: float, wd: float, steps: int
+) -> dict:
     """The official Adam-NSCL update written out independently (older PyTorch Adam form), float64:
     ``g = grad + wd w``; ``m, v`` on g; ``u = -lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``;
     ``u <- u.view(out, d) @ P`` for projected weights; ``w <- w + u``. The head has its own lr, no decay."""
@@ -220,7 +233,7 @@ def official_reference(weights: dict, grad_fn, projectors: dict, lr: float, head
             g = grads[k] + decay * w[k]
             m[k] = b1 * m[k] + (1 - b1) * g
             v2[k] = b2 * v2[k] + (1 - b2) * g * g
-            rate = (head_lr if k == "head" else lr) * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+            rate = (head_lr if k == "head" else lr) * math.sqrt(1 - b2**t) / (1 - b1**t)
             u = -rate * m[k] / (v2[k].sqrt() + eps)
             if k in projectors:
                 u = (u.reshape(u.shape[0], -1) @ projectors[k]).reshape(u.shape)
@@ -235,8 +248,10 @@ def _official_case():
     shapes = {"c1": (4, 2, 3, 3), "c2": (4, 2, 3, 3), "c3": (3, 4, 1, 1), "head": (2, 3)}
     weights = {k: 0.3 * torch.randn(*s, generator=g, dtype=torch.float64) for k, s in shapes.items()}
     x = torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64)
-    spaces = {k: random_null_space(int(torch.tensor(shapes[k][1:]).prod()), r, seed)
-              for k, r, seed in (("c1", 5, 0), ("c2", 6, 1), ("c3", 1, 2))}
+    spaces = {
+        k: random_null_space(int(torch.tensor(shapes[k][1:]).prod()), r, seed)
+        for k, r, seed in (("c1", 5, 0), ("c2", 6, 1), ("c3", 1, 2))
+    }
 
     def loss(w):
         h = F.conv2d(x, w["c1"], padding=1).tanh() + F.conv2d(x, w["c2"], padding=1).sin()
@@ -265,9 +280,16 @@ def test_official_eps_placement_reproduces_the_official_update_to_1e12(placement
     expected = official_reference(weights, grad_fn, dense, lr, head_lr, betas, eps, wd, steps)
 
     params = {k: nn.Parameter(v.clone()) for k, v in weights.items()}
-    opt = NullSpaceAdam([dict(params=[params["c1"], params["c2"], params["c3"]], lr=lr, weight_decay=wd),
-                         dict(params=[params["head"]], lr=head_lr, weight_decay=0.0)],
-                        betas=betas, eps=eps, eps_placement=placement, batched=True)
+    opt = NullSpaceAdam(
+        [
+            dict(params=[params["c1"], params["c2"], params["c3"]], lr=lr, weight_decay=wd),
+            dict(params=[params["head"]], lr=head_lr, weight_decay=0.0),
+        ],
+        betas=betas,
+        eps=eps,
+        eps_placement=placement,
+        batched=True,
+    )
     for k, ns in spaces.items():
         opt.set_projector(params[k], None, Projector(ns, dtype=torch.float64, scale_sqrt_r=True))
     buckets, single = opt.plan()
@@ -310,8 +332,9 @@ def test_batched_projection_equals_layer_by_layer(scale_sqrt_r):
     for mods, batched in ((layers, True), (twins, False)):
         opt = NullSpaceAdam([p for m in mods for p in m.parameters()], lr=1e-2, weight_decay=1e-3, batched=batched)
         for i, (m, r) in enumerate(zip(mods, ranks)):
-            opt.set_projector(m.weight, None, Projector(random_null_space(d, r, i), dtype=torch.float64,
-                                                        scale_sqrt_r=scale_sqrt_r))
+            opt.set_projector(
+                m.weight, None, Projector(random_null_space(d, r, i), dtype=torch.float64, scale_sqrt_r=scale_sqrt_r)
+            )
         opts.append(opt)
     assert NullSpaceAdam([layers[0].weight]).batched is None  # default: bmm on a GPU, per layer on CPU
     auto = NullSpaceAdam([p for m in layers for p in m.parameters()])

@@ -1,4 +1,5 @@
 """Shared figures: nothing cut off, scales that say what they share, grids that stay readable."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -20,9 +21,19 @@ def ns_table(n_runs: int, tasks: int = 5) -> pd.DataFrame:
         for layer, d, r0 in (("backbone.layers.0", 785, 514), ("backbone.layers.1", 65, 13)):
             for t in range(1, tasks + 1):
                 r = max(r0 // (2 ** (t - 1)), 1)
-                rows.append({"label": f"0{k % 4}_notebook/method_{k}", "method": "adam_nscl", "seed": 0,
-                             "layer": layer, "task": t, "d": d, "null_dim": r, "null_frac": r / d,
-                             "kept_energy": 10.0 ** -(4 + 3 * k) if t > 1 else 0.0})
+                rows.append(
+                    {
+                        "label": f"0{k % 4}_notebook/method_{k}",
+                        "method": "adam_nscl",
+                        "seed": 0,
+                        "layer": layer,
+                        "task": t,
+                        "d": d,
+                        "null_dim": r,
+                        "null_frac": r / d,
+                        "kept_energy": 10.0 ** -(4 + 3 * k) if t > 1 else 0.0,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,5 @@
 """CLNP / nscl_prune invariants: exact zeros, frozen weights, bit-identical old tasks, the margin."""
+
 import copy
 import math
 
@@ -14,15 +15,26 @@ pytestmark = pytest.mark.filterwarnings("ignore:split_digits")
 
 
 def _cfg(**kw):
-    base = dict(benchmark="split_digits", n_tasks=3, epochs=1, batch_size=32, hidden=[32, 32], device="cpu",
-                quiet=True, seed=0, method="clnp", checkpoint=False)
+    base = dict(
+        benchmark="split_digits",
+        n_tasks=3,
+        epochs=1,
+        batch_size=32,
+        hidden=[32, 32],
+        device="cpu",
+        quiet=True,
+        seed=0,
+        method="clnp",
+        checkpoint=False,
+    )
     base.update(kw)
     return config.resolve(overrides=base)
 
 
 def _synthetic(shape, n_tasks=2):
-    return make_stream("synthetic", seed=0, n_tasks=n_tasks, shape=shape, n_classes=2 * n_tasks,
-                       train_per_class=24, test_per_class=8)
+    return make_stream(
+        "synthetic", seed=0, n_tasks=n_tasks, shape=shape, n_classes=2 * n_tasks, train_per_class=24, test_per_class=8
+    )
 
 
 def _task(tr, t):
@@ -67,9 +79,11 @@ def test_search_threshold_is_log_bisection_within_margin():
 
 def test_per_group_search_shares_the_margin_layer_by_layer():
     margin = 3.0
-    cost = {"a": lambda th: 2.0 if th > 0.5 else 0.0,  # free up to 0.5, then over its share (1)
-            "b": lambda th: 1.5 if th > 0.01 else 0.0,  # over its own share (1), within a + b's (2)
-            "c": lambda th: 2.0 if th > 0.1 else 0.0}  # 1.5 + 2 > 3: must stop at 0.1
+    cost = {
+        "a": lambda th: 2.0 if th > 0.5 else 0.0,  # free up to 0.5, then over its share (1)
+        "b": lambda th: 1.5 if th > 0.01 else 0.0,  # over its own share (1), within a + b's (2)
+        "c": lambda th: 2.0 if th > 0.1 else 0.0,
+    }  # 1.5 + 2 > 3: must stop at 0.1
     seen = []
 
     def acc(thetas):
@@ -85,8 +99,7 @@ def test_per_group_search_shares_the_margin_layer_by_layer():
     assert all(set(d) == {"a"} for d in seen[:14]) and all(d["a"] == th["a"] for d in seen[14:])
     assert all("c" not in d for d in seen if d.get("b") not in (None, th["b"]))
     # nothing fits: that group prunes nothing and the accuracy stays the earlier groups'
-    res = pruning.search_thresholds_per_group(lambda ths: 90.0 - 10 * (ths.get("b") is not None),
-                                              ["a", "b"], 90.0, 1.0)
+    res = pruning.search_thresholds_per_group(lambda ths: 90.0 - 10 * (ths.get("b") is not None), ["a", "b"], 90.0, 1.0)
     assert res["thresholds"] == {"a": 1.0, "b": None} and res["acc"] == 90.0
 
 
@@ -97,8 +110,19 @@ def test_pruned_units_output_exactly_zero(model):
         tr = Trainer(_cfg(bias=True, prune_margin=100.0, n_tasks=2))
     else:
         shape = (1, 12, 12) if model == "cnn" else (3, 16, 16)
-        tr = Trainer(_cfg(benchmark="synthetic", model=model, width=4, cnn_channels=[4, 8], hidden=[16],
-                          bias=model == "cnn", prune_margin=100.0, n_tasks=2), stream=_synthetic(shape))
+        tr = Trainer(
+            _cfg(
+                benchmark="synthetic",
+                model=model,
+                width=4,
+                cnn_channels=[4, 8],
+                hidden=[16],
+                bias=model == "cnn",
+                prune_margin=100.0,
+                n_tasks=2,
+            ),
+            stream=_synthetic(shape),
+        )
     _task(tr, 0)
     masks = tr.method.masks
     dead = _dead(masks)
@@ -109,9 +133,11 @@ def test_pruned_units_output_exactly_zero(model):
     hooks = []
     for name, g in graph.groups.items():
         for m in g.mask_at:
+
             def check_out(module, inputs, out, name=name):
                 assert out[:, dead[name]].abs().max() == 0 if dead[name].any() else True
                 seen["mask"] += 1
+
             hooks.append(m.register_forward_hook(check_out))
     for w in graph.wires:
         if w.in_group is None:
@@ -124,6 +150,7 @@ def test_pruned_units_output_exactly_zero(model):
             if cols.any():
                 assert x[:, cols].abs().max() == 0  # what consumers read: exact zeros, bias/BN shift masked
             seen["wire"] += 1
+
         hooks.append(w.module.register_forward_pre_hook(check_in))
     tr.model.eval()
     with torch.no_grad():
@@ -167,8 +194,10 @@ def test_clnp_old_tasks_bit_identical_and_masks_hold_under_adam_weight_decay(mod
     if model == "mlp":
         tr = Trainer(_cfg(bias=True, **kw))
     else:
-        tr = Trainer(_cfg(benchmark="synthetic", model="cnn", cnn_channels=[4, 8], hidden=[16], n_tasks=3, **kw),
-                     stream=_synthetic((1, 12, 12), n_tasks=3))
+        tr = Trainer(
+            _cfg(benchmark="synthetic", model="cnn", cnn_channels=[4, 8], hidden=[16], n_tasks=3, **kw),
+            stream=_synthetic((1, 12, 12), n_tasks=3),
+        )
     _task(tr, 0)
     masks = tr.method.masks
     x0 = _test_x(tr, 0)
@@ -179,8 +208,10 @@ def test_clnp_old_tasks_bit_identical_and_masks_hold_under_adam_weight_decay(mod
     assert sum(int(f.sum()) for _, f in fixed) > 0
     before = {w.name: _flat(w.module) for w, _ in fixed}
     zeros = {w.name: masks.interference(w) for w, _ in fixed}
-    bns = [(bn, masks.fixed_rows(g, 1), bn.running_mean.clone(), bn.running_var.clone(),
-            bn.weight.detach().clone()) for g, bn in masks.norms()]
+    bns = [
+        (bn, masks.fixed_rows(g, 1), bn.running_mean.clone(), bn.running_var.clone(), bn.weight.detach().clone())
+        for g, bn in masks.norms()
+    ]
     tr.cfg["epochs"] = 8  # many Adam steps with strong weight decay
     _task(tr, 1)
     tr.cfg["epochs"] = 1
@@ -245,21 +276,26 @@ def test_finetune_keeps_margin_and_masks():
 # ---- nscl_prune ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["mlp", "resnet18"])
 def test_nscl_prune_keeps_old_layer_outputs(model, monkeypatch):
-    kw = dict(method="nscl_prune", prune_margin=3.0, nullspace_rule="rel_tol", rel_tol=1e-10, lr=0.01,
-              weight_decay=0.1)
+    kw = dict(method="nscl_prune", prune_margin=3.0, nullspace_rule="rel_tol", rel_tol=1e-10, lr=0.01, weight_decay=0.1)
     if model == "mlp":
         # a fixed threshold keeps units of every task, so later tasks' units feed old units' layers
         # and the owner-restricted projection is exercised (the tiny val split cannot tell units apart)
-        monkeypatch.setattr(pruning, "search_threshold",
-                            lambda *a, **k: {"threshold": 0.3, "acc": 0.0, "evaluations": []})
+        monkeypatch.setattr(
+            pruning, "search_threshold", lambda *a, **k: {"threshold": 0.3, "acc": 0.0, "evaluations": []}
+        )
         tr = Trainer(_cfg(samples_per_task=12, hidden=[128, 128], **kw))  # rank-deficient: real null spaces
     else:
-        tr = Trainer(_cfg(benchmark="synthetic", model="resnet18", width=4, n_tasks=3, **kw),
-                     stream=_synthetic((3, 16, 16), n_tasks=3))
+        tr = Trainer(
+            _cfg(benchmark="synthetic", model="resnet18", width=4, n_tasks=3, **kw),
+            stream=_synthetic((3, 16, 16), n_tasks=3),
+        )
     masks = tr.method.masks
     outs = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
-             for n, g in masks.graph.groups.items() for m in g.mask_at[-1:]]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
+        for n, g in masks.graph.groups.items()
+        for m in g.mask_at[-1:]
+    ]
 
     def snapshot(s):
         """Task s's kept-unit outputs and logits on its training data: the inputs of its covariance
@@ -295,8 +331,11 @@ def test_nscl_prune_keeps_old_layer_outputs(model, monkeypatch):
         h.remove()
     # kept units were not frozen: their incoming weights moved (inside the null space; the MLP's
     # 11 training samples per task leave one, the ResNet's im2col rows fill every conv's input space)
-    change = max((_flat(w.module)[masks.owner[w.out_group] == 0] - rows0[w.name]).abs().max().item()
-                 for w in masks.graph.wires if rows0[w.name].numel())
+    change = max(
+        (_flat(w.module)[masks.owner[w.out_group] == 0] - rows0[w.name]).abs().max().item()
+        for w in masks.graph.wires
+        if rows0[w.name].numel()
+    )
     assert change > 1e-3 or model == "resnet18"
     assert tr.method.optimizer.stats["projected_steps"] > 0
     d = tr.method.diagnostics()
@@ -324,8 +363,20 @@ def test_pruning_needs_a_val_split():
 # ---- conv channels: per-layer graceful forgetting on a small BatchNorm CNN -------------------------------
 def _bn_cnn(method, **kw):
     """Small BN CNN (conv biases on: BN and bias shifts could leak) on real digit images, 30% val split."""
-    return Trainer(_cfg(model="cnn", cnn_channels=[8, 16], hidden=[32], bias=True, n_tasks=2, epochs=3,
-                        val_fraction=0.3, prune_margin=6.0, method=method, **kw))
+    return Trainer(
+        _cfg(
+            model="cnn",
+            cnn_channels=[8, 16],
+            hidden=[32],
+            bias=True,
+            n_tasks=2,
+            epochs=3,
+            val_fraction=0.3,
+            prune_margin=6.0,
+            method=method,
+            **kw,
+        )
+    )
 
 
 def _conv_groups(masks):
@@ -387,8 +438,9 @@ def test_conv_channels_pruned_per_layer_exact_zero_and_old_outputs_kept(method):
     final = ({n: a.clone() for n, a in masks.alive.items()}, copy.deepcopy(tr.model.state_dict()))
     tr.model.load_state_dict(trained)
     for k, g in enumerate(groups):
-        masks.set_alive({n: (~dead[n]).float() if n in groups[:k + 1] else torch.ones(len(dead[n]))
-                         for n in masks.alive})
+        masks.set_alive(
+            {n: (~dead[n]).float() if n in groups[: k + 1] else torch.ones(len(dead[n])) for n in masks.alive}
+        )
         acc = tr.accuracy(0, "val")
         assert rec["val_acc"] - acc <= 6.0 * (k + 1) / len(groups) + 1e-9, g
         assert acc == rec["layers"][g]["acc"]
@@ -408,8 +460,12 @@ def test_conv_channels_pruned_per_layer_exact_zero_and_old_outputs_kept(method):
             g.norms[0].running_mean[d] = -3.0
             wire.module.bias[d] = 7.0
     outs = {}
-    hooks = [masks.graph.groups[n].norms[0].register_forward_hook(
-        lambda m, i, o, n=n: outs.__setitem__(n, o.detach().clone())) for n in convs]
+    hooks = [
+        masks.graph.groups[n]
+        .norms[0]
+        .register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o.detach().clone()))
+        for n in convs
+    ]
     stats = copy.deepcopy(tr.model.state_dict())  # a train-mode pass moves BN running statistics
     for train_mode in (False, True):
         tr.model.train(train_mode)
@@ -428,8 +484,12 @@ def test_conv_channels_pruned_per_layer_exact_zero_and_old_outputs_kept(method):
 
     # task 2 trains the freed channels; old task's kept units (and logits) stay as they were
     kept = {}
-    hooks = [masks.graph.groups[n].mask_at[-1].register_forward_hook(
-        lambda m, i, o, n=n: kept.__setitem__(n, o.detach().clone())) for n in masks.graph.groups]
+    hooks = [
+        masks.graph.groups[n]
+        .mask_at[-1]
+        .register_forward_hook(lambda m, i, o, n=n: kept.__setitem__(n, o.detach().clone()))
+        for n in masks.graph.groups
+    ]
     xtr, _ = tr.stream[0].train.get(torch.arange(64))
     with torch.no_grad():
         tr.model(xtr, 0)

@@ -4,6 +4,7 @@ The fake sweeps are real sweep directories (manifest from :func:`nscl.sweep.expa
 directory per spec) whose ``results.json`` carry constructed metrics, so every number on the page
 is known in advance. Nothing is trained.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,12 @@ METHODS = ["finetune", "joint", "adam_nscl", "nscl_prune"]
 
 # ---- the chance check -------------------------------------------------------------------------
 def test_at_chance_uses_each_task_s_classes_and_the_final_row():
-    acc = [[98.0, None, None],
-           [97.0, 54.0, None],      # task 2 learned badly, but only the final row counts
-           [96.0, 56.0, 14.0]]
-    assert metrics.at_chance(acc, [2, 2, 10]) == [3]           # 56 > 50+5; 14 <= 10+5
+    acc = [
+        [98.0, None, None],
+        [97.0, 54.0, None],  # task 2 learned badly, but only the final row counts
+        [96.0, 56.0, 14.0],
+    ]
+    assert metrics.at_chance(acc, [2, 2, 10]) == [3]  # 56 > 50+5; 14 <= 10+5
     assert metrics.at_chance(acc, [2, 2, 10], margin=6.5) == [2, 3]
     assert metrics.at_chance(acc, [2, 2, 2]) == [3]
     assert metrics.at_chance([[55.0, None], [None, None]], [2, 2]) == [1]  # partial run: last filled row
@@ -41,15 +44,21 @@ def _run(method: str, last_row: list[float], n_classes: int = 2, label_dir=None)
     for i in range(T):
         for j in range(i + 1):
             acc[i][j] = last_row[j]
-    return {"params": {"method": method}, "acc": acc, "metrics": metrics.summary(acc),
-            "stream": {"tasks": [{"n_classes": n_classes} for _ in range(T)]}}
+    return {
+        "params": {"method": method},
+        "acc": acc,
+        "metrics": metrics.summary(acc),
+        "stream": {"tasks": [{"n_classes": n_classes} for _ in range(T)]},
+    }
 
 
 def test_check_above_chance_fails_only_for_null_space_methods(capsys):
-    good = {"finetune": _run("finetune", [50.0, 99.0]),  # forgetting to chance is finetune's right
-            "clnp": _run("clnp", [99.0, 51.0]),  # so is running out of free units
-            "adam_nscl": _run("adam_nscl", [98.0, 97.0]),
-            "split/nscl_lowrank": _run("nscl_lowrank", [60.0, 97.0])}
+    good = {
+        "finetune": _run("finetune", [50.0, 99.0]),  # forgetting to chance is finetune's right
+        "clnp": _run("clnp", [99.0, 51.0]),  # so is running out of free units
+        "adam_nscl": _run("adam_nscl", [98.0, 97.0]),
+        "split/nscl_lowrank": _run("nscl_lowrank", [60.0, 97.0]),
+    }
     assert "adam_nscl, split/nscl_lowrank" in nb.check_above_chance(good)
     bad = {**good, "permuted/nscl_prune": _run("nscl_prune", [70.0, 12.0, 80.0], n_classes=10)}
     with pytest.raises(nb.ChanceLevelError, match=r"permuted/nscl_prune on task\(s\) 2 \(12.0% vs chance 10%\)"):
@@ -61,8 +70,10 @@ def test_check_above_chance_fails_only_for_null_space_methods(capsys):
 
 def test_suite_summary_flags_a_null_space_run_at_chance(tmp_path):
     entries = []
-    for stem, res in (("00_a", {"finetune": _run("finetune", [50.0, 99.0]), "adam_nscl": _run("adam_nscl", [98.0, 97.0])}),
-                      ("01_b", {"adam_nscl": _run("adam_nscl", [98.0, 50.0, 97.0])})):
+    for stem, res in (
+        ("00_a", {"finetune": _run("finetune", [50.0, 99.0]), "adam_nscl": _run("adam_nscl", [98.0, 97.0])}),
+        ("01_b", {"adam_nscl": _run("adam_nscl", [98.0, 50.0, 97.0])}),
+    ):
         nb.save_results(tmp_path / stem, res)
         entries.append({"notebook": stem, "status": "complete", "error": None, "seconds": 1.0})
     text = report.summary_markdown(tmp_path, entries)
@@ -81,36 +92,65 @@ def test_suite_summary_flags_a_null_space_run_at_chance(tmp_path):
 # ---- the results page -------------------------------------------------------------------------
 # (benchmark, method) -> ACC of seeds 0, 1, 2 at each size; BWT = -(seed + 1) * bwt_step
 ACC = {
-    "suite": {("split_fmnist", "finetune"): [94.0, 95.0, 96.0], ("split_fmnist", "joint"): [98.0, 99.0, 100.0],
-              ("split_fmnist", "adam_nscl"): [98.0, 98.5, 99.0], ("split_fmnist", "nscl_prune"): [97.0, 97.0, 97.0],
-              ("permuted_fmnist", "finetune"): [60.0, 62.0, 64.0], ("permuted_fmnist", "joint"): [80.0, 80.0, 80.0],
-              ("permuted_fmnist", "adam_nscl"): [76.0, 77.0, 78.0], ("permuted_fmnist", "nscl_prune"): [78.0, 78.0, 78.0]},
-    "full": {("split_fmnist", "finetune"): [96.0, 96.0, 96.0], ("split_fmnist", "joint"): [99.0, 99.0, 99.0],
-             ("split_fmnist", "adam_nscl"): [98.9, 98.9, 98.9], ("split_fmnist", "nscl_prune"): [98.0, 98.0, 98.0],
-             ("permuted_fmnist", "finetune"): [74.0, 75.0, 76.0], ("permuted_fmnist", "joint"): [82.5, 82.5, 82.5],
-             ("permuted_fmnist", "adam_nscl"): [81.0, 82.0, 83.0], ("permuted_fmnist", "nscl_prune"): [81.0, 81.0, 81.0]},
+    "suite": {
+        ("split_fmnist", "finetune"): [94.0, 95.0, 96.0],
+        ("split_fmnist", "joint"): [98.0, 99.0, 100.0],
+        ("split_fmnist", "adam_nscl"): [98.0, 98.5, 99.0],
+        ("split_fmnist", "nscl_prune"): [97.0, 97.0, 97.0],
+        ("permuted_fmnist", "finetune"): [60.0, 62.0, 64.0],
+        ("permuted_fmnist", "joint"): [80.0, 80.0, 80.0],
+        ("permuted_fmnist", "adam_nscl"): [76.0, 77.0, 78.0],
+        ("permuted_fmnist", "nscl_prune"): [78.0, 78.0, 78.0],
+    },
+    "full": {
+        ("split_fmnist", "finetune"): [96.0, 96.0, 96.0],
+        ("split_fmnist", "joint"): [99.0, 99.0, 99.0],
+        ("split_fmnist", "adam_nscl"): [98.9, 98.9, 98.9],
+        ("split_fmnist", "nscl_prune"): [98.0, 98.0, 98.0],
+        ("permuted_fmnist", "finetune"): [74.0, 75.0, 76.0],
+        ("permuted_fmnist", "joint"): [82.5, 82.5, 82.5],
+        ("permuted_fmnist", "adam_nscl"): [81.0, 82.0, 83.0],
+        ("permuted_fmnist", "nscl_prune"): [81.0, 81.0, 81.0],
+    },
 }
 BWT_STEP = {"finetune": 3.0, "joint": 0.0, "adam_nscl": 0.1, "nscl_prune": 0.5}
 
 
 def _fake_sweep(root, size: str, fail=None, pending=None) -> "Path":  # noqa: F821
-    sw = sweep.load({"name": f"fake_{size}", "description": f"{size} size", "run": "cli",
-                     "params": {"samples_per_task": 100 if size == "suite" else 200, "epochs": 1},
-                     "grid": {"benchmark": ["split_fmnist", "permuted_fmnist"], "method": METHODS, "seed": [0, 1, 2]},
-                     "out": str(root / size), "executor": {"kind": "local", "parallel": 2, "threads": 1}})
+    sw = sweep.load(
+        {
+            "name": f"fake_{size}",
+            "description": f"{size} size",
+            "run": "cli",
+            "params": {"samples_per_task": 100 if size == "suite" else 200, "epochs": 1},
+            "grid": {"benchmark": ["split_fmnist", "permuted_fmnist"], "method": METHODS, "seed": [0, 1, 2]},
+            "out": str(root / size),
+            "executor": {"kind": "local", "parallel": 2, "threads": 1},
+        }
+    )
     specs = sweep.expand(sw)
     for spec in specs:
         p = spec["cfg"]
         T = 5 if p["benchmark"] == "split_fmnist" else 10
         a = ACC[size][(p["benchmark"], p["method"])][p["seed"]]
         bwt = -(p["seed"] + 1) * BWT_STEP[p["method"]]
-        res = {"schema": runs.SCHEMA, "status": "complete", "params": p,
-               "stream": {"tasks": [{"n_classes": 2 if T == 5 else 10} for _ in range(T)]},
-               "acc": [[a] * (i + 1) + [None] * (T - i - 1) for i in range(T)],
-               "metrics": {"acc": a, "bwt": bwt, "plasticity": a - bwt, "forgetting": -bwt, "tasks_done": T},
-               "timing": {"total_s": 10.0},
-               "env": {"nscl": "0.1", "python": "3.11", "torch": "2.x", "git": {"commit": "abcdef1234567", "dirty": False},
-                       "threads": 1, "device": "cpu"}}
+        res = {
+            "schema": runs.SCHEMA,
+            "status": "complete",
+            "params": p,
+            "stream": {"tasks": [{"n_classes": 2 if T == 5 else 10} for _ in range(T)]},
+            "acc": [[a] * (i + 1) + [None] * (T - i - 1) for i in range(T)],
+            "metrics": {"acc": a, "bwt": bwt, "plasticity": a - bwt, "forgetting": -bwt, "tasks_done": T},
+            "timing": {"total_s": 10.0},
+            "env": {
+                "nscl": "0.1",
+                "python": "3.11",
+                "torch": "2.x",
+                "git": {"commit": "abcdef1234567", "dirty": False},
+                "threads": 1,
+                "device": "cpu",
+            },
+        }
         if fail and spec["name"].startswith(fail):
             res["status"] = "failed"
         d = root / size / "runs" / spec["name"]
@@ -123,10 +163,14 @@ def _fake_sweep(root, size: str, fail=None, pending=None) -> "Path":  # noqa: F8
 
 
 def test_results_page_tables_goals_and_figure(tmp_path):
-    dirs = {"suite": _fake_sweep(tmp_path, "suite"),
-            "full": _fake_sweep(tmp_path, "full", fail="permuted_fmnist/joint/s2", pending="permuted_fmnist/adam_nscl")}
+    dirs = {
+        "suite": _fake_sweep(tmp_path, "suite"),
+        "full": _fake_sweep(tmp_path, "full", fail="permuted_fmnist/joint/s2", pending="permuted_fmnist/adam_nscl"),
+    }
     summary = results_page.table(results_page.collect(dirs).query("state == 'complete'"))
-    row = summary[(summary["benchmark"] == "split_fmnist") & (summary["size"] == "suite") & (summary["method"] == "joint")]
+    row = summary[
+        (summary["benchmark"] == "split_fmnist") & (summary["size"] == "suite") & (summary["method"] == "joint")
+    ]
     assert row["acc_mean"].item() == pytest.approx(99.0) and row["acc_std"].item() == pytest.approx(1.0)
     assert row["n"].item() == 3
     gl = results_page.goals(summary).set_index(["benchmark", "size"])
@@ -151,7 +195,10 @@ def test_results_page_tables_goals_and_figure(tmp_path):
     assert "| `joint` | 99.00 ± 1.00 | +0.00 ± 0.00 | 99.00 ± 1.00 | 99.00 ± 0.00 |" in text  # split: suite, full
     assert "| `adam_nscl` | 98.50 ± 0.50 | -0.20 ± 0.10 | 98.70 ± 0.60 | 98.90 ± 0.00 | -0.20 ± 0.10 |" in text
     assert "| `joint` | 80.00 ± 0.00 | +0.00 ± 0.00 | 80.00 ± 0.00 | 82.50 ± 0.00 (n=2) |" in text  # permuted
-    assert "| permuted_fmnist | suite | 80.00 | `nscl_prune` | 78.00 | -1.00 | 2.00 | ✗ | 77.00 | 3.00 | +15.00 | ✗ |" in text
+    assert (
+        "| permuted_fmnist | suite | 80.00 | `nscl_prune` | 78.00 | -1.00 | 2.00 | ✗ | 77.00 | 3.00 | +15.00 | ✗ |"
+        in text
+    )
     assert "| split_fmnist | suite | 99.00 | `adam_nscl` | 98.50 | -0.20 | 0.50 | ✓ |" in text
     assert "**Incomplete:** 48 runs, 44 complete, 3 pending, 1 failed" in text
     assert "python -m nscl sweep run" not in text  # built in code: no sweep file to name
@@ -166,8 +213,11 @@ def test_results_page_tables_goals_and_figure(tmp_path):
 
 def test_results_page_lists_null_space_runs_at_chance_and_labels(tmp_path):
     d = _fake_sweep(tmp_path, "suite")
-    name = next(s["name"] for s in json.loads((d / sweep_state.MANIFEST).read_text())["specs"]
-                if s["name"].startswith("split_fmnist/adam_nscl/s0"))
+    name = next(
+        s["name"]
+        for s in json.loads((d / sweep_state.MANIFEST).read_text())["specs"]
+        if s["name"].startswith("split_fmnist/adam_nscl/s0")
+    )
     res = runs.load(d / "runs" / name)
     res["acc"][-1][1] = 51.0
     runs.write_json(d / "runs" / name / runs.RESULTS, {k: v for k, v in res.items() if k != "_dir"})
@@ -196,12 +246,18 @@ def test_results_page_pruning_section_reports_freed_units_and_the_next_layer_s_n
             continue
         res = runs.load(d / "runs" / spec["name"])
         r1 = 100 if method == "adam_nscl" else 130
-        res["null_space"] = {"layers.0": {"d": 784, "dims": [700] * 5, "kept_energy": [0.1] * 5},
-                             "layers.1": {"d": 128 + 32, "dims": [r1] * 4 + [0], "kept_energy": [0.1] * 5}}
+        res["null_space"] = {
+            "layers.0": {"d": 784, "dims": [700] * 5, "kept_energy": [0.1] * 5},
+            "layers.1": {"d": 128 + 32, "dims": [r1] * 4 + [0], "kept_energy": [0.1] * 5},
+        }
         if method == "nscl_prune":
-            res["method_diagnostics"] = {"prune": [], "units": {
-                "layers.0": {"size": 128, "frozen": [96] * 5, "free": [10, 20, 30, 40, 32], "new": [0] * 5},
-                "layers.1": {"size": 64, "frozen": [64] * 5, "free": [0] * 5, "new": [0] * 5}}}
+            res["method_diagnostics"] = {
+                "prune": [],
+                "units": {
+                    "layers.0": {"size": 128, "frozen": [96] * 5, "free": [10, 20, 30, 40, 32], "new": [0] * 5},
+                    "layers.1": {"size": 64, "frozen": [64] * 5, "free": [0] * 5, "new": [0] * 5},
+                },
+            }
         runs.write_json(d / "runs" / spec["name"] / runs.RESULTS, {k: v for k, v in res.items() if k != "_dir"})
     text = results_page.render({"suite": d})
     assert "## Pruning: freed units and the null space they open" in text

@@ -1,6 +1,7 @@
 """What a run folder guarantees: nothing in it is executed, one writer at a time (real processes),
 files readable as the umask allows, stale temporaries cleaned, failures leave their traceback, and
 a resume from the plain-data checkpoint gives the uninterrupted run's numbers for every method."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,11 @@ def test_checkpoint_that_would_run_code_is_refused_unread(tmp_path, tiny_cfg):
     marker, run = tmp_path / "marker", tmp_path / "run"
     run.mkdir()
     torch.save({"task": 0, "params": _RunsCode(marker), "model": {}}, run / records.CHECKPOINT)
-    with pytest.raises(records.RunDirError, match=re.escape(str(run / records.CHECKPOINT)) +
-                       r" is not a plain nscl checkpoint.*would run code \(it names exec\).*delete it"):
+    with pytest.raises(
+        records.RunDirError,
+        match=re.escape(str(run / records.CHECKPOINT))
+        + r" is not a plain nscl checkpoint.*would run code \(it names exec\).*delete it",
+    ):
         trainer.run(small(tiny_cfg), run)
     assert not marker.exists()
     with pytest.raises(records.RunDirError):
@@ -115,8 +119,11 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, t
     try:
         assert holder.stdout.readline().strip() == "locked"
         cfg = small(tiny_cfg)
-        with pytest.raises(records.RunDirError, match=rf"{re.escape(str(run))} is in use by another run "
-                                                      rf"\(pid {holder.pid} on host .*since .*another output directory"):
+        with pytest.raises(
+            records.RunDirError,
+            match=rf"{re.escape(str(run))} is in use by another run "
+            rf"\(pid {holder.pid} on host .*since .*another output directory",
+        ):
             trainer.run(cfg, run)
         assert sorted(p.name for p in run.iterdir()) == [records.LOCK]  # nothing written
     finally:
@@ -211,7 +218,9 @@ def test_any_exception_marks_the_run_failed_with_its_traceback(tmp_path, tiny_cf
 def test_a_folder_holding_an_unfinished_run_with_other_parameters_is_refused(tmp_path, tiny_cfg):
     trainer.Trainer(small(tiny_cfg, seed=1), tmp_path).fit(until=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(records.RunDirError, match=r"holds an unfinished run with other parameters \(seed: 1 there, 2 now"):
+    with pytest.raises(
+        records.RunDirError, match=r"holds an unfinished run with other parameters \(seed: 1 there, 2 now"
+    ):
         trainer.run(small(tiny_cfg, seed=2), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert records.reusable(tmp_path, small(tiny_cfg, seed=1)) is None  # not complete

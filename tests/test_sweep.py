@@ -1,6 +1,7 @@
 """Sweeps without SLURM: expansion (stable names, validation), the local executor end to end
 (a failing run next to complete ones, collect, idempotent resubmission), notebook runs through
 papermill, and a killed run resuming from its checkpoint."""
+
 import json
 import os
 import subprocess
@@ -13,15 +14,31 @@ import yaml
 
 from nscl.apps import sweep
 
-TINY = {"benchmark": "split_digits", "n_tasks": 3, "epochs": 1, "batch_size": 32, "hidden": [32, 32],
-        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
+TINY = {
+    "benchmark": "split_digits",
+    "n_tasks": 3,
+    "epochs": 1,
+    "batch_size": 32,
+    "hidden": [32, 32],
+    "device": "cpu",
+    "quiet": True,
+    "samples_per_task": 200,
+    "test_samples_per_task": 100,
+    "threads": 1,
+}
 BAD_LR = 1.0e30  # valid for the config (a float > 0), NaN loss at run time: this run must fail alone
 
 
 def write_sweep(tmp_path: Path, name="tiny", run="cli", grid=None, **extra) -> Path:
-    doc = {"name": name, "run": run, "params": dict(TINY), "out": str(tmp_path / "out"),
-           "grid": grid or {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
-           "executor": {"kind": "local", "parallel": 2, "timeout_min": 5}, **extra}
+    doc = {
+        "name": name,
+        "run": run,
+        "params": dict(TINY),
+        "out": str(tmp_path / "out"),
+        "grid": grid or {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
+        "executor": {"kind": "local", "parallel": 2, "timeout_min": 5},
+        **extra,
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -48,13 +65,19 @@ def test_expand_names_are_stable_and_unique(tmp_path):
 
 
 def test_overrides_and_union_of_grids(tmp_path):
-    path = write_sweep(tmp_path, grid=[{"method": ["finetune"], "seed": [0, 1]},
-                                       {"method": ["ewc"], "seed": [0], "ewc_lambda": [10.0, 1000.0]}],
-                       overrides=[{"when": {"method": "ewc", "ewc_lambda": 1000.0}, "set": {"lr": 0.01}}])
+    path = write_sweep(
+        tmp_path,
+        grid=[{"method": ["finetune"], "seed": [0, 1]}, {"method": ["ewc"], "seed": [0], "ewc_lambda": [10.0, 1000.0]}],
+        overrides=[{"when": {"method": "ewc", "ewc_lambda": 1000.0}, "set": {"lr": 0.01}}],
+    )
     specs = sweep.expand(sweep.load(path))
     got = [(s["cfg"]["method"], s["cfg"]["seed"], s["cfg"]["ewc_lambda"], s["cfg"]["lr"]) for s in specs]
-    assert got == [("finetune", 0, 100.0, 0.001), ("finetune", 1, 100.0, 0.001),
-                   ("ewc", 0, 10.0, 0.001), ("ewc", 0, 1000.0, 0.01)]
+    assert got == [
+        ("finetune", 0, 100.0, 0.001),
+        ("finetune", 1, 100.0, 0.001),
+        ("ewc", 0, 10.0, 0.001),
+        ("ewc", 0, 1000.0, 0.01),
+    ]
 
 
 def test_bad_key_fails_before_anything_runs(tmp_path):
@@ -70,7 +93,10 @@ def test_bad_key_fails_before_anything_runs(tmp_path):
 
 
 def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
-    grid = [{"method": ["finetune", "adam_nscl"], "seed": [0, 1]}, {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]}]
+    grid = [
+        {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
+        {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]},
+    ]
     path = write_sweep(tmp_path, grid=grid)
     res = sweep.run(path, executor="local")
     assert len(res["submitted"]) == 5 and res["skipped"] == []
@@ -91,7 +117,12 @@ def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
     assert len(df) == 5 and set(df["name"]) == set(by_name)
     assert (Path(res["sweep_dir"]) / "collected.csv").exists()
     ok = df[df["state"] == "complete"]
-    assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("adam_nscl", 1), ("finetune", 0), ("finetune", 1)]
+    assert sorted(zip(ok["method"], ok["seed"])) == [
+        ("adam_nscl", 0),
+        ("adam_nscl", 1),
+        ("finetune", 0),
+        ("finetune", 1),
+    ]
     assert ok["acc"].between(0, 100).all() and ok["acc"].gt(30).all()  # learned something (3 x ~3 classes)
     for _, row in ok.iterrows():  # each row is that run's own results.json
         r = json.loads((Path(row["run"]) / "results.json").read_text())
@@ -112,10 +143,14 @@ def write_run_notebook(path: Path) -> Path:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell("output_dir = 'unused'")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
-        "from nscl.apps import notebook as nb\nfrom nscl.experiment import trainer\n"
-        "cfg = nb.parameters(globals(), extras={'output_dir': None})\n"
-        "res = trainer.run(cfg.config, cfg['output_dir'])\nprint(res['metrics'])")]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "from nscl.apps import notebook as nb\nfrom nscl.experiment import trainer\n"
+            "cfg = nb.parameters(globals(), extras={'output_dir': None})\n"
+            "res = trainer.run(cfg.config, cfg['output_dir'])\nprint(res['metrics'])"
+        ),
+    ]
     nbformat.write(nb, path)
     return path
 
@@ -129,7 +164,7 @@ def test_notebook_run_through_papermill_is_idempotent(tmp_path):
     d = Path(spec["out_dir"])
     executed = nbformat.read(d / "one_run.ipynb", as_version=4)  # output notebook in the run directory
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and f"output_dir = \"{d}\"" in injected[0].source and "seed = 3" in injected[0].source
+    assert injected and f'output_dir = "{d}"' in injected[0].source and "seed = 3" in injected[0].source
     res = json.loads((d / "results.json").read_text())
     assert res["status"] == "complete" and res["params"]["seed"] == 3
     assert sweep.run_one(spec)["status"] == "skipped"
@@ -215,17 +250,26 @@ def test_collect_never_pools_differing_parameters_as_seeds(tmp_path, monkeypatch
             return 99.0, "failed", 1
         return (80.0 if cfg["lr_projected"] == 1e-3 else 60.0) + 2 * cfg["seed"], "complete", None
 
-    d = fake_sweep(tmp_path, monkeypatch, write_run, {"method": ["adam_nscl"], "lr_projected": [1e-3, 1e-4],
-                                                      "seed": [0, 1, 2]}, outcome)
+    d = fake_sweep(
+        tmp_path,
+        monkeypatch,
+        write_run,
+        {"method": ["adam_nscl"], "lr_projected": [1e-3, 1e-4], "seed": [0, 1, 2]},
+        outcome,
+    )
     assert cli.main(["sweep", "collect", d]) == 0
     out = capsys.readouterr().out
     head = line_of(out, "benchmark", "lr_projected", "seeds")
     assert head == "benchmark method lr_projected n seeds ACC BWT plasticity incomplete duplicates"
     # pooled, the four complete runs would read 71.00 ± 11.89 with n=4
-    assert line_of(out, "split_digits adam_nscl", "0.0010") == \
-        "split_digits adam_nscl 0.0010 2 0,1 81.00 ± 1.41 0.00 ± 0.00 81.00 ± 1.41 1 0"
-    assert line_of(out, "split_digits adam_nscl", "0.0001") == \
-        "split_digits adam_nscl 0.0001 2 0,1 61.00 ± 1.41 0.00 ± 0.00 61.00 ± 1.41 1 0"
+    assert (
+        line_of(out, "split_digits adam_nscl", "0.0010")
+        == "split_digits adam_nscl 0.0010 2 0,1 81.00 ± 1.41 0.00 ± 0.00 81.00 ± 1.41 1 0"
+    )
+    assert (
+        line_of(out, "split_digits adam_nscl", "0.0001")
+        == "split_digits adam_nscl 0.0001 2 0,1 61.00 ± 1.41 0.00 ± 0.00 61.00 ± 1.41 1 0"
+    )
     failed = [ln.split() for ln in out.splitlines() if "_s2-" in ln and "failed" in ln.split()]
     assert len(failed) == 2 and all(row[1:3] == ["failed", "1/3"] for row in failed)  # state, tasks done
     assert "NonFiniteLossError: loss is nan" in out
@@ -234,8 +278,9 @@ def test_collect_never_pools_differing_parameters_as_seeds(tmp_path, monkeypatch
 def test_resubmitted_sweep_with_failed_runs_exits_nonzero_and_lists_them(tmp_path, capsys):
     from nscl.apps import cli
 
-    path = write_sweep(tmp_path, grid=[{"method": ["finetune"], "seed": [0]},
-                                       {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]}])
+    path = write_sweep(
+        tmp_path, grid=[{"method": ["finetune"], "seed": [0]}, {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]}]
+    )
     assert cli.main(["sweep", "run", str(path), "--executor", "debug"]) == 1
     first = capsys.readouterr()
     assert "0 skipped" in first.out
@@ -248,24 +293,27 @@ def test_resubmitted_sweep_with_failed_runs_exits_nonzero_and_lists_them(tmp_pat
     assert "--retry-failed" in again.err
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("name: [unclosed\n", "is not valid YAML"),
-    ("grid: {seed: [0, 1]\nexecutor: {kind: local}\n", "is not valid YAML"),
-    ("- a\n- b\n", "a sweep file is a mapping"),
-    ("files: params/base.yaml\n", "files must be a list of parameter files"),
-    ("params: [epochs, 2]\n", "params must be a mapping"),
-    ("grid: 5\n", "grid must be a mapping key: [values]"),
-    ("grid: [{seed: [0]}, 3]\n", "grid must be a mapping key: [values]"),
-    ("executor: local\n", "executor must be a mapping"),
-    ("executor: {kind: cluster}\n", "executor.kind must be one of slurm, local, debug"),
-    ("executor: {parallel: two}\n", "executor.parallel must be an integer >= 1, got 'two'"),
-    ("executor: {parallel: 0}\n", "executor.parallel must be an integer >= 1, got 0"),
-    ("executor: {slurm: {mem_gb: lots}}\n", "executor.slurm.mem_gb must be a number of GB > 0"),
-    ("executor: {slurm: {partiton: gpu}}\n", "unknown executor.slurm key(s) partiton; valid: account,"),
-    ("cell_timeout_s: soon\n", "cell_timeout_s must be a number of seconds > 0"),
-    ("grid: {seed: [0]}\noverrides: [{when: ewc, set: {lr: 0.1}}]\n", "each overrides entry is"),
-    ("name: 3\n", "name must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("name: [unclosed\n", "is not valid YAML"),
+        ("grid: {seed: [0, 1]\nexecutor: {kind: local}\n", "is not valid YAML"),
+        ("- a\n- b\n", "a sweep file is a mapping"),
+        ("files: params/base.yaml\n", "files must be a list of parameter files"),
+        ("params: [epochs, 2]\n", "params must be a mapping"),
+        ("grid: 5\n", "grid must be a mapping key: [values]"),
+        ("grid: [{seed: [0]}, 3]\n", "grid must be a mapping key: [values]"),
+        ("executor: local\n", "executor must be a mapping"),
+        ("executor: {kind: cluster}\n", "executor.kind must be one of slurm, local, debug"),
+        ("executor: {parallel: two}\n", "executor.parallel must be an integer >= 1, got 'two'"),
+        ("executor: {parallel: 0}\n", "executor.parallel must be an integer >= 1, got 0"),
+        ("executor: {slurm: {mem_gb: lots}}\n", "executor.slurm.mem_gb must be a number of GB > 0"),
+        ("executor: {slurm: {partiton: gpu}}\n", "unknown executor.slurm key(s) partiton; valid: account,"),
+        ("cell_timeout_s: soon\n", "cell_timeout_s must be a number of seconds > 0"),
+        ("grid: {seed: [0]}\noverrides: [{when: ewc, set: {lr: 0.1}}]\n", "each overrides entry is"),
+        ("name: 3\n", "name must be a non-empty string"),
+    ],
+)
 def test_malformed_sweep_file_is_a_one_line_error(text, needle, tmp_path, capsys):
     from nscl.apps import cli
 
@@ -299,5 +347,6 @@ def test_sweep_and_suite_layer_files_like_the_command_line(tmp_path):
         assert spec["cfg"] == cli_cfg
         assert (spec["cfg"]["epochs"], spec["cfg"]["batch_size"], spec["cfg"]["covariance"]) == (80, 32, "batch_mean")
     nb_params = suite.notebook_parameters(Path("notebooks/00_quickstart.ipynb"), files, {"seed": 1}, hook=None)
-    assert config.resolve(overrides={k: v for k, v in nb_params.items() if k in config.PARAMS}) == \
-        config.resolve(files, {"seed": 1})
+    assert config.resolve(overrides={k: v for k, v in nb_params.items() if k in config.PARAMS}) == config.resolve(
+        files, {"seed": 1}
+    )

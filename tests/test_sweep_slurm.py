@@ -3,6 +3,7 @@
 that makes the loss NaN and must fail alone, reported with its name; resubmitting runs nothing.
 
 Not skipped when SLURM is missing: the test fails and says how to start it."""
+
 import json
 import os
 import shutil
@@ -20,8 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "slurm.sh"
 NAME = "pytest_slurm"
 JOB_NAME = f"nscl-{NAME}"
-TINY = {"benchmark": "split_digits", "n_tasks": 3, "epochs": 1, "batch_size": 32, "hidden": [32, 32],
-        "device": "cpu", "quiet": True, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
+TINY = {
+    "benchmark": "split_digits",
+    "n_tasks": 3,
+    "epochs": 1,
+    "batch_size": 32,
+    "hidden": [32, 32],
+    "device": "cpu",
+    "quiet": True,
+    "samples_per_task": 200,
+    "test_samples_per_task": 100,
+    "threads": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +44,10 @@ def slurm():
             pytest.fail(f"{SCRIPT} start failed:\n{r.stdout}\n{r.stderr}")
     r = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60)
     if r.returncode != 0 or not shutil.which("sbatch"):
-        pytest.fail("this test needs a real SLURM and none is running; not root, so it cannot be "
-                    f"installed/started here: run 'sudo {SCRIPT} start' (CI runs as root and starts it)")
+        pytest.fail(
+            "this test needs a real SLURM and none is running; not root, so it cannot be "
+            f"installed/started here: run 'sudo {SCRIPT} start' (CI runs as root and starts it)"
+        )
     subprocess.run(["scancel", "--name", JOB_NAME], capture_output=True, timeout=60)
     yield
     subprocess.run(["scancel", "--name", JOB_NAME], capture_output=True, timeout=60)
@@ -47,11 +60,21 @@ def _queued() -> list[str]:
 
 def test_slurm_job_array_sweep(slurm, tmp_path):
     nb = write_run_notebook(tmp_path / "one_run.ipynb")
-    doc = {"name": NAME, "run": str(nb), "params": TINY, "out": str(tmp_path / "sweep"), "cell_timeout_s": 300,
-           "grid": [{"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
-                    {"method": ["finetune"], "seed": [0], "lr": [1.0e30]}],  # valid value, NaN at run time
-           "executor": {"kind": "slurm", "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10,
-                                                   "array_parallelism": 2}}}
+    doc = {
+        "name": NAME,
+        "run": str(nb),
+        "params": TINY,
+        "out": str(tmp_path / "sweep"),
+        "cell_timeout_s": 300,
+        "grid": [
+            {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
+            {"method": ["finetune"], "seed": [0], "lr": [1.0e30]},
+        ],  # valid value, NaN at run time
+        "executor": {
+            "kind": "slurm",
+            "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10, "array_parallelism": 2},
+        },
+    }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
     sweep_dir = tmp_path / "sweep"
@@ -84,7 +107,12 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
     df = sweep.collect(sweep_dir)
     assert len(df) == 5 and set(df["name"]) == set(rows)
     ok = df[df["state"] == "complete"]
-    assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("adam_nscl", 1), ("finetune", 0), ("finetune", 1)]
+    assert sorted(zip(ok["method"], ok["seed"])) == [
+        ("adam_nscl", 0),
+        ("adam_nscl", 1),
+        ("finetune", 0),
+        ("finetune", 1),
+    ]
     assert ok["acc"].gt(30).all() and ok["acc"].le(100).all()
     assert df.set_index("name").loc[bad[0], "state"] == "failed"
 

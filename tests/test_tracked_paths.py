@@ -1,6 +1,7 @@
 """Documented files exist: every path under params/, notebooks/ or docs/ that the README or the
 Makefile names is tracked by git (an ignore rule once hid params/sweeps/ from every clone), and the
 sweep recipes there expand to valid runs."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -41,9 +42,15 @@ def test_every_path_the_readme_and_makefile_name_is_tracked():
     files = tracked()
     named = named_paths()
     # what the parse must see (guards the regex itself)
-    assert {"params/sweeps/compare_fmnist.yaml", "params/sweeps/gpu_cifar100_10.yaml", "params/sweeps/gpu_*.yaml",
-            "notebooks/05_compare_methods.ipynb", "params/base.yaml", "params/suite_*.yaml",
-            "notebooks/[0-9][0-9]_*.ipynb"} <= set(named)
+    assert {
+        "params/sweeps/compare_fmnist.yaml",
+        "params/sweeps/gpu_cifar100_10.yaml",
+        "params/sweeps/gpu_*.yaml",
+        "notebooks/05_compare_methods.ipynb",
+        "params/base.yaml",
+        "params/suite_*.yaml",
+        "notebooks/[0-9][0-9]_*.ipynb",
+    } <= set(named)
     missing = sorted(f"{p} (named in {doc})" for p, doc in named.items() if not fnmatch.filter(files, p))
     assert not missing, "named but not tracked by git: " + ", ".join(missing)
 
@@ -63,11 +70,14 @@ def test_sweep_recipes_expand_to_valid_runs():
         assert sw["name"] == name and specs
     compare = sweep.expand(sweep.load(recipes["compare_fmnist"]))
     assert len(compare) == 8 * 2 * 3
-    by_bench = {b: [s["cfg"] for s in compare if s["cfg"]["benchmark"] == b] for b in ("split_fmnist", "permuted_fmnist")}
+    by_bench = {
+        b: [s["cfg"] for s in compare if s["cfg"]["benchmark"] == b] for b in ("split_fmnist", "permuted_fmnist")
+    }
     suite = config.read_mapping(ROOT / "params" / "suite.yaml")  # make compare is the size of make run
     for cfgs in by_bench.values():
         assert {(c["samples_per_task"], c["epochs"], c["device"], c["threads"]) for c in cfgs} == {
-            (suite["samples_per_task"], suite["epochs"], "cpu", 1)}
+            (suite["samples_per_task"], suite["epochs"], "cpu", 1)
+        }
     assert sweep.load(recipes["compare_fmnist"])["executor"]["kind"] == "local"
     for name in ("gpu_cifar100_10", "gpu_cifar100_20", "gpu_tinyimagenet_25"):
         sw = sweep.load(recipes[name])

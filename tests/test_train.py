@@ -1,5 +1,6 @@
 """The training loop (nscl.train) through its public entry points: invariance of Adam-NSCL through
 the real Trainer, BN freezing, determinism, resume, NaN handling, every method, and the metrics."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,17 @@ from nscl.core.models import batchnorm_layers, projected_layers
 
 
 def resolved(**overrides):
-    base = dict(benchmark="split_digits", n_tasks=3, epochs=1, batch_size=32, hidden=[32, 32], device="cpu",
-                quiet=True, seed=0, nullspace_rule="a_min")  # exact null spaces: the invariance checks
+    base = dict(
+        benchmark="split_digits",
+        n_tasks=3,
+        epochs=1,
+        batch_size=32,
+        hidden=[32, 32],
+        device="cpu",
+        quiet=True,
+        seed=0,
+        nullspace_rule="a_min",
+    )  # exact null spaces: the invariance checks
     base.update(overrides)
     return config.resolve(overrides=base)
 
@@ -35,10 +45,18 @@ def task1_snapshots(trainer):
         trainer.model.eval()
         with torch.no_grad():
             logits = trainer.model(x, 0).clone()
-        snaps.append(dict(logits=logits, spaces=dict(trainer.tracker.spaces),
-                          weights={n: m.weight.detach().clone() for n, m in projected_layers(trainer.model).items()},
-                          bn={f"{n}.{k}": v.clone() for n, m in batchnorm_layers(trainer.model).items()
-                              for k, v in m.state_dict().items()}))
+        snaps.append(
+            dict(
+                logits=logits,
+                spaces=dict(trainer.tracker.spaces),
+                weights={n: m.weight.detach().clone() for n, m in projected_layers(trainer.model).items()},
+                bn={
+                    f"{n}.{k}": v.clone()
+                    for n, m in batchnorm_layers(trainer.model).items()
+                    for k, v in m.state_dict().items()
+                },
+            )
+        )
 
     def wrapped_make_optimizer(t):
         opt, sched = make_optimizer(t)
@@ -113,8 +131,10 @@ def test_subsampled_covariance_pass_counts_like_the_full_task():
             assert sub.tracker.cov.counts[name] == pytest.approx(5 * sum(n_train))
         else:
             assert sub.tracker.cov.counts[name] == pytest.approx(exact.tracker.cov.counts[name])
-        rel = ((sub.tracker.cov.matrix(name) - exact.tracker.cov.matrix(name)).norm()
-               / exact.tracker.cov.matrix(name).norm()).item()
+        rel = (
+            (sub.tracker.cov.matrix(name) - exact.tracker.cov.matrix(name)).norm()
+            / exact.tracker.cov.matrix(name).norm()
+        ).item()
         assert 0 < rel < 0.5, (name, rel)
 
 
@@ -159,11 +179,18 @@ class Killed(BaseException):
     """A simulated kill: like KeyboardInterrupt (or kill -9) it does not go through the failure path."""
 
 
-@pytest.mark.parametrize("method,extra", [("adam_nscl", {}), ("ewc", {}),
-                                          ("adam_nscl", dict(eigen_update="nested", model="cnn",
-                                                             cnn_channels=[4, 8], hidden=[16], cov_patches=5,
-                                                             cov_samples=100))],
-                         ids=["adam_nscl", "ewc", "nested_subsampled"])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("adam_nscl", {}),
+        ("ewc", {}),
+        (
+            "adam_nscl",
+            dict(eigen_update="nested", model="cnn", cnn_channels=[4, 8], hidden=[16], cov_patches=5, cov_samples=100),
+        ),
+    ],
+    ids=["adam_nscl", "ewc", "nested_subsampled"],
+)
 def test_killed_run_resumes_to_identical_results(method, extra, tmp_path, monkeypatch):
     cfg = resolved(method=method, epochs=2, **extra)
     full = train.run(cfg, tmp_path / "full")
@@ -206,8 +233,10 @@ def test_killed_run_resumes_to_identical_results(method, extra, tmp_path, monkey
     before = (tmp_path / "resumed" / records.RESULTS).read_bytes(), (tmp_path / "resumed" / records.PARAMS).read_bytes()
     with pytest.raises(config.ConfigError, match="complete run with other parameters.*seed"):
         train.run(resolved(method=method, epochs=2, **{**extra, "seed": 5}), tmp_path / "resumed")
-    assert before == ((tmp_path / "resumed" / records.RESULTS).read_bytes(),
-                      (tmp_path / "resumed" / records.PARAMS).read_bytes())
+    assert before == (
+        (tmp_path / "resumed" / records.RESULTS).read_bytes(),
+        (tmp_path / "resumed" / records.PARAMS).read_bytes(),
+    )
 
 
 def test_nan_loss_stops_with_task_epoch_step_and_keeps_finished_work(tmp_path, monkeypatch):
@@ -309,7 +338,7 @@ def test_ewc_penalty_zero_at_anchor_positive_away(method_results):
     with torch.no_grad():
         for p in params.values():
             p.add_(0.1)
-    by_hand = pen.lam * sum((pen.fishers[-1][n] * 0.1 ** 2).sum() for n in params)
+    by_hand = pen.lam * sum((pen.fishers[-1][n] * 0.1**2).sum() for n in params)
     assert only_last.penalty().item() == pytest.approx(by_hand.item(), rel=1e-4)
     assert by_hand.item() > 0
     with torch.no_grad():
@@ -319,9 +348,7 @@ def test_ewc_penalty_zero_at_anchor_positive_away(method_results):
 
 # ---- metrics ------------------------------------------------------------------------------------
 def test_metrics_on_constructed_matrix():
-    acc = [[90.0, None, None],
-           [70.0, 80.0, None],
-           [60.0, 75.0, 85.0]]
+    acc = [[90.0, None, None], [70.0, 80.0, None], [60.0, 75.0, 85.0]]
     m = metrics.summary(acc)
     assert m["acc"] == pytest.approx((60 + 75 + 85) / 3)
     assert m["plasticity"] == pytest.approx((90 + 80 + 85) / 3)

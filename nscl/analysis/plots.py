@@ -14,6 +14,7 @@ Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
 * :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ STYLE = "whitegrid"
 
 def short(layer: str) -> str:
     """``backbone.layers.0`` -> ``layers.0`` (axis labels)."""
-    return layer[len("backbone."):] if layer.startswith("backbone.") else layer
+    return layer[len("backbone.") :] if layer.startswith("backbone.") else layer
 
 
 def _acc_array(acc) -> np.ndarray:
@@ -49,8 +50,20 @@ def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str =
         a = _acc_array(res["acc"])
         T = a.shape[0]
         ticks = list(range(1, T + 1))
-        sns.heatmap(a, annot=True, fmt=fmt if T <= 6 else ".0f", vmin=0, vmax=100, cmap=cmap, cbar=False,
-                    square=True, xticklabels=ticks, yticklabels=ticks, annot_kws={"fontsize": 8}, ax=ax)
+        sns.heatmap(
+            a,
+            annot=True,
+            fmt=fmt if T <= 6 else ".0f",
+            vmin=0,
+            vmax=100,
+            cmap=cmap,
+            cbar=False,
+            square=True,
+            xticklabels=ticks,
+            yticklabels=ticks,
+            annot_kws={"fontsize": 8},
+            ax=ax,
+        )
         m = res.get("metrics") or {}
         sub = f"ACC {m['acc']:.2f}  BWT {m['bwt']:+.2f}" if m.get("bwt") is not None else ""
         ax.set_title(f"{label}\n{sub}", fontsize=10)
@@ -82,11 +95,19 @@ def metrics_bars(data, title: str | None = None):
     hue_order = list(dict.fromkeys(long["label"]))
     with sns.axes_style(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), gridspec_kw={"width_ratios": [1, 1]})
-    for ax, names, ylab in zip(axes, (["ACC", "plasticity"], ["BWT", "forgetting"]),
-                               ("accuracy (%)", "points")):
+    for ax, names, ylab in zip(axes, (["ACC", "plasticity"], ["BWT", "forgetting"]), ("accuracy (%)", "points")):
         sub = long[long["metric"].isin(names)]
-        sns.barplot(data=sub, x="metric", y="value", hue="label", hue_order=hue_order, order=names,
-                    errorbar="sd", ax=ax, legend=(ylab == "points"))
+        sns.barplot(
+            data=sub,
+            x="metric",
+            y="value",
+            hue="label",
+            hue_order=hue_order,
+            order=names,
+            errorbar="sd",
+            ax=ax,
+            legend=(ylab == "points"),
+        )
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xlabel("")
         ax.set_ylabel(ylab)
@@ -105,8 +126,14 @@ def metrics_bars(data, title: str | None = None):
 def _run_label(df: pd.DataFrame) -> pd.Series:
     """Label a run by its method, adding the run folder when one method appears in several runs."""
     per = df.groupby("method")["run"].nunique()
-    return df.apply(lambda r: r["method"] if per[r["method"]] == 1 else
-                    f"{r['method']} ({Path(r['run']).parent.name}/{Path(r['run']).name})", axis=1)
+    return df.apply(
+        lambda r: (
+            r["method"]
+            if per[r["method"]] == 1
+            else f"{r['method']} ({Path(r['run']).parent.name}/{Path(r['run']).name})"
+        ),
+        axis=1,
+    )
 
 
 def _grid(n: int, rows_per_run: int, max_cols: int, w: float, h: float, **kw):
@@ -114,19 +141,21 @@ def _grid(n: int, rows_per_run: int, max_cols: int, w: float, h: float, **kw):
     ncols = max(1, min(n, max_cols))
     blocks = -(-n // ncols)
     with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(rows_per_run * blocks, ncols, figsize=(w * ncols + 1.2, h * blocks),
-                                 squeeze=False, **kw)
+        fig, axes = plt.subplots(
+            rows_per_run * blocks, ncols, figsize=(w * ncols + 1.2, h * blocks), squeeze=False, **kw
+        )
     for k in range(n, blocks * ncols):  # unused slots of the last line
         for r in range(rows_per_run):
             axes[rows_per_run * (k // ncols) + r, k % ncols].set_visible(False)
-    return fig, [[axes[rows_per_run * (k // ncols) + r, k % ncols] for r in range(rows_per_run)]
-                 for k in range(n)]
+    return fig, [[axes[rows_per_run * (k // ncols) + r, k % ncols] for r in range(rows_per_run)] for k in range(n)]
 
 
 def _title(label: str, n: int = 30) -> str:
     """A panel title of at most ``n`` characters a line: ``notebook/run`` labels wrap at the last ``/``."""
+
     def cut(s):
-        return s if len(s) <= n else "…" + s[-(n - 1):]
+        return s if len(s) <= n else "…" + s[-(n - 1) :]
+
     if len(label) > n and "/" in label:
         head, tail = label.rsplit("/", 1)
         return f"{cut(head)}/\n{cut(tail)}"
@@ -169,8 +198,17 @@ def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
         sub = ns[ns[label] == lab]
         for row, (col, ylab) in enumerate((("null_dim", "null-space dim r"), ("null_frac", "r / d"))):
             ax = cells[k][row]
-            sns.lineplot(data=sub, x="task", y=col, hue="layer", hue_order=hue_order, marker="o", ax=ax,
-                         errorbar=None, legend=(row == 0 and k == min(len(labels), max_cols) - 1))
+            sns.lineplot(
+                data=sub,
+                x="task",
+                y=col,
+                hue="layer",
+                hue_order=hue_order,
+                marker="o",
+                ax=ax,
+                errorbar=None,
+                legend=(row == 0 and k == min(len(labels), max_cols) - 1),
+            )
             if col == "null_frac":
                 ax.set_ylim(-0.03, 1.03)
             else:
@@ -194,10 +232,19 @@ def _spectra_frame(spec: Mapping[str, np.ndarray]) -> pd.DataFrame:
             continue
         ev = np.sort(np.asarray(ev, dtype=float))[::-1]
         lam = np.clip(ev / ev[0], 1e-18, None) if ev.size and ev[0] > 0 else np.full(ev.size, 1e-18)
-        rows.append(pd.DataFrame({"layer": short(m.group(1)), "task": int(m.group(2)) + 1,
-                                  "index": np.arange(1, ev.size + 1), "eigenvalue": lam}))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["layer", "task", "index", "eigenvalue"])
+        rows.append(
+            pd.DataFrame(
+                {
+                    "layer": short(m.group(1)),
+                    "task": int(m.group(2)) + 1,
+                    "index": np.arange(1, ev.size + 1),
+                    "eigenvalue": lam,
+                }
+            )
+        )
+    return (
+        pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["layer", "task", "index", "eigenvalue"])
+    )
 
 
 def spectra(spec: Mapping[str, np.ndarray], title: str | None = None):
@@ -205,13 +252,20 @@ def spectra(spec: Mapping[str, np.ndarray], title: str | None = None):
     df = _spectra_frame(spec)
     layers = list(dict.fromkeys(df["layer"]))
     with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(3.6 * max(len(layers), 1) + 1.0, 3.2),
-                                 squeeze=False)
+        fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(3.6 * max(len(layers), 1) + 1.0, 3.2), squeeze=False)
     for k, layer in enumerate(layers):
         ax = axes[0, k]
         sub = df[df["layer"] == layer]
-        sns.lineplot(data=sub, x="index", y="eigenvalue", hue="task", palette="crest", ax=ax,
-                     legend=(k == len(layers) - 1), errorbar=None)
+        sns.lineplot(
+            data=sub,
+            x="index",
+            y="eigenvalue",
+            hue="task",
+            palette="crest",
+            ax=ax,
+            legend=(k == len(layers) - 1),
+            errorbar=None,
+        )
         ax.set_yscale("log")
         ax.set_ylim(1e-18, 2)
         ax.set_title(layer, fontsize=10)
@@ -271,8 +325,17 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
     for k, lab in enumerate(labels):
         ax = cells[k][0]
         sub = ns[ns[label] == lab]
-        sns.lineplot(data=sub, x="task", y="kept_energy", hue="layer", hue_order=hue_order, marker="o", ax=ax,
-                     errorbar=None, legend=(k == min(len(labels), max_cols) - 1))
+        sns.lineplot(
+            data=sub,
+            x="task",
+            y="kept_energy",
+            hue="layer",
+            hue_order=hue_order,
+            marker="o",
+            ax=ax,
+            errorbar=None,
+            legend=(k == min(len(labels), max_cols) - 1),
+        )
         ax.set_yscale("log")
         ax.set_title(_title(lab), fontsize=10)
         ax.set_xticks(sorted(sub["task"].unique()))
@@ -280,8 +343,11 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
     top = float(ns["kept_energy"].max()) if len(ns) else 1.0
     cells[0][0].set_ylim(KEPT_ENERGY_FLOOR / 3, min(10 ** np.ceil(np.log10(top * 3)), 3.0))
     _legend_right(cells[min(len(labels), max_cols) - 1][0], "layer")
-    fig.suptitle(f"kept energy R: one log y-axis for all panels (below {KEPT_ENERGY_FLOOR:.0e}: round-off, drawn "
-                 f"at {KEPT_ENERGY_FLOOR:.0e})", fontsize=10)
+    fig.suptitle(
+        f"kept energy R: one log y-axis for all panels (below {KEPT_ENERGY_FLOOR:.0e}: round-off, drawn "
+        f"at {KEPT_ENERGY_FLOOR:.0e})",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -296,8 +362,9 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     with sns.axes_style(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharex=True)
     for ax, col, ylab in zip(axes, ("plasticity", "BWT"), ("plasticity (mean diagonal, %)", "BWT (points)")):
-        sns.scatterplot(data=df, x="mean null fraction", y=col, hue="method", style="method", s=70, ax=ax,
-                        legend=(col == "BWT"))
+        sns.scatterplot(
+            data=df, x="mean null fraction", y=col, hue="method", style="method", s=70, ax=ax, legend=(col == "BWT")
+        )
         ax.set_ylabel(ylab)
         ax.set_xlim(-0.03, 1.03)
     leg = axes[1].get_legend()
@@ -308,8 +375,15 @@ def null_space_vs_metrics(summary: pd.DataFrame):
     return fig
 
 
-def stability_plasticity(runs: pd.DataFrame, order: list | None = None, col: str = "benchmark",
-                         row: str | None = None, hue: str = "method", x: str = "plasticity", y: str = "bwt"):
+def stability_plasticity(
+    runs: pd.DataFrame,
+    order: list | None = None,
+    col: str = "benchmark",
+    row: str | None = None,
+    hue: str = "method",
+    x: str = "plasticity",
+    y: str = "bwt",
+):
     """The stability-plasticity plane: plasticity (x, %) against BWT (y, points), one panel per ``col``
     (and ``row``) value. Small dots are runs (seeds); a large marker with ±1 std error bars is each
     ``hue`` group's mean. Up is stable (no forgetting), right is plastic.
@@ -323,8 +397,7 @@ def stability_plasticity(runs: pd.DataFrame, order: list | None = None, col: str
     cols = list(dict.fromkeys(df[col]))
     rows = list(dict.fromkeys(df[row])) if row else [None]
     with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.6 * len(cols) + 1.8, 3.8 * len(rows)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(rows), len(cols), figsize=(4.6 * len(cols) + 1.8, 3.8 * len(rows)), squeeze=False)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             ax = axes[i][j]
@@ -333,12 +406,22 @@ def stability_plasticity(runs: pd.DataFrame, order: list | None = None, col: str
                 ax.set_title(f"{c}" if r is None else f"{c}, {r}", fontsize=10)
                 ax.text(0.5, 0.5, "no complete runs", ha="center", va="center", transform=ax.transAxes)
                 continue
-            sns.scatterplot(data=d, x=x, y=y, hue=hue, hue_order=order, palette=palette, alpha=0.35, s=22,
-                            legend=False, ax=ax)
+            sns.scatterplot(
+                data=d, x=x, y=y, hue=hue, hue_order=order, palette=palette, alpha=0.35, s=22, legend=False, ax=ax
+            )
             for m, g in d.groupby(hue, sort=False):
-                sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)  # noqa: E731
-                ax.errorbar(g[x].mean(), g[y].mean(), xerr=sd(g[x]), yerr=sd(g[y]), fmt="o", ms=7, capsize=3,
-                            color=palette[m], label=m)
+                sd = lambda v: v.std(ddof=1) if len(v) > 1 else 0.0  # noqa: E731
+                ax.errorbar(
+                    g[x].mean(),
+                    g[y].mean(),
+                    xerr=sd(g[x]),
+                    yerr=sd(g[y]),
+                    fmt="o",
+                    ms=7,
+                    capsize=3,
+                    color=palette[m],
+                    label=m,
+                )
             ax.axhline(0, color="k", lw=0.8)
             ax.set_title(f"{c}" if r is None else f"{c}, {r}", fontsize=10)
             ax.set_xlabel("plasticity (%)")

@@ -1,5 +1,6 @@
 """Looking inside a trainer: a layer's input rows on a task, and a task's loss gradient w.r.t. a
 layer's weight (the step-by-step demo of notebook 01 checks ``dW x ~ 0`` with them)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,8 @@ def layer_inputs(trainer, layer: str, task: int, split: str = "train"):
     module = trainer.tracker.layers[layer]
     rows = []
     handle = module.register_forward_pre_hook(
-        lambda m, inp: rows.append(layer_input_rows(m, inp[0].detach(), "per_sample").double().cpu()))
+        lambda m, inp: rows.append(layer_input_rows(m, inp[0].detach(), "per_sample").double().cpu())
+    )
     was = trainer.model.training
     trainer.model.eval()
     try:

@@ -16,6 +16,7 @@ CLI and sweeps all read runs through the same code.
   records;
   :func:`singular_values_frame` — low-rank records.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,6 +52,7 @@ class FixedTable(pd.DataFrame):
     def _formatters(self) -> dict:
         def fmt(n):
             return lambda v: "NaN" if v is None or v != v else (f"{v:.{n}f}" if isinstance(v, float) else str(v))
+
         return {c: fmt(n) for c, n in self.digits.items() if c in self.columns}
 
     def __repr__(self) -> str:
@@ -60,8 +62,9 @@ class FixedTable(pd.DataFrame):
         return self.to_html(formatters=self._formatters(), notebook=True, max_rows=pd.get_option("display.max_rows"))
 
 
-def fixed(df: pd.DataFrame, digits: int | Mapping[str, int] = METRIC_DIGITS,
-          columns: Iterable[str] | None = None) -> FixedTable:
+def fixed(
+    df: pd.DataFrame, digits: int | Mapping[str, int] = METRIC_DIGITS, columns: Iterable[str] | None = None
+) -> FixedTable:
     """``df`` rounded and always *shown* with ``digits`` decimals in ``columns`` (default: every float column).
 
     ``digits`` may map a column to its own number of decimals. Every metric table of the notebooks goes
@@ -116,8 +119,12 @@ def runs_frame(paths, params: Iterable[str] | None = None) -> pd.DataFrame:
         res = records.load(d)
         p = {**base, **(res.get("params") or {})}
         m = res.get("metrics") or {}
-        row = {"run": str(d), "status": res.get("status"), "tasks_done": m.get("tasks_done"),
-               "tasks": len(res.get("tasks") or [])}
+        row = {
+            "run": str(d),
+            "status": res.get("status"),
+            "tasks_done": m.get("tasks_done"),
+            "tasks": len(res.get("tasks") or []),
+        }
         row.update({k: _cell(v) for k, v in p.items() if params is None or k in params})
         row.update(m)
         row["total_s"] = (res.get("timing") or {}).get("total_s")
@@ -130,10 +137,20 @@ def runs_table(runs_or_results, digits: int = METRIC_DIGITS) -> FixedTable:
     rows = []
     for lab, res in results_by_label(runs_or_results).items():
         p, m = res.get("params") or {}, res.get("metrics") or {}
-        rows.append({"run": lab, "method": p.get("method"), "benchmark": p.get("benchmark"),
-                     "model": p.get("model"), "seed": p.get("seed"), "tasks": m.get("tasks_done"),
-                     "ACC": m.get("acc"), "BWT": m.get("bwt"), "plasticity": m.get("plasticity"),
-                     "forgetting": m.get("forgetting")})
+        rows.append(
+            {
+                "run": lab,
+                "method": p.get("method"),
+                "benchmark": p.get("benchmark"),
+                "model": p.get("model"),
+                "seed": p.get("seed"),
+                "tasks": m.get("tasks_done"),
+                "ACC": m.get("acc"),
+                "BWT": m.get("bwt"),
+                "plasticity": m.get("plasticity"),
+                "forgetting": m.get("forgetting"),
+            }
+        )
     return fixed(pd.DataFrame(rows).set_index("run"), digits, columns=["ACC", "BWT", "plasticity", "forgetting"])
 
 
@@ -142,14 +159,22 @@ def metrics_table(results: Mapping[str, dict], digits: int = METRIC_DIGITS) -> F
     rows = []
     for label, res in results.items():
         m = res.get("metrics") or {}
-        rows.append({"method": label, "ACC": m.get("acc"), "BWT": m.get("bwt"),
-                     "plasticity": m.get("plasticity"), "forgetting": m.get("forgetting")})
+        rows.append(
+            {
+                "method": label,
+                "ACC": m.get("acc"),
+                "BWT": m.get("bwt"),
+                "plasticity": m.get("plasticity"),
+                "forgetting": m.get("forgetting"),
+            }
+        )
     return fixed(pd.DataFrame(rows).set_index("method").astype(float), digits)
 
 
 # ---- over seeds ---------------------------------------------------------------------------------
-def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str] = METRICS,
-                 ignore: Iterable[str] = ()) -> pd.DataFrame:
+def seed_summary(
+    df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str] = METRICS, ignore: Iterable[str] = ()
+) -> pd.DataFrame:
     """Mean and std over seeds, one row per group of runs that share every other parameter.
 
     ``df``: a :func:`runs_frame` (or a sweep's collected table: a ``state`` column then decides what
@@ -161,8 +186,12 @@ def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str
     metrics, by = list(metrics), list(by)
     if df.empty:
         return pd.DataFrame()
-    skip = set(records.NON_SEMANTIC) | set(ignore) | set(metrics) | {
-        "run", "name", "state", "status", "error", "detail", "tasks_done", "tasks", "total_s", "out_dir"}
+    skip = (
+        set(records.NON_SEMANTIC)
+        | set(ignore)
+        | set(metrics)
+        | {"run", "name", "state", "status", "error", "detail", "tasks_done", "tasks", "total_s", "out_dir"}
+    )
     params = [c for c in df.columns if c in defaults() and c not in skip]
     varying = [c for c in params if c not in by and df[c].astype(str).nunique(dropna=False) > 1]
     keys = by + varying
@@ -174,7 +203,7 @@ def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str
         ok = g[complete.loc[g.index]]
         distinct = ok.drop_duplicates("seed") if "seed" in ok else ok
         row = dict(zip(keys, vals))
-        row["label"] = " ".join(f"{k}={v}" for k, v in zip(varying, vals[len(by):])) or "all"
+        row["label"] = " ".join(f"{k}={v}" for k, v in zip(varying, vals[len(by) :])) or "all"
         row["n"] = len(distinct)
         row["seeds"] = ",".join(map(str, sorted(distinct["seed"]))) if "seed" in distinct else ""
         row["incomplete"] = int(len(g) - len(ok))
@@ -190,8 +219,13 @@ def seed_summary(df: pd.DataFrame, by: Iterable[str] = (), metrics: Iterable[str
     return pd.DataFrame(out)
 
 
-def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=("acc", "bwt", "plasticity"),
-                   seeds: bool = False, counts: bool | None = None) -> pd.DataFrame:
+def format_summary(
+    summary: pd.DataFrame,
+    digits: int = METRIC_DIGITS,
+    metrics=("acc", "bwt", "plasticity"),
+    seeds: bool = False,
+    counts: bool | None = None,
+) -> pd.DataFrame:
     """``mean ± std`` strings (ACC / BWT / plasticity, percent points) of :func:`seed_summary`.
 
     Keeps the group keys and ``n`` (distinct seeds averaged); ``seeds=True`` adds which seeds. The
@@ -200,11 +234,15 @@ def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=(
     mean alone (no ``± 0``), none gives ``-``.
     """
     drop = {"label", "seeds", "incomplete", "duplicates", "time_s_mean"}
-    keep_counts = [c for c in ("incomplete", "duplicates")
-                   if c in summary and (counts or (counts is None and (summary[c] > 0).any()))]
+    keep_counts = [
+        c
+        for c in ("incomplete", "duplicates")
+        if c in summary and (counts or (counts is None and (summary[c] > 0).any()))
+    ]
     out = summary[[c for c in summary.columns if not c.endswith(("_mean", "_std")) and c not in drop]].copy()
     if seeds and "seeds" in summary:
         out["seeds"] = summary["seeds"]
+
     def num(v: float) -> str:  # no '-0.0' for a mean that rounds to zero
         text = f"{v:.{digits}f}"
         return text[1:] if text.startswith("-") and float(text) == 0 else text
@@ -213,16 +251,19 @@ def format_summary(summary: pd.DataFrame, digits: int = METRIC_DIGITS, metrics=(
         if f"{m}_mean" in summary:
             out[m.upper() if m in ("acc", "bwt") else m] = [
                 "-" if mu != mu else f"{num(mu)} ± {num(sd)}" if sd == sd else num(mu)
-                for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])]
+                for mu, sd in zip(summary[f"{m}_mean"], summary[f"{m}_std"])
+            ]
     for c in keep_counts:
         out[c] = summary[c]
     return out
 
 
 #: what the count columns of :func:`format_summary` mean (printed under the CLI tables)
-SUMMARY_LEGEND = ("n: distinct seeds of complete runs, averaged (mean ± sample std; one seed: the value alone)\n"
-                  "incomplete: failed or unfinished runs, never averaged\n"
-                  "duplicates: further complete runs of a seed already counted, left out")
+SUMMARY_LEGEND = (
+    "n: distinct seeds of complete runs, averaged (mean ± sample std; one seed: the value alone)\n"
+    "incomplete: failed or unfinished runs, never averaged\n"
+    "duplicates: further complete runs of a seed already counted, left out"
+)
 
 
 # ---- null spaces ------------------------------------------------------------------------------
@@ -235,8 +276,22 @@ def _space(layer: str) -> tuple[str, str]:
     return layer, "input"
 
 
-NULL_SPACE_COLUMNS = ["label", "run", "method", "seed", "layer", "base_layer", "space", "task", "d", "rule",
-                      "null_dim", "null_frac", "kept_energy", "rank"]
+NULL_SPACE_COLUMNS = [
+    "label",
+    "run",
+    "method",
+    "seed",
+    "layer",
+    "base_layer",
+    "space",
+    "task",
+    "d",
+    "rule",
+    "null_dim",
+    "null_frac",
+    "kept_energy",
+    "rank",
+]
 
 
 def null_space_frame(runs_or_results, energies: Iterable[float] = ()) -> pd.DataFrame:
@@ -251,15 +306,36 @@ def null_space_frame(runs_or_results, energies: Iterable[float] = ()) -> pd.Data
         for layer, rec in (res.get("null_space") or {}).items():
             base, space = _space(layer)
             for t, r in enumerate(rec.get("dims", [])):
-                common = dict(label=label, run=res.get("_dir"), method=p.get("method"), seed=p.get("seed"),
-                              layer=layer, base_layer=base, space=space, task=t + 1, d=rec["d"])
-                rows.append({**common, "rule": p.get("nullspace_rule"), "null_dim": r,
-                             "kept_energy": rec["kept_energy"][t], "rank": (rec.get("rank") or [None] * (t + 1))[t]})
+                common = dict(
+                    label=label,
+                    run=res.get("_dir"),
+                    method=p.get("method"),
+                    seed=p.get("seed"),
+                    layer=layer,
+                    base_layer=base,
+                    space=space,
+                    task=t + 1,
+                    d=rec["d"],
+                )
+                rows.append(
+                    {
+                        **common,
+                        "rule": p.get("nullspace_rule"),
+                        "null_dim": r,
+                        "kept_energy": rec["kept_energy"][t],
+                        "rank": (rec.get("rank") or [None] * (t + 1))[t],
+                    }
+                )
                 ev = spec.get(f"{layer}/task{t}")
                 if ev is not None:
                     for e in energies:
-                        rows.append({**common, "rule": f"energy {e:g}",
-                                     "null_dim": null_dim(torch.as_tensor(ev), rule="energy", energy=e)})
+                        rows.append(
+                            {
+                                **common,
+                                "rule": f"energy {e:g}",
+                                "null_dim": null_dim(torch.as_tensor(ev), rule="energy", energy=e),
+                            }
+                        )
     df = pd.DataFrame(rows, columns=NULL_SPACE_COLUMNS)
     df["null_frac"] = df["null_dim"] / df["d"].where(df["d"] > 0)
     return df
@@ -277,10 +353,16 @@ def null_space_summary(runs_or_results, digits: int = 3) -> FixedTable:
             continue
         used = sub[sub["task"] < sub["task"].max()] if sub["task"].max() > 1 else sub
         m = res.get("metrics") or {}
-        rows.append({"run": lab, "method": (res.get("params") or {}).get("method"),
-                     "mean null fraction": float(used["null_frac"].mean()),
-                     "mean kept energy": f"{used['kept_energy'].mean():.1e}",
-                     "plasticity": m.get("plasticity"), "BWT": m.get("bwt")})
+        rows.append(
+            {
+                "run": lab,
+                "method": (res.get("params") or {}).get("method"),
+                "mean null fraction": float(used["null_frac"].mean()),
+                "mean kept energy": f"{used['kept_energy'].mean():.1e}",
+                "plasticity": m.get("plasticity"),
+                "BWT": m.get("bwt"),
+            }
+        )
     cols = ["method", "mean null fraction", "mean kept energy", "plasticity", "BWT"]
     df = pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame(columns=cols)
     return fixed(df, {"mean null fraction": digits, "plasticity": METRIC_DIGITS, "BWT": METRIC_DIGITS})
@@ -300,8 +382,18 @@ def units_frame(results: Mapping[str, dict]) -> pd.DataFrame:
     for label, d in _pruning_runs(results):
         for layer, u in d["units"].items():
             for t, (fz, fr, nw) in enumerate(zip(u["frozen"], u["free"], u["new"])):
-                rows.append({"label": label, "layer": layer, "task": t + 1, "size": u["size"], "frozen": fz,
-                             "free": fr, "new": nw, "used": fz / u["size"]})
+                rows.append(
+                    {
+                        "label": label,
+                        "layer": layer,
+                        "task": t + 1,
+                        "size": u["size"],
+                        "frozen": fz,
+                        "free": fr,
+                        "new": nw,
+                        "used": fz / u["size"],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -310,10 +402,20 @@ def prune_frame(results: Mapping[str, dict]) -> pd.DataFrame:
     rows = []
     for label, d in _pruning_runs(results):
         for r in d["prune"]:
-            rows.append({"label": label, "task": r["task"] + 1, "threshold": r["threshold"],
-                         "val_acc": r["val_acc"], "val_acc_pruned": r["val_acc_pruned"], "val_drop": r["val_drop"],
-                         "margin": r["margin"], "probes": len(r["evaluations"]),
-                         "candidates": sum(r["candidates"].values()), "pruned": r["pruned_total"]})
+            rows.append(
+                {
+                    "label": label,
+                    "task": r["task"] + 1,
+                    "threshold": r["threshold"],
+                    "val_acc": r["val_acc"],
+                    "val_acc_pruned": r["val_acc_pruned"],
+                    "val_drop": r["val_drop"],
+                    "margin": r["margin"],
+                    "probes": len(r["evaluations"]),
+                    "candidates": sum(r["candidates"].values()),
+                    "pruned": r["pruned_total"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -328,9 +430,18 @@ def threshold_frame(results: Mapping[str, dict]) -> pd.DataFrame:
             layers = r.get("layers") or {}
             for layer, th in ths.items():
                 lay = layers.get(layer, {})
-                rows.append({"label": label, "task": r["task"] + 1, "layer": layer, "threshold": th,
-                             "pruned": r["pruned"][layer], "candidates": r["candidates"][layer],
-                             "val_acc_after": lay.get("acc"), "budget": lay.get("budget")})
+                rows.append(
+                    {
+                        "label": label,
+                        "task": r["task"] + 1,
+                        "layer": layer,
+                        "threshold": th,
+                        "pruned": r["pruned"][layer],
+                        "candidates": r["candidates"][layer],
+                        "val_acc_after": lay.get("acc"),
+                        "budget": lay.get("budget"),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -352,6 +463,8 @@ def singular_values_frame(results: Mapping[str, dict]) -> pd.DataFrame:
         for layer, rec in ((res.get("method_diagnostics") or {}).get("lowrank") or {}).items():
             for t, sv in enumerate(rec["singular_values"]):
                 top = sv[0] if sv and sv[0] > 0 else 1.0
-                rows.extend({"label": label, "layer": layer, "task": t + 1, "i": i + 1, "sigma": s,
-                             "sigma_rel": s / top} for i, s in enumerate(sv))
+                rows.extend(
+                    {"label": label, "layer": layer, "task": t + 1, "i": i + 1, "sigma": s, "sigma_rel": s / top}
+                    for i, s in enumerate(sv)
+                )
     return pd.DataFrame(rows, columns=["label", "layer", "task", "i", "sigma", "sigma_rel"])

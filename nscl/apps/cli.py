@@ -1,10 +1,11 @@
 """Command line: ``python -m nscl run|show|params ...``.
 
-    python -m nscl run -f params/base.yaml -f params/ci.yaml -p method=adam_nscl -p seed=1 -o runs/x
-    python -m nscl show runs/x runs/y          # metrics table (+ accuracy matrices with --matrix)
-    python -m nscl params                       # every valid key with its default and meaning
-    python -m nscl results suite=DIR full=DIR   # docs/results.md from finished sweeps (make results)
+python -m nscl run -f params/base.yaml -f params/ci.yaml -p method=adam_nscl -p seed=1 -o runs/x
+python -m nscl show runs/x runs/y          # metrics table (+ accuracy matrices with --matrix)
+python -m nscl params                       # every valid key with its default and meaning
+python -m nscl results suite=DIR full=DIR   # docs/results.md from finished sweeps (make results)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,17 @@ from ..experiment import config
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="train one method on one task stream and write a run directory")
-    p.add_argument("-f", "--file", action="append", default=[], metavar="YAML",
-                   help="parameter file, layered left to right")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter (YAML value), applied after the files")
+    p.add_argument(
+        "-f", "--file", action="append", default=[], metavar="YAML", help="parameter file, layered left to right"
+    )
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter (YAML value), applied after the files",
+    )
     p.add_argument("-o", "--out", default=None, help="run directory (results.json, spectra.npz, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
@@ -62,8 +70,10 @@ def format_results(results: list[dict], matrix: bool = False) -> str:
 
     A failed or unfinished run is listed with its status and tasks done (e.g. ``3/5``): its metrics
     cover only those tasks. The failed runs' errors follow the table."""
-    lines = [f"{'run':<28} {'method':<12} {'benchmark':<16} {'seed':>4} {'status':<9} {'tasks':>5} {'ACC':>7} "
-             f"{'BWT':>7} {'plast.':>7} {'forget':>7} {'time s':>7}"]
+    lines = [
+        f"{'run':<28} {'method':<12} {'benchmark':<16} {'seed':>4} {'status':<9} {'tasks':>5} {'ACC':>7} "
+        f"{'BWT':>7} {'plast.':>7} {'forget':>7} {'time s':>7}"
+    ]
     fmt = lambda v: f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'-':>7}"  # noqa: E731
     partial, errors = 0, []
     for res in results:
@@ -73,20 +83,23 @@ def format_results(results: list[dict], matrix: bool = False) -> str:
         partial += status != "complete"
         if status == "failed":
             errors.append(f"  {name}: {res.get('error') or 'no error recorded'}")
-        lines.append(f"{name:<28} {str(p.get('method')):<12} {str(p.get('benchmark')):<16} {str(p.get('seed')):>4} "
-                     f"{status:<9} {f'{done}/{total}':>5} {fmt(m.get('acc'))} {fmt(m.get('bwt'))} "
-                     f"{fmt(m.get('plasticity'))} {fmt(m.get('forgetting'))} "
-                     f"{fmt((res.get('timing') or {}).get('total_s'))}")
+        lines.append(
+            f"{name:<28} {str(p.get('method')):<12} {str(p.get('benchmark')):<16} {str(p.get('seed')):>4} "
+            f"{status:<9} {f'{done}/{total}':>5} {fmt(m.get('acc'))} {fmt(m.get('bwt'))} "
+            f"{fmt(m.get('plasticity'))} {fmt(m.get('forgetting'))} "
+            f"{fmt((res.get('timing') or {}).get('total_s'))}"
+        )
     if partial:
-        lines.append(f"\n{partial} run(s) not complete: their metrics cover only the tasks done. status 'running' "
-                     f"means still running or killed (the same command resumes it); --seeds never averages them.")
+        lines.append(
+            f"\n{partial} run(s) not complete: their metrics cover only the tasks done. status 'running' "
+            f"means still running or killed (the same command resumes it); --seeds never averages them."
+        )
     if errors:
         lines.append("errors of the failed runs:")
         lines.extend(errors)
     if matrix:
         for res in results:
-            lines.append(f"\naccuracy matrix of {_short(res, 60)} "
-                         f"(row i: after training task i; column j: task j)")
+            lines.append(f"\naccuracy matrix of {_short(res, 60)} (row i: after training task i; column j: task j)")
             for i, row in enumerate(res.get("acc") or []):
                 if not row or row[0] is None:
                     continue
@@ -164,18 +177,23 @@ COMMANDS = [_add_run, _add_sweep, _add_suite, _add_results]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nscl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m nscl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
     p = sub.add_parser("show", help="print the metrics of run directories")
     p.add_argument("paths", nargs="+")
     p.add_argument("--matrix", action="store_true", help="also print the accuracy matrices")
-    p.add_argument("--seeds", action="store_true",
-                   help="mean ± std over seeds of runs that share all other parameters")
-    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
-                   help="with --seeds: leave this parameter out of the grouping (repeatable)")
+    p.add_argument("--seeds", action="store_true", help="mean ± std over seeds of runs that share all other parameters")
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="with --seeds: leave this parameter out of the grouping (repeatable)",
+    )
     p.set_defaults(func=cmd_show)
     p = sub.add_parser("params", help="list every parameter with its default")
     p.set_defaults(func=cmd_params)

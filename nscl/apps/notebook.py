@@ -60,6 +60,7 @@ Outputs of committed notebooks are checked by nbval, so print rounded numbers, e
 ``plt.show()`` and bind the value of a last-line call you don't want displayed (``_ = nb.save_results(...)``:
 under nbval a trailing ``;`` does not suppress the output).
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,8 +82,18 @@ _SEEN_KEY = "_nscl_parameter_names"  # the names checked by the last successful 
 _AT_KEY = "_nscl_parameters_at"  # len(In) at the last call: later cells executed since then
 PATH_EXTRAS = ("output_dir", "runs", "sweep_dir")  # notebook extras holding paths (resolved like output_dir)
 # nodes a parameter value may not contain: a cell with any of them is code, not a parameters cell
-_NOT_A_VALUE = (ast.Call, ast.Attribute, ast.Subscript, ast.Lambda, ast.comprehension, ast.NamedExpr,
-                ast.Await, ast.Yield, ast.YieldFrom, ast.JoinedStr)
+_NOT_A_VALUE = (
+    ast.Call,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Lambda,
+    ast.comprehension,
+    ast.NamedExpr,
+    ast.Await,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.JoinedStr,
+)
 find_runs = records.find_runs  # part of the notebook API
 
 
@@ -214,7 +225,8 @@ def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             extra_list = f" (notebook extras: {', '.join(sorted(extras))})" if extras else ""
             raise config_mod.ConfigError(
-                f"unknown notebook parameter {name!r}.{hint} Valid keys{extra_list}: {', '.join(sorted(valid))}")
+                f"unknown notebook parameter {name!r}.{hint} Valid keys{extra_list}: {', '.join(sorted(valid))}"
+            )
     cfg = config_mod.resolve(overrides={k: v for k, v in names.items() if k in config_mod.PARAMS})
     namespace[_SEEN_KEY] = frozenset(k for k in declared if k in names or k in paths)
     out = Params(cfg)
@@ -245,7 +257,8 @@ def require_runs(paths: Iterable[str | os.PathLike] | str, key: str = "runs") ->
         raise config_mod.ConfigError(
             f"notebook parameter {key!r} matches no run directory (a folder with an nscl results.json): "
             f"{', '.join(shown) or '(empty)'}. Relative paths are resolved from {output_root()}. "
-            f"Run the notebooks that write those runs first, or point {key!r} at existing run folders.")
+            f"Run the notebooks that write those runs first, or point {key!r} at existing run folders."
+        )
     return found
 
 
@@ -253,8 +266,9 @@ def _config_only(cfg: Mapping) -> dict:
     return {k: v for k, v in cfg.items() if k in config_mod.PARAMS}
 
 
-def run_methods(cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathLike | None = None,
-                **overrides: Any) -> dict[str, dict]:
+def run_methods(
+    cfg: Mapping, methods: Iterable[str], output_dir: str | os.PathLike | None = None, **overrides: Any
+) -> dict[str, dict]:
     """Train each method on the same stream; ``{method: results dict}`` in the given order.
 
     With ``output_dir`` each run writes ``<output_dir>/runs/<method>``; ``overrides`` apply to all runs.
@@ -319,22 +333,30 @@ def check_above_chance(results: Mapping[str, Mapping], margin: float = CHANCE_MA
         if tasks:
             last = [row for row in res["acc"] if row and row[0] is not None][-1]
             n = [t["n_classes"] for t in res["stream"]["tasks"]]
-            bad.append(f"{label} on task(s) " + ", ".join(
-                f"{j} ({last[j - 1]:.1f}% vs chance {100 / n[j - 1]:.0f}%)" for j in tasks))
+            bad.append(
+                f"{label} on task(s) "
+                + ", ".join(f"{j} ({last[j - 1]:.1f}% vs chance {100 / n[j - 1]:.0f}%)" for j in tasks)
+            )
     if bad:
         raise ChanceLevelError(
             f"null-space method(s) at chance (within {margin:g} points) on the final row: {'; '.join(bad)}. "
             "The configuration starves them: give them more optimizer steps (epochs, samples_per_task, "
-            "batch_size) or a wider network (hidden), or a null-space rule that leaves room to learn.")
-    line = (f"above chance (+{margin:g} points) on every task: {', '.join(checked)}" if checked
-            else "no null-space method to check")
+            "batch_size) or a wider network (hidden), or a null-space rule that leaves room to learn."
+        )
+    line = (
+        f"above chance (+{margin:g} points) on every task: {', '.join(checked)}"
+        if checked
+        else "no null-space method to check"
+    )
     print(line)
     return line
 
 
 def _summary(res: dict, output_dir: Path | None) -> dict:
-    ns = {layer: {"d": rec["d"], "dims": rec["dims"], "kept_energy": rec["kept_energy"]}
-          for layer, rec in (res.get("null_space") or {}).items()}
+    ns = {
+        layer: {"d": rec["d"], "dims": rec["dims"], "kept_energy": rec["kept_energy"]}
+        for layer, rec in (res.get("null_space") or {}).items()
+    }
     run_dir = res.get("_dir") or None
     return {
         "status": res.get("status"),
@@ -348,8 +370,13 @@ def _summary(res: dict, output_dir: Path | None) -> dict:
     }
 
 
-def save_results(output_dir: str | os.PathLike, results: Mapping[str, dict], cfg: Mapping | None = None,
-                 figures: Iterable[str | os.PathLike] = (), extra: Mapping | None = None) -> Path:
+def save_results(
+    output_dir: str | os.PathLike,
+    results: Mapping[str, dict],
+    cfg: Mapping | None = None,
+    figures: Iterable[str | os.PathLike] = (),
+    extra: Mapping | None = None,
+) -> Path:
     """Write the notebook-level ``<output_dir>/results.json`` aggregating the notebook's runs.
 
     ``results`` maps a label (usually the method) to a run's results dict (as returned by
@@ -386,8 +413,10 @@ def load_results(path: str | os.PathLike) -> dict:
 
 def metrics_record(results: Mapping[str, dict], digits: int = 4) -> dict:
     """``{label: metrics}`` rounded, for a notebook record's ``extra``."""
-    return {label: {k: round(v, digits) if isinstance(v, float) else v for k, v in res["metrics"].items()}
-            for label, res in results.items()}
+    return {
+        label: {k: round(v, digits) if isinstance(v, float) else v for k, v in res["metrics"].items()}
+        for label, res in results.items()
+    }
 
 
 def n_tasks(cfg: Mapping) -> int:
@@ -399,8 +428,9 @@ def n_tasks(cfg: Mapping) -> int:
     return len(make_stream(cfg["benchmark"], data_root=cfg.get("data_root"), seed=cfg.get("seed", 0)))
 
 
-def run_grid(cfg: Mapping, runs: Mapping[str, Mapping], output_dir: str | os.PathLike, name: str = "grid"
-             ) -> dict[str, dict]:
+def run_grid(
+    cfg: Mapping, runs: Mapping[str, Mapping], output_dir: str | os.PathLike, name: str = "grid"
+) -> dict[str, dict]:
     """Train a labelled set of configurations through the sweep machinery, in this process.
 
     ``runs``: ``{label: overrides of cfg}``. Runs live in ``<output_dir>/<name>/runs/<sweep name>``
@@ -410,8 +440,13 @@ def run_grid(cfg: Mapping, runs: Mapping[str, Mapping], output_dir: str | os.Pat
 
     base = _config_only(cfg)
     grid = [{k: [v] for k, v in {**base, **over}.items()} for over in runs.values()]
-    spec = {"name": name, "run": "cli", "grid": grid, "out": str(Path(output_dir) / name),
-            "executor": {"kind": "debug"}}
+    spec = {
+        "name": name,
+        "run": "cli",
+        "grid": grid,
+        "out": str(Path(output_dir) / name),
+        "executor": {"kind": "debug"},
+    }
     specs = sweep.expand(sweep.load(spec))
     if len(specs) != len(runs):
         raise ValueError(f"run_grid: {len(runs)} labels but {len(specs)} distinct configurations")
@@ -450,8 +485,13 @@ def describe(res: Mapping) -> str:
     for t in s.get("tasks", []):
         cls = " vs ".join(names[c] if c < len(names) else str(c) for c in t.get("classes", []))
         tasks.append(f"  task {t['index'] + 1}: {cls} ({t['n_train']} train, {t['n_val']} val, {t['n_test']} test)")
-    model = {"mlp": f"MLP hidden {p.get('hidden')}", "cnn": f"small CNN channels {p.get('cnn_channels')}",
-             "resnet18": f"ResNet-18 width {p.get('width')}"}.get(p.get("model"), p.get("model"))
-    head = (f"{s.get('benchmark', p.get('benchmark'))}: {len(tasks)} tasks, one head per task; {model}; "
-            f"{p.get('epochs')} epoch(s) per task, batch {p.get('batch_size')}, lr {p.get('lr')}, seed {p.get('seed')}")
+    model = {
+        "mlp": f"MLP hidden {p.get('hidden')}",
+        "cnn": f"small CNN channels {p.get('cnn_channels')}",
+        "resnet18": f"ResNet-18 width {p.get('width')}",
+    }.get(p.get("model"), p.get("model"))
+    head = (
+        f"{s.get('benchmark', p.get('benchmark'))}: {len(tasks)} tasks, one head per task; {model}; "
+        f"{p.get('epochs')} epoch(s) per task, batch {p.get('batch_size')}, lr {p.get('lr')}, seed {p.get('seed')}"
+    )
     return "\n".join([head, *tasks])

@@ -17,6 +17,7 @@ The page holds, from the complete runs only:
 
 Nothing is trained here; the page is rebuilt from the run directories as often as wanted.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,16 +103,28 @@ def goals(summary, best_of: Iterable[str] | None = None):
         joint, ft, nscl = acc.get("joint"), acc.get("finetune"), acc.get("adam_nscl")
         cand = {m: a for m, a in acc.items() if m in best_of}
         best = max(cand, key=cand.get) if cand else None
-        row = {"benchmark": bench, "size": size, "joint": joint, "finetune": ft,
-               "best": best, "best_acc": cand.get(best), "best_bwt": bwt.get(best),
-               "best_gap": None if joint is None or best is None else joint - cand[best],
-               "adam_nscl": nscl, "adam_nscl_bwt": bwt.get("adam_nscl"),
-               "default_gap": None if joint is None or nscl is None else joint - nscl,
-               "default_gain": None if ft is None or nscl is None else nscl - ft}
-        row["best_goal"] = (None if row["best_gap"] is None else
-                            bool(row["best_gap"] <= BEST_GAP and row["best_bwt"] >= BEST_BWT))
-        row["default_goal"] = (None if row["default_gap"] is None or row["default_gain"] is None else
-                               bool(row["default_gap"] <= DEFAULT_GAP and row["default_gain"] >= DEFAULT_GAIN))
+        row = {
+            "benchmark": bench,
+            "size": size,
+            "joint": joint,
+            "finetune": ft,
+            "best": best,
+            "best_acc": cand.get(best),
+            "best_bwt": bwt.get(best),
+            "best_gap": None if joint is None or best is None else joint - cand[best],
+            "adam_nscl": nscl,
+            "adam_nscl_bwt": bwt.get("adam_nscl"),
+            "default_gap": None if joint is None or nscl is None else joint - nscl,
+            "default_gain": None if ft is None or nscl is None else nscl - ft,
+        }
+        row["best_goal"] = (
+            None if row["best_gap"] is None else bool(row["best_gap"] <= BEST_GAP and row["best_bwt"] >= BEST_BWT)
+        )
+        row["default_goal"] = (
+            None
+            if row["default_gap"] is None or row["default_gain"] is None
+            else bool(row["default_gap"] <= DEFAULT_GAP and row["default_gain"] >= DEFAULT_GAIN)
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -124,8 +137,7 @@ def _cell(mean, std, digits: int = 2, sign: bool = False) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
-            *["| " + " | ".join(r) + " |" for r in rows]]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|", *["| " + " | ".join(r) + " |" for r in rows]]
 
 
 def method_tables(summary, digits: int = 2) -> list[str]:
@@ -145,8 +157,10 @@ def method_tables(summary, digits: int = 2) -> list[str]:
                     continue
                 r = hit.iloc[0]
                 note = f" (n={int(r['n'])})" if int(r["n"]) != n_common else ""
-                row += [_cell(r[f"{m}_mean"], r[f"{m}_std"], digits, sign=(m == "bwt")) + (note if m == "acc" else "")
-                        for m in METRICS]
+                row += [
+                    _cell(r[f"{m}_mean"], r[f"{m}_std"], digits, sign=(m == "bwt")) + (note if m == "acc" else "")
+                    for m in METRICS
+                ]
             rows.append(row)
         lines += [f"### {bench}", ""]
         lines += _md_table(header, rows, ["---"] + ["---:"] * (len(header) - 1))
@@ -156,21 +170,47 @@ def method_tables(summary, digits: int = 2) -> list[str]:
 
 def goal_lines(gl) -> list[str]:
     """Markdown table of :func:`goals` with ✓ / ✗ per goal."""
+
     def yes(v):
         return "-" if v is None else ("✓" if v else "✗")
 
     def num(v, sign=False):
         return "-" if v is None or v != v else (f"{v:+.2f}" if sign else f"{v:.2f}")
 
-    header = ["benchmark", "size", "joint", "best null-space method", "its ACC", "its BWT", "joint − best",
-              f"goal 1 (≤ {BEST_GAP:g}, BWT ≥ {BEST_BWT:g})", "adam_nscl", "joint − adam_nscl",
-              "adam_nscl − finetune", f"goal 2 (≤ {DEFAULT_GAP:g}, ≥ {DEFAULT_GAIN:g})"]
-    rows = [[r["benchmark"], r["size"], num(r["joint"]), f"`{r['best']}`" if r["best"] else "-", num(r["best_acc"]),
-             num(r["best_bwt"], True), num(r["best_gap"]), yes(r["best_goal"]), num(r["adam_nscl"]),
-             num(r["default_gap"]), num(r["default_gain"], True), yes(r["default_goal"])]
-            for _, r in gl.iterrows()]
-    return _md_table(header, rows, ["---", "---", "---:", "---", "---:", "---:", "---:", ":-:", "---:", "---:", "---:",
-                                    ":-:"])
+    header = [
+        "benchmark",
+        "size",
+        "joint",
+        "best null-space method",
+        "its ACC",
+        "its BWT",
+        "joint − best",
+        f"goal 1 (≤ {BEST_GAP:g}, BWT ≥ {BEST_BWT:g})",
+        "adam_nscl",
+        "joint − adam_nscl",
+        "adam_nscl − finetune",
+        f"goal 2 (≤ {DEFAULT_GAP:g}, ≥ {DEFAULT_GAIN:g})",
+    ]
+    rows = [
+        [
+            r["benchmark"],
+            r["size"],
+            num(r["joint"]),
+            f"`{r['best']}`" if r["best"] else "-",
+            num(r["best_acc"]),
+            num(r["best_bwt"], True),
+            num(r["best_gap"]),
+            yes(r["best_goal"]),
+            num(r["adam_nscl"]),
+            num(r["default_gap"]),
+            num(r["default_gain"], True),
+            yes(r["default_goal"]),
+        ]
+        for _, r in gl.iterrows()
+    ]
+    return _md_table(
+        header, rows, ["---", "---", "---:", "---", "---:", "---:", "---:", ":-:", "---:", "---:", "---:", ":-:"]
+    )
 
 
 def _rel(path, start) -> str:
@@ -223,9 +263,16 @@ def sweep_times(sweep_dir: str | os.PathLike) -> dict:
             except (OSError, ValueError, KeyError):
                 continue
     ex = man["sweep"].get("executor") or {}
-    return {"wall_s": (max(ends) - min(starts)) if starts else None, "run_s": total, "runs": len(man["specs"]),
-            "executor": ex.get("kind", "local"), "parallel": ex.get("parallel"), "threads": ex.get("threads"),
-            "file": man["sweep"].get("_file"), "description": man["sweep"].get("description")}
+    return {
+        "wall_s": (max(ends) - min(starts)) if starts else None,
+        "run_s": total,
+        "runs": len(man["specs"]),
+        "executor": ex.get("kind", "local"),
+        "parallel": ex.get("parallel"),
+        "threads": ex.get("threads"),
+        "file": man["sweep"].get("_file"),
+        "description": man["sweep"].get("description"),
+    }
 
 
 def _uniq(values) -> str:
@@ -233,9 +280,14 @@ def _uniq(values) -> str:
     return ", ".join(map(str, vals)) or "-"
 
 
-def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | None = None,
-           page: str | os.PathLike | None = None, command: str | None = None, note: str | None = None,
-           df=None) -> str:
+def render(
+    sweeps: Mapping[str, str | os.PathLike],
+    figure: str | os.PathLike | None = None,
+    page: str | os.PathLike | None = None,
+    command: str | None = None,
+    note: str | None = None,
+    df=None,
+) -> str:
     """The markdown page (see the module docstring); ``figure`` is linked relative to ``page``;
     ``df``: :func:`collect`'s table of the same sweeps, if already at hand."""
     df = collect(sweeps) if df is None else df
@@ -243,52 +295,82 @@ def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | 
     summary = table(ok)
     root = sweep_spec.ROOT
     where = Path(page).resolve().parent if page else root
-    lines = ["# Results: every method on Split and Permuted Fashion-MNIST", "",
-             "Generated by `python -m nscl results` from finished sweeps; do not edit by hand "
-             "(`make results` rebuilds it). Task-incremental (one head per task), test accuracy in percent; "
-             "BWT in points (negative = forgetting); plasticity = mean accuracy on each task right after "
-             "learning it (see `nscl/core/metrics.py`). Mean ± std over seeds "
-             f"({_uniq(sorted(ok['seed'].unique()))}); every method with its package defaults.", ""]
+    lines = [
+        "# Results: every method on Split and Permuted Fashion-MNIST",
+        "",
+        "Generated by `python -m nscl results` from finished sweeps; do not edit by hand "
+        "(`make results` rebuilds it). Task-incremental (one head per task), test accuracy in percent; "
+        "BWT in points (negative = forgetting); plasticity = mean accuracy on each task right after "
+        "learning it (see `nscl/core/metrics.py`). Mean ± std over seeds "
+        f"({_uniq(sorted(ok['seed'].unique()))}); every method with its package defaults.",
+        "",
+    ]
     if note:
         lines += [note, ""]
     states = df["state"].value_counts().to_dict()
     if states.get("complete", 0) != len(df):
-        lines += [f"**Incomplete:** {len(df)} runs, " + ", ".join(f"{n} {s}" for s, n in states.items())
-                  + "; the tables use the complete ones.", ""]
+        lines += [
+            f"**Incomplete:** {len(df)} runs, "
+            + ", ".join(f"{n} {s}" for s, n in states.items())
+            + "; the tables use the complete ones.",
+            "",
+        ]
     lines += ["## Accuracy, backward transfer, plasticity", ""]
     lines += method_tables(summary)
     gl = goals(summary)
-    lines += ["## Goals", "",
-              f"Goal 1: the best null-space method is within {BEST_GAP:g} ACC points of `joint` with BWT ≥ "
-              f"{BEST_BWT:g}. Goal 2: the default `adam_nscl` is within {DEFAULT_GAP:g} point of `joint` and "
-              f"at least {DEFAULT_GAIN:g} points above `finetune`. Measured on the means above.", ""]
+    lines += [
+        "## Goals",
+        "",
+        f"Goal 1: the best null-space method is within {BEST_GAP:g} ACC points of `joint` with BWT ≥ "
+        f"{BEST_BWT:g}. Goal 2: the default `adam_nscl` is within {DEFAULT_GAP:g} point of `joint` and "
+        f"at least {DEFAULT_GAIN:g} points above `finetune`. Measured on the means above.",
+        "",
+    ]
     lines += goal_lines(gl) + [""]
     chance = _chance_rows(ok)
-    lines += ["Null-space runs at chance on some task (final accuracy within the check's margin of chance): "
-              + ("none." if not chance else "; ".join(chance) + "."), ""]
+    lines += [
+        "Null-space runs at chance on some task (final accuracy within the check's margin of chance): "
+        + ("none." if not chance else "; ".join(chance) + "."),
+        "",
+    ]
     pruned = pruning_lines(ok)
     if pruned:
-        lines += ["## Pruning: freed units and the null space they open", "",
-                  "Per layer: the share of its units (channels of a conv layer) that pruning left free after the "
-                  "last task (pruned and re-initialised; they output zero on the old tasks), and the dimension "
-                  "of the null space of the layer's *input* that constrained training (mean over tasks 1..T-1 "
-                  "and seeds). A unit freed in one layer is an input direction of the next with no variance on "
-                  "the old tasks, so the next layer's null space grows with it.", ""] + pruned
+        lines += [
+            "## Pruning: freed units and the null space they open",
+            "",
+            "Per layer: the share of its units (channels of a conv layer) that pruning left free after the "
+            "last task (pruned and re-initialised; they output zero on the old tasks), and the dimension "
+            "of the null space of the layer's *input* that constrained training (mean over tasks 1..T-1 "
+            "and seeds). A unit freed in one layer is an input direction of the next with no variance on "
+            "the old tasks, so the next layer's null space grows with it.",
+            "",
+        ] + pruned
     if figure:
-        lines += ["## Stability–plasticity plane", "",
-                  "Each small dot is one run (seed); each large marker a method's mean with ±1 std. "
-                  "Up: less forgetting; right: learns each new task better.", "",
-                  f"![stability-plasticity plane]({_rel(figure, where)})", ""]
+        lines += [
+            "## Stability–plasticity plane",
+            "",
+            "Each small dot is one run (seed); each large marker a method's mean with ±1 std. "
+            "Up: less forgetting; right: learns each new task better.",
+            "",
+            f"![stability-plasticity plane]({_rel(figure, where)})",
+            "",
+        ]
     lines += ["## How to regenerate", "", "```bash", "make results", "# runs:"]
     times = {label: sweep_times(d) for label, d in sweeps.items()}
     for label, t in times.items():
         if t["file"]:
             lines.append(f"python -m nscl sweep run {_repo_path(t['file'], root)}")
-    lines += [command or "python -m nscl results " + " ".join(f"{k}={_repo_path(v, root)}" for k, v in sweeps.items())
-              + f" -o {_repo_path(page, root) if page else 'docs/results.md'}",
-              "```", "",
-              "Runs already complete are skipped, so the sweeps resume after an interruption; "
-              "`python -m nscl sweep status DIR` shows progress.", ""]
+    lines += [
+        command
+        or "python -m nscl results "
+        + " ".join(f"{k}={_repo_path(v, root)}" for k, v in sweeps.items())
+        + f" -o {_repo_path(page, root) if page else 'docs/results.md'}",
+        "```",
+        "",
+        "Runs already complete are skipped, so the sweeps resume after an interruption; "
+        "`python -m nscl sweep status DIR` shows progress.",
+        "",
+    ]
     lines += ["## Streams and settings", ""]
     rows = []
     for (bench, size), g in ok.groupby(["benchmark", "size"], sort=False):
@@ -302,18 +384,25 @@ def render(sweeps: Mapping[str, str | os.PathLike], figure: str | os.PathLike | 
         lines += [f"Null-space rule of the null-space methods (the package default at the commit below): {rule}.", ""]
     lines += ["## Environment", ""]
     env = [runs.load(r).get("env") or {} for r in ok["run"]]
-    commits = _uniq(f"{(e.get('git') or {}).get('commit', '?')[:10]}"
-                    + (" (uncommitted changes)" if (e.get("git") or {}).get("dirty") else "") for e in env)
-    lines += [f"- commit: {commits}",
-              f"- nscl {_uniq(e.get('nscl') for e in env)}, Python {_uniq(e.get('python') for e in env)}, "
-              f"torch {_uniq(e.get('torch') for e in env)}, torchvision {_uniq(e.get('torchvision') for e in env)}, "
-              f"numpy {_uniq(e.get('numpy') for e in env)}",
-              f"- platform: {_uniq(e.get('platform') for e in env)}; device: {_uniq(e.get('device') for e in env)}",
-              f"- CPU: {_cpu_model()}, {os.cpu_count()} cores (where the page was built); "
-              f"torch threads per run: {_uniq(e.get('threads') for e in env)}"]
+    commits = _uniq(
+        f"{(e.get('git') or {}).get('commit', '?')[:10]}"
+        + (" (uncommitted changes)" if (e.get("git") or {}).get("dirty") else "")
+        for e in env
+    )
+    lines += [
+        f"- commit: {commits}",
+        f"- nscl {_uniq(e.get('nscl') for e in env)}, Python {_uniq(e.get('python') for e in env)}, "
+        f"torch {_uniq(e.get('torch') for e in env)}, torchvision {_uniq(e.get('torchvision') for e in env)}, "
+        f"numpy {_uniq(e.get('numpy') for e in env)}",
+        f"- platform: {_uniq(e.get('platform') for e in env)}; device: {_uniq(e.get('device') for e in env)}",
+        f"- CPU: {_cpu_model()}, {os.cpu_count()} cores (where the page was built); "
+        f"torch threads per run: {_uniq(e.get('threads') for e in env)}",
+    ]
     for label, t in times.items():
-        lines.append(f"- sweep `{label}` ({t['runs']} runs, {t['executor']} executor, {t['parallel'] or 1} at once): "
-                     f"wall time {_fmt_time(t['wall_s'])}, summed run time {_fmt_time(t['run_s'])}")
+        lines.append(
+            f"- sweep `{label}` ({t['runs']} runs, {t['executor']} executor, {t['parallel'] or 1} at once): "
+            f"wall time {_fmt_time(t['wall_s'])}, summed run time {_fmt_time(t['run_s'])}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -337,7 +426,8 @@ def pruning_lines(ok, digits: int = 1) -> list[str]:
         if units.empty:  # no pruning record (e.g. runs written before pruning kept one)
             continue
         units = units[units["task"] == units.groupby("label")["task"].transform("max")].assign(
-            method=lambda u: u["label"].map(method), free_frac=lambda u: u["free"] / u["size"])
+            method=lambda u: u["label"].map(method), free_frac=lambda u: u["free"] / u["size"]
+        )
         ns = tables.null_space_frame(res)
         ns = ns[ns["task"] < ns.groupby("label")["task"].transform("max")]
         free = units.groupby(["method", "layer"])["free_frac"].mean()
@@ -349,14 +439,30 @@ def pruning_lines(ok, digits: int = 1) -> list[str]:
         def cell(series, m, layer, fmt):
             return fmt(series[(m, layer)]) if (m, layer) in series.index else "-"
 
-        rows = [[f"`{layer}`", str(d.get(layer, "-")), str(n_units.get(layer, "-")),
-                 *[cell(free, m, layer, lambda v: f"{100 * v:.{digits}f}%") for m in PRUNING_METHODS],
-                 *[cell(null, m, layer, lambda v: f"{v:.{digits}f}") for m in ("adam_nscl", "nscl_prune")]]
-                for layer in layers]
+        rows = [
+            [
+                f"`{layer}`",
+                str(d.get(layer, "-")),
+                str(n_units.get(layer, "-")),
+                *[cell(free, m, layer, lambda v: f"{100 * v:.{digits}f}%") for m in PRUNING_METHODS],
+                *[cell(null, m, layer, lambda v: f"{v:.{digits}f}") for m in ("adam_nscl", "nscl_prune")],
+            ]
+            for layer in layers
+        ]
         lines += [f"### {bench}, {size}", ""]
-        lines += _md_table(["layer", "input dim d", "units", "free after last task: `clnp`", "`nscl_prune`",
-                            "null-space dim of the input: `adam_nscl`", "`nscl_prune`"], rows,
-                           ["---", "---:", "---:", "---:", "---:", "---:", "---:"])
+        lines += _md_table(
+            [
+                "layer",
+                "input dim d",
+                "units",
+                "free after last task: `clnp`",
+                "`nscl_prune`",
+                "null-space dim of the input: `adam_nscl`",
+                "`nscl_prune`",
+            ],
+            rows,
+            ["---", "---:", "---:", "---:", "---:", "---:", "---:"],
+        )
         lines.append("")
     return lines
 
@@ -364,8 +470,15 @@ def pruning_lines(ok, digits: int = 1) -> list[str]:
 def _rule_key_used(key: str, p: Mapping) -> bool:
     """Whether a rule parameter matters for the rule ``p`` uses (``a`` only for a_min, ...)."""
     rule = p.get("nullspace_rule")
-    owner = {"a": "a_min", "a_min_floor": "a_min", "energy": "energy", "energy_step": "energy",
-             "energy_max": "energy", "leak": "leak", "rel_tol": "rel_tol"}
+    owner = {
+        "a": "a_min",
+        "a_min_floor": "a_min",
+        "energy": "energy",
+        "energy_step": "energy",
+        "energy_max": "energy",
+        "leak": "leak",
+        "rel_tol": "rel_tol",
+    }
     return key not in owner or owner[key] == rule
 
 
@@ -381,8 +494,13 @@ def _chance_rows(ok) -> list[str]:
     return out
 
 
-def write(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathLike,
-          figure: str | os.PathLike | None = None, command: str | None = None, note: str | None = None) -> Path:
+def write(
+    sweeps: Mapping[str, str | os.PathLike],
+    page: str | os.PathLike,
+    figure: str | os.PathLike | None = None,
+    command: str | None = None,
+    note: str | None = None,
+) -> Path:
     """Write the page (and the figure, default ``<page stem>_stability_plasticity.png`` beside it)."""
     import matplotlib
 

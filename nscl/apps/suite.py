@@ -24,6 +24,7 @@ is 1 too when a null-space method's run ends at chance on some task (:func:`chan
 ``python -m nscl suite --regenerate`` (``make notebooks``) instead executes the committed notebooks in
 place with their own tiny defaults: the stored outputs that ``pytest --nbval`` checks.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,9 +54,15 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     return found
 
 
-def notebook_parameters(nb: Path, files: Iterable[str | Path] = (), overrides: Mapping | None = None,
-                        output_dir: str | Path | None = None, suite_dir: str | Path | None = None,
-                        params_dir: str | Path | None = None, hook: str | None = "suite_{stem}.yaml") -> dict:
+def notebook_parameters(
+    nb: Path,
+    files: Iterable[str | Path] = (),
+    overrides: Mapping | None = None,
+    output_dir: str | Path | None = None,
+    suite_dir: str | Path | None = None,
+    params_dir: str | Path | None = None,
+    hook: str | None = "suite_{stem}.yaml",
+) -> dict:
     """The papermill parameters of one notebook in the suite (see the module docstring)."""
     import papermill as pm
 
@@ -78,8 +85,15 @@ class _UnknownParameterFilter:
         return not str(record.getMessage()).startswith("Passed unknown parameter")
 
 
-def execute(nb: Path, out_nb: Path, parameters: Mapping, progress: bool = True, log_output: bool = False,
-            kernel: str = "python3", timeout: int | None = None):
+def execute(
+    nb: Path,
+    out_nb: Path,
+    parameters: Mapping,
+    progress: bool = True,
+    log_output: bool = False,
+    kernel: str = "python3",
+    timeout: int | None = None,
+):
     """Run one notebook with papermill (working directory: the notebook's folder, as in JupyterLab)."""
     import logging
 
@@ -91,14 +105,28 @@ def execute(nb: Path, out_nb: Path, parameters: Mapping, progress: bool = True, 
     if not any(isinstance(f, _UnknownParameterFilter) for f in logger.filters):
         logger.addFilter(_UnknownParameterFilter())
     out_nb.parent.mkdir(parents=True, exist_ok=True)
-    return pm.execute_notebook(str(nb), str(out_nb), parameters=dict(parameters), kernel_name=kernel,
-                               progress_bar=progress, log_output=log_output, cwd=str(nb.parent),
-                               execution_timeout=timeout)
+    return pm.execute_notebook(
+        str(nb),
+        str(out_nb),
+        parameters=dict(parameters),
+        kernel_name=kernel,
+        progress_bar=progress,
+        log_output=log_output,
+        cwd=str(nb.parent),
+        execution_timeout=timeout,
+    )
 
 
-def run_suite(out: str | Path, files: Iterable[str | Path] = (), overrides: Mapping | None = None,
-              only: Iterable[str] | None = None, progress: bool = True, log_output: bool = False,
-              folder: str | Path | None = None, hook: str | None = "suite_{stem}.yaml") -> list[dict]:
+def run_suite(
+    out: str | Path,
+    files: Iterable[str | Path] = (),
+    overrides: Mapping | None = None,
+    only: Iterable[str] | None = None,
+    progress: bool = True,
+    log_output: bool = False,
+    folder: str | Path | None = None,
+    hook: str | None = "suite_{stem}.yaml",
+) -> list[dict]:
     """Execute every suite notebook into ``out``; write ``out/summary.md``; return one entry per notebook."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -150,31 +178,45 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
             by_notebook[e["notebook"]] = rec
         figs = ", ".join(f"[{Path(f).stem}]({e['notebook']}/{f})" for f in (rec or {}).get("figures", []))
         status = e["status"] if not e.get("error") else f"{e['status']}: {e['error'][:120]}"
-        lines.append(f"| [{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | {status} | "
-                     f"{e['seconds'] / 60:.1f} | {figs or '-'} |")
+        lines.append(
+            f"| [{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | {status} | "
+            f"{e['seconds'] / 60:.1f} | {figs or '-'} |"
+        )
     # runs a notebook only read (run_dir outside its folder, e.g. the analysis notebook) are listed once,
     # under the notebook that trained them
-    rows = [(nb, label, m) for nb, rec in by_notebook.items() for label, m in rec.get("methods", {}).items()
-            if not str(m.get("run_dir") or "").startswith("..")]
+    rows = [
+        (nb, label, m)
+        for nb, rec in by_notebook.items()
+        for label, m in rec.get("methods", {}).items()
+        if not str(m.get("run_dir") or "").startswith("..")
+    ]
     if rows:
-        lines += ["", "Task-aware test accuracy in percent; BWT and forgetting in points "
-                  f"(see nscl.core.metrics). *At chance*: tasks whose final accuracy is within {CHANCE_MARGIN:g} "
-                  "points of chance (1 / classes per task).", "",
-                  "| notebook | run | ACC | BWT | plasticity | forgetting | tasks | at chance |",
-                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "Task-aware test accuracy in percent; BWT and forgetting in points "
+            f"(see nscl.core.metrics). *At chance*: tasks whose final accuracy is within {CHANCE_MARGIN:g} "
+            "points of chance (1 / classes per task).",
+            "",
+            "| notebook | run | ACC | BWT | plasticity | forgetting | tasks | at chance |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
         for nb, label, m in rows:
             mm = m.get("metrics") or {}
             chance = m.get("at_chance")
             chance = "-" if chance is None else (", ".join(map(str, chance)) or "none")
-            lines.append(f"| {nb} | {label} | {_fmt(mm.get('acc'))} | {_fmt(mm.get('bwt'), '+.2f')} | "
-                         f"{_fmt(mm.get('plasticity'))} | {_fmt(mm.get('forgetting'))} | "
-                         f"{mm.get('tasks_done', '-')} | {chance} |")
+            lines.append(
+                f"| {nb} | {label} | {_fmt(mm.get('acc'))} | {_fmt(mm.get('bwt'), '+.2f')} | "
+                f"{_fmt(mm.get('plasticity'))} | {_fmt(mm.get('forgetting'))} | "
+                f"{mm.get('tasks_done', '-')} | {chance} |"
+            )
         failures = chance_failures(by_notebook)
-        checked = sum(m.get("method") in null_space_methods() and m.get("at_chance") is not None
-                      for _, _, m in rows)
-        lines += ["", f"**Check, no null-space method at chance on any task: "
-                      f"{'FAILED' if failures else 'passed'}** ({checked} null-space runs checked)"
-                      + ("".join(f"\n- {f}" for f in failures) if failures else ".")]
+        checked = sum(m.get("method") in null_space_methods() and m.get("at_chance") is not None for _, _, m in rows)
+        lines += [
+            "",
+            f"**Check, no null-space method at chance on any task: "
+            f"{'FAILED' if failures else 'passed'}** ({checked} null-space runs checked)"
+            + ("".join(f"\n- {f}" for f in failures) if failures else "."),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -183,9 +225,12 @@ def chance_failures(records: Mapping[str, dict]) -> list[str]:
     that a notebook record lists as at chance on some task of its final row (see
     :func:`nscl.notebook.check_above_chance`)."""
     names = null_space_methods()
-    return [f"{nb}/{label}: task(s) {', '.join(map(str, m['at_chance']))} at chance"
-            for nb, rec in records.items() for label, m in rec.get("methods", {}).items()
-            if m.get("method") in names and m.get("at_chance")]
+    return [
+        f"{nb}/{label}: task(s) {', '.join(map(str, m['at_chance']))} at chance"
+        for nb, rec in records.items()
+        for label, m in rec.get("methods", {}).items()
+        if m.get("method") in names and m.get("at_chance")
+    ]
 
 
 def suite_records(out: str | Path) -> dict[str, dict]:
@@ -228,8 +273,13 @@ def regenerate(nb: Path, timeout: int = 1200, output_root: str | Path | None = N
         os.environ["NSCL_OUTPUT_ROOT"] = str(output_root or tmp)
         os.environ["NSCL_QUIET"] = "1"
         try:
-            NotebookClient(nb_obj, timeout=timeout, kernel_name="python3", record_timing=False,
-                           resources={"metadata": {"path": str(nb.parent)}}).execute()
+            NotebookClient(
+                nb_obj,
+                timeout=timeout,
+                kernel_name="python3",
+                record_timing=False,
+                resources={"metadata": {"path": str(nb.parent)}},
+            ).execute()
         finally:
             for k, v in old.items():
                 if v is None:
@@ -271,27 +321,48 @@ def regenerate_all(folder: str | Path | None = None, only: Iterable[str] | None 
 
     with tempfile.TemporaryDirectory() as root:
         for nb, write in regenerate_plan(folder, only):
-            print(f"{nb.name}: executing{' in place' if write else ' (its runs feed a later notebook)'} ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{nb.name}: executing{' in place' if write else ' (its runs feed a later notebook)'} ...",
+                file=sys.stderr,
+                flush=True,
+            )
             print(f"{nb.name}: {regenerate(nb, output_root=root, write=write):.0f} s", file=sys.stderr, flush=True)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
 def add_cli(sub) -> None:
     p = sub.add_parser("suite", help="run every notebooks/NN_*.ipynb headless (papermill) into one folder")
-    p.add_argument("-f", "--file", action="append", default=[], metavar="YAML",
-                   help="parameter file, layered left to right (then params/suite_<notebook>.yaml)")
-    p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one parameter of every notebook (YAML value)")
+    p.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="parameter file, layered left to right (then params/suite_<notebook>.yaml)",
+    )
+    p.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one parameter of every notebook (YAML value)",
+    )
     p.add_argument("-o", "--out", default="results/default", help="output folder (default results/default)")
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (prefix or stem)")
     p.add_argument("--notebooks", default=None, help="notebook folder (default <project>/notebooks)")
     p.add_argument("--no-progress", action="store_true", help="no papermill progress bars")
     p.add_argument("--log-output", action="store_true", help="stream cell output to the log")
-    p.add_argument("--hook", default="suite_{stem}.yaml",
-                   help="per-notebook parameter file in params/ (default suite_{stem}.yaml; '' for none)")
-    p.add_argument("--regenerate", action="store_true",
-                   help="instead: execute the committed notebooks in place with their defaults (make notebooks)")
+    p.add_argument(
+        "--hook",
+        default="suite_{stem}.yaml",
+        help="per-notebook parameter file in params/ (default suite_{stem}.yaml; '' for none)",
+    )
+    p.add_argument(
+        "--regenerate",
+        action="store_true",
+        help="instead: execute the committed notebooks in place with their defaults (make notebooks)",
+    )
     p.set_defaults(func=cmd_suite)
 
 
@@ -301,13 +372,23 @@ def cmd_suite(args) -> int:
     if args.regenerate:
         regenerate_all(args.notebooks, args.only)
         return 0
-    entries = run_suite(args.out, args.file, overrides, only=args.only, progress=not args.no_progress,
-                        log_output=args.log_output, folder=args.notebooks, hook=args.hook or None)
+    entries = run_suite(
+        args.out,
+        args.file,
+        overrides,
+        only=args.only,
+        progress=not args.no_progress,
+        log_output=args.log_output,
+        folder=args.notebooks,
+        hook=args.hook or None,
+    )
     summary = Path(args.out) / "summary.md"
     print(summary.read_text())
     failures = chance_failures(suite_records(args.out))
-    print(f"suite: {sum(e['status'] == 'complete' for e in entries)}/{len(entries)} notebooks complete in "
-          f"{(time.perf_counter() - t0) / 60:.1f} min; written: {summary}")
+    print(
+        f"suite: {sum(e['status'] == 'complete' for e in entries)}/{len(entries)} notebooks complete in "
+        f"{(time.perf_counter() - t0) / 60:.1f} min; written: {summary}"
+    )
     if failures:
         print(f"FAILED: {len(failures)} null-space run(s) at chance on some task (see summary.md)", file=sys.stderr)
     return 0 if all(e["status"] == "complete" for e in entries) and not failures else 1

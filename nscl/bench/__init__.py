@@ -4,6 +4,7 @@ Each benchmark is a module ``nscl.bench.<name>`` with ``main(argv) -> int``; the
 records the environment (versions, device, git commit) next to the measurements, and ratios are
 always measured within one process.
 """
+
 BENCHMARKS = {
     "projection": "NullSpaceAdam step vs torch Adam step (MLP on CPU, ResNet-18 at batch 32)",
     "nuclear": "exact nuclear norm (SVD) vs factorised Frobenius surrogate, per step",

@@ -37,6 +37,7 @@ Cases
   the full recipe (80 epochs x 10 tasks = 125,600 steps + 10 boundaries + evaluations) is
   PROJECTED from them. Target: the whole recipe within 10 minutes on one H100/H200.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,20 @@ RECIPE_STEPS = RECIPE_TASKS * RECIPE_EPOCHS * RECIPE_STEPS_PER_EPOCH  # 125,600
 
 #: the faithful/principled switches: "principled" takes nscl's defaults of these on top of the recipe's
 #: schedule (README: faithful and principled variants)
-SWITCHES = ("covariance", "a_min_floor", "scale_sqrt_r", "bn", "eps_placement", "resnet_block", "nullspace_rule",
-            "energy", "energy_step", "energy_max", "leak", "project")
+SWITCHES = (
+    "covariance",
+    "a_min_floor",
+    "scale_sqrt_r",
+    "bn",
+    "eps_placement",
+    "resnet_block",
+    "nullspace_rule",
+    "energy",
+    "energy_step",
+    "energy_max",
+    "leak",
+    "project",
+)
 PRINCIPLED = {k: v for k, v in config.defaults().items() if k in SWITCHES}
 SETTINGS = {
     "finetune": dict(method="finetune"),
@@ -90,15 +103,26 @@ def _stream(spec: dict):
         try:
             return make_stream("split_fmnist", seed=0), "split_fmnist (real)"
         except FileNotFoundError:
-            return (make_stream("synthetic", seed=0, n_tasks=5, shape=(1, 28, 28), n_classes=10, train_per_class=6000),
-                    "synthetic 1x28x28 (Fashion-MNIST not on disk)")
+            return (
+                make_stream("synthetic", seed=0, n_tasks=5, shape=(1, 28, 28), n_classes=10, train_per_class=6000),
+                "synthetic 1x28x28 (Fashion-MNIST not on disk)",
+            )
     # only the measured tasks' classes are generated (10 per task, as the 10-split recipe)
     # (and on CPU only as many images as are used)
     train = RECIPE_TRAIN_PER_TASK // 10 if spec["samples"] is None else math.ceil(spec["samples"] / 10)
     test = 100 if spec["test"] is None else math.ceil(spec["test"] / 10)
-    s = make_stream("synthetic", seed=0, n_tasks=spec["tasks"], shape=(3, 32, 32), n_classes=10 * spec["tasks"],
-                    train_per_class=train, test_per_class=test, val_fraction=0.0,
-                    samples_per_task=spec["samples"], test_samples_per_task=spec["test"])
+    s = make_stream(
+        "synthetic",
+        seed=0,
+        n_tasks=spec["tasks"],
+        shape=(3, 32, 32),
+        n_classes=10 * spec["tasks"],
+        train_per_class=train,
+        test_per_class=test,
+        val_fraction=0.0,
+        samples_per_task=spec["samples"],
+        test_samples_per_task=spec["test"],
+    )
     return s, "synthetic 3x32x32 (CIFAR-100 shaped, 10 classes per task)"
 
 
@@ -131,18 +155,38 @@ def _child(spec: dict) -> dict:
         cov_full = tim["covariance_s"] / n * RECIPE_TRAIN_PER_TASK  # the pass is linear in samples
         epoch = s_step * RECIPE_STEPS_PER_EPOCH
         boundary = cov_full + tim["eigen_s"]
-        tasks.append({"task": t + 1, "train_samples": n, "epochs": cfg["epochs"], "steps": steps,
-                      "train_s": tim["train_s"], "s_per_step": s_step, "s_per_epoch_measured": tim["train_s"] / cfg["epochs"],
-                      "covariance_s": tim["covariance_s"], "eigen_s": tim["eigen_s"], "eval_s": tim["eval_s"],
-                      "after_task_s": tim.get("after_task_s", 0.0), "task_s": sum(tim.values()),
-                      "recipe_epoch_s": epoch, "covariance_recipe_s": cov_full, "boundary_s": boundary,
-                      "boundary_epoch_ratio": boundary / epoch})
-    out = {"method": cfg["method"], "data": data, "wall_s": wall, "total_s": res["timing"]["total_s"],
-           "tasks": tasks, "acc": res["metrics"]["acc"],
-           "null_dims": {k: v["dims"] for k, v in res["null_space"].items()},
-           "checkpoint_bytes": counter.n,
-           "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
-           "peak_device_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)}
+        tasks.append(
+            {
+                "task": t + 1,
+                "train_samples": n,
+                "epochs": cfg["epochs"],
+                "steps": steps,
+                "train_s": tim["train_s"],
+                "s_per_step": s_step,
+                "s_per_epoch_measured": tim["train_s"] / cfg["epochs"],
+                "covariance_s": tim["covariance_s"],
+                "eigen_s": tim["eigen_s"],
+                "eval_s": tim["eval_s"],
+                "after_task_s": tim.get("after_task_s", 0.0),
+                "task_s": sum(tim.values()),
+                "recipe_epoch_s": epoch,
+                "covariance_recipe_s": cov_full,
+                "boundary_s": boundary,
+                "boundary_epoch_ratio": boundary / epoch,
+            }
+        )
+    out = {
+        "method": cfg["method"],
+        "data": data,
+        "wall_s": wall,
+        "total_s": res["timing"]["total_s"],
+        "tasks": tasks,
+        "acc": res["metrics"]["acc"],
+        "null_dims": {k: v["dims"] for k, v in res["null_space"].items()},
+        "checkpoint_bytes": counter.n,
+        "peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "peak_device_mb": (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None),
+    }
     return out
 
 
@@ -152,8 +196,10 @@ def _run(spec: dict) -> dict:
 
 
 def mlp_case(threads) -> dict:
-    base = config.resolve(["params/base.yaml"] if Path("params/base.yaml").exists() else [],
-                          dict(device="cpu", quiet=True, epochs=1, batch_size=64, seed=0))
+    base = config.resolve(
+        ["params/base.yaml"] if Path("params/base.yaml").exists() else [],
+        dict(device="cpu", quiet=True, epochs=1, batch_size=64, seed=0),
+    )
     out = {"case": "mlp", "model": "MLP 784-256-256", "device": "cpu", "runs": {}}
     for method in ("finetune", "adam_nscl"):
         cfg = config.validate({**base, "method": method})
@@ -161,8 +207,10 @@ def mlp_case(threads) -> dict:
         out["data"] = r["data"]
         train1 = sum(t["train_s"] for t in r["tasks"])
         bounds = sum(t["task_s"] - t["train_s"] for t in r["tasks"])
-        r["projected_full_run_s"] = {"value": train1 * 3 + bounds,
-                                     "note": "measured 1-epoch run scaled to 3 epochs per task (params/base.yaml)"}
+        r["projected_full_run_s"] = {
+            "value": train1 * 3 + bounds,
+            "note": "measured 1-epoch run scaled to 3 epochs per task (params/base.yaml)",
+        }
     f, a = out["runs"]["finetune"]["tasks"], out["runs"]["adam_nscl"]["tasks"]
     out["s_per_step_projected"] = sum(t["s_per_step"] for t in a[1:]) / len(a[1:])
     out["s_per_step_unprojected"] = sum(t["s_per_step"] for t in f[1:]) / len(f[1:])
@@ -170,21 +218,52 @@ def mlp_case(threads) -> dict:
     return out
 
 
-def resnet_case(device: torch.device, steps: int, gpu_epochs: int, width: int, n_tasks: int,
-                settings: list[str], threads, save=lambda partial: None) -> dict:
+def resnet_case(
+    device: torch.device,
+    steps: int,
+    gpu_epochs: int,
+    width: int,
+    n_tasks: int,
+    settings: list[str],
+    threads,
+    save=lambda partial: None,
+) -> dict:
     cpu = device.type == "cpu"
-    spec = ({"kind": "cifar", "samples": steps * RECIPE_BATCH, "test": 2 * RECIPE_BATCH, "tasks": n_tasks} if cpu else
-            {"kind": "cifar", "samples": None, "test": None, "tasks": n_tasks})
+    spec = (
+        {"kind": "cifar", "samples": steps * RECIPE_BATCH, "test": 2 * RECIPE_BATCH, "tasks": n_tasks}
+        if cpu
+        else {"kind": "cifar", "samples": None, "test": None, "tasks": n_tasks}
+    )
     epochs = 1 if cpu else gpu_epochs
-    out = {"case": "resnet18", "recipe": f"cifar100_10_paper on synthetic 3x32x32 (first {n_tasks} of 10 tasks)",
-           "device": str(device), "width": width, "epochs_per_task_measured": epochs,
-           "mode": ("cpu: a few steps per task; covariance pass scaled to 5000 samples; full run EXTRAPOLATED"
-                    if cpu else f"gpu: first {n_tasks} tasks at full size, {epochs} epochs each; full run PROJECTED"),
-           "recipe_steps": RECIPE_STEPS, "runs": {}}
+    out = {
+        "case": "resnet18",
+        "recipe": f"cifar100_10_paper on synthetic 3x32x32 (first {n_tasks} of 10 tasks)",
+        "device": str(device),
+        "width": width,
+        "epochs_per_task_measured": epochs,
+        "mode": (
+            "cpu: a few steps per task; covariance pass scaled to 5000 samples; full run EXTRAPOLATED"
+            if cpu
+            else f"gpu: first {n_tasks} tasks at full size, {epochs} epochs each; full run PROJECTED"
+        ),
+        "recipe_steps": RECIPE_STEPS,
+        "runs": {},
+    }
     for name in settings:
-        cfg = config.resolve(overrides=dict(preset="cifar100_10_paper", benchmark="synthetic", epochs=epochs,
-                                            device=str(device), quiet=True, val_fraction=0.0, eval_batch_size=500,
-                                            seed=0, width=width, **SETTINGS[name]))
+        cfg = config.resolve(
+            overrides=dict(
+                preset="cifar100_10_paper",
+                benchmark="synthetic",
+                epochs=epochs,
+                device=str(device),
+                quiet=True,
+                val_fraction=0.0,
+                eval_batch_size=500,
+                seed=0,
+                width=width,
+                **SETTINGS[name],
+            )
+        )
         r = _run({**spec, "cfg": cfg, "threads": threads})
         r["setting"] = name
         r["params"] = {k: cfg[k] for k in (*SWITCHES, "a", "cov_patches", "cov_samples", "eigen_update")}
@@ -192,13 +271,18 @@ def resnet_case(device: torch.device, steps: int, gpu_epochs: int, width: int, n
         per_eval = last["eval_s"] / (len(r["tasks"]) * (2 * RECIPE_BATCH if cpu else 1000)) * 1000
         bound = [t["boundary_s"] + t["after_task_s"] for t in r["tasks"]]
         later = bound[1:] or bound
-        full = (last["s_per_step"] * RECIPE_STEPS + bound[0] + (RECIPE_TASKS - 1) * sum(later) / len(later)
-                + 55 * per_eval)
+        full = (
+            last["s_per_step"] * RECIPE_STEPS + bound[0] + (RECIPE_TASKS - 1) * sum(later) / len(later) + 55 * per_eval
+        )
         r["projected_full_run_s"] = {
-            "value": full, "extrapolated": cpu,
-            "note": (f"last task's s/step x {RECIPE_STEPS} steps + the first boundary + 9 x the later ones "
-                     f"(covariance pass at {RECIPE_TRAIN_PER_TASK} samples + eigendecompositions + after_task) "
-                     f"+ 55 task evaluations of 1000 images")}
+            "value": full,
+            "extrapolated": cpu,
+            "note": (
+                f"last task's s/step x {RECIPE_STEPS} steps + the first boundary + 9 x the later ones "
+                f"(covariance pass at {RECIPE_TRAIN_PER_TASK} samples + eigendecompositions + after_task) "
+                f"+ 55 task evaluations of 1000 images"
+            ),
+        }
         out["runs"][name] = r
         _print_run(name, r)
         save(out)  # partial results survive a time limit
@@ -206,15 +290,17 @@ def resnet_case(device: torch.device, steps: int, gpu_epochs: int, width: int, n
     if "finetune" in runs:
         plain = runs["finetune"]["tasks"][-1]["s_per_step"]
         out["step_ratio_vs_plain"] = {n: r["tasks"][-1]["s_per_step"] / plain for n, r in runs.items()}
-    out["boundary_epoch_ratio"] = {n: [t["boundary_epoch_ratio"] for t in r["tasks"]]
-                                   for n, r in runs.items() if r["method"] != "finetune"}
+    out["boundary_epoch_ratio"] = {
+        n: [t["boundary_epoch_ratio"] for t in r["tasks"]] for n, r in runs.items() if r["method"] != "finetune"
+    }
     out["targets"] = {"boundary_epoch_ratio": 1.0, "full_run_s_on_one_h100_h200": 600.0}
     return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nscl.bench e2e", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m nscl.bench e2e", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="results/bench/e2e.json")
     ap.add_argument("--device", default="auto", help="auto: the ResNet case on cuda when available")
     ap.add_argument("--cases", default="mlp,resnet18")
@@ -231,18 +317,28 @@ def main(argv=None) -> int:
         ap.error(f"unknown settings {bad}; valid: {', '.join(SETTINGS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if dev.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but CUDA is not available")
-    report = {"benchmark": "e2e", "env": env_info(dev, 0), "argv": argv, "cases": [],
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report = {
+        "benchmark": "e2e",
+        "env": env_info(dev, 0),
+        "argv": argv,
+        "cases": [],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     cases = args.cases.split(",")
     if "mlp" in cases:
         report["cases"].append(mlp_case(args.threads))
         c = report["cases"][-1]
-        print(f"[mlp on cpu] s/step projected {c['s_per_step_projected']:.4f}, unprojected "
-              f"{c['s_per_step_unprojected']:.4f} (x{c['projection_overhead']:.2f})")
+        print(
+            f"[mlp on cpu] s/step projected {c['s_per_step_projected']:.4f}, unprojected "
+            f"{c['s_per_step_unprojected']:.4f} (x{c['projection_overhead']:.2f})"
+        )
     if "resnet18" in cases:
         report["cases"].append({"case": "resnet18", "partial": True})
         idx = len(report["cases"]) - 1
@@ -261,10 +357,15 @@ def main(argv=None) -> int:
 
 
 def _print_run(name: str, r: dict) -> None:
-    per = "; ".join(f"t{t['task']}: {t['s_per_step']:.3f} s/step, boundary {t['boundary_s']:.1f} s = "
-                    f"{t['boundary_epoch_ratio']:.2f} epoch (cov {t['covariance_recipe_s']:.1f} + eigen {t['eigen_s']:.1f})"
-                    for t in r["tasks"])
+    per = "; ".join(
+        f"t{t['task']}: {t['s_per_step']:.3f} s/step, boundary {t['boundary_s']:.1f} s = "
+        f"{t['boundary_epoch_ratio']:.2f} epoch (cov {t['covariance_recipe_s']:.1f} + eigen {t['eigen_s']:.1f})"
+        for t in r["tasks"]
+    )
     p = r["projected_full_run_s"]
     dev = f", device {r['peak_device_mb']:.0f} MB" if r["peak_device_mb"] is not None else ""
-    print(f"  {name:<16} {per}; full run {'extrapolated' if p['extrapolated'] else 'projected'} {p['value']:.0f} s; "
-          f"checkpoint {r['checkpoint_bytes'] / 2**20:.1f} MB; peak host {r['peak_host_mb']:.0f} MB{dev}", flush=True)
+    print(
+        f"  {name:<16} {per}; full run {'extrapolated' if p['extrapolated'] else 'projected'} {p['value']:.0f} s; "
+        f"checkpoint {r['checkpoint_bytes'] / 2**20:.1f} MB; peak host {r['peak_host_mb']:.0f} MB{dev}",
+        flush=True,
+    )

@@ -12,6 +12,7 @@ For each model (MLP 784-256-256; PreAct-ResNet-18 width 64 convs, the stem skipp
 Both are equal at balanced factors (checked here on the first step). Reports the median and mean
 milliseconds per step and the ratio exact / surrogate, measured in one process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,13 +80,22 @@ def measure(name: str, net: torch.nn.Module, device: torch.device, repeat: int, 
     t_exact, c_exact = _time(exact, device, repeat)
     t_sur, c_sur = _time(surrogate, device, repeat)
     med_e, med_s = statistics.median(t_exact), statistics.median(t_sur)
-    return {"model": name, "device": str(device), "layers": len(dense),
-            "weights": int(sum(w.numel() for w in dense)),
-            "shapes": [list(w.reshape(w.shape[0], -1).shape) for w in dense],
-            "nuclear_exact": ex, "surrogate_at_init": su, "rel_gap_at_init": abs(ex - su) / ex,
-            "exact_ms": _stats(t_exact), "surrogate_ms": _stats(t_sur), "ratio_median": med_e / med_s,
-            "exact_cpu_ms": _stats(c_exact), "surrogate_cpu_ms": _stats(c_sur),
-            "ratio_cpu_median": statistics.median(c_exact) / max(statistics.median(c_sur), 1e-9)}
+    return {
+        "model": name,
+        "device": str(device),
+        "layers": len(dense),
+        "weights": int(sum(w.numel() for w in dense)),
+        "shapes": [list(w.reshape(w.shape[0], -1).shape) for w in dense],
+        "nuclear_exact": ex,
+        "surrogate_at_init": su,
+        "rel_gap_at_init": abs(ex - su) / ex,
+        "exact_ms": _stats(t_exact),
+        "surrogate_ms": _stats(t_sur),
+        "ratio_median": med_e / med_s,
+        "exact_cpu_ms": _stats(c_exact),
+        "surrogate_cpu_ms": _stats(c_sur),
+        "ratio_cpu_median": statistics.median(c_exact) / max(statistics.median(c_sur), 1e-9),
+    }
 
 
 def main(argv=None) -> int:
@@ -98,8 +108,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = {"all": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
-               "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
+    devices = {"all": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "cpu": ["cpu"], "cuda": ["cuda"]}[
+        args.device
+    ]
     rows = []
     for dev in devices:
         device = torch.device(dev)
@@ -107,12 +118,13 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             row = measure(name, net, device, args.repeat)
             rows.append(row)
-            print(f"{name:<24} {dev:<5} exact {row['exact_ms']['median']:9.2f} ms  surrogate "
-                  f"{row['surrogate_ms']['median']:7.3f} ms  ratio {row['ratio_median']:8.1f}x (cpu-time ratio "
-                  f"{row['ratio_cpu_median']:.1f}x)  "
-                  f"(gap at init {row['rel_gap_at_init']:.1e})")
-    out = {"benchmark": "nuclear", "repeat": args.repeat,
-           "env": env_info(devices[-1], 0), "results": rows}
+            print(
+                f"{name:<24} {dev:<5} exact {row['exact_ms']['median']:9.2f} ms  surrogate "
+                f"{row['surrogate_ms']['median']:7.3f} ms  ratio {row['ratio_median']:8.1f}x (cpu-time ratio "
+                f"{row['ratio_cpu_median']:.1f}x)  "
+                f"(gap at init {row['rel_gap_at_init']:.1e})"
+            )
+    out = {"benchmark": "nuclear", "repeat": args.repeat, "env": env_info(devices[-1], 0), "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(args.out), out)
     print(f"written: {args.out}")

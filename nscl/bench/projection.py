@@ -28,6 +28,7 @@ step cost only depends on the basis' shape). Measured (median over ``--steps`` a
 * FLOPs per step of the thin projection (``4 out d min(r, d-r)``) vs the dense product (``2 out d^2``),
   summed over layers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,8 +120,18 @@ def build_projectors(model, shape, batch, device, r_frac: float, max_eigh_d: int
         proj = Projector(NullSpace(eigvals, eigvecs, r), dtype=layer.weight.dtype, device=device)
         out[name] = proj
         out_features = layer.weight.shape[0]
-        info.append({"layer": name, "out": out_features, "d": d, "r": r, "kind": proj.kind, "basis": source,
-                     "thin_flops": 4 * out_features * d * min(r, d - r), "dense_flops": 2 * out_features * d * d})
+        info.append(
+            {
+                "layer": name,
+                "out": out_features,
+                "d": d,
+                "r": r,
+                "kind": proj.kind,
+                "basis": source,
+                "thin_flops": 4 * out_features * d * min(r, d - r),
+                "dense_flops": 2 * out_features * d * d,
+            }
+        )
     return out, info, eigh_s
 
 
@@ -181,8 +192,10 @@ def _interleaved(fns: dict, steps: int, warmup: int, device) -> dict:
             _sync(device)
             wall[k].append(1000 * (time.perf_counter() - t0))
             cpu[k].append(1000 * (time.process_time() - c0))
-    return {k: {"median_ms": statistics.median(wall[k]), "min_ms": min(wall[k]),
-                "cpu_median_ms": statistics.median(cpu[k])} for k in fns}
+    return {
+        k: {"median_ms": statistics.median(wall[k]), "min_ms": min(wall[k]), "cpu_median_ms": statistics.median(cpu[k])}
+        for k in fns
+    }
 
 
 def bench_model(name: str, device, steps: int, warmup: int, r_frac: float, max_eigh_d: int) -> dict:
@@ -217,11 +230,19 @@ def bench_model(name: str, device, steps: int, warmup: int, r_frac: float, max_e
 
     opts = {k: make(k) for k in ("adam", "nscl_noproj", "nscl", "nscl_unbatched", "nscl_batched", "dense", "official")}
     buckets, single = opts["nscl_batched"].plan()
-    res = {"model": name, "batch": batch, "input_shape": list(shape), "n_layers": len(layers),
-           "n_params": sum(p.numel() for p in params), "r_frac": r_frac,
-           "kinds": {k: sum(i["kind"] == k for i in layer_info) for k in ("null", "range")},
-           "bmm_groups": [len(b.layers) for b in buckets], "layers_one_by_one": len(single),
-           "eigh_s": eigh_s, "layers": layer_info}
+    res = {
+        "model": name,
+        "batch": batch,
+        "input_shape": list(shape),
+        "n_layers": len(layers),
+        "n_params": sum(p.numel() for p in params),
+        "r_frac": r_frac,
+        "kinds": {k: sum(i["kind"] == k for i in layer_info) for k in ("null", "range")},
+        "bmm_groups": [len(b.layers) for b in buckets],
+        "layers_one_by_one": len(single),
+        "eigh_s": eigh_s,
+        "layers": layer_info,
+    }
 
     # the optimizer step alone: gradients computed once, kept (the official step adds wd in place: none here)
     fwd_bwd(opts["adam"])
@@ -232,51 +253,79 @@ def bench_model(name: str, device, steps: int, warmup: int, r_frac: float, max_e
             for p, g in zip(params, grads):
                 p.grad = g
             opt.step()
+
         return fn
 
     alone = _interleaved({k: step_only(o) for k, o in opts.items()}, steps, warmup, device)
     for k, v in alone.items():
-        res[f"{k}_step_ms"], res[f"{k}_step_min_ms"], res[f"{k}_step_cpu_ms"] = v["median_ms"], v["min_ms"], v["cpu_median_ms"]
+        res[f"{k}_step_ms"], res[f"{k}_step_min_ms"], res[f"{k}_step_cpu_ms"] = (
+            v["median_ms"],
+            v["min_ms"],
+            v["cpu_median_ms"],
+        )
     assert opts["nscl"].stats["projected_steps"] == len(layers) * opts["nscl"].stats["steps"]
     other = "nscl_unbatched" if device.type == "cuda" else "nscl_batched"  # the non-default mode
-    train = _interleaved({k: (lambda o=opts[k]: (fwd_bwd(o), o.step())) for k in ("adam", "nscl", other, "official")},
-                         steps, warmup, device)
+    train = _interleaved(
+        {k: (lambda o=opts[k]: (fwd_bwd(o), o.step())) for k in ("adam", "nscl", other, "official")},
+        steps,
+        warmup,
+        device,
+    )
     for k, v in train.items():
         key = "train_step" if k == "adam" else f"train_step_{k}"
         res[f"{key}_ms"], res[f"{key}_min_ms"], res[f"{key}_cpu_ms"] = v["median_ms"], v["min_ms"], v["cpu_median_ms"]
     thin = sum(i["thin_flops"] for i in layer_info)
     dense = sum(i["dense_flops"] for i in layer_info)
-    res.update({
-        "thin_gflop_per_step": thin / 1e9, "dense_gflop_per_step": dense / 1e9, "thin_vs_dense_flops": thin / dense,
-        "nscl_vs_adam_step": res["nscl_step_ms"] / res["adam_step_ms"],
-        "official_vs_adam_step": res["official_step_ms"] / res["adam_step_ms"],
-        "overhead_vs_train_step": (res["nscl_step_ms"] - res["adam_step_ms"]) / res["train_step_ms"],
-        "dense_overhead_vs_train_step": (res["dense_step_ms"] - res["adam_step_ms"]) / res["train_step_ms"],
-        "train_step_ratio": res["train_step_nscl_ms"] / res["train_step_ms"],
-        f"train_step_ratio_{other[5:]}": res[f"train_step_{other}_ms"] / res["train_step_ms"],
-        "train_step_ratio_official": res["train_step_official_ms"] / res["train_step_ms"],
-        "official_vs_nscl_train_step": res["train_step_official_ms"] / res["train_step_nscl_ms"],
-        "train_step_ratio_cpu_time": res["train_step_nscl_cpu_ms"] / res["train_step_cpu_ms"],
-        "official_vs_nscl_train_step_cpu_time": res["train_step_official_cpu_ms"] / res["train_step_nscl_cpu_ms"],
-        "overhead_vs_train_step_min": (res["nscl_step_min_ms"] - res["adam_step_min_ms"]) / res["train_step_min_ms"],
-        "targets": {"train_step_ratio": 1.10, "official_vs_nscl_train_step": 1.5},
-    })
+    res.update(
+        {
+            "thin_gflop_per_step": thin / 1e9,
+            "dense_gflop_per_step": dense / 1e9,
+            "thin_vs_dense_flops": thin / dense,
+            "nscl_vs_adam_step": res["nscl_step_ms"] / res["adam_step_ms"],
+            "official_vs_adam_step": res["official_step_ms"] / res["adam_step_ms"],
+            "overhead_vs_train_step": (res["nscl_step_ms"] - res["adam_step_ms"]) / res["train_step_ms"],
+            "dense_overhead_vs_train_step": (res["dense_step_ms"] - res["adam_step_ms"]) / res["train_step_ms"],
+            "train_step_ratio": res["train_step_nscl_ms"] / res["train_step_ms"],
+            f"train_step_ratio_{other[5:]}": res[f"train_step_{other}_ms"] / res["train_step_ms"],
+            "train_step_ratio_official": res["train_step_official_ms"] / res["train_step_ms"],
+            "official_vs_nscl_train_step": res["train_step_official_ms"] / res["train_step_nscl_ms"],
+            "train_step_ratio_cpu_time": res["train_step_nscl_cpu_ms"] / res["train_step_cpu_ms"],
+            "official_vs_nscl_train_step_cpu_time": res["train_step_official_cpu_ms"] / res["train_step_nscl_cpu_ms"],
+            "overhead_vs_train_step_min": (res["nscl_step_min_ms"] - res["adam_step_min_ms"])
+            / res["train_step_min_ms"],
+            "targets": {"train_step_ratio": 1.10, "official_vs_nscl_train_step": 1.5},
+        }
+    )
     return res
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nscl.bench projection", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m nscl.bench projection",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="timed steps per measurement (default: 20 for the MLP; ResNet-18 5 on CPU, 50 on GPU)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per measurement (default: 20 for the MLP; ResNet-18 5 on CPU, 50 on GPU)",
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 10 on GPU)")
     ap.add_argument("--models", default="mlp,resnet18", help=f"comma list of {', '.join(MODELS)}")
-    ap.add_argument("--r-frac", default="0.1",
-                    help="comma list of null-space fractions r/d of even layers (odd layers: 1 - r_frac); "
-                         "the step cost depends on min(r, d - r) only")
-    ap.add_argument("--max-eigh-d", type=int, default=1200,
-                    help="on CPU, layers with larger d get a random orthonormal basis instead of covariance eigh")
+    ap.add_argument(
+        "--r-frac",
+        default="0.1",
+        help="comma list of null-space fractions r/d of even layers (odd layers: 1 - r_frac); "
+        "the step cost depends on min(r, d - r) only",
+    )
+    ap.add_argument(
+        "--max-eigh-d",
+        type=int,
+        default=1200,
+        help="on CPU, layers with larger d get a random orthonormal basis instead of covariance eigh",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default="results/bench/projection.json")
     args = ap.parse_args(argv)
@@ -294,19 +343,27 @@ def main(argv=None) -> int:
             r = bench_model(name, device, steps, warmup, frac, args.max_eigh_d)
             r.update(steps=steps, warmup=warmup)
             results.append(r)
-            print(f"{name:<9} {str(device):<6} r/d {frac:<5} step alone (ms): Adam {r['adam_step_ms']:.2f} | NullSpaceAdam "
-                  f"{r['nscl_step_ms']:.2f} (unbatched {r['nscl_unbatched_step_ms']:.2f}, bmm groups "
-                  f"{r['nscl_batched_step_ms']:.2f}, no projectors "
-                  f"{r['nscl_noproj_step_ms']:.2f}, dense dxd {r['dense_step_ms']:.2f}) | official {r['official_step_ms']:.2f}"
-                  f"\n{'':<16} train step (ms): Adam {r['train_step_ms']:.2f} | NullSpaceAdam {r['train_step_nscl_ms']:.2f} "
-                  f"(x{r['train_step_ratio']:.3f}; {'unbatched' if gpu else 'bmm groups'} "
-                  f"x{r['train_step_ratio_' + ('unbatched' if gpu else 'batched')]:.3f}; CPU-time "
-                  f"x{r['train_step_ratio_cpu_time']:.3f}) | official {r['train_step_official_ms']:.2f} "
-                  f"(x{r['train_step_ratio_official']:.3f}; {r['official_vs_nscl_train_step']:.2f}x NullSpaceAdam) "
-                  f"| bmm groups {r['bmm_groups']} | {r['thin_gflop_per_step']:.2f} vs {r['dense_gflop_per_step']:.2f} GFLOP", flush=True)
-    out = {"benchmark": "projection", "device": str(device), "results": results,
-           "env": env_info(device, 0), "argv": list(argv) if argv is not None else None,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            print(
+                f"{name:<9} {str(device):<6} r/d {frac:<5} step alone (ms): Adam {r['adam_step_ms']:.2f} | NullSpaceAdam "
+                f"{r['nscl_step_ms']:.2f} (unbatched {r['nscl_unbatched_step_ms']:.2f}, bmm groups "
+                f"{r['nscl_batched_step_ms']:.2f}, no projectors "
+                f"{r['nscl_noproj_step_ms']:.2f}, dense dxd {r['dense_step_ms']:.2f}) | official {r['official_step_ms']:.2f}"
+                f"\n{'':<16} train step (ms): Adam {r['train_step_ms']:.2f} | NullSpaceAdam {r['train_step_nscl_ms']:.2f} "
+                f"(x{r['train_step_ratio']:.3f}; {'unbatched' if gpu else 'bmm groups'} "
+                f"x{r['train_step_ratio_' + ('unbatched' if gpu else 'batched')]:.3f}; CPU-time "
+                f"x{r['train_step_ratio_cpu_time']:.3f}) | official {r['train_step_official_ms']:.2f} "
+                f"(x{r['train_step_ratio_official']:.3f}; {r['official_vs_nscl_train_step']:.2f}x NullSpaceAdam) "
+                f"| bmm groups {r['bmm_groups']} | {r['thin_gflop_per_step']:.2f} vs {r['dense_gflop_per_step']:.2f} GFLOP",
+                flush=True,
+            )
+    out = {
+        "benchmark": "projection",
+        "device": str(device),
+        "results": results,
+        "env": env_info(device, 0),
+        "argv": list(argv) if argv is not None else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, out)
     print(f"written: {args.out}")

@@ -28,6 +28,7 @@ Cheaper per-sample estimates (both unbiased for ``C``; the exact pass is the def
   ``n_task / n_subset`` when the pass runs on a random subset of a task (``cov_samples``), so
   tasks keep the weight of their full size.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -48,8 +49,13 @@ def input_dim(module: nn.Module) -> int:
     return d + (module.bias is not None)
 
 
-def layer_input_rows(module: nn.Module, x: torch.Tensor, mode: str = "per_sample", patches: int | None = None,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def layer_input_rows(
+    module: nn.Module,
+    x: torch.Tensor,
+    mode: str = "per_sample",
+    patches: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Rows ``x_i`` (n, d) whose outer products make up this batch's contribution to the covariance.
 
     ``patches`` (per_sample convs only): keep that many random patch positions of each sample.
@@ -64,11 +70,16 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor, mode: str = "per_sample
         padding = module.padding
         if isinstance(padding, str):
             raise NotImplementedError("string padding ('same'/'valid') is not supported; use ints")
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding,
-                        stride=module.stride)  # (B, d, L)
+        cols = F.unfold(
+            x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
+        )  # (B, d, L)
         if patches is not None and mode == "per_sample" and patches < cols.shape[2]:
-            keys = torch.rand(cols.shape[0], cols.shape[2], generator=generator,
-                              device=generator.device if generator is not None else "cpu")
+            keys = torch.rand(
+                cols.shape[0],
+                cols.shape[2],
+                generator=generator,
+                device=generator.device if generator is not None else "cpu",
+            )
             keep = keys.argsort(1)[:, :patches].to(cols.device)  # uniform k-subset per sample
             cols = cols.gather(2, keep[:, None, :].expand(-1, cols.shape[1], -1))
         rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
@@ -96,8 +107,9 @@ class Covariance:
 
     def _hook(self, name: str):
         def hook(module, inputs):
-            rows = layer_input_rows(module, inputs[0].detach(), self.mode, self.patches,
-                                    self._generator).to(torch.float64)
+            rows = layer_input_rows(module, inputs[0].detach(), self.mode, self.patches, self._generator).to(
+                torch.float64
+            )
             gram = rows.T @ rows
             if self._weight != 1.0:
                 gram *= self._weight
@@ -106,11 +118,17 @@ class Covariance:
             else:
                 self.sums[name] = gram
             self.counts[name] += rows.shape[0] if self._weight == 1.0 else self._weight * rows.shape[0]
+
         return hook
 
     @torch.no_grad()
-    def update(self, forward: Callable[[torch.Tensor], object], batches: Iterable[torch.Tensor],
-               weight: float = 1.0, generator: torch.Generator | None = None) -> None:
+    def update(
+        self,
+        forward: Callable[[torch.Tensor], object],
+        batches: Iterable[torch.Tensor],
+        weight: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
         """Run ``forward(x)`` on every batch with hooks on all layers, adding their inputs' Gram matrices.
 
         ``weight`` multiplies this pass's Gram matrices and row counts; ``generator`` draws the patch
@@ -134,8 +152,12 @@ class Covariance:
         return self.sums[name] / self.counts[name]
 
     def state_dict(self) -> dict:
-        return {"mode": self.mode, "patches": self.patches, "sums": {k: v.cpu() for k, v in self.sums.items()},
-                "counts": dict(self.counts)}
+        return {
+            "mode": self.mode,
+            "patches": self.patches,
+            "sums": {k: v.cpu() for k, v in self.sums.items()},
+            "counts": dict(self.counts),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.mode = state["mode"]

@@ -28,6 +28,7 @@ Because the two factors have no non-linearity between them, the trainer's covari
 ``B``'s input (the layer input ``x``) and ``A``'s input (the masked bottleneck features ``B^T x``) as
 ordinary layer inputs: both appear under the usual ``null_space`` keys (``<layer>.B``, ``<layer>.A``).
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,15 @@ class Factorized(nn.Module):
         elif isinstance(layer, nn.Conv2d):
             if layer.groups != 1:
                 raise NotImplementedError("grouped convolutions are not factorised")
-            B = nn.Conv2d(layer.in_channels, K, layer.kernel_size, stride=layer.stride,
-                          padding=layer.padding, dilation=layer.dilation, bias=False)
+            B = nn.Conv2d(
+                layer.in_channels,
+                K,
+                layer.kernel_size,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                bias=False,
+            )
             A = nn.Conv2d(K, out, 1, bias=layer.bias is not None)
         else:
             raise TypeError(f"cannot factorise {type(layer).__name__}")
@@ -168,9 +176,13 @@ def factorize(model: nn.Module, K: int | None = None, min_d: int = 32, skip=()) 
     qualified name is in ``skip`` stay dense. Returns the new layers by qualified name."""
     root = getattr(model, "backbone", model)
     prefix = "backbone." if root is not model else ""
-    targets = [(n, m) for n, m in root.named_modules()
-               if isinstance(m, (nn.Linear, nn.Conv2d)) and input_dim(m) - (m.bias is not None) >= min_d
-               and prefix + n not in skip]
+    targets = [
+        (n, m)
+        for n, m in root.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+        and input_dim(m) - (m.bias is not None) >= min_d
+        and prefix + n not in skip
+    ]
     out = {}
     for name, layer in targets:
         parent = root.get_submodule(name.rsplit(".", 1)[0]) if "." in name else root
@@ -181,14 +193,15 @@ def factorize(model: nn.Module, K: int | None = None, min_d: int = 32, skip=()) 
 
 
 def factorized_layers(model: nn.Module) -> dict[str, Factorized]:
-    return {f"backbone.{n}": m for n, m in getattr(model, "backbone", model).named_modules()
-            if isinstance(m, Factorized)}
+    return {
+        f"backbone.{n}": m for n, m in getattr(model, "backbone", model).named_modules() if isinstance(m, Factorized)
+    }
 
 
 def surrogate(layers, lam: float = 1.0) -> torch.Tensor:
     """``lam/2 * sum (||A||_F^2 + ||B||_F^2)`` over the active components of ``layers``."""
     total = 0.0
-    for f in (layers.values() if isinstance(layers, dict) else layers):
+    for f in layers.values() if isinstance(layers, dict) else layers:
         m = f.mask
         a = (f.A.weight.reshape(-1, f.K) ** 2).sum(0)
         b = (f.B.weight.reshape(f.K, -1) ** 2).sum(1)
@@ -208,11 +221,13 @@ def layer_stats(f: Factorized, rank_tol: float) -> dict:
     W = f.weight().double()
     S = torch.linalg.svdvals(W)
     smax = S[0].item() if S.numel() else 0.0
-    return {"active_rank": f.active,
-            "effective_rank": int((S > rank_tol * smax).sum().item()) if smax > 0 else 0,
-            "nuclear_norm": S.sum().item(),
-            "surrogate": surrogate([f]).item(),
-            "singular_values": S.tolist()}
+    return {
+        "active_rank": f.active,
+        "effective_rank": int((S > rank_tol * smax).sum().item()) if smax > 0 else 0,
+        "nuclear_norm": S.sum().item(),
+        "surrogate": surrogate([f]).item(),
+        "singular_values": S.tolist(),
+    }
 
 
 # ---- analysis tables (notebook 03, reports) ------------------------------------------------------

@@ -8,6 +8,7 @@ j after training task i; ``None`` above the diagonal).
 
 All in percent (points), like the papers. With one task, BWT and forgetting are ``None``.
 """
+
 from __future__ import annotations
 
 
@@ -45,7 +46,7 @@ def at_chance(acc: list[list], n_classes: list[int], margin: float = CHANCE_MARG
     rows = _rows(acc)
     if not rows:
         return []
-    last = rows[-1][:len(rows)]
+    last = rows[-1][: len(rows)]
     if len(n_classes) < len(last):
         raise ValueError(f"n_classes has {len(n_classes)} entries, the accuracy matrix {len(last)} tasks")
     return [j + 1 for j, a in enumerate(last) if a is not None and a <= 100.0 / n_classes[j] + margin]

@@ -4,6 +4,7 @@ Every model is a :class:`MultiHead`: one shared ``backbone`` and one linear head
 (task-incremental protocol, as Adam-NSCL). Backbone Linear/Conv layers are bias-free by
 default, so a null space of the layer input covariance is an exact null space of the layer.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,9 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """[conv3x3 -> BN -> ReLU -> maxpool2] per entry of ``channels``, then an MLP on the flattened map."""
 
-    def __init__(self, in_shape: tuple, channels: list[int], hidden: list[int], bias: bool = False,
-                 batchnorm: bool = True):
+    def __init__(
+        self, in_shape: tuple, channels: list[int], hidden: list[int], bias: bool = False, batchnorm: bool = True
+    ):
         super().__init__()
         c, h, w = in_shape
         convs, norms = [], []
@@ -146,9 +148,18 @@ class PreActResNet18(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-def build_model(name: str, input_shape: tuple, n_classes: list[int], *, hidden=(256, 256),
-                bias: bool = False, cnn_channels=(32, 64), batchnorm: bool = True, width: int = 64,
-                resnet_block: str = "preact") -> MultiHead:
+def build_model(
+    name: str,
+    input_shape: tuple,
+    n_classes: list[int],
+    *,
+    hidden=(256, 256),
+    bias: bool = False,
+    cnn_channels=(32, 64),
+    batchnorm: bool = True,
+    width: int = 64,
+    resnet_block: str = "preact",
+) -> MultiHead:
     """A multi-head model: backbone ``name`` (mlp / cnn / resnet18) and one head per task.
 
     Seed the RNG before calling for a deterministic init.
@@ -166,10 +177,10 @@ def build_model(name: str, input_shape: tuple, n_classes: list[int], *, hidden=(
 
 def projected_layers(model: MultiHead) -> dict[str, nn.Module]:
     """Backbone ``nn.Linear`` / ``nn.Conv2d`` layers, by qualified name (heads are never projected)."""
-    return {f"backbone.{n}": m for n, m in model.backbone.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d))}
+    return {f"backbone.{n}": m for n, m in model.backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
 
 
 def batchnorm_layers(model: MultiHead) -> dict[str, nn.Module]:
-    return {f"backbone.{n}": m for n, m in model.backbone.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return {
+        f"backbone.{n}": m for n, m in model.backbone.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    }

@@ -51,6 +51,7 @@ of the old range whose relative energy dropped below the threshold stays protect
 where the previous null space is a small part of d: layers whose previous ``r`` exceeds
 :data:`NESTED_MAX_FRACTION` of d get the full decomposition.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,7 @@ class NullSpace:
 
     @property
     def range_basis(self) -> torch.Tensor:
-        return self.eigvecs[:, self.r:]
+        return self.eigvecs[:, self.r :]
 
 
 def kept_energy(eigvals: torch.Tensor, r: int) -> float:
@@ -127,9 +128,16 @@ def energy_at(t: int, energy: float, step: float = 0.0, cap: float = 1.0) -> flo
     return min(energy + t * step, max(cap, energy))
 
 
-def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor: str = "rank",
-             energy: float = 0.99, rel_tol: float = 1e-3, leak: float = 0.02,
-             val_energy: torch.Tensor | None = None) -> int:
+def null_dim(
+    eigvals: torch.Tensor,
+    rule: str = "a_min",
+    a: float = 10.0,
+    floor: str = "rank",
+    energy: float = 0.99,
+    rel_tol: float = 1e-3,
+    leak: float = 0.02,
+    val_energy: torch.Tensor | None = None,
+) -> int:
     """Number of eigenvalues (ascending ``eigvals``) that the rule puts in the null space.
 
     ``val_energy`` (``leak`` rule): ``u_i^T C_val u_i`` for each eigenvector, in the same order; its
@@ -168,8 +176,15 @@ def null_dim(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor:
     raise ValueError(f"unknown null-space rule {rule!r}")
 
 
-def null_threshold(eigvals: torch.Tensor, rule: str = "a_min", a: float = 10.0, floor: str = "rank",
-                   energy: float = 0.99, rel_tol: float = 1e-3, leak: float = 0.02) -> float:
+def null_threshold(
+    eigvals: torch.Tensor,
+    rule: str = "a_min",
+    a: float = 10.0,
+    floor: str = "rank",
+    energy: float = 0.99,
+    rel_tol: float = 1e-3,
+    leak: float = 0.02,
+) -> float:
     """The eigenvalue bound of :func:`null_dim`: null directions are those with energy <= this value
     (for ``energy`` and ``leak``, midway between the last null and the first protected eigenvalue of
     the training spectrum)."""
@@ -263,10 +278,9 @@ class Projector:
     the range basis ``U1``; both cost ``4 out d min(r, d-r)`` flops, never a dense ``d x d`` product.
     """
 
-    def __init__(self, ns: NullSpace, dtype: torch.dtype = torch.float32, device=None,
-                 scale_sqrt_r: bool = False):
+    def __init__(self, ns: NullSpace, dtype: torch.dtype = torch.float32, device=None, scale_sqrt_r: bool = False):
         self.d, self.r = ns.d, ns.r
-        self.scale = 1.0 / (ns.r ** 0.5) if (scale_sqrt_r and ns.r > 0) else 1.0
+        self.scale = 1.0 / (ns.r**0.5) if (scale_sqrt_r and ns.r > 0) else 1.0
         if ns.r <= ns.d - ns.r:
             self.kind, basis = "null", ns.null_basis
         else:
@@ -304,8 +318,15 @@ class NullSpaceTracker:
     ``spectra["<layer>/task<t>"]`` = ascending eigenvalues after task t.
     """
 
-    def __init__(self, layers: dict, covariance: str = "per_sample", rule: dict | None = None,
-                 scale_sqrt_r: bool = False, patches: int | None = None, eigen_update: str = "full"):
+    def __init__(
+        self,
+        layers: dict,
+        covariance: str = "per_sample",
+        rule: dict | None = None,
+        scale_sqrt_r: bool = False,
+        patches: int | None = None,
+        eigen_update: str = "full",
+    ):
         """``rule``: keyword arguments of :func:`null_dim` (rule, a, floor, energy, rel_tol, leak) plus
         ``energy_step`` / ``energy_max`` (:func:`energy_at`); ``covariance``: ``per_sample`` or
         ``batch_mean`` (:class:`nscl.core.covariance.Covariance`, ``patches`` per sample of a conv);
@@ -319,9 +340,10 @@ class NullSpaceTracker:
         self.val_cov = Covariance(layers, covariance, patches)
         self.eigen_update = eigen_update
         self.spaces: dict[str, NullSpace] = {}
-        self.history = {n: {"d": input_dim(m), "dims": [], "kept_energy": [], "val_kept_energy": [],
-                            "rank": [], "lambda_max": []}
-                        for n, m in layers.items()}
+        self.history = {
+            n: {"d": input_dim(m), "dims": [], "kept_energy": [], "val_kept_energy": [], "rank": [], "lambda_max": []}
+            for n, m in layers.items()
+        }
         self.task = -1  # the last task whose inputs are in the covariances
         self.spectra: dict[str, "numpy.ndarray"] = {}  # noqa: F821 (numpy arrays, see recompute)
         self.rules = {n: {} for n in layers}  # per-layer overrides of the selection rule
@@ -367,7 +389,9 @@ class NullSpaceTracker:
         names = list(self.layers)
         nested = set()
         if self.eigen_update == "nested" and t is not None and t > 0:  # where it is the cheaper one
-            nested = {n for n in names if n in self.spaces and self.spaces[n].r <= NESTED_MAX_FRACTION * self.spaces[n].d}
+            nested = {
+                n for n in names if n in self.spaces and self.spaces[n].r <= NESTED_MAX_FRACTION * self.spaces[n].d
+            }
         full = [n for n in names if n not in nested]
         if any(self.rule(n).get("rule") == "leak" for n in full):
             done = {n: self.null_space(n) for n in full}  # measured against the held-out covariance
@@ -403,8 +427,9 @@ class NullSpaceTracker:
     def covariance_count(self, name: str, held_out: bool = False) -> int:
         return (self.val_cov if held_out else self.cov).counts[name]
 
-    def set_covariance(self, name: str, total: torch.Tensor, count: int | None = None,
-                       recompute: bool = True, held_out: bool = False) -> None:
+    def set_covariance(
+        self, name: str, total: torch.Tensor, count: int | None = None, recompute: bool = True, held_out: bool = False
+    ) -> None:
         """Replace a layer's accumulated sum (and row count) of the training covariance, or of the
         held-out one with ``held_out``; recompute its null space unless told not to. Not recorded in
         ``history``: the next task boundary records it."""
@@ -417,16 +442,26 @@ class NullSpaceTracker:
 
     def projector(self, name: str, dtype=None, device=None) -> Projector:
         layer = self.layers[name]
-        return Projector(self.spaces[name], dtype=dtype or layer.weight.dtype,
-                         device=device or layer.weight.device, scale_sqrt_r=self.scale_sqrt_r)
+        return Projector(
+            self.spaces[name],
+            dtype=dtype or layer.weight.dtype,
+            device=device or layer.weight.device,
+            scale_sqrt_r=self.scale_sqrt_r,
+        )
 
     def state_dict(self) -> dict:
         """Tensors and plain containers only (checkpoints are loaded with ``weights_only=True``)."""
-        return {"cov": self.cov.state_dict(), "val_cov": self.val_cov.state_dict(), "history": self.history,
-                "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()}, "rules": self.rules,
-                "task": self.task, "spaces": {n: (ns.eigvals.cpu(), ns.eigvecs.cpu(), ns.r, ns.kept)
-                                              for n, ns in self.spaces.items()}
-                if self.eigen_update == "nested" else None}  # nested spaces are path-dependent: keep them
+        return {
+            "cov": self.cov.state_dict(),
+            "val_cov": self.val_cov.state_dict(),
+            "history": self.history,
+            "spectra": {k: torch.from_numpy(v) for k, v in self.spectra.items()},
+            "rules": self.rules,
+            "task": self.task,
+            "spaces": {n: (ns.eigvals.cpu(), ns.eigvecs.cpu(), ns.r, ns.kept) for n, ns in self.spaces.items()}
+            if self.eigen_update == "nested"
+            else None,
+        }  # nested spaces are path-dependent: keep them
 
     def load_state_dict(self, state: dict) -> None:
         self.cov.load_state_dict(state["cov"])
@@ -437,7 +472,9 @@ class NullSpaceTracker:
         self.spectra = {k: v.numpy() for k, v in state["spectra"].items()}
         if state.get("spaces") is not None:
             device = next(iter(self.layers.values())).weight.device if self.layers else "cpu"
-            self.spaces = {n: NullSpace(ev.to(device), vec.to(device), r, kept)
-                           for n, (ev, vec, r, kept) in state["spaces"].items()}
+            self.spaces = {
+                n: NullSpace(ev.to(device), vec.to(device), r, kept)
+                for n, (ev, vec, r, kept) in state["spaces"].items()
+            }
         elif self.cov.sums:
             self.recompute(None)

@@ -29,6 +29,7 @@ counts and bias corrections are Python numbers), so nothing in it waits for the 
 happened (the PyTorch-2 ``zero_grad`` pitfall that silently turns the official method off cannot go
 unnoticed).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,11 @@ class _Bucket:
         self.basis = basis
         self.basis_t = basis.transpose(1, 2).contiguous()
         scales = [p.scale for p in projs]
-        self.scale = None if all(s == 1.0 for s in scales) else torch.tensor(
-            scales, dtype=b0.dtype, device=b0.device).view(-1, 1, 1)
+        self.scale = (
+            None
+            if all(s == 1.0 for s in scales)
+            else torch.tensor(scales, dtype=b0.dtype, device=b0.device).view(-1, 1, 1)
+        )
         self.padded_flops = 4 * len(projs) * layers[0][0].shape[0] * b0.shape[0] * k
         self.flops = sum(4 * w.shape[0] * p.d * p.basis.shape[1] for w, _, p in layers)
 
@@ -104,9 +108,17 @@ def _buckets(layers: list, max_padding: float = 1.25) -> tuple[list, list]:
 
 
 class NullSpaceAdam(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, project: str = "update", eps_placement: str = "torch",
-                 batched: bool | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        project: str = "update",
+        eps_placement: str = "torch",
+        batched: bool | None = None,
+    ):
         if project not in ("update", "grad"):
             raise ValueError(f"project must be 'update' or 'grad', got {project!r}")
         if eps_placement not in EPS_PLACEMENTS:
@@ -135,8 +147,10 @@ class NullSpaceAdam(torch.optim.Optimizer):
             bias_free = [e for e in self.layers if e[1] is None]
             batched = self.batched
             if batched is None:  # default: bmm groups on a GPU only
-                bias_free, cpu = ([e for e in bias_free if e[0].device.type == "cuda"],
-                                  [e for e in bias_free if e[0].device.type != "cuda"])
+                bias_free, cpu = (
+                    [e for e in bias_free if e[0].device.type == "cuda"],
+                    [e for e in bias_free if e[0].device.type != "cuda"],
+                )
                 batched = True
             else:
                 cpu = []
@@ -219,12 +233,11 @@ class NullSpaceAdam(torch.optim.Optimizer):
             torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - beta2)
             # all params of a group share the step count (fresh optimizer per task)
             step = self.state[params[0]]["step"]
-            bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+            bc1, bc2 = 1 - beta1**step, 1 - beta2**step
             denom = torch._foreach_sqrt(exp_avg_sq)
             torch._foreach_div_(denom, math.sqrt(bc2))
             # torch: m_hat / (sqrt(v_hat) + eps); official: sqrt(bc2)/bc1 * m / (sqrt(v) + eps)
-            torch._foreach_add_(denom, group["eps"] if self.eps_placement == "torch"
-                                else group["eps"] / math.sqrt(bc2))
+            torch._foreach_add_(denom, group["eps"] if self.eps_placement == "torch" else group["eps"] / math.sqrt(bc2))
             if self.project == "update" and any(id(p) in self._projected for p in params):
                 updates = torch._foreach_div(exp_avg, denom)
                 torch._foreach_mul_(updates, group["lr"] / bc1)

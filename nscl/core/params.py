@@ -6,6 +6,7 @@ declarations into the one schema and validates runs against it. A declaration sa
 make sense (``choices``, or a ``range`` such as ``"[1, inf)"``), so a bad value is refused before
 any training, next to where the parameter is defined, instead of failing deep inside a run.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,9 @@ class Param:
         """``(low, high, low included, high included)`` of :attr:`range` (infinite when open-ended)."""
         m = _RANGE.fullmatch(self.range or "")
         if m is None:
-            raise ValueError(f"parameter {self.name!r}: range must look like '[1, inf)' or '(0, 1]', "
-                             f"got {self.range!r}")
+            raise ValueError(
+                f"parameter {self.name!r}: range must look like '[1, inf)' or '(0, 1]', got {self.range!r}"
+            )
         return float(m[2]), float(m[3]), m[1] == "[", m[4] == "]"
 
     def describe_range(self) -> str:
@@ -82,6 +84,9 @@ class Param:
         for v in values:
             ok = (lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)
             if not ok:
-                return (f"must hold values {self.describe_range()}" if isinstance(value, (list, tuple))
-                        else f"must be {self.describe_range()}")
+                return (
+                    f"must hold values {self.describe_range()}"
+                    if isinstance(value, (list, tuple))
+                    else f"must be {self.describe_range()}"
+                )
         return None

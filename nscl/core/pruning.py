@@ -64,6 +64,7 @@ unit's output does not depend on the scale of its incoming weights, so the penal
 the BN scale ``gamma`` of free units (network-slimming style): that is the weight that can silence
 a BN'd channel.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,7 @@ import torch.nn.functional as F
 from .models import MLP, MultiHead, PreActResNet18, SmallCNN
 
 #: ``owner`` of a unit no task has kept.
-FREE = 10 ** 9
+FREE = 10**9
 
 
 @dataclass
@@ -142,8 +143,10 @@ def unit_graph(model: MultiHead) -> UnitGraph:
         last, repeat = _mlp(bb.mlp, "backbone.mlp", groups, wires, prev, flat // bb.convs[-1].out_channels)
     elif isinstance(bb, PreActResNet18):
         stages = [bb.layer1, bb.layer2, bb.layer3, bb.layer4]
-        streams = [UnitGroup(f"backbone.stream{s + 1}", stage[0].conv2.out_channels, [], [], [])
-                   for s, stage in enumerate(stages)]
+        streams = [
+            UnitGroup(f"backbone.stream{s + 1}", stage[0].conv2.out_channels, [], [], [])
+            for s, stage in enumerate(stages)
+        ]
         streams[0].mask_at.append(bb.conv1)
         wires.append(Wire("backbone.conv1", bb.conv1, streams[0].name, None, 1))
         inners = []
@@ -153,8 +156,9 @@ def unit_graph(model: MultiHead) -> UnitGraph:
                 src.mask_at.append(block.bn1)
                 src.act_at.append(block.bn1)
                 src.norms.append(block.bn1)
-                inner = UnitGroup(f"backbone.layer{s + 1}.{b}.inner", block.conv1.out_channels,
-                                  [block.bn2], [block.bn2], [block.bn2])
+                inner = UnitGroup(
+                    f"backbone.layer{s + 1}.{b}.inner", block.conv1.out_channels, [block.bn2], [block.bn2], [block.bn2]
+                )
                 inners.append((s, inner))
                 pre = f"backbone.layer{s + 1}.{b}"
                 wires.append(Wire(f"{pre}.conv1", block.conv1, inner.name, src.name, 9))
@@ -222,6 +226,7 @@ class UnitMasks:
         def hook(module, inputs, out):
             a = self.alive[name]
             return out * a.view(1, -1, *([1] * (out.dim() - 2)))
+
         return hook
 
     def _act_hook(self, name):
@@ -235,6 +240,7 @@ class UnitMasks:
                 rec["n"] += a.numel() // a.shape[1]
             elif self.keep_acts and torch.is_grad_enabled():
                 self._acts.append((name, F.relu(out)))
+
         return hook
 
     def clear_activations(self) -> None:
@@ -250,17 +256,24 @@ class UnitMasks:
     @torch.no_grad()
     def activity(self, forward: Callable, batches) -> dict[str, dict[str, torch.Tensor]]:
         """``{group: {"magnitude": mean ReLU output, "fraction_active": P(output > 0)}}`` per unit."""
-        self._record = {n: {"sum": torch.zeros(g.size, dtype=torch.float64, device=self.device),
-                            "pos": torch.zeros(g.size, dtype=torch.float64, device=self.device), "n": 0}
-                        for n, g in self.graph.groups.items()}
+        self._record = {
+            n: {
+                "sum": torch.zeros(g.size, dtype=torch.float64, device=self.device),
+                "pos": torch.zeros(g.size, dtype=torch.float64, device=self.device),
+                "n": 0,
+            }
+            for n, g in self.graph.groups.items()
+        }
         try:
             for x in batches:
                 forward(x)
             rec = self._record
         finally:
             self._record = None
-        return {n: {"magnitude": (r["sum"] / max(r["n"], 1)).cpu(),
-                    "fraction_active": (r["pos"] / max(r["n"], 1)).cpu()} for n, r in rec.items()}
+        return {
+            n: {"magnitude": (r["sum"] / max(r["n"], 1)).cpu(), "fraction_active": (r["pos"] / max(r["n"], 1)).cpu()}
+            for n, r in rec.items()
+        }
 
     # ---- state -----------------------------------------------------------------------------
     def candidates(self) -> dict[str, torch.Tensor]:
@@ -385,17 +398,22 @@ class UnitMasks:
         """Cache the free rows / units for :meth:`l1_penalty` (call when a task starts)."""
         self._free_rows = {}
         for w in self.graph.wires:
-            rows = (self.owner[w.out_group] == FREE)
+            rows = self.owner[w.out_group] == FREE
             if rows.any():
                 self._free_rows[w.name] = rows.nonzero().squeeze(1).to(w.module.weight.device)
         self._free_units = {n: (o == FREE).to(self.device) for n, o in self.owner.items()}
-        self._free_bn = [(bn, self._free_units[n].nonzero().squeeze(1)) for n, bn in self.norms()
-                         if bn.affine and self._free_units[n].any()]
+        self._free_bn = [
+            (bn, self._free_units[n].nonzero().squeeze(1))
+            for n, bn in self.norms()
+            if bn.affine and self._free_units[n].any()
+        ]
 
     # ---- checkpoint ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"owner": {n: o.clone() for n, o in self.owner.items()},
-                "alive": {n: a.cpu().clone() for n, a in self.alive.items()}}
+        return {
+            "owner": {n: o.clone() for n, o in self.owner.items()},
+            "alive": {n: a.cpu().clone() for n, a in self.alive.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for n in self.owner:
@@ -403,8 +421,14 @@ class UnitMasks:
             self.alive[n].copy_(state["alive"][n].to(self.device))
 
 
-def search_threshold(evaluate: Callable[[float], float], base_acc: float, margin: float,
-                     theta_min: float = 1e-4, theta_max: float = 1.0, steps: int = 8) -> dict:
+def search_threshold(
+    evaluate: Callable[[float], float],
+    base_acc: float,
+    margin: float,
+    theta_min: float = 1e-4,
+    theta_max: float = 1.0,
+    steps: int = 8,
+) -> dict:
     """Largest theta (log-scale bisection on [theta_min, theta_max]) whose accuracy
     ``evaluate(theta)`` is at least ``base_acc - margin``.
 
@@ -439,9 +463,15 @@ def search_threshold(evaluate: Callable[[float], float], base_acc: float, margin
     return {"threshold": math.exp(lo), "acc": acc, "evaluations": trace}
 
 
-def search_thresholds_per_group(evaluate: Callable[[dict], float], groups: list[str], base_acc: float,
-                                margin: float, theta_min: float = 1e-4, theta_max: float = 1.0,
-                                steps: int = 8) -> dict:
+def search_thresholds_per_group(
+    evaluate: Callable[[dict], float],
+    groups: list[str],
+    base_acc: float,
+    margin: float,
+    theta_min: float = 1e-4,
+    theta_max: float = 1.0,
+    steps: int = 8,
+) -> dict:
     """One threshold per group, greedily in the order of ``groups`` (graceful forgetting per layer).
 
     ``evaluate({group: theta or None})`` is the val accuracy with those thresholds applied (a
@@ -456,19 +486,18 @@ def search_thresholds_per_group(evaluate: Callable[[dict], float], groups: list[
     acc, layers, trace = base_acc, {}, []
     for k, g in enumerate(groups):
         budget = margin * (k + 1) / len(groups)
-        res = search_threshold(lambda th: evaluate({**thetas, g: th}), base_acc, budget, theta_min,
-                               theta_max, steps)
+        res = search_threshold(lambda th: evaluate({**thetas, g: th}), base_acc, budget, theta_min, theta_max, steps)
         thetas[g] = res["threshold"]
         if res["threshold"] is not None:
             acc = res["acc"]
-        layers[g] = {"threshold": res["threshold"], "budget": budget, "acc": acc,
-                     "evaluations": res["evaluations"]}
+        layers[g] = {"threshold": res["threshold"], "budget": budget, "acc": acc, "evaluations": res["evaluations"]}
         trace.extend([g, *e] for e in res["evaluations"])
     return {"thresholds": thetas, "acc": acc, "layers": layers, "evaluations": trace}
 
 
-def prune_set(scores: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor],
-              theta: float | None | dict) -> dict[str, torch.Tensor]:
+def prune_set(
+    scores: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor], theta: float | None | dict
+) -> dict[str, torch.Tensor]:
     """Candidates whose relative activity is below ``theta`` (``0``: exactly inactive; ``None``: none);
     ``theta`` may be one value for every group or ``{group: value}`` (groups not named: none)."""
     out = {}

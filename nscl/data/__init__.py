@@ -17,6 +17,7 @@ line naming the file and the fix.
 
 Importing this package does not import torch: the stream classes are loaded on first use.
 """
+
 from __future__ import annotations
 
 from ..core.params import Param
@@ -54,17 +55,32 @@ __all__ = [
 #: The run parameters this package reads (collected into the run schema by the config layer).
 PARAMS: tuple[Param, ...] = (
     Param("benchmark", "split_fmnist", "str", "task stream, see nscl.data.BENCHMARKS"),
-    Param("data_root", None, "str", "directory with the dataset files; if set (or NSCL_DATA_ROOT), "
-                                    "only it is searched, else the system paths"),
+    Param(
+        "data_root",
+        None,
+        "str",
+        "directory with the dataset files; if set (or NSCL_DATA_ROOT), only it is searched, else the system paths",
+    ),
     Param("download", False, "bool", "allow torchvision to download a missing dataset (needs internet)"),
-    Param("n_tasks", None, "int", "override the benchmark's number of tasks (split: at most its classes)",
-          range="[1, inf)"),
-    Param("samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)",
-          range="[1, inf)"),
+    Param(
+        "n_tasks",
+        None,
+        "int",
+        "override the benchmark's number of tasks (split: at most its classes)",
+        range="[1, inf)",
+    ),
+    Param(
+        "samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)", range="[1, inf)"
+    ),
     Param("test_samples_per_task", None, "int", "keep this many test samples per task", range="[1, inf)"),
     Param("val_fraction", 0.1, "float", "held-out fraction of each task's training data", range="[0, 1)"),
-    Param("class_order", "fixed", "str", "split class order: label order (paper) or seeded shuffle",
-          choices=("fixed", "random")),
+    Param(
+        "class_order",
+        "fixed",
+        "str",
+        "split class order: label order (paper) or seeded shuffle",
+        choices=("fixed", "random"),
+    ),
 )
 
 _STREAMS = ("Stream", "Task", "TaskData", "make_stream")

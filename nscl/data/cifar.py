@@ -5,6 +5,7 @@ reading them means unpickling, and unpickling a crafted file can run arbitrary c
 ``data_root`` (or ``NSCL_DATA_ROOT``) at CIFAR files you downloaded yourself from the official
 source or otherwise trust.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """scikit-learn's 8x8 digits (bundled with scikit-learn, nothing on disk): smoke-test data."""
+
 from __future__ import annotations
 
 import functools

@@ -1,5 +1,6 @@
 """The errors the data package raises for data on disk: each message is one line that names the
 path and the fix, so the command line prints it as ``error: ...`` without a traceback."""
+
 from __future__ import annotations
 
 import os

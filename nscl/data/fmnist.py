@@ -1,4 +1,5 @@
 """Fashion-MNIST from its four IDX files (each optionally gzip-compressed)."""
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,16 @@ from .errors import CorruptDataError
 from .paths import file_stamp
 
 CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 MEAN, STD = (0.2860,), (0.3530,)
 
@@ -60,8 +69,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     offset = 4 + 4 * ndim
     n = int(np.prod(dims)) if dims else 1
     if len(raw) - offset != n * dtype.itemsize:
-        raise CorruptDataError(path, f"header says {dims} ({n * dtype.itemsize} bytes) but "
-                                     f"{len(raw) - offset} bytes follow (truncated?)")
+        raise CorruptDataError(
+            path, f"header says {dims} ({n * dtype.itemsize} bytes) but {len(raw) - offset} bytes follow (truncated?)"
+        )
     arr = np.frombuffer(raw, dtype=dtype, count=n, offset=offset).reshape(dims)
     return arr.astype(dtype.newbyteorder("="), copy=True)
 

@@ -5,6 +5,7 @@ An explicit root is the only place searched: ``data_root`` if given, else the ro
 typo or a half-copied folder, and a silent fall-back would train on other data than intended).
 Only when neither is set are :data:`SYSTEM_DATA_ROOTS` and then the nscl cache folder searched.
 """
+
 from __future__ import annotations
 
 import os

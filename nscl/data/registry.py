@@ -5,6 +5,7 @@ reads its format (``loader`` names the function, ``"module:function"``; modules 
 first use, so this table costs no torch import). Adding a dataset = one module + one entry here;
 a benchmark in :data:`BENCHMARKS` names its dataset.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -55,36 +56,63 @@ class DatasetSpec:
 
 
 #: Every dataset :func:`load_dataset` knows, by canonical name.
-DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
-    DatasetSpec(
-        name="fashion_mnist", title="Fashion-MNIST", loader="fmnist:load", download="fmnist:download",
-        aliases=("fashion-mnist", "fashionmnist", "fmnist"),
-        folders=("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
-        files=("train-images-idx3-ubyte[.gz]", "train-labels-idx1-ubyte[.gz]",
-               "t10k-images-idx3-ubyte[.gz]", "t10k-labels-idx1-ubyte[.gz]"),
-        get="`apt-get install dataset-fashion-mnist` installs /usr/share/datasets/fashion-mnist, "
-            "or pass download=True on a machine with internet access"),
-    DatasetSpec(name="digits", title="scikit-learn digits", loader="digits:load"),
-    DatasetSpec(
-        name="cifar100", title="CIFAR-100", loader="cifar:load", download="cifar:download",
-        aliases=("cifar-100", "cifar_100"),
-        folders=("cifar-100-python", ""),
-        files=("train", "test"),
-        get="download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it so that "
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec(
+            name="fashion_mnist",
+            title="Fashion-MNIST",
+            loader="fmnist:load",
+            download="fmnist:download",
+            aliases=("fashion-mnist", "fashionmnist", "fmnist"),
+            folders=("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
+            files=(
+                "train-images-idx3-ubyte[.gz]",
+                "train-labels-idx1-ubyte[.gz]",
+                "t10k-images-idx3-ubyte[.gz]",
+                "t10k-labels-idx1-ubyte[.gz]",
+            ),
+            get="`apt-get install dataset-fashion-mnist` installs /usr/share/datasets/fashion-mnist, "
+            "or pass download=True on a machine with internet access",
+        ),
+        DatasetSpec(name="digits", title="scikit-learn digits", loader="digits:load"),
+        DatasetSpec(
+            name="cifar100",
+            title="CIFAR-100",
+            loader="cifar:load",
+            download="cifar:download",
+            aliases=("cifar-100", "cifar_100"),
+            folders=("cifar-100-python", ""),
+            files=("train", "test"),
+            get="download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and extract it so that "
             "<root>/cifar-100-python/{train,test,meta} exists, or pass download=True on a machine with "
-            "internet access (torchvision)"),
-    DatasetSpec(
-        name="tinyimagenet", title="Tiny ImageNet", loader="tinyimagenet:load",
-        aliases=("tiny-imagenet", "tiny_imagenet", "tiny-imagenet-200"),
-        folders=("tiny-imagenet-200", ""),
-        files=("wnids.txt", "train/"),
-        get="download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it so that "
-            "<root>/tiny-imagenet-200/{wnids.txt,train/,val/} exists (there is no automatic download)"),
-    DatasetSpec(
-        name="synthetic", title="synthetic", loader="synthetic:load",
-        options={"n_classes": 10, "shape": (1, 28, 28), "noise_std": 1.0, "train_per_class": 500,
-                 "test_per_class": 100, "data_seed": None}),  # data_seed None: the stream seed
-)}
+            "internet access (torchvision)",
+        ),
+        DatasetSpec(
+            name="tinyimagenet",
+            title="Tiny ImageNet",
+            loader="tinyimagenet:load",
+            aliases=("tiny-imagenet", "tiny_imagenet", "tiny-imagenet-200"),
+            folders=("tiny-imagenet-200", ""),
+            files=("wnids.txt", "train/"),
+            get="download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it so that "
+            "<root>/tiny-imagenet-200/{wnids.txt,train/,val/} exists (there is no automatic download)",
+        ),
+        DatasetSpec(
+            name="synthetic",
+            title="synthetic",
+            loader="synthetic:load",
+            options={
+                "n_classes": 10,
+                "shape": (1, 28, 28),
+                "noise_std": 1.0,
+                "train_per_class": 500,
+                "test_per_class": 100,
+                "data_seed": None,
+            },
+        ),  # data_seed None: the stream seed
+    )
+}
 
 _ALIASES = {alias: s.name for s in DATASETS.values() for alias in s.aliases}
 
@@ -147,17 +175,19 @@ def _not_found(ds: DatasetSpec, roots: Roots, looked: list[Path]) -> str:
         if 0 < len(lacks) < len(ds.files):
             notes.append(f"{d} lacks {', '.join(lacks)}")
     if roots.explicit:
-        fix = (f"put the files in one of those folders, point {roots.origin} at a folder that has them, "
-               f"or unset {roots.origin} to search the system folders; ")
+        fix = (
+            f"put the files in one of those folders, point {roots.origin} at a folder that has them, "
+            f"or unset {roots.origin} to search the system folders; "
+        )
     else:
         fix = "pass data_root=<folder with the files> or set NSCL_DATA_ROOT; "
-    return (f"{ds.title} not found in {where}: looked for {', '.join(ds.files)} in "
-            f"{', '.join(map(str, looked))}" + "".join(f"; {n}" for n in notes)
-            + f". Fix: {fix}{ds.get}.")
+    return (
+        f"{ds.title} not found in {where}: looked for {', '.join(ds.files)} in "
+        f"{', '.join(map(str, looked))}" + "".join(f"; {n}" for n in notes) + f". Fix: {fix}{ds.get}."
+    )
 
 
-def find_or_fail(ds: DatasetSpec | str, data_root: str | os.PathLike | None = None,
-                 download: bool = False) -> Path:
+def find_or_fail(ds: DatasetSpec | str, data_root: str | os.PathLike | None = None, download: bool = False) -> Path:
     """The folder that holds dataset ``ds``, searched as :mod:`nscl.data.paths` describes.
 
     With ``download=True`` a missing dataset is fetched into the explicit root (else the cache
@@ -171,8 +201,11 @@ def find_or_fail(ds: DatasetSpec | str, data_root: str | os.PathLike | None = No
         try:
             _function(ds.download)(target)
         except Exception as e:  # network errors, checksum errors, ...
-            raise DataNotFoundError(f"{ds.title}: download into {target} failed ({type(e).__name__}: {e}). "
-                                    + _not_found(ds, roots, looked), looked) from e
+            raise DataNotFoundError(
+                f"{ds.title}: download into {target} failed ({type(e).__name__}: {e}). "
+                + _not_found(ds, roots, looked),
+                looked,
+            ) from e
         found, more = _search(ds, Roots((target,), roots.origin))
         looked += more
     if found is None:

@@ -1,4 +1,5 @@
 """Seeded, class-aware index selection shared by the streams and the digits train/test split."""
+
 from __future__ import annotations
 
 import numpy as np

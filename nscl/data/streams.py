@@ -108,8 +108,10 @@ class TaskData:
 
     def __repr__(self) -> str:
         perm = None if self.perm is None else f"<perm of {self.perm.numel()}>"
-        return (f"TaskData(n={len(self)}, x={self.x.dtype}{tuple(self.x.shape)}, mean={self.mean}, "
-                f"std={self.std}, perm={perm}, augment={self.augment})")
+        return (
+            f"TaskData(n={len(self)}, x={self.x.dtype}{tuple(self.x.shape)}, mean={self.mean}, "
+            f"std={self.std}, perm={perm}, augment={self.augment})"
+        )
 
     @property
     def input_shape(self) -> tuple:
@@ -188,7 +190,6 @@ class Stream:
         return iter(self.tasks)
 
 
-
 # ----------------------------------------------------------------------------------------
 # Building a stream
 # ----------------------------------------------------------------------------------------
@@ -212,8 +213,9 @@ class _Pools:
         self.n_classes = int(self.data["n_classes"])
         self.input_shape = tuple(int(s) for s in self.x_tr.shape[1:])
 
-    def task(self, tr_pos: np.ndarray, te_pos: np.ndarray, y_map: Callable, seed: int,
-             t: int) -> tuple[TaskData, TaskData, TaskData]:
+    def task(
+        self, tr_pos: np.ndarray, te_pos: np.ndarray, y_map: Callable, seed: int, t: int
+    ) -> tuple[TaskData, TaskData, TaskData]:
         """Sub-sample the training pool ``tr_pos`` (seed purpose 1), hold out val from it (2),
         sub-sample the test rows ``te_pos`` (3); labels go through ``y_map``."""
         pool = tr_pos[balanced_subset(self.y_tr_np[tr_pos], self.samples_per_task, rng(seed, 1, t))]
@@ -224,9 +226,11 @@ class _Pools:
             p = torch.from_numpy(pos)
             return TaskData(x=x[p], y=y_map(y[p]), mean=self.mean, std=self.std, augment=augment, source_index=p)
 
-        return (part(self.x_tr, self.y_tr, pool[keep], self.augment),
-                part(self.x_tr, self.y_tr, pool[held], False),
-                part(self.x_te, self.y_te, tests, False))
+        return (
+            part(self.x_tr, self.y_tr, pool[keep], self.augment),
+            part(self.x_tr, self.y_tr, pool[held], False),
+            part(self.x_te, self.y_te, tests, False),
+        )
 
 
 def _recipe(benchmark: str, overrides: dict) -> tuple[dict, DatasetSpec, dict]:
@@ -290,7 +294,7 @@ def _split_tasks(pools: _Pools, T: int, class_order, seed: int, benchmark: str) 
         warnings.warn(f"{benchmark}: {len(order) - len(used)} classes do not fit in {T} tasks of {cpt} and are dropped")
     tasks = []
     for t in range(T):
-        classes = [int(c) for c in used[t * cpt:(t + 1) * cpt]]
+        classes = [int(c) for c in used[t * cpt : (t + 1) * cpt]]
         lut = torch.full((pools.n_classes,), -1, dtype=torch.long)
         lut[torch.tensor(classes)] = torch.arange(cpt)
         tr_pos = np.flatnonzero(np.isin(pools.y_tr_np, classes)).astype(np.int64)
@@ -298,29 +302,48 @@ def _split_tasks(pools: _Pools, T: int, class_order, seed: int, benchmark: str) 
         train, val, test = pools.task(tr_pos, te_pos, lambda y, lut=lut: lut[y], seed, t)
         name = f"task{t + 1}: classes " + ",".join(str(c) for c in classes)
         tasks.append(Task(index=t, name=name, classes=classes, n_classes=cpt, train=train, val=val, test=test))
-    info = {"class_order": [int(c) for c in order], "classes_per_task": cpt,
-            "unused_classes": [int(c) for c in order[cpt * T:]]}
+    info = {
+        "class_order": [int(c) for c in order],
+        "classes_per_task": cpt,
+        "unused_classes": [int(c) for c in order[cpt * T :]],
+    }
     return tasks, info
 
 
 def _permuted_tasks(pools: _Pools, T: int, seed: int) -> tuple[list[Task], dict]:
     """One sub-sample shared by all tasks; task ``t > 0`` permutes the inputs (seed purpose 7)."""
-    train0, val0, test0 = pools.task(np.arange(len(pools.y_tr_np), dtype=np.int64),
-                                     np.arange(len(pools.y_te_np), dtype=np.int64), lambda y: y, seed, 0)
+    train0, val0, test0 = pools.task(
+        np.arange(len(pools.y_tr_np), dtype=np.int64),
+        np.arange(len(pools.y_te_np), dtype=np.int64),
+        lambda y: y,
+        seed,
+        0,
+    )
     dim = int(np.prod(pools.input_shape))
     classes = list(range(pools.n_classes))
 
     def with_perm(d: TaskData, perm) -> TaskData:  # shares x / y / source_index storage with task 0
-        return TaskData(x=d.x, y=d.y, mean=d.mean, std=d.std, perm=perm, augment=d.augment,
-                        source_index=d.source_index)
+        return TaskData(x=d.x, y=d.y, mean=d.mean, std=d.std, perm=perm, augment=d.augment, source_index=d.source_index)
 
     tasks = []
     for t in range(T):
         perm = None if t == 0 else torch.from_numpy(rng(seed, 7, t + 1).permutation(dim).astype(np.int64))
-        tasks.append(Task(index=t, name=f"perm{t}", classes=classes, n_classes=pools.n_classes,
-                          train=with_perm(train0, perm), val=with_perm(val0, perm), test=with_perm(test0, perm)))
-    info = {"class_order": classes, "classes_per_task": pools.n_classes,
-            "permutation_seeds": [None] + [[seed, 7, t + 1] for t in range(1, T)]}
+        tasks.append(
+            Task(
+                index=t,
+                name=f"perm{t}",
+                classes=classes,
+                n_classes=pools.n_classes,
+                train=with_perm(train0, perm),
+                val=with_perm(val0, perm),
+                test=with_perm(test0, perm),
+            )
+        )
+    info = {
+        "class_order": classes,
+        "classes_per_task": pools.n_classes,
+        "permutation_seeds": [None] + [[seed, 7, t + 1] for t in range(1, T)],
+    }
     return tasks, info
 
 
@@ -353,8 +376,9 @@ def make_stream(
       ``test_per_class``, ``data_seed``).
     """
     cfg, ds, ds_kwargs = _recipe(benchmark, overrides)
-    seed, T = _check_sizes(seed, cfg["n_tasks"] if n_tasks is None else n_tasks, samples_per_task,
-                           test_samples_per_task, val_fraction)
+    seed, T = _check_sizes(
+        seed, cfg["n_tasks"] if n_tasks is None else n_tasks, samples_per_task, test_samples_per_task, val_fraction
+    )
     if ds.options:  # generated: seeded by the stream seed unless data_seed is given
         data = load_dataset(ds.name, **ds_kwargs, seed=seed)
     else:
@@ -388,8 +412,15 @@ def make_stream(
         tasks, more = _permuted_tasks(pools, T, seed)
     info.update(more)
     info["tasks"] = [
-        {"index": tk.index, "name": tk.name, "classes": tk.classes, "n_classes": tk.n_classes,
-         "n_train": len(tk.train), "n_val": len(tk.val), "n_test": len(tk.test)}
+        {
+            "index": tk.index,
+            "name": tk.name,
+            "classes": tk.classes,
+            "n_classes": tk.n_classes,
+            "n_train": len(tk.train),
+            "n_val": len(tk.val),
+            "n_test": len(tk.test),
+        }
         for tk in tasks
     ]
     return Stream(benchmark=benchmark, tasks=tasks, input_shape=pools.input_shape, info=jsonable(info))

@@ -1,4 +1,5 @@
 """Synthetic data: one Gaussian prototype per class plus Gaussian noise, any (C, H, W) shape."""
+
 from __future__ import annotations
 
 import functools
@@ -7,8 +8,16 @@ from collections.abc import Sequence
 import torch
 
 
-def load(*, n_classes: int, shape: Sequence[int], noise_std: float, train_per_class: int,
-         test_per_class: int, data_seed: int | None = None, seed: int = 0) -> dict:
+def load(
+    *,
+    n_classes: int,
+    shape: Sequence[int],
+    noise_std: float,
+    train_per_class: int,
+    test_per_class: int,
+    data_seed: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Draw the dataset (memoised); ``data_seed`` if given, else ``seed``, seeds the draw.
 
     The defaults are the ``options`` of its entry in :data:`nscl.data.registry.DATASETS`.
@@ -21,8 +30,7 @@ def load(*, n_classes: int, shape: Sequence[int], noise_std: float, train_per_cl
 
 
 @functools.lru_cache(maxsize=4)
-def _make(n_classes: int, shape: tuple, noise_std: float, train_per_class: int, test_per_class: int,
-          seed: int) -> dict:
+def _make(n_classes: int, shape: tuple, noise_std: float, train_per_class: int, test_per_class: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(int(seed))
     protos = torch.randn((n_classes, *shape), generator=g)
 
@@ -38,7 +46,9 @@ def _make(n_classes: int, shape: tuple, noise_std: float, train_per_class: int, 
         "mean": (0.0,) * c,
         "std": (1.0,) * c,
         "n_classes": n_classes,
-        "source": (f"synthetic(n_classes={n_classes}, shape={tuple(shape)}, noise_std={noise_std}, "
-                   f"train_per_class={train_per_class}, test_per_class={test_per_class}, seed={seed})"),
+        "source": (
+            f"synthetic(n_classes={n_classes}, shape={tuple(shape)}, noise_std={noise_std}, "
+            f"train_per_class={train_per_class}, test_per_class={test_per_class}, seed={seed})"
+        ),
         "class_names": [f"class{i}" for i in range(n_classes)],
     }

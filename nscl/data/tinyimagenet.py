@@ -4,6 +4,7 @@ Labels are the sorted wnids of ``wnids.txt``; the test split is the labelled ``v
 Decoding 110,000 JPEGs takes minutes, so the decoded arrays are cached once in an ``.npz`` next
 to the data (or in the nscl cache folder when that is read-only), keyed by the file listing.
 """
+
 from __future__ import annotations
 
 import functools

@@ -9,6 +9,7 @@ The schema is collected here, complete on first import, from where each paramete
 :data:`COMMON` (model, training loop, null-space tracking, run), ``nscl.data.PARAMS`` (the task
 stream) and each method's ``params`` (:mod:`nscl.methods`).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -38,54 +39,124 @@ COMMON: tuple[Param, ...] = (
     Param("bias", False, "bool", "bias in backbone Linear/Conv layers (off: exact null spaces)"),
     Param("cnn_channels", [32, 64], "list[int]", "small CNN channel widths", range="[1, inf)"),
     Param("batchnorm", True, "bool", "BatchNorm in the small CNN (ResNet-18 always has it)"),
-    Param("resnet_block", "preact", "str", "ResNet-18 block: identity shortcuts add the raw input (preact, "
-          "He et al.) or bn1(input) (official Adam-NSCL code)", choices=("preact", "official")),
+    Param(
+        "resnet_block",
+        "preact",
+        "str",
+        "ResNet-18 block: identity shortcuts add the raw input (preact, "
+        "He et al.) or bn1(input) (official Adam-NSCL code)",
+        choices=("preact", "official"),
+    ),
     Param("width", 64, "int", "ResNet-18 base width (64 = the paper's 64/128/256/512)", range="[1, inf)"),
     # --- training loop
     Param("method", "adam_nscl", "str", "continual-learning method, see nscl.methods.METHODS"),
     Param("epochs", 3, "int", "epochs per task", range="[1, inf)"),
     Param("batch_size", 64, "int", "training batch size", range="[1, inf)"),
     Param("eval_batch_size", 1000, "int", "evaluation batch size", range="[1, inf)"),
-    Param("lr", 1e-3, "float", "backbone learning rate (first task; later tasks too unless lr_projected)",
-          range="(0, inf)"),
+    Param(
+        "lr",
+        1e-3,
+        "float",
+        "backbone learning rate (first task; later tasks too unless lr_projected)",
+        range="(0, inf)",
+    ),
     Param("head_lr", None, "float", "head learning rate (default: lr)", range="(0, inf)"),
     Param("bn_lr", None, "float", "BatchNorm learning rate (default: lr)", range="(0, inf)"),
-    Param("weight_decay", 0.0, "float", "coupled L2 weight decay on backbone and BN (as the official code)",
-          range="[0, inf)"),
+    Param(
+        "weight_decay",
+        0.0,
+        "float",
+        "coupled L2 weight decay on backbone and BN (as the official code)",
+        range="[0, inf)",
+    ),
     Param("milestones", [], "list[int]", "MultiStepLR epochs (paper: [30, 60, 80])", range="[1, inf)"),
     Param("gamma", 0.5, "float", "MultiStepLR decay factor", range="(0, inf)"),
     Param("betas", [0.9, 0.999], "list[float]", "Adam betas", range="[0, 1)"),
-    Param("eps_placement", "torch", "str", "NullSpaceAdam eps: m_hat / (sqrt(v_hat) + eps) (torch) or the "
-          "official code's m_hat / (sqrt(v_hat) + eps / sqrt(1 - beta2^t))", choices=("torch", "official")),
+    Param(
+        "eps_placement",
+        "torch",
+        "str",
+        "NullSpaceAdam eps: m_hat / (sqrt(v_hat) + eps) (torch) or the "
+        "official code's m_hat / (sqrt(v_hat) + eps / sqrt(1 - beta2^t))",
+        choices=("torch", "official"),
+    ),
     Param("eps", 1e-8, "float", "Adam eps", range="[0, inf)"),
     # --- null space (tracked for every method; the projecting methods train in it)
-    Param("covariance", "per_sample", "str", "per-sample uncentred covariance (principled, default) "
-          "or the official batch-mean-then-unfold variant", choices=("per_sample", "batch_mean")),
-    Param("nullspace_rule", "energy", "str", "which eigenvectors span the null space: energy (default, "
-          "chosen by measurement; GPM-style, rising with energy_step), a_min (paper), leak (held-out leakage "
-          "budget), rel_tol", choices=("energy", "a_min", "leak", "rel_tol")),
+    Param(
+        "covariance",
+        "per_sample",
+        "str",
+        "per-sample uncentred covariance (principled, default) or the official batch-mean-then-unfold variant",
+        choices=("per_sample", "batch_mean"),
+    ),
+    Param(
+        "nullspace_rule",
+        "energy",
+        "str",
+        "which eigenvectors span the null space: energy (default, "
+        "chosen by measurement; GPM-style, rising with energy_step), a_min (paper), leak (held-out leakage "
+        "budget), rel_tol",
+        choices=("energy", "a_min", "leak", "rel_tol"),
+    ),
     Param("a", 10.0, "float", "a_min rule: keep eigenvalues <= a * lambda_min", range="(0, inf)"),
-    Param("a_min_floor", "rank", "str", "a_min rule on rank-deficient covariances: floor lambda_min at the "
-          "numerical-rank tolerance (principled, default) or use it raw (official)", choices=("rank", "none")),
-    Param("energy", 0.9, "float", "energy rule: directions holding this energy fraction are protected",
-          range="(0, 1]"),
-    Param("energy_step", 0.0, "float", "energy rule: the threshold rises by this much per finished task "
-          "(GPM on CIFAR-100: 0.003), energy_t = min(energy + t * energy_step, energy_max)", range="[0, inf)"),
+    Param(
+        "a_min_floor",
+        "rank",
+        "str",
+        "a_min rule on rank-deficient covariances: floor lambda_min at the "
+        "numerical-rank tolerance (principled, default) or use it raw (official)",
+        choices=("rank", "none"),
+    ),
+    Param("energy", 0.9, "float", "energy rule: directions holding this energy fraction are protected", range="(0, 1]"),
+    Param(
+        "energy_step",
+        0.0,
+        "float",
+        "energy rule: the threshold rises by this much per finished task "
+        "(GPM on CIFAR-100: 0.003), energy_t = min(energy + t * energy_step, energy_max)",
+        range="[0, inf)",
+    ),
     Param("energy_max", 1.0, "float", "energy rule: cap of the rising threshold (in [energy, 1])", range="(0, 1]"),
-    Param("leak", 0.02, "float", "leak rule: largest null space holding at most this share of the old tasks' "
-          "held-out (validation) input energy, tr(U2' C_val U2) / tr(C_val); needs val_fraction > 0",
-          range="[0, 1)"),
-    Param("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null",
-          range="(0, inf)"),
-    Param("cov_batch_size", None, "int", "batch size of the covariance pass (default: batch_size for "
-          "batch_mean, eval_batch_size for per_sample)", range="[1, inf)"),
-    Param("cov_samples", None, "int", "covariance pass on a seeded random subset of at most this many "
-          "samples per task, reweighted to the task's size (unbiased; default: every sample)", range="[1, inf)"),
-    Param("cov_patches", None, "int", "per_sample covariance of a conv: at most this many random patch "
-          "positions per sample (unbiased; default: every position)", range="[1, inf)"),
-    Param("eigen_update", "full", "str", "null spaces after task 2 on: full eigendecomposition (exact) or "
-          "nested (Rayleigh-Ritz inside the previous null space: cheaper, never larger)",
-          choices=("full", "nested")),
+    Param(
+        "leak",
+        0.02,
+        "float",
+        "leak rule: largest null space holding at most this share of the old tasks' "
+        "held-out (validation) input energy, tr(U2' C_val U2) / tr(C_val); needs val_fraction > 0",
+        range="[0, 1)",
+    ),
+    Param("rel_tol", 1e-3, "float", "rel_tol rule: eigenvalues <= rel_tol * lambda_max are null", range="(0, inf)"),
+    Param(
+        "cov_batch_size",
+        None,
+        "int",
+        "batch size of the covariance pass (default: batch_size for batch_mean, eval_batch_size for per_sample)",
+        range="[1, inf)",
+    ),
+    Param(
+        "cov_samples",
+        None,
+        "int",
+        "covariance pass on a seeded random subset of at most this many "
+        "samples per task, reweighted to the task's size (unbiased; default: every sample)",
+        range="[1, inf)",
+    ),
+    Param(
+        "cov_patches",
+        None,
+        "int",
+        "per_sample covariance of a conv: at most this many random patch "
+        "positions per sample (unbiased; default: every position)",
+        range="[1, inf)",
+    ),
+    Param(
+        "eigen_update",
+        "full",
+        "str",
+        "null spaces after task 2 on: full eigendecomposition (exact) or "
+        "nested (Rayleigh-Ritz inside the previous null space: cheaper, never larger)",
+        choices=("full", "nested"),
+    ),
     # --- run
     Param("seed", 0, "int", "seed for data order, init and everything else", range="[0, inf)"),
     Param("device", "auto", "str", "auto (cuda if available), cpu, cuda, cuda:N"),
@@ -93,9 +164,14 @@ COMMON: tuple[Param, ...] = (
     Param("quiet", False, "bool", "no progress bars"),
     Param("preset", None, "str", "named bundle of parameters (config.PRESETS), expanded where it is named"),
     Param("checkpoint", True, "bool", "write a per-task checkpoint so a killed run resumes"),
-    Param("nan_check_every", 10, "int", "look at the loss for NaN/inf every this many steps (and at each "
-          "epoch end); the error still names the first bad step. 1 = every step (a host sync per step)",
-          range="[1, inf)"),
+    Param(
+        "nan_check_every",
+        10,
+        "int",
+        "look at the loss for NaN/inf every this many steps (and at each "
+        "epoch end); the error still names the first bad step. 1 = every step (a host sync per step)",
+        range="[1, inf)",
+    ),
 )
 
 
@@ -116,28 +192,90 @@ PARAMS: dict[str, Param] = _collect()
 PRESETS: dict[str, dict] = {
     # Adam-NSCL's official switches (docs/official_vs_paper.md), on any benchmark/model:
     # batch-mean covariance, raw a*lambda_min rule, 1/sqrt(r) step scaling, EWC on BatchNorm.
-    "adam_nscl_official": dict(method="adam_nscl", covariance="batch_mean", a_min_floor="none",
-                               scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min",
-                               project="update", eps_placement="official"),
+    "adam_nscl_official": dict(
+        method="adam_nscl",
+        covariance="batch_mean",
+        a_min_floor="none",
+        scale_sqrt_r=True,
+        bn="ewc",
+        ewc_lambda=100.0,
+        nullspace_rule="a_min",
+        project="update",
+        eps_placement="official",
+    ),
     # The paper's 10-split CIFAR-100 recipe as the official script runs it (docs/official_vs_paper.md).
     "cifar100_10_paper": dict(
-        benchmark="split_cifar100_10", model="resnet18", method="adam_nscl", epochs=80, batch_size=32,
-        lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
-        milestones=[30, 60, 80], gamma=0.5, a=10.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
-        eps_placement="official", resnet_block="official"),
+        benchmark="split_cifar100_10",
+        model="resnet18",
+        method="adam_nscl",
+        epochs=80,
+        batch_size=32,
+        lr=1e-4,
+        lr_projected=5e-5,
+        head_lr=1e-3,
+        bn_lr=5e-4,
+        weight_decay=5e-5,
+        milestones=[30, 60, 80],
+        gamma=0.5,
+        a=10.0,
+        covariance="batch_mean",
+        a_min_floor="none",
+        scale_sqrt_r=True,
+        bn="ewc",
+        ewc_lambda=100.0,
+        nullspace_rule="a_min",
+        project="update",
+        eps_placement="official",
+        resnet_block="official",
+    ),
     "cifar100_20_paper": dict(
-        benchmark="split_cifar100_20", model="resnet18", method="adam_nscl", epochs=80, batch_size=16,
-        lr=1e-4, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
-        milestones=[30, 60, 80], gamma=0.5, a=30.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
-        eps_placement="official", resnet_block="official"),
+        benchmark="split_cifar100_20",
+        model="resnet18",
+        method="adam_nscl",
+        epochs=80,
+        batch_size=16,
+        lr=1e-4,
+        lr_projected=5e-5,
+        head_lr=1e-3,
+        bn_lr=5e-4,
+        weight_decay=5e-5,
+        milestones=[30, 60, 80],
+        gamma=0.5,
+        a=30.0,
+        covariance="batch_mean",
+        a_min_floor="none",
+        scale_sqrt_r=True,
+        bn="ewc",
+        ewc_lambda=100.0,
+        nullspace_rule="a_min",
+        project="update",
+        eps_placement="official",
+        resnet_block="official",
+    ),
     "tinyimagenet_25_paper": dict(
-        benchmark="tinyimagenet_25", model="resnet18", method="adam_nscl", epochs=80, batch_size=16,
-        lr=5e-5, lr_projected=5e-5, head_lr=1e-3, bn_lr=5e-4, weight_decay=5e-5,
-        milestones=[30, 60, 80], gamma=0.5, a=10.0, covariance="batch_mean", a_min_floor="none",
-        scale_sqrt_r=True, bn="ewc", ewc_lambda=100.0, nullspace_rule="a_min", project="update",
-        eps_placement="official", resnet_block="official"),
+        benchmark="tinyimagenet_25",
+        model="resnet18",
+        method="adam_nscl",
+        epochs=80,
+        batch_size=16,
+        lr=5e-5,
+        lr_projected=5e-5,
+        head_lr=1e-3,
+        bn_lr=5e-4,
+        weight_decay=5e-5,
+        milestones=[30, 60, 80],
+        gamma=0.5,
+        a=10.0,
+        covariance="batch_mean",
+        a_min_floor="none",
+        scale_sqrt_r=True,
+        bn="ewc",
+        ewc_lambda=100.0,
+        nullspace_rule="a_min",
+        project="update",
+        eps_placement="official",
+        resnet_block="official",
+    ),
 }
 
 
@@ -167,8 +305,10 @@ def _check_type(key: str, value: Any) -> Any:
             return None
         raise ConfigError(f"parameter {key!r} may not be null ({p.help})")
     t = p.type
-    bad = ConfigError(f"parameter {key!r} must be {t}{' or null' if p.optional else ''}, "
-                      f"got {value!r} ({type(value).__name__}): {p.help}")
+    bad = ConfigError(
+        f"parameter {key!r} must be {t}{' or null' if p.optional else ''}, "
+        f"got {value!r} ({type(value).__name__}): {p.help}"
+    )
     if t == "bool":
         if not isinstance(value, bool):
             raise bad
@@ -230,23 +370,28 @@ def validate(cfg: dict) -> dict:
 
 def _check_values(cfg: dict) -> None:
     if cfg["benchmark"] not in BENCHMARKS:
-        raise ConfigError(f"parameter 'benchmark': unknown {cfg['benchmark']!r}; valid: "
-                          f"{', '.join(sorted(BENCHMARKS))}")
+        raise ConfigError(
+            f"parameter 'benchmark': unknown {cfg['benchmark']!r}; valid: {', '.join(sorted(BENCHMARKS))}"
+        )
     if cfg["method"] not in METHODS:
-        raise ConfigError(f"parameter 'method': unknown {cfg['method']!r}; valid: "
-                          f"{', '.join(sorted(METHODS))}")
+        raise ConfigError(f"parameter 'method': unknown {cfg['method']!r}; valid: {', '.join(sorted(METHODS))}")
     # single values are range-checked by their declarations (Param.range, in _check_type)
     if cfg["n_tasks"] is not None and BENCHMARKS[cfg["benchmark"]]["scenario"] == "split":
         classes = benchmark_classes(cfg["benchmark"])
         if cfg["n_tasks"] > classes:
-            raise ConfigError(f"parameter 'n_tasks': {cfg['benchmark']} splits {classes} classes into tasks, "
-                              f"so at most {classes} tasks; got {cfg['n_tasks']}")
+            raise ConfigError(
+                f"parameter 'n_tasks': {cfg['benchmark']} splits {classes} classes into tasks, "
+                f"so at most {classes} tasks; got {cfg['n_tasks']}"
+            )
     if cfg["energy_max"] < cfg["energy"]:
-        raise ConfigError(f"parameter 'energy_max' must be in [energy, 1] = [{cfg['energy']}, 1], "
-                          f"got {cfg['energy_max']}")
+        raise ConfigError(
+            f"parameter 'energy_max' must be in [energy, 1] = [{cfg['energy']}, 1], got {cfg['energy_max']}"
+        )
     if cfg["nullspace_rule"] == "leak" and cfg["val_fraction"] <= 0:
-        raise ConfigError("parameter 'nullspace_rule' is 'leak', which measures the null space on the old "
-                          "tasks' validation inputs: set val_fraction > 0 (e.g. 0.1) or choose another rule")
+        raise ConfigError(
+            "parameter 'nullspace_rule' is 'leak', which measures the null space on the old "
+            "tasks' validation inputs: set val_fraction > 0 (e.g. 0.1) or choose another rule"
+        )
     if cfg["preset"] is not None and cfg["preset"] not in PRESETS:
         raise ConfigError(f"parameter 'preset': unknown {cfg['preset']!r}; valid: {', '.join(PRESETS)}")
     try:
@@ -315,8 +460,7 @@ def layer(sources: Iterable[dict]) -> dict:
     return layered
 
 
-def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = None,
-            **kwargs: Any) -> dict:
+def resolve(files: Iterable[str | os.PathLike] = (), overrides: dict | None = None, **kwargs: Any) -> dict:
     """Layer parameter files (left to right), then ``overrides``, then keyword arguments (:func:`layer`).
 
     A ``preset`` is a named bundle of parameters expanded where it is named: under the keys of the

@@ -18,6 +18,7 @@ tables.
 Checkpoints hold tensors and plain containers only and are read with ``torch.load(weights_only=True)``:
 nothing in a run directory is ever executed, whoever put it there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,8 +81,10 @@ def _check_plain(obj, where: str = "state") -> None:
         for i, v in enumerate(obj):
             _check_plain(v, f"{where}[{i}]")
     elif not isinstance(obj, _PLAIN):
-        raise TypeError(f"checkpoint value {where} is a {type(obj).__module__}.{type(obj).__name__}; a state_dict "
-                        f"must hold tensors and plain containers only (convert numpy arrays with torch.from_numpy)")
+        raise TypeError(
+            f"checkpoint value {where} is a {type(obj).__module__}.{type(obj).__name__}; a state_dict "
+            f"must hold tensors and plain containers only (convert numpy arrays with torch.from_numpy)"
+        )
 
 
 def save_checkpoint(run_dir, state: dict) -> None:
@@ -111,17 +114,29 @@ def load_checkpoint(run_dir) -> dict | None:
         raise RunDirError(
             f"{path} is not a plain nscl checkpoint (tensors and containers only) and was not loaded: reading "
             f"it would run code ({detail}). nscl never writes such a file; delete it if you do not know where it came "
-            f"from, or use another output directory") from None
+            f"from, or use another output directory"
+        ) from None
 
 
 def git_info() -> dict:
     """Commit of the nscl source tree (and whether it had uncommitted changes), if it is a checkout."""
     root = Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"commit": commit, "dirty": dirty if commit else None}
@@ -135,11 +150,19 @@ def env_info(device: torch.device | str, seed: int) -> dict:
     device = torch.device(device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {
-        "nscl": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform(),
-        "hostname": socket.gethostname(), "device": str(device), "device_name": dev_name,
+        "nscl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "device": str(device),
+        "device_name": dev_name,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "threads": torch.get_num_threads(), "seed": seed, "git": git_info(),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "git": git_info(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
     }
 
@@ -226,8 +249,10 @@ def _saved(run_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
             res = None  # unreadable: params.yaml (written first) still says which run this is
         if res is not None:
             if res.get("schema") != SCHEMA:
-                raise RunDirError(f"{run_dir / RESULTS} is not a run record (schema {res.get('schema')!r}); "
-                                  f"use another output directory for this run")
+                raise RunDirError(
+                    f"{run_dir / RESULTS} is not a run record (schema {res.get('schema')!r}); "
+                    f"use another output directory for this run"
+                )
             return res, res.get("params") or {}, run_dir / RESULTS
     if (run_dir / PARAMS).exists():
         try:
@@ -262,10 +287,12 @@ def check_same_run(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
     if diff:
         status = res.get("status") if res is not None else None
         what = {"complete": "a complete run", "failed": "a failed run", "running": "an unfinished run"}.get(
-            status, "a started run")
+            status, "a started run"
+        )
         raise RunDirError(
             f"{run_dir} holds {what} with other parameters ({_describe(saved, cfg, diff)}; from {source.name}); "
-            f"use another output directory (-o, or output_dir in a notebook), or delete {run_dir} to retrain")
+            f"use another output directory (-o, or output_dir in a notebook), or delete {run_dir} to retrain"
+        )
     return res if res is not None and res.get("status") == "complete" else None
 
 
@@ -345,14 +372,19 @@ def _acquire(path: Path, run_dir: Path) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunDirError(f"{run_dir} is in use by another run ({_holder(path)}); wait until it ends, "
-                              f"or use another output directory") from None
+            raise RunDirError(
+                f"{run_dir} is in use by another run ({_holder(path)}); wait until it ends, "
+                f"or use another output directory"
+            ) from None
         except OSError as e:
             os.close(fd)
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            warnings.warn(f"cannot lock {path} ({e.strerror}): a second run writing into {run_dir} at the "
-                          f"same time would not be detected", stacklevel=4)
+            warnings.warn(
+                f"cannot lock {path} ({e.strerror}): a second run writing into {run_dir} at the "
+                f"same time would not be detected",
+                stacklevel=4,
+            )
             return None
         try:  # the file we locked may have been removed by a holder that just released it: retry
             if os.path.samestat(os.fstat(fd), os.stat(path)):

@@ -5,6 +5,7 @@ and, with ``out_dir``, writes the run directory described in :mod:`nscl.experime
 CPU for a given seed: every task re-seeds torch from ``(seed, task)``, so a run resumed from its
 per-task checkpoint ends with the same results as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,7 +71,8 @@ class _FiniteGuard:
             raise NonFiniteLossError(
                 f"loss is {self.first_loss.item()} at task {self.t + 1}, epoch {epoch + 1}, step {step + 1} "
                 f"(method {self.cfg['method']}, lr {self.lr}); lower the learning rate or "
-                f"penalty strength. Results of the tasks finished before are kept.")
+                f"penalty strength. Results of the tasks finished before are kept."
+            )
         self.where = []
         self.counter.zero_()
 
@@ -118,26 +120,54 @@ class Trainer:
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg["seed"])
-        self.stream = stream if stream is not None else make_stream(
-            cfg["benchmark"], data_root=cfg["data_root"], seed=cfg["seed"], n_tasks=cfg["n_tasks"],
-            samples_per_task=cfg["samples_per_task"], test_samples_per_task=cfg["test_samples_per_task"],
-            val_fraction=cfg["val_fraction"], class_order=cfg["class_order"], download=cfg["download"])
+        self.stream = (
+            stream
+            if stream is not None
+            else make_stream(
+                cfg["benchmark"],
+                data_root=cfg["data_root"],
+                seed=cfg["seed"],
+                n_tasks=cfg["n_tasks"],
+                samples_per_task=cfg["samples_per_task"],
+                test_samples_per_task=cfg["test_samples_per_task"],
+                val_fraction=cfg["val_fraction"],
+                class_order=cfg["class_order"],
+                download=cfg["download"],
+            )
+        )
         if self.device.type == "cuda":
             _stream_to_device(self.stream, self.device)
         torch.manual_seed(cfg["seed"])
         self.model = build_model(
-            cfg["model"], self.stream.input_shape, [t.n_classes for t in self.stream], hidden=cfg["hidden"],
-            bias=cfg["bias"], cnn_channels=cfg["cnn_channels"], batchnorm=cfg["batchnorm"], width=cfg["width"],
+            cfg["model"],
+            self.stream.input_shape,
+            [t.n_classes for t in self.stream],
+            hidden=cfg["hidden"],
+            bias=cfg["bias"],
+            cnn_channels=cfg["cnn_channels"],
+            batchnorm=cfg["batchnorm"],
+            width=cfg["width"],
             resnet_block=cfg["resnet_block"],
         ).to(self.device)
         self.method = METHODS[cfg["method"]](cfg, self.model, self.stream, self.device)
         self.method.trainer = self
         self.tracker = NullSpaceTracker(
-            self.method.tracked_layers(), cfg["covariance"], scale_sqrt_r=cfg["scale_sqrt_r"],
-            patches=cfg["cov_patches"], eigen_update=cfg["eigen_update"],
-            rule=dict(rule=cfg["nullspace_rule"], a=cfg["a"], floor=cfg["a_min_floor"], energy=cfg["energy"],
-                      energy_step=cfg["energy_step"], energy_max=cfg["energy_max"], rel_tol=cfg["rel_tol"],
-                      leak=cfg["leak"]))
+            self.method.tracked_layers(),
+            cfg["covariance"],
+            scale_sqrt_r=cfg["scale_sqrt_r"],
+            patches=cfg["cov_patches"],
+            eigen_update=cfg["eigen_update"],
+            rule=dict(
+                rule=cfg["nullspace_rule"],
+                a=cfg["a"],
+                floor=cfg["a_min_floor"],
+                energy=cfg["energy"],
+                energy_step=cfg["energy_step"],
+                energy_max=cfg["energy_max"],
+                rel_tol=cfg["rel_tol"],
+                leak=cfg["leak"],
+            ),
+        )
         T = len(self.stream)
         self.acc: list[list] = [[None] * T for _ in range(T)]
         self.val_acc: list[list] = [[None] * T for _ in range(T)]  # the same matrix on the val split
@@ -148,8 +178,14 @@ class Trainer:
         self._bar = None  # the fit() progress bar, for the loss in its postfix
 
     # ---- data ------------------------------------------------------------------------------
-    def batches(self, sets, batch_size: int | None = None, shuffle: bool = True, train: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(
+        self,
+        sets,
+        batch_size: int | None = None,
+        shuffle: bool = True,
+        train: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Mini-batches ``(x, y, task)`` on the device over one or more ``(TaskData, task_index)``."""
         batch_size = batch_size or self.cfg["batch_size"]
         sizes = [len(d) for d, _ in sets]
@@ -157,7 +193,7 @@ class Trainer:
         n = int(offsets[-1])
         order = torch.randperm(n, generator=generator or self.generator) if shuffle else torch.arange(n)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             xs, ys, ts = [], [], []
             for k, (data, task) in enumerate(sets):
                 sel = idx[(idx >= offsets[k]) & (idx < offsets[k + 1])] - int(offsets[k])
@@ -233,8 +269,9 @@ class Trainer:
         self.model.eval()
         # batch_mean depends on the batch (the official code uses the training batch size);
         # per_sample does not, so it takes large batches (fewer, bigger float64 Gram updates)
-        bs = self.cfg["cov_batch_size"] or (self.cfg["batch_size"] if self.cfg["covariance"] == "batch_mean"
-                                             else self.cfg["eval_batch_size"])
+        bs = self.cfg["cov_batch_size"] or (
+            self.cfg["batch_size"] if self.cfg["covariance"] == "batch_mean" else self.cfg["eval_batch_size"]
+        )
         gen = torch.Generator().manual_seed(self.cfg["seed"] * 7919 + t)
         data, weight = self.stream[t].train, 1.0
         m = self.cfg["cov_samples"]
@@ -287,8 +324,14 @@ class Trainer:
             records.write_params(self.out_dir, cfg)
         t_start = time.perf_counter()
         previous = sum(sum(d.values()) for d in self.timing)
-        bar = progress(range(start, until), cfg["quiet"], desc=f"{cfg['method']} on {cfg['benchmark']}",
-                       unit="task", initial=start, total=until)
+        bar = progress(
+            range(start, until),
+            cfg["quiet"],
+            desc=f"{cfg['method']} on {cfg['benchmark']}",
+            unit="task",
+            initial=start,
+            total=until,
+        )
         self._bar = bar if hasattr(bar, "set_postfix") else None  # no bar: quiet, or $NSCL_QUIET
         try:
             for t in bar:
@@ -326,8 +369,10 @@ class Trainer:
             "val_metrics": metrics_mod.summary(self.val_acc),
             "null_space": self.tracker.history,
             "method_diagnostics": self.method.diagnostics(),
-            "timing": {"per_task": self.timing, "total_s": total_s if total_s is not None else
-                       sum(sum(v for v in d.values()) for d in self.timing)},
+            "timing": {
+                "per_task": self.timing,
+                "total_s": total_s if total_s is not None else sum(sum(v for v in d.values()) for d in self.timing),
+            },
             "env": records.env_info(self.device, self.cfg["seed"]),
         }
 
@@ -340,9 +385,16 @@ class Trainer:
 
     def checkpoint_state(self, t: int) -> dict:
         """Everything a resume after task ``t`` needs (what ``checkpoint.pt`` holds)."""
-        return {"task": t, "params": self.cfg, "model": self.model.state_dict(),
-                "method": self.method.state_dict(), "tracker": self.tracker.state_dict(),
-                "acc": self.acc, "val_acc": self.val_acc, "timing": self.timing}
+        return {
+            "task": t,
+            "params": self.cfg,
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "acc": self.acc,
+            "val_acc": self.val_acc,
+            "timing": self.timing,
+        }
 
     def _checkpoint(self, t: int) -> None:
         if self.out_dir is None or not self.cfg["checkpoint"]:
@@ -360,7 +412,8 @@ class Trainer:
         if diff:
             raise records.RunDirError(
                 f"{self.out_dir / records.CHECKPOINT} was written with other parameters ({', '.join(sorted(diff))}); "
-                f"use another output directory or delete the checkpoint")
+                f"use another output directory or delete the checkpoint"
+            )
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.tracker.load_state_dict(state["tracker"])

@@ -4,6 +4,7 @@
 :class:`~nscl.methods.base.Method`, overrides the hooks it needs and registers itself with
 ``@register("name")``; its module is imported below.
 """
+
 from .base import METHODS, Method, register  # noqa: F401
 from . import baselines, adam_nscl  # noqa: F401,E402  (registration side effects)
 from . import lowrank  # noqa: F401,E402

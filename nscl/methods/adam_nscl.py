@@ -6,6 +6,7 @@ accumulated uncentred covariance of that layer's inputs on all previous tasks (k
 trainer's :class:`nscl.core.nullspace.NullSpaceTracker`). BatchNorm is protected per the ``bn``
 parameter; old heads are frozen.
 """
+
 from __future__ import annotations
 
 from ..core.optim import NullSpaceAdam
@@ -14,11 +15,16 @@ from .base import BN, EWC_LAMBDA, Method, register
 
 #: Adam-NSCL's own parameters (the null-space rule itself is common: every run records null spaces)
 ADAM_NSCL_PARAMS = (
-    BN, EWC_LAMBDA,
-    Param("lr_projected", None, "float", "backbone lr from task 2 on (Adam-NSCL's svd_lr)",
-          range="(0, inf)"),
-    Param("project", "update", "str", "project the final Adam step (official) or the gradient before Adam",
-          choices=("update", "grad")),
+    BN,
+    EWC_LAMBDA,
+    Param("lr_projected", None, "float", "backbone lr from task 2 on (Adam-NSCL's svd_lr)", range="(0, inf)"),
+    Param(
+        "project",
+        "update",
+        "str",
+        "project the final Adam step (official) or the gradient before Adam",
+        choices=("update", "grad"),
+    ),
     Param("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector"),
 )
 
@@ -35,8 +41,13 @@ class AdamNSCL(Method):
         return self.cfg["lr"]
 
     def make_optimizer(self, t):
-        opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"],
-                            project=self.cfg["project"], eps_placement=self.cfg["eps_placement"])
+        opt = NullSpaceAdam(
+            self.param_groups(t),
+            betas=self.cfg["betas"],
+            eps=self.cfg["eps"],
+            project=self.cfg["project"],
+            eps_placement=self.cfg["eps_placement"],
+        )
         if t > 0:  # first task: plain Adam (nothing to protect yet)
             tracker = self.trainer.tracker
             for name, layer in self.tracked_layers().items():

@@ -21,6 +21,7 @@ parameters it reads beyond the common ones in ``params`` (a tuple of
 The base class is plain Adam fine-tuning with the current task's head only (old heads frozen),
 a fresh optimizer and MultiStep scheduler per task.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,10 +33,15 @@ from ..core.params import Param
 METHODS: dict[str, type["Method"]] = {}
 
 #: BatchNorm protection of the null-space family (base class, ``protects_bn``)
-BN = Param("bn", "freeze", "str", "BatchNorm in later tasks: EWC on affine params (official), "
-           "frozen after task 1 (principled default), or unprotected", choices=("ewc", "freeze", "none"))
-EWC_LAMBDA = Param("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)",
-                   range="[0, inf)")
+BN = Param(
+    "bn",
+    "freeze",
+    "str",
+    "BatchNorm in later tasks: EWC on affine params (official), "
+    "frozen after task 1 (principled default), or unprotected",
+    choices=("ewc", "freeze", "none"),
+)
+EWC_LAMBDA = Param("ewc_lambda", 100.0, "float", "EWC penalty strength (method ewc; and bn=ewc)", range="[0, inf)")
 
 
 def register(name: str):
@@ -45,6 +51,7 @@ def register(name: str):
         cls.name = name
         METHODS[name] = cls
         return cls
+
     return deco
 
 
@@ -60,10 +67,14 @@ class Method:
     def __init__(self, cfg: dict, model: MultiHead, stream, device: torch.device):
         self.cfg, self.model, self.stream, self.device = cfg, model, stream, device
         self.trainer = None  # set by the Trainer before the first hook
-        self.bn_params = {n: p for n, p in model.named_parameters()
-                          if any(n.startswith(b + ".") for b in batchnorm_layers(model))}
-        self.bn_ewc = FisherPenalty(self.bn_params, cfg["ewc_lambda"]) if (
-            self.protects_bn and cfg["bn"] == "ewc" and self.bn_params) else None
+        self.bn_params = {
+            n: p for n, p in model.named_parameters() if any(n.startswith(b + ".") for b in batchnorm_layers(model))
+        }
+        self.bn_ewc = (
+            FisherPenalty(self.bn_params, cfg["ewc_lambda"])
+            if (self.protects_bn and cfg["bn"] == "ewc" and self.bn_params)
+            else None
+        )
 
     @classmethod
     def check_params(cls, cfg: dict) -> None:
@@ -93,15 +104,20 @@ class Method:
         backbone = [p for p in self.model.backbone.parameters() if id(p) not in bn_ids and p.requires_grad]
         groups = [dict(params=backbone, lr=self.backbone_lr(t), weight_decay=cfg["weight_decay"], name="backbone")]
         if self.bn_params and not self.bn_frozen(t):
-            groups.append(dict(params=list(self.bn_params.values()), lr=cfg["bn_lr"] or cfg["lr"],
-                               weight_decay=cfg["weight_decay"], name="bn"))
+            groups.append(
+                dict(
+                    params=list(self.bn_params.values()),
+                    lr=cfg["bn_lr"] or cfg["lr"],
+                    weight_decay=cfg["weight_decay"],
+                    name="bn",
+                )
+            )
         heads = [p for h in self.trained_heads(t) for p in self.model.heads[h].parameters()]
         groups.append(dict(params=heads, lr=cfg["head_lr"] or cfg["lr"], weight_decay=0.0, name="heads"))
         return [g for g in groups if g["params"]]
 
     def make_optimizer(self, t: int):
-        opt = torch.optim.Adam(self.param_groups(t), betas=tuple(self.cfg["betas"]), eps=self.cfg["eps"],
-                               foreach=True)
+        opt = torch.optim.Adam(self.param_groups(t), betas=tuple(self.cfg["betas"]), eps=self.cfg["eps"], foreach=True)
         return opt, self.make_scheduler(opt)
 
     def make_scheduler(self, opt):

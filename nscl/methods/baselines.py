@@ -1,4 +1,5 @@
 """Reference points: ``finetune`` (lower bound), ``ewc``, ``joint`` (multi-task upper bound)."""
+
 from __future__ import annotations
 
 from .base import EWC_LAMBDA, FisherPenalty, Method, register

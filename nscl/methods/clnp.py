@@ -40,6 +40,7 @@ approximate (as Adam-NSCL) with the default ``a_min`` rule. ``C[m, m]`` includes
 
 Both methods ignore ``bn`` (BN is protected per channel) and always project the final Adam update.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,23 +54,49 @@ from .adam_nscl import ADAM_NSCL_PARAMS
 from .base import Method, register
 
 PRUNING_PARAMS = (
-    Param("prune_margin", 1.0, "float", "pruning: largest held-out (val) accuracy drop, in points, "
-          "the pruning threshold may cost the current task (graceful-forgetting margin m)", range="[0, inf)"),
-    Param("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)",
-          range="[0, inf)"),
-    Param("l1_target", "weights", "str", "pruning: L1 on the free units' incoming weights (CLNP) or "
-          "on their activations", choices=("weights", "activations")),
-    Param("prune_criterion", "magnitude", "str", "pruning: unit activity = mean post-ReLU output or "
-          "fraction of positive outputs (held-out data)", choices=("magnitude", "fraction_active")),
-    Param("prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search",
-          range="[1, inf)"),
-    Param("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched",
-          range="(0, inf)"),
-    Param("prune_thresholds", "per_layer", "str", "pruning: one relative activity threshold for all layers "
-          "(global) or one per layer, searched layer by layer with the margin shared (per_layer; the only one "
-          "that reliably prunes BatchNorm'd conv channels)", choices=("global", "per_layer")),
-    Param("prune_finetune_epochs", 0, "int", "pruning: epochs of fine-tuning the kept sub-network "
-          "after pruning (reverted if it breaks the margin)", range="[0, inf)"),
+    Param(
+        "prune_margin",
+        1.0,
+        "float",
+        "pruning: largest held-out (val) accuracy drop, in points, "
+        "the pruning threshold may cost the current task (graceful-forgetting margin m)",
+        range="[0, inf)",
+    ),
+    Param("l1", 1e-4, "float", "pruning: L1 sparsity coefficient while training a task (0: off)", range="[0, inf)"),
+    Param(
+        "l1_target",
+        "weights",
+        "str",
+        "pruning: L1 on the free units' incoming weights (CLNP) or on their activations",
+        choices=("weights", "activations"),
+    ),
+    Param(
+        "prune_criterion",
+        "magnitude",
+        "str",
+        "pruning: unit activity = mean post-ReLU output or fraction of positive outputs (held-out data)",
+        choices=("magnitude", "fraction_active"),
+    ),
+    Param(
+        "prune_search_steps", 8, "int", "pruning: log-scale bisection steps of the threshold search", range="[1, inf)"
+    ),
+    Param("prune_theta_min", 1e-4, "float", "pruning: smallest relative activity threshold searched", range="(0, inf)"),
+    Param(
+        "prune_thresholds",
+        "per_layer",
+        "str",
+        "pruning: one relative activity threshold for all layers "
+        "(global) or one per layer, searched layer by layer with the margin shared (per_layer; the only one "
+        "that reliably prunes BatchNorm'd conv channels)",
+        choices=("global", "per_layer"),
+    ),
+    Param(
+        "prune_finetune_epochs",
+        0,
+        "int",
+        "pruning: epochs of fine-tuning the kept sub-network after pruning (reverted if it breaks the margin)",
+        range="[0, inf)",
+    ),
 )
 
 
@@ -85,8 +112,10 @@ class _UnitPruning(Method):
     @classmethod
     def check_params(cls, cfg):
         if cfg["val_fraction"] <= 0:
-            raise ValueError(f"method {cls.name!r} chooses its pruning threshold on the held-out split: "
-                             f"parameter 'val_fraction' must be > 0, got {cfg['val_fraction']}")
+            raise ValueError(
+                f"method {cls.name!r} chooses its pruning threshold on the held-out split: "
+                f"parameter 'val_fraction' must be > 0, got {cfg['val_fraction']}"
+            )
 
     def __init__(self, cfg, model, stream, device):
         super().__init__(cfg, model, stream, device)
@@ -94,8 +123,9 @@ class _UnitPruning(Method):
         self.finetuning = False
         self.optimizer = None
         self.records: list[dict] = []
-        self.units = {n: {"size": g.size, "frozen": [], "free": [], "new": []}
-                      for n, g in self.masks.graph.groups.items()}
+        self.units = {
+            n: {"size": g.size, "frozen": [], "free": [], "new": []} for n, g in self.masks.graph.groups.items()
+        }
         self.activity_log: dict[str, list] = {n: [] for n in self.masks.graph.groups}
         self.projection_log: dict[str, list] = {}
 
@@ -119,8 +149,9 @@ class _UnitPruning(Method):
             rows = (ro == k).nonzero().squeeze(1)
             cols = (co <= k).nonzero().squeeze(1)
             ns = tracker.null_space(wire.name, cols=cols)
-            proj = nullspace.Projector(ns, dtype=weight.dtype, device=weight.device,
-                                       scale_sqrt_r=self.cfg["scale_sqrt_r"])
+            proj = nullspace.Projector(
+                ns, dtype=weight.dtype, device=weight.device, scale_sqrt_r=self.cfg["scale_sqrt_r"]
+            )
             blocks.append((rows.to(weight.device), cols.to(weight.device), proj))
             log.append({"owner": int(k), "rows": int(rows.numel()), "d": int(cols.numel()), "null": int(ns.r)})
         if not self.finetuning:
@@ -128,8 +159,13 @@ class _UnitPruning(Method):
         return blocks
 
     def make_optimizer(self, t):
-        opt = NullSpaceAdam(self.param_groups(t), betas=self.cfg["betas"], eps=self.cfg["eps"], project="update",
-                            eps_placement=self.cfg["eps_placement"])
+        opt = NullSpaceAdam(
+            self.param_groups(t),
+            betas=self.cfg["betas"],
+            eps=self.cfg["eps"],
+            project="update",
+            eps_placement=self.cfg["eps_placement"],
+        )
         self.grad_masks = []
         for wire in self.masks.graph.wires:
             fixed = self.masks.interference(wire)
@@ -235,10 +271,18 @@ class _UnitPruning(Method):
         for n in scores:
             self.activity_log[n].append(_round(scores[n][cand[n]].tolist()))
         return {
-            "task": t, "threshold": res.get("threshold"), "thresholds": thresholds, "layers": layers,
-            "criterion": cfg["prune_criterion"], "mode": cfg["prune_thresholds"],
-            "margin": cfg["prune_margin"], "val_acc": base, "val_acc_pruned": after, "val_drop": base - after,
-            "evaluations": res["evaluations"], "distinct_evaluations": len(cache),
+            "task": t,
+            "threshold": res.get("threshold"),
+            "thresholds": thresholds,
+            "layers": layers,
+            "criterion": cfg["prune_criterion"],
+            "mode": cfg["prune_thresholds"],
+            "margin": cfg["prune_margin"],
+            "val_acc": base,
+            "val_acc_pruned": after,
+            "val_drop": base - after,
+            "evaluations": res["evaluations"],
+            "distinct_evaluations": len(cache),
             "candidates": {n: int(c.sum()) for n, c in cand.items()},
             "pruned": {n: int(p.sum()) for n, p in pruned.items()},
             "pruned_total": int(sum(int(p.sum()) for p in pruned.values())),
@@ -278,8 +322,14 @@ class _UnitPruning(Method):
         return out
 
     def state_dict(self):
-        return {**super().state_dict(), "masks": self.masks.state_dict(), "records": self.records,
-                "units": self.units, "activity": self.activity_log, "projection": self.projection_log}
+        return {
+            **super().state_dict(),
+            "masks": self.masks.state_dict(),
+            "records": self.records,
+            "units": self.units,
+            "activity": self.activity_log,
+            "projection": self.projection_log,
+        }
 
     def load_state_dict(self, state):
         super().load_state_dict(state)

@@ -41,6 +41,7 @@ permuted_fmnist, grow schedule, 3 seeds): BWT unchanged (-2.4 vs -2.3), ACC 4.7 
 off by default. A relative ``a * lambda_min`` cut on the refreshed covariance still admits the
 fresh components' small eigenvalues, which may be why it cannot help there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -53,22 +54,58 @@ from .adam_nscl import ADAM_NSCL_PARAMS, AdamNSCL
 from .base import Method, register
 
 LOWRANK_PARAMS = (
-    Param("rank_max", None, "int", "low-rank: inner width K per factorised layer "
-          "(default min(out, d), i.e. no hard cap)", range="[1, inf)"),
-    Param("rank_schedule", [1.0], "list[float]", "low-rank: fraction of K active at task t "
-          "(entry t, the last entry repeats), e.g. [0.25, 0.5, 0.75, 1.0]", range="(0, 1]"),
-    Param("nuclear_lambda", 1e-4, "float", "low-rank: strength of the nuclear-norm surrogate "
-          "lambda/2 (||A||^2 + ||B||^2) on active components", range="[0, inf)"),
-    Param("truncate_tol", 0.0, "float", "low-rank: after each task drop singular values of W "
-          "below truncate_tol * sigma_max and re-balance the factors (0 = off)", range="[0, 1)"),
-    Param("lowrank_min_d", 32, "int", "low-rank: layers with input dim d below this stay dense "
-          "(the ResNet-18 stem, d = 27)", range="[0, inf)"),
-    Param("refresh_bottleneck", False, "bool", "nscl_lowrank: before each task set the old bottleneck "
-          "covariance to M B^T C_x B M from the input covariance and the current B (exact: no non-linearity "
-          "in between), so components switched on in an approximate null space stay protected. Measured on "
-          "permuted_fmnist with a grow schedule: no BWT gain, -4.7 ACC (off by default)"),
-    Param("rank_tol", 1e-3, "float", "low-rank diagnostics: effective rank = number of singular "
-          "values of W above rank_tol * sigma_max", range="(0, 1)"),
+    Param(
+        "rank_max",
+        None,
+        "int",
+        "low-rank: inner width K per factorised layer (default min(out, d), i.e. no hard cap)",
+        range="[1, inf)",
+    ),
+    Param(
+        "rank_schedule",
+        [1.0],
+        "list[float]",
+        "low-rank: fraction of K active at task t (entry t, the last entry repeats), e.g. [0.25, 0.5, 0.75, 1.0]",
+        range="(0, 1]",
+    ),
+    Param(
+        "nuclear_lambda",
+        1e-4,
+        "float",
+        "low-rank: strength of the nuclear-norm surrogate lambda/2 (||A||^2 + ||B||^2) on active components",
+        range="[0, inf)",
+    ),
+    Param(
+        "truncate_tol",
+        0.0,
+        "float",
+        "low-rank: after each task drop singular values of W "
+        "below truncate_tol * sigma_max and re-balance the factors (0 = off)",
+        range="[0, 1)",
+    ),
+    Param(
+        "lowrank_min_d",
+        32,
+        "int",
+        "low-rank: layers with input dim d below this stay dense (the ResNet-18 stem, d = 27)",
+        range="[0, inf)",
+    ),
+    Param(
+        "refresh_bottleneck",
+        False,
+        "bool",
+        "nscl_lowrank: before each task set the old bottleneck "
+        "covariance to M B^T C_x B M from the input covariance and the current B (exact: no non-linearity "
+        "in between), so components switched on in an approximate null space stay protected. Measured on "
+        "permuted_fmnist with a grow schedule: no BWT gain, -4.7 ACC (off by default)",
+    ),
+    Param(
+        "rank_tol",
+        1e-3,
+        "float",
+        "low-rank diagnostics: effective rank = number of singular values of W above rank_tol * sigma_max",
+        range="(0, 1)",
+    ),
 )
 
 ENERGIES = (0.9, 0.95, 0.99)
@@ -88,10 +125,19 @@ class LowRank(Method):
                 r0 = lr.budget(cfg["rank_schedule"], 0, f.K)
                 f.A.weight.view(-1, f.K)[:, r0:] = 0  # switched on later, starting from zero
                 f.mask[r0:] = 0
-        self.records = {n: {"K": f.K, "out": f.A.weight.shape[0], "d": f.B.weight[0].numel(),
-                            "active_rank": [], "effective_rank": [], "nuclear_norm": [],
-                            "surrogate": [], "singular_values": []}
-                        for n, f in self.layers.items()}
+        self.records = {
+            n: {
+                "K": f.K,
+                "out": f.A.weight.shape[0],
+                "d": f.B.weight[0].numel(),
+                "active_rank": [],
+                "effective_rank": [],
+                "nuclear_norm": [],
+                "surrogate": [],
+                "singular_values": [],
+            }
+            for n, f in self.layers.items()
+        }
         self.val_acc: list = []
 
     def new_component_projector(self, name: str, t: int):
@@ -125,8 +171,13 @@ class LowRank(Method):
                 if tracker.has_covariance(b, held_out):
                     S_x = tracker.covariance_sum(b, held_out)
                     Bd = B.to(S_x)
-                    tracker.set_covariance(a, Bd.T @ S_x @ Bd, tracker.covariance_count(b, held_out),
-                                           recompute=not held_out, held_out=held_out)
+                    tracker.set_covariance(
+                        a,
+                        Bd.T @ S_x @ Bd,
+                        tracker.covariance_count(b, held_out),
+                        recompute=not held_out,
+                        held_out=held_out,
+                    )
 
     def penalty(self, t):
         pen = super().penalty(t)
@@ -148,9 +199,9 @@ class LowRank(Method):
                         continue
                     S = tracker.covariance_sum(f"{name}.A", held_out)
                     full = torch.zeros(S.shape, dtype=S.dtype, device=S.device)
-                    full[:r, :f.K] = M.to(S)
+                    full[:r, : f.K] = M.to(S)
                     if S.shape[0] > f.K:  # bias column of A
-                        full[f.K:, f.K:] = torch.eye(S.shape[0] - f.K, dtype=S.dtype, device=S.device)
+                        full[f.K :, f.K :] = torch.eye(S.shape[0] - f.K, dtype=S.dtype, device=S.device)
                     tracker.set_covariance(f"{name}.A", full @ S @ full.T, recompute=False, held_out=held_out)
         for name, f in self.layers.items():
             for k, v in lr.layer_stats(f, self.cfg["rank_tol"]).items():
@@ -163,9 +214,13 @@ class LowRank(Method):
                 self.val_acc[t][j] = self.trainer.accuracy(j, "val") if len(self.stream[j].val) else None
 
     def diagnostics(self):
-        out = {"lowrank": {n: dict(r) for n, r in self.records.items()}, "rank_tol": self.cfg["rank_tol"],
-               "rank_schedule": self.cfg["rank_schedule"], "nuclear_lambda": self.cfg["nuclear_lambda"],
-               "val_acc": self.val_acc}
+        out = {
+            "lowrank": {n: dict(r) for n, r in self.records.items()},
+            "rank_tol": self.cfg["rank_tol"],
+            "rank_schedule": self.cfg["rank_schedule"],
+            "nuclear_lambda": self.cfg["nuclear_lambda"],
+            "val_acc": self.val_acc,
+        }
         if self.val_acc:
             out["val_metrics"] = metrics_mod.summary(self.val_acc)
         tracker = self.trainer.tracker if self.trainer is not None else None

@@ -4,6 +4,7 @@ the reported table does not use.
 
     python study/conv/run.py -o DIR -f params/base.yaml -p key=value ...
 """
+
 import argparse
 import json
 import os
@@ -31,13 +32,26 @@ if args.no_bn_l1:
     def prepare_l1(self):
         orig(self)
         self._free_bn = []
+
     pruning.UnitMasks.prepare_l1 = prepare_l1
 cfg = config.resolve(args.f, config.parse_overrides(args.p))
 tr = Trainer(cfg, out)
 res = tr.fit()
 val = [tr.accuracy(t, "val") for t in range(len(tr.stream))]
 tmp = out / "val.json.tmp"
-tmp.write_text(json.dumps({"val_acc": val, "val_ACC": sum(val) / len(val), "no_bn_l1": args.no_bn_l1,
-                           "ACC": res["metrics"]["acc"], "BWT": res["metrics"]["bwt"]}))
+tmp.write_text(
+    json.dumps(
+        {
+            "val_acc": val,
+            "val_ACC": sum(val) / len(val),
+            "no_bn_l1": args.no_bn_l1,
+            "ACC": res["metrics"]["acc"],
+            "BWT": res["metrics"]["bwt"],
+        }
+    )
+)
 os.replace(tmp, out / "val.json")
-print(out.name, "val ACC %.2f  test ACC %.2f BWT %.2f" % (sum(val) / len(val), res["metrics"]["acc"], res["metrics"]["bwt"]))
+print(
+    out.name,
+    "val ACC %.2f  test ACC %.2f BWT %.2f" % (sum(val) / len(val), res["metrics"]["acc"], res["metrics"]["bwt"]),
+)

@@ -6,6 +6,7 @@ ACC / BWT mean ± std over seeds per label, then for pruning runs the channels (
 layer after each task (mean over seeds), then every run's null-space dimension per layer input
 after each task (mean over seeds).
 """
+
 import json
 import re
 import statistics as st
@@ -40,8 +41,10 @@ print("| run | seeds | ACC | BWT | plasticity |")
 print("|---|---|---|---|---|")
 for label, by_seed in runs.items():
     ms = [r["metrics"] for r in by_seed.values()]
-    print(f"| {label} | {','.join(map(str, sorted(by_seed)))} | {pm([m['acc'] for m in ms])} | "
-          f"{pm([m['bwt'] for m in ms])} | {pm([m['plasticity'] for m in ms])} |")
+    print(
+        f"| {label} | {','.join(map(str, sorted(by_seed)))} | {pm([m['acc'] for m in ms])} | "
+        f"{pm([m['bwt'] for m in ms])} | {pm([m['plasticity'] for m in ms])} |"
+    )
 
 print("\nUnits pruned (freed) per layer after each task, mean over seeds (of layer width):\n")
 for label, by_seed in runs.items():
@@ -51,9 +54,14 @@ for label, by_seed in runs.items():
     layers = list(recs[0][0]["pruned"])
     sizes = by_seed[min(by_seed)]["method_diagnostics"]["units"]
     T = len(recs[0])
-    print(f"{label}: " + "; ".join(
-        f"{short(n)} (/{sizes[n]['size']}): " + " ".join(f"{st.mean(rc[t]['pruned'][n] for rc in recs):.1f}"
-                                                       for t in range(T)) for n in layers))
+    print(
+        f"{label}: "
+        + "; ".join(
+            f"{short(n)} (/{sizes[n]['size']}): "
+            + " ".join(f"{st.mean(rc[t]['pruned'][n] for rc in recs):.1f}" for t in range(T))
+            for n in layers
+        )
+    )
 
 print("\nNull-space dimension of each layer's input after each task, mean over seeds (of d):\n")
 for label, by_seed in runs.items():
@@ -61,6 +69,7 @@ for label, by_seed in runs.items():
     parts = []
     for n, h in ns[0].items():
         T = len(h["dims"])
-        parts.append(f"{short(n)} (/{h['d']}): " + " ".join(f"{st.mean(x[n]['dims'][t] for x in ns):.0f}"
-                                                          for t in range(T)))
+        parts.append(
+            f"{short(n)} (/{h['d']}): " + " ".join(f"{st.mean(x[n]['dims'][t] for x in ns):.0f}" for t in range(T))
+        )
     print(f"{label}: " + "; ".join(parts))

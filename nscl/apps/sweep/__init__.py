@@ -41,6 +41,7 @@ Notebook runs: papermill injects the full resolved parameters plus ``output_dir`
 directory); the notebook must leave the run's ``results.json`` in ``output_dir``. The output
 notebook is written next to it.
 """
+
 from .cli import add_cli  # noqa: F401
 from .executors import run  # noqa: F401
 from .spec import SweepError, expand, load, run_name  # noqa: F401

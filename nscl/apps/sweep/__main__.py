@@ -1,4 +1,5 @@
 """``python -m nscl.apps.sweep SPEC.json``: run one spec (the local executor's worker)."""
+
 import json
 import sys
 from pathlib import Path

@@ -1,4 +1,5 @@
 """``python -m nscl sweep run|status|collect``."""
+
 from __future__ import annotations
 
 import sys
@@ -9,10 +10,13 @@ from .executors import run
 from .spec import EXECUTORS, SweepError
 from .state import COLLECTED, collect, format_status, status
 
+
 def add_cli(sub) -> None:
     """``python -m nscl sweep run|status|collect`` (registered in :data:`nscl.apps.cli.COMMANDS`)."""
-    p = sub.add_parser("sweep", help="run a grid of runs (SLURM job array, local pool, in-process), "
-                                     "show its state, collect its results")
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of runs (SLURM job array, local pool, in-process), show its state, collect its results",
+    )
     ss = p.add_subparsers(dest="sweep_command", required=True)
     r = ss.add_parser("run", help="expand, validate and execute a sweep file (only runs not yet done)")
     r.add_argument("file", help="sweep YAML, e.g. params/sweeps/compare_fmnist.yaml")
@@ -35,12 +39,14 @@ def add_cli(sub) -> None:
 
 def _reports_sweep_errors(cmd):
     """A bad sweep file or directory is a one-line error (exit 2), not a traceback."""
+
     def wrapped(args) -> int:
         try:
             return cmd(args)
         except SweepError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+
     return wrapped
 
 
@@ -48,15 +54,24 @@ def _reports_sweep_errors(cmd):
 def _cmd_run(args) -> int:
     """Exit 0 only when no run of the sweep is failed or stopped, this time or from an earlier
     submission (a resubmission skips failed runs, so it must still say they are there)."""
-    res = run(args.file, executor=args.executor, out=args.out, wait=not args.no_wait,
-              retry_failed=args.retry_failed, dry_run=args.dry_run, timeout_s=args.timeout,
-              parallel=args.parallel)
+    res = run(
+        args.file,
+        executor=args.executor,
+        out=args.out,
+        wait=not args.no_wait,
+        retry_failed=args.retry_failed,
+        dry_run=args.dry_run,
+        timeout_s=args.timeout,
+        parallel=args.parallel,
+    )
     if args.dry_run:
         for s in res["specs"]:
             print(f"  {'run' if s['name'] in res['submitted'] else 'skip'}  {s['name']}")
         print(f"{len(res['submitted'])} to run, {len(res['skipped'])} skipped (complete/failed/running)")
         return 0
-    print(f"{len(res['submitted'])} run(s) executed, {len(res['skipped'])} skipped (already complete, failed or running)")
+    print(
+        f"{len(res['submitted'])} run(s) executed, {len(res['skipped'])} skipped (already complete, failed or running)"
+    )
     for r in res["results"]:
         if r.get("status") in ("failed", "stopped"):
             print(f"  {r['status'].upper()} {r['name']}: {r['error']}")
@@ -67,8 +82,11 @@ def _cmd_run(args) -> int:
         print(f"error: {len(bad)} run(s) of the sweep did not complete:", file=sys.stderr)
         for r in bad:
             print(f"  {r['state']:<8} {r['name']}: {r['detail']}", file=sys.stderr)
-        print(f"(their logs: {res['sweep_dir']}/runs/<name>/error.txt; resubmit with --retry-failed to run "
-              "failed ones again, stopped ones resume on any resubmission)", file=sys.stderr)
+        print(
+            f"(their logs: {res['sweep_dir']}/runs/<name>/error.txt; resubmit with --retry-failed to run "
+            "failed ones again, stopped ones resume on any resubmission)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -86,8 +104,10 @@ def _cmd_collect(args) -> int:
 
     df = collect(args.dir)
     if "tasks_done" in df:  # tasks done of the stream, e.g. 3/5 (a run that failed early has none)
-        df["tasks"] = [f"{int(d)}/{int(t)}" if d == d and t == t and t else "-"
-                       for d, t in zip(df["tasks_done"], df.get("tasks", df["tasks_done"]))]
+        df["tasks"] = [
+            f"{int(d)}/{int(t)}" if d == d and t == t and t else "-"
+            for d, t in zip(df["tasks_done"], df.get("tasks", df["tasks_done"]))
+        ]
     cols = [c for c in ("name", "state", "tasks", "acc", "bwt", "plasticity", "total_s") if c in df]
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 50):
         print(df[cols].to_string(index=False))
@@ -97,10 +117,14 @@ def _cmd_collect(args) -> int:
             for name, err in zip(failed["name"], failed["error"]):
                 print(f"  {name}: {err}")
         if {"benchmark", "method", "acc"} <= set(df.columns) and (df["state"] == "complete").any():
-            print("\nmean ± std over distinct seeds (complete runs only; every other differing parameter is "
-                  "its own row):")
-            print(format_summary(seed_summary(df, by=("benchmark", "method")), seeds=True,
-                                 counts=True).to_string(index=False))
+            print(
+                "\nmean ± std over distinct seeds (complete runs only; every other differing parameter is its own row):"
+            )
+            print(
+                format_summary(seed_summary(df, by=("benchmark", "method")), seeds=True, counts=True).to_string(
+                    index=False
+                )
+            )
             print(SUMMARY_LEGEND)
     print(f"\nwritten: {Path(args.dir) / (COLLECTED + '.csv')} ({len(df)} rows)")
     return 0

@@ -1,5 +1,6 @@
 """Executors of a sweep: SLURM (one submitit job array), a local process pool, or in-process
 (``debug``); :func:`run` expands, validates and dispatches only the runs not yet done."""
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -15,6 +16,7 @@ from typing import Any
 from ...experiment import records
 from .spec import EXECUTORS, ROOT, SLURM_KEYS, SweepError, expand, load
 from .state import MANIFEST, OUTCOME, SPEC, SUBMITTED, _last_line, run_one, run_state
+
 
 def _python() -> str:
     venv = ROOT / ".venv" / "bin" / "python"
@@ -35,16 +37,27 @@ def _submit_slurm(sw: dict, specs: list[dict], logs: Path, wait: bool, timeout_s
         if key == "mem_gb":
             value = f"{int(value * 1024)}MB"
         params[SLURM_KEYS[key]] = value
-    params["setup"] = [f"export OMP_NUM_THREADS={cpus} MKL_NUM_THREADS={cpus} PYTHONUNBUFFERED=1",
-                       f"cd {shlex_quote(str(ROOT))}"] + list(params.get("setup") or [])
+    params["setup"] = [
+        f"export OMP_NUM_THREADS={cpus} MKL_NUM_THREADS={cpus} PYTHONUNBUFFERED=1",
+        f"cd {shlex_quote(str(ROOT))}",
+    ] + list(params.get("setup") or [])
     ex = submitit.SlurmExecutor(folder=str(logs / "%j"), python=python, max_num_timeout=max_num_timeout)
     ex.update_parameters(**params)
     jobs = ex.map_array(run_one, specs)
-    records.write_json(Path(sw["out"]) / SUBMITTED, {
-        "executor": "slurm", "time": time.time(), "array_job_id": jobs[0].job_id.split("_")[0] if jobs else None,
-        "jobs": {s["name"]: j.job_id for s, j in zip(specs, jobs)}})
-    print(f"submitted {len(jobs)} runs as SLURM job array {jobs[0].job_id.split('_')[0]} "
-          f"(logs: {logs}/<job>_<task>_log.out)", flush=True)
+    records.write_json(
+        Path(sw["out"]) / SUBMITTED,
+        {
+            "executor": "slurm",
+            "time": time.time(),
+            "array_job_id": jobs[0].job_id.split("_")[0] if jobs else None,
+            "jobs": {s["name"]: j.job_id for s, j in zip(specs, jobs)},
+        },
+    )
+    print(
+        f"submitted {len(jobs)} runs as SLURM job array {jobs[0].job_id.split('_')[0]} "
+        f"(logs: {logs}/<job>_<task>_log.out)",
+        flush=True,
+    )
     if not wait:
         return [{"name": s["name"], "status": "submitted", "job_id": j.job_id} for s, j in zip(specs, jobs)]
     return _wait_slurm(specs, jobs, timeout_s)
@@ -58,8 +71,12 @@ def shlex_quote(s: str) -> str:
 
 def _squeue(array_ids: set[str]) -> set[str] | None:
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted(array_ids))],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted(array_ids))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:  # squeue exits 1 when every listed job has left the queue
@@ -86,12 +103,17 @@ def _wait_slurm(specs: list[dict], jobs: list, timeout_s: float | None) -> list[
                 gone_since.setdefault(i, time.time())
                 if time.time() - gone_since[i] > 15:  # left the queue without a result: killed
                     log = job.paths.stderr
-                    results[i] = _lost(specs[i], f"SLURM job {job.job_id} ended without a result "
-                                                 f"(killed, time limit or out of memory?); log: {log}")
+                    results[i] = _lost(
+                        specs[i],
+                        f"SLURM job {job.job_id} ended without a result "
+                        f"(killed, time limit or out of memory?); log: {log}",
+                    )
                     del pending[i]
         if pending and timeout_s is not None and time.time() - t0 > timeout_s:
-            raise TimeoutError(f"{len(pending)} SLURM runs not finished after {timeout_s:.0f} s: "
-                               + ", ".join(specs[i]["name"] for i in pending))
+            raise TimeoutError(
+                f"{len(pending)} SLURM runs not finished after {timeout_s:.0f} s: "
+                + ", ".join(specs[i]["name"] for i in pending)
+            )
         if pending:
             time.sleep(1.0)
     return [results[i] for i in range(len(jobs))]
@@ -122,8 +144,14 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
         log = logs / (spec["name"].replace("/", "__") + ".log")
         with open(log, "ab") as f:
             try:
-                proc = subprocess.run([_python(), "-m", "nscl.apps.sweep", str(spec_file)], stdout=f,
-                                      stderr=subprocess.STDOUT, env=env, timeout=per_run, cwd=str(ROOT))
+                proc = subprocess.run(
+                    [_python(), "-m", "nscl.apps.sweep", str(spec_file)],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    timeout=per_run,
+                    cwd=str(ROOT),
+                )
             except subprocess.TimeoutExpired:
                 return _lost(spec, f"time limit of {per_run:.0f} s reached; log: {log}")
         try:
@@ -141,9 +169,16 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
     return out
 
 
-def run(path: str | os.PathLike | dict, executor: str | None = None, out: str | None = None, wait: bool = True,
-        retry_failed: bool = False, dry_run: bool = False, timeout_s: float | None = None,
-        parallel: int | None = None) -> dict:
+def run(
+    path: str | os.PathLike | dict,
+    executor: str | None = None,
+    out: str | None = None,
+    wait: bool = True,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    timeout_s: float | None = None,
+    parallel: int | None = None,
+) -> dict:
     """Expand, validate and execute a sweep; returns ``{"sweep_dir", "submitted", "skipped", "results"}``.
 
     Only runs that are neither complete nor failed (unless ``retry_failed``) are executed; a
@@ -167,8 +202,13 @@ def run(path: str | os.PathLike | dict, executor: str | None = None, out: str | 
         else:
             todo.append(spec)
     if dry_run:
-        return {"sweep_dir": str(sweep_dir), "submitted": [s["name"] for s in todo], "skipped": skipped,
-                "results": [], "specs": specs}
+        return {
+            "sweep_dir": str(sweep_dir),
+            "submitted": [s["name"] for s in todo],
+            "skipped": skipped,
+            "results": [],
+            "specs": specs,
+        }
     sweep_dir.mkdir(parents=True, exist_ok=True)
     records.write_json(sweep_dir / MANIFEST, {"sweep": {k: v for k, v in sw.items()}, "specs": specs})
     logs = sweep_dir / "logs"
@@ -176,12 +216,13 @@ def run(path: str | os.PathLike | dict, executor: str | None = None, out: str | 
     if todo:
         if kind == "slurm":
             if not shutil.which("sbatch"):
-                raise SweepError("executor 'slurm' needs SLURM (sbatch not found); "
-                                 "start a local one with 'sudo .ci/slurm.sh start' or use --executor local")
+                raise SweepError(
+                    "executor 'slurm' needs SLURM (sbatch not found); "
+                    "start a local one with 'sudo .ci/slurm.sh start' or use --executor local"
+                )
             results = _submit_slurm(sw, todo, logs, wait, timeout_s)
         elif kind == "local":
             results = _run_local(sw, todo, logs, timeout_s)
         else:
             results = [run_one(s) for s in todo]
-    return {"sweep_dir": str(sweep_dir), "submitted": [s["name"] for s in todo], "skipped": skipped,
-            "results": results}
+    return {"sweep_dir": str(sweep_dir), "submitted": [s["name"] for s in todo], "skipped": skipped, "results": results}

@@ -1,4 +1,5 @@
 """Sweep files -> explicit, validated run specs with stable names (see :mod:`nscl.apps.sweep`)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,11 +17,23 @@ from ...experiment import config, records
 ROOT = Path(__file__).resolve().parents[3]
 NAME_KEYS = ("benchmark", "method", "seed")
 # sweep-file slurm key -> submitit SlurmExecutor parameter
-SLURM_KEYS = {"partition": "partition", "account": "account", "qos": "qos", "gpus_per_node": "gpus_per_node",
-              "cpus_per_task": "cpus_per_task", "mem_gb": "mem", "timeout_min": "time",
-              "array_parallelism": "array_parallelism", "constraint": "constraint", "exclude": "exclude",
-              "setup": "setup", "additional": "additional_parameters", "job_name": "job_name",
-              "python": None, "max_num_timeout": None}
+SLURM_KEYS = {
+    "partition": "partition",
+    "account": "account",
+    "qos": "qos",
+    "gpus_per_node": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem_gb": "mem",
+    "timeout_min": "time",
+    "array_parallelism": "array_parallelism",
+    "constraint": "constraint",
+    "exclude": "exclude",
+    "setup": "setup",
+    "additional": "additional_parameters",
+    "job_name": "job_name",
+    "python": None,
+    "max_num_timeout": None,
+}
 EXECUTORS = ("slurm", "local", "debug")
 
 
@@ -49,7 +62,8 @@ _OPT_STR = (lambda v: v is None or isinstance(v, str), "a string")
 #: key -> (check, what it must be) for the top level, ``executor`` and ``executor.slurm``
 TOP_SHAPE = {
     "name": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string"),
-    "description": _OPT_STR, "kernel": _OPT_STR,
+    "description": _OPT_STR,
+    "kernel": _OPT_STR,
     "run": (lambda v: isinstance(v, str), "'cli' or the path of a notebook"),
     "files": (_str_list, "a list of parameter files, e.g. [params/base.yaml]"),
     "params": (lambda v: v is None or isinstance(v, dict), "a mapping key: value"),
@@ -83,8 +97,10 @@ def _check_shape(path, mapping: dict, shape: dict, prefix: str = "") -> None:
     """Unknown keys and values of the wrong kind fail here, naming the key (one-line errors)."""
     bad = set(map(str, mapping)) - set(shape)
     if bad:
-        raise SweepError(f"{path}: unknown {prefix.rstrip('.') or 'sweep'} key(s) {', '.join(sorted(bad))}; "
-                         f"valid: {', '.join(sorted(shape))}")
+        raise SweepError(
+            f"{path}: unknown {prefix.rstrip('.') or 'sweep'} key(s) {', '.join(sorted(bad))}; "
+            f"valid: {', '.join(sorted(shape))}"
+        )
     for key, value in mapping.items():
         ok, what = shape[key]
         if not ok(value):
@@ -95,7 +111,7 @@ def _check_shape(path, mapping: dict, shape: dict, prefix: str = "") -> None:
 def _path(p: str | os.PathLike) -> Path:
     """A path from a sweep file: absolute, else relative to the current directory, else to the repo root."""
     q = Path(p).expanduser()
-    for cand in ([q] if q.is_absolute() else [q, ROOT / q]):
+    for cand in [q] if q.is_absolute() else [q, ROOT / q]:
         if cand.exists():
             return cand.resolve()
     raise SweepError(f"file {str(p)!r} not found (looked in {os.getcwd()} and {ROOT})")
@@ -169,12 +185,15 @@ def run_name(params: dict, varying: Iterable[str], run: str) -> str:
     The hash covers the parameters that differ from their registered defaults (so a parameter
     registered later, or one set explicitly to its default, does not move a run elsewhere)."""
     _defaults = config.defaults()
-    key = {k: v for k, v in params.items()
-           if k not in records.RUN_INVARIANT and not (k in _defaults and v == _defaults[k])}
+    key = {
+        k: v for k, v in params.items() if k not in records.RUN_INVARIANT and not (k in _defaults and v == _defaults[k])
+    }
     key["_run"] = "cli" if run == "cli" else Path(run).stem
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     hp = "".join(f"{k}{_slug(params[k])}_" for k in varying if k not in NAME_KEYS and k in params)
-    return f"{params.get('benchmark', 'default')}/{params.get('method', 'default')}/{hp}s{params.get('seed', 0)}-{digest}"
+    return (
+        f"{params.get('benchmark', 'default')}/{params.get('method', 'default')}/{hp}s{params.get('seed', 0)}-{digest}"
+    )
 
 
 def expand(sw: dict) -> list[dict]:
@@ -187,16 +206,24 @@ def expand(sw: dict) -> list[dict]:
         for point in _points(grid):
             params = config.layer([base, point])
             for rule in sw.get("overrides") or []:
-                if (not isinstance(rule, dict) or set(rule) - {"when", "set"}
-                        or not all(isinstance(rule.get(k) or {}, dict) for k in ("when", "set"))):
-                    raise SweepError(f"each overrides entry is {{when: {{key: value}}, set: {{key: value}}}}, got {rule!r}")
+                if (
+                    not isinstance(rule, dict)
+                    or set(rule) - {"when", "set"}
+                    or not all(isinstance(rule.get(k) or {}, dict) for k in ("when", "set"))
+                ):
+                    raise SweepError(
+                        f"each overrides entry is {{when: {{key: value}}, set: {{key: value}}}}, got {rule!r}"
+                    )
                 if _matches(rule.get("when") or {}, params):
                     params = config.layer([params, rule.get("set") or {}])
             points.append((params, list(grid)))
     # grid keys whose value is not the same in every run go into the names
     all_keys = {k for _, keys in points for k in keys}
-    varying = [k for k in dict.fromkeys(k for _, keys in points for k in keys)
-               if len({json.dumps(p.get(k, "<unset>"), sort_keys=True, default=str) for p, _ in points}) > 1]
+    varying = [
+        k
+        for k in dict.fromkeys(k for _, keys in points for k in keys)
+        if len({json.dumps(p.get(k, "<unset>"), sort_keys=True, default=str) for p, _ in points}) > 1
+    ]
     specs, seen = [], set()
     for params, keys in points:
         name = run_name(params, [k for k in varying if k in all_keys], sw["run"])
@@ -207,13 +234,21 @@ def expand(sw: dict) -> list[dict]:
             cfg = config.resolve(overrides=params)
         except config.ConfigError as e:
             raise SweepError(f"run {name}: {e}") from None
-        specs.append({
-            "name": name, "sweep": sw["name"], "run": sw["run"], "params": params, "cfg": cfg,
-            "out_dir": str(Path(sw["out"]) / "runs" / name),
-            "cell_timeout_s": sw.get("cell_timeout_s"), "kernel": sw.get("kernel"),
-            "timeout_min": (sw["executor"].get("timeout_min")
-                            or (sw["executor"].get("slurm") or {}).get("timeout_min")),
-        })
+        specs.append(
+            {
+                "name": name,
+                "sweep": sw["name"],
+                "run": sw["run"],
+                "params": params,
+                "cfg": cfg,
+                "out_dir": str(Path(sw["out"]) / "runs" / name),
+                "cell_timeout_s": sw.get("cell_timeout_s"),
+                "kernel": sw.get("kernel"),
+                "timeout_min": (
+                    sw["executor"].get("timeout_min") or (sw["executor"].get("slurm") or {}).get("timeout_min")
+                ),
+            }
+        )
     if not specs:
         raise SweepError(f"sweep {sw['name']!r} expands to no runs (empty grid?)")
     return specs

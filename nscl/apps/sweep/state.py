@@ -1,5 +1,6 @@
 """One run of a sweep (idempotent, never raises for the run's own failure) and the state of a
 sweep: complete / failed / running / stopped / pending, and its collected table."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,13 @@ def run_one(spec: dict) -> dict:
         with records.lock(out, SWEEP_LOCK):
             return _run_locked(spec, out, t0)
     except records.RunDirError as e:  # held by another process: not ours to touch
-        return {"name": spec["name"], "status": "failed", "error": str(e), "out_dir": str(out),
-                "seconds": time.time() - t0}
+        return {
+            "name": spec["name"],
+            "status": "failed",
+            "error": str(e),
+            "out_dir": str(out),
+            "seconds": time.time() - t0,
+        }
 
 
 def _run_locked(spec: dict, out: Path, t0: float) -> dict:
@@ -54,8 +60,10 @@ def _run_locked(spec: dict, out: Path, t0: float) -> dict:
     records.write_json(out / SPEC, spec)
     if (out / ERROR).exists():
         (out / ERROR).unlink()
-    records.write_json(out / JOB, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                                "slurm_job_id": _slurm_task_id()})
+    records.write_json(
+        out / JOB,
+        {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "slurm_job_id": _slurm_task_id()},
+    )
     try:
         if spec["run"] == "cli":
             from ...experiment import trainer
@@ -73,8 +81,7 @@ def _run_locked(spec: dict, out: Path, t0: float) -> dict:
             text += f"\n{ename}: {evalue}\n"
         atomic_write(out / ERROR, text)
         status, error = "failed", _last_line(text)
-    return {"name": spec["name"], "status": status, "error": error, "out_dir": str(out),
-            "seconds": time.time() - t0}
+    return {"name": spec["name"], "status": status, "error": error, "out_dir": str(out), "seconds": time.time() - t0}
 
 
 def _slurm_task_id() -> str | None:
@@ -91,9 +98,17 @@ def _run_notebook(spec: dict, out: Path) -> None:
     logging.getLogger("papermill").setLevel(logging.ERROR)  # 'unknown parameter' warnings: we pass them all
     nb = Path(spec["run"])
     params = {**spec["cfg"], "output_dir": str(out)}
-    pm.execute_notebook(str(nb), str(out / nb.name), parameters=params, kernel_name=spec.get("kernel"),
-                        execution_timeout=spec.get("cell_timeout_s"), cwd=str(nb.parent),
-                        progress_bar=False, log_output=True, request_save_on_cell_execute=True)
+    pm.execute_notebook(
+        str(nb),
+        str(out / nb.name),
+        parameters=params,
+        kernel_name=spec.get("kernel"),
+        execution_timeout=spec.get("cell_timeout_s"),
+        cwd=str(nb.parent),
+        progress_bar=False,
+        log_output=True,
+        request_save_on_cell_execute=True,
+    )
 
 
 def _last_line(text: str) -> str:
@@ -108,8 +123,12 @@ def _alive(job: dict) -> bool | None:
         if not shutil.which("squeue"):
             return None
         try:
-            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", str(job["slurm_job_id"]).split("_")[0]],
-                                 capture_output=True, text=True, timeout=20).stdout.split()
+            out = subprocess.run(
+                ["squeue", "-h", "-r", "-o", "%i", "-j", str(job["slurm_job_id"]).split("_")[0]],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.split()
         except (OSError, subprocess.SubprocessError):
             return None
         return job["slurm_job_id"] in out
