@@ -28,7 +28,7 @@ def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
                 "--threads",
                 "1",
                 "--settings",
-                "finetune,principled_fast",
+                "finetune,principled_fast,principled_subset",
                 "--device",
                 "cpu",
                 "--out",
@@ -39,13 +39,15 @@ def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
     )
     rep = json.loads(out.read_text())
     (case,) = rep["cases"]
-    assert "partial" not in case and set(case["runs"]) == {"finetune", "principled_fast"}
+    assert "partial" not in case and set(case["runs"]) == {"finetune", "principled_fast", "principled_subset"}
     fast = case["runs"]["principled_fast"]
     assert fast["params"]["cov_patches"] == 16 and fast["params"]["eigen_update"] == "nested"
     for r in case["runs"].values():
         assert len(r["tasks"]) == 2 and r["peak_host_mb"] > 50 and r["peak_device_mb"] is None
         for t in r["tasks"]:
-            assert t["boundary_s"] == pytest.approx(t["covariance_s"] / t["train_samples"] * 5000 + t["eigen_s"])
+            # the pass scaled to the recipe's 5000 samples per task, or to the cov_samples subset of them
+            seen = 1250 if r["params"]["cov_samples"] else 5000
+            assert t["boundary_s"] == pytest.approx(t["covariance_s"] / t["train_samples"] * seen + t["eigen_s"])
             assert t["boundary_epoch_ratio"] == pytest.approx(t["boundary_s"] / (t["s_per_step"] * 157))
         # the checkpoint holds at least every layer's float64 covariance (sum of d^2 x 8 bytes)
         net = MultiHead(PreActResNet18(3, 4), 32, [10])
@@ -54,7 +56,7 @@ def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
         assert r["projected_full_run_s"]["extrapolated"] is True
     # nested keeps the bases in the checkpoint as well (path-dependent): larger than finetune's
     assert fast["checkpoint_bytes"] > case["runs"]["finetune"]["checkpoint_bytes"]
-    assert set(case["step_ratio_vs_plain"]) == {"finetune", "principled_fast"}
+    assert set(case["step_ratio_vs_plain"]) == {"finetune", "principled_fast", "principled_subset"}
     assert case["step_ratio_vs_plain"]["finetune"] == 1.0
 
 

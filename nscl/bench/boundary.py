@@ -237,6 +237,7 @@ RUN_VARIANTS = {
     "samples25pct": "subset",
     "nested": dict(eigen_update="nested"),
     "patches16_nested": dict(cov_patches=16, eigen_update="nested"),
+    "samples25pct_patches16_nested": dict(cov_samples="25%", cov_patches=16, eigen_update="nested"),
 }
 
 
@@ -284,7 +285,9 @@ def runs(
             if variants is not None and name not in variants and name != "exact":
                 continue
             if extra == "subset":
-                extra = dict(cov_samples=max(1, n_train // 4))
+                extra = dict(cov_samples="25%")
+            if extra.get("cov_samples") == "25%":  # a quarter of the task's training samples
+                extra = {**extra, "cov_samples": max(1, n_train // 4)}
             keys = (
                 {}
                 if rule is None
