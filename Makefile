@@ -95,7 +95,9 @@ gpu-check: venv
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml
-	$(PY) -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full -o docs/results.md
+	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_cnn.yaml
+	$(PY) -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full \
+	  cnn=results/sweeps/compare_fmnist_cnn -o docs/results.md
 
 # JupyterLab on the project folder (notebooks/ and results/) with this clone's kernel. --allow-root only
 # as root; any further flags in LAB_ARGS, e.g. make lab LAB_ARGS="--port 8899 --ip 0.0.0.0 --no-browser"
