@@ -441,3 +441,19 @@ def test_committed_notebooks_declare_the_project_kernel():
     for path in NOTEBOOKS:
         meta = nbformat.read(path, as_version=4).metadata
         assert meta["kernelspec"] == {"name": "nscl", "display_name": "Python (nscl)", "language": "python"}, path
+
+
+def test_papermill_reads_every_parameter_of_every_notebook():
+    """papermill's own parser (``papermill --help-notebook``, the parameter listing) sees every
+    assignment of each parameters cell; a line it cannot parse (e.g. ``=`` inside a comment) is
+    dropped from the listing with a warning on every run."""
+    import ast
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    for path in NOTEBOOKS:
+        nbk = nbformat.read(path, as_version=4)
+        cell = next(c for c in nbk.cells if "parameters" in c.metadata.get("tags", []))
+        assigned = [n.targets[0].id for n in ast.parse(cell.source).body if isinstance(n, ast.Assign)]
+        assert [p.name for p in PythonTranslator.inspect(cell)] == assigned, path.name
