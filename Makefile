@@ -91,7 +91,7 @@ gpu-check: venv
 
 # The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x
 # {suite size, full size}, plus the small CNN on split, x seeds 0,1,2 on CPU (local executor, 2 runs at
-# once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1 h on 2 idle
+# once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1.5 h on 2
 # cores. Commit the page it writes.
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
