@@ -36,7 +36,8 @@ step() {  # step NAME LIMIT_S CMD...: run with a time limit, record exit status 
 
 step pytest_gpu 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py --junitxml "$OUT/pytest_gpu.xml"
 step bench_projection 80 "$PY" -m nscl.bench projection --device cuda --out "$OUT/projection.json"
-step bench_e2e 220 "$PY" -m nscl.bench e2e --cases resnet18 --device cuda --gpu-epochs 2 --out "$OUT/e2e.json"
+step bench_e2e 220 "$PY" -m nscl.bench e2e --cases resnet18 --device cuda --gpu-epochs 2 \
+  --settings finetune,principled_subset,official,principled,principled_fast --out "$OUT/e2e.json"
 
 NB_ARGS=(-p device cuda -p output_dir "$OUT/notebook00")
 if [ -z "${NSCL_DATA_ROOT:-}" ] && ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then
