@@ -41,25 +41,14 @@ import torch
 from ..experiment import config
 from ..core.covariance import Covariance, input_dim
 from ..data import make_stream
-from ..core.nullspace import compute, null_threshold
+from ..core.nullspace import compute, null_threshold, rule_at
 from ..experiment.records import env_info, write_json
 from ..experiment.trainer import Trainer
 
 
-def _default_rule() -> dict:
-    """The principled default selection rule (``nullspace_rule`` and its keys at their defaults)."""
-    d = config.defaults()
-    return dict(
-        rule=d["nullspace_rule"],
-        a=d["a"],
-        floor=d["a_min_floor"],
-        energy=d["energy"],
-        rel_tol=d["rel_tol"],
-        leak=d["leak"],
-    )
-
-
-RULE = _default_rule()
+#: the principled default selection rule (``nullspace_rule`` and its keys at their defaults), as the
+#: tracker applies it after the first task
+RULE = rule_at(config.nullspace_rule(config.defaults()), 0)
 
 
 def _cifar(samples: int, tasks: int, test: int = 200):

@@ -128,6 +128,16 @@ def energy_at(t: int, energy: float, step: float = 0.0, cap: float = 1.0) -> flo
     return min(energy + t * step, max(cap, energy))
 
 
+def rule_at(rule: dict, t: int) -> dict:
+    """Keyword arguments of :func:`compute` after task ``t`` (0-based) from a tracker rule: the rising
+    threshold's ``energy_step`` / ``energy_max`` resolved into that task's ``energy`` (:func:`energy_at`)."""
+    rule = dict(rule)
+    step, cap = rule.pop("energy_step", 0.0), rule.pop("energy_max", 1.0)
+    if "energy" in rule:
+        rule["energy"] = energy_at(max(t, 0), rule["energy"], step, cap)
+    return rule
+
+
 def null_dim(
     eigvals: torch.Tensor,
     rule: str = "a_min",
@@ -351,11 +361,7 @@ class NullSpaceTracker:
     def rule(self, name: str, t: int | None = None) -> dict:
         """Keyword arguments of :func:`compute` for one layer after task ``t`` (default: the last one
         seen): the tracker's rule with the layer's overrides, the energy threshold at task ``t``."""
-        rule = {**self.base_rule, **self.rules.get(name, {})}
-        step, cap = rule.pop("energy_step", 0.0), rule.pop("energy_max", 1.0)
-        if "energy" in rule:
-            rule["energy"] = energy_at(max(self.task if t is None else t, 0), rule["energy"], step, cap)
-        return rule
+        return rule_at({**self.base_rule, **self.rules.get(name, {})}, self.task if t is None else t)
 
     def val_matrix(self, name: str) -> torch.Tensor | None:
         """Held-out covariance of one layer, or None when no validation inputs were seen."""

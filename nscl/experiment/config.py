@@ -284,6 +284,21 @@ def defaults() -> dict:
     return {k: (list(p.default) if isinstance(p.default, list) else p.default) for k, p in PARAMS.items()}
 
 
+def nullspace_rule(cfg: dict) -> dict:
+    """The null-space selection rule of a configuration, as :class:`nscl.core.nullspace.NullSpaceTracker`
+    takes it (``rule``: ``nullspace_rule``, ``floor``: ``a_min_floor``, the other keys as named)."""
+    return dict(
+        rule=cfg["nullspace_rule"],
+        a=cfg["a"],
+        floor=cfg["a_min_floor"],
+        energy=cfg["energy"],
+        energy_step=cfg["energy_step"],
+        energy_max=cfg["energy_max"],
+        rel_tol=cfg["rel_tol"],
+        leak=cfg["leak"],
+    )
+
+
 def _unknown(key: str) -> ConfigError:
     close = difflib.get_close_matches(str(key), PARAMS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""

@@ -157,16 +157,7 @@ class Trainer:
             scale_sqrt_r=cfg["scale_sqrt_r"],
             patches=cfg["cov_patches"],
             eigen_update=cfg["eigen_update"],
-            rule=dict(
-                rule=cfg["nullspace_rule"],
-                a=cfg["a"],
-                floor=cfg["a_min_floor"],
-                energy=cfg["energy"],
-                energy_step=cfg["energy_step"],
-                energy_max=cfg["energy_max"],
-                rel_tol=cfg["rel_tol"],
-                leak=cfg["leak"],
-            ),
+            rule=config_mod.nullspace_rule(cfg),
         )
         T = len(self.stream)
         self.acc: list[list] = [[None] * T for _ in range(T)]
