@@ -56,14 +56,26 @@ browser:
 	  echo "WARNING: no chromium and not root: tests/test_lab_browser.py will FAIL." \
 	       "Install it with 'sudo apt-get install chromium' (or set NSCL_CHROMIUM to a Chromium binary)."; fi
 
-# Lint and format check (ruff), unit tests (tests/, incl. every notebook through papermill on params/ci.yaml and JupyterLab
-# in a real browser), then nbval: the committed notebooks' stored outputs must reproduce (their runs go to
-# a fresh temporary folder; no progress bars).
+# Lint and format check (ruff); then the committed notebooks' stored outputs (nbval, notebooks/conftest.py:
+# exact, except the numbers of `training-numbers` cells, held within notebooks/output_tolerance.yaml) on
+# this machine's default numeric path; then, at once, the same check on a second numeric path (one thread,
+# ATen's portable kernels: another machine's sums) and every test (pytest -m 'not gpu': unit tests, the
+# notebook tests on the records of the first nbval run, SLURM, JupyterLab in Chromium). Each notebook
+# executes once per path. Both must pass.
+TEST_RUNS := results/make-test
+NBVAL := $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env notebooks/
+PORTABLE := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default
 test: venv data slurm browser
 	$(PY) -m ruff check nscl tests
 	$(PY) -m ruff format --check nscl tests
-	$(PY) -m pytest -q
-	NSCL_QUIET=1 NSCL_OUTPUT_ROOT=$$(mktemp -d) $(PY) -m pytest -q --nbval --nbval-current-env notebooks/
+	@rm -rf $(TEST_RUNS) && mkdir -p $(TEST_RUNS)
+	NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/default $(NBVAL)
+	@echo "$(PORTABLE) nbval (log: $(TEST_RUNS)/portable.log) alongside pytest -m 'not gpu' ..."
+	@$(PORTABLE) NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/portable $(NBVAL) > $(TEST_RUNS)/portable.log 2>&1 & nbval=$$!; \
+	NSCL_NBVAL_ROOT=$(CURDIR)/$(TEST_RUNS)/default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m 'not gpu'; \
+	tests=$$?; wait $$nbval; portable=$$?; \
+	echo "--- nbval on the second numeric path ($(PORTABLE)):"; tail -n 25 $(TEST_RUNS)/portable.log; \
+	test $$tests = 0 && test $$portable = 0
 
 # The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
 # notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"

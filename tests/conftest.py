@@ -12,25 +12,52 @@ def _threads():
     yield
 
 
+#: the tiny run every training test starts from: 3 tasks of split_digits (~290 samples each), MLP 32-32,
+#: one epoch, CPU, quiet; tests override what they study
+TINY = dict(
+    benchmark="split_digits", n_tasks=3, epochs=1, batch_size=32, hidden=[32, 32], device="cpu", quiet=True, seed=0
+)
+
+
+class Killed(BaseException):
+    """A simulated kill: like SIGKILL, not an error the run could record."""
+
+
 @pytest.fixture
 def tiny_cfg():
-    """A resolved config for a 5-task split_digits stream (~290 samples/task), 1 epoch, CPU, quiet."""
+    """``make(**overrides)``: :data:`TINY` resolved, on the stream's full 5 tasks unless ``n_tasks`` is
+    given, with the exact ``a_min`` null space (the invariance checks)."""
 
     def make(**overrides):
-        base = dict(
-            benchmark="split_digits",
-            epochs=1,
-            batch_size=32,
-            hidden=[32, 32],
-            device="cpu",
-            quiet=True,
-            seed=0,
-            nullspace_rule="a_min",
-        )  # exact invariance checks
-        base.update(overrides)
-        return config.resolve(overrides=base)
+        return config.resolve(overrides={**TINY, "n_tasks": None, "nullspace_rule": "a_min", **overrides})
 
     return make
+
+
+@pytest.fixture
+def tiny_params():
+    """:data:`TINY` as sweep / notebook parameters: explicit sizes, one thread each."""
+    return {**TINY, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
+
+
+@pytest.fixture
+def kill_at_task():
+    """``kill(trainer, t=2)``: the trainer dies with :class:`Killed` as task ``t`` starts, i.e. after
+    task ``t - 1``'s checkpoint; ``kill.Killed`` is the exception to expect."""
+
+    def kill(trainer, t: int = 2):
+        before_task = trainer.method.before_task
+
+        def die(k):
+            if k == t:
+                raise Killed(f"simulated kill as task {t + 1} starts")
+            before_task(k)
+
+        trainer.method.before_task = die
+        return trainer
+
+    kill.Killed = Killed
+    return kill
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ def test_e2e_resnet_records_boundary_memory_and_checkpoint(tmp_path):
     assert case["step_ratio_vs_plain"]["finetune"] == 1.0
 
 
+@pytest.mark.slow
 def test_boundary_estimators_are_exact_when_nothing_is_left_out():
     """A subset or patch limit at least the data size reproduces the exact pass (same r, zero error);
     a real subset does not, and every reported number is a plain float."""

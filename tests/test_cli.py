@@ -18,6 +18,8 @@ from nscl.apps import cli
 from nscl.experiment import config, records
 from nscl.core.nullspace import null_dim
 
+pytestmark = pytest.mark.slow  # end to end through subprocesses: `make test` runs them
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {
     "schema",

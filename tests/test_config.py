@@ -6,6 +6,7 @@ import pytest
 
 from nscl.apps import cli
 from nscl.experiment import config
+from nscl.methods import METHODS
 
 
 def error_of(**overrides) -> str:
@@ -191,3 +192,39 @@ def test_every_declared_default_is_valid():
     """Defaults pass their own ranges and choices (a declaration cannot contradict itself)."""
     assert config.validate({}) == config.defaults()
     assert sum(p.range is not None for p in config.PARAMS.values()) >= 25
+
+
+class _ReadKeys(dict):
+    """A config that remembers which keys were read (item access and ``get``)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.read = set()
+
+    def __getitem__(self, k):
+        self.read.add(k)
+        return super().__getitem__(k)
+
+    def get(self, k, default=None):
+        self.read.add(k)
+        return super().get(k, default)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_method_reads_every_parameter_it_declares(method, tiny_cfg, tmp_path, monkeypatch):
+    """A declared parameter changes the run; one the method never reads would pass `-p` silently (no
+    "does not read" warning) while changing nothing. Two tasks (the t > 0 branches), a small CNN with
+    BatchNorm and EWC on it where the method declares `bn` (so `ewc_lambda` is read)."""
+    import yaml
+
+    from nscl.experiment import trainer
+
+    yaml.add_representer(_ReadKeys, yaml.representer.SafeRepresenter.represent_dict, Dumper=yaml.SafeDumper)
+    seen = []
+    validate = config.validate
+    monkeypatch.setattr(config, "validate", lambda cfg: seen.append(_ReadKeys(validate(cfg))) or seen[-1])
+    declared = {p.name for p in METHODS[method].params}
+    extra = {"bn": "ewc"} if "bn" in declared else {}
+    cfg = tiny_cfg(method=method, n_tasks=2, model="cnn", cnn_channels=[4, 8], hidden=[16], checkpoint=False, **extra)
+    trainer.Trainer(cfg, tmp_path).fit()
+    assert declared - seen[-1].read == set(), f"{method} declares parameters it never reads"

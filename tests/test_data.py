@@ -451,6 +451,7 @@ def test_damaged_cifar_pickle_and_tiny_image_name_the_file(tmp_path):
     assert _one_line(ei.value).startswith(f"{tiny.resolve() / 'train' / 'n01' / 'images' / 'a.JPEG'}: unreadable image")
 
 
+@pytest.mark.slow
 def test_cli_prints_data_errors_as_one_line(tmp_path):
     import subprocess
     import sys

@@ -162,6 +162,7 @@ def serve_lab(tmp_path: Path):
             server.wait()
 
 
+@pytest.mark.browser
 def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from nscl.core import pruning
+from conftest import TINY
 from nscl.experiment import config
 from nscl.data import make_stream
 from nscl.experiment.trainer import Trainer
@@ -15,20 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:split_digits")
 
 
 def _cfg(**kw):
-    base = dict(
-        benchmark="split_digits",
-        n_tasks=3,
-        epochs=1,
-        batch_size=32,
-        hidden=[32, 32],
-        device="cpu",
-        quiet=True,
-        seed=0,
-        method="clnp",
-        checkpoint=False,
-    )
-    base.update(kw)
-    return config.resolve(overrides=base)
+    return config.resolve(overrides={**TINY, "method": "clnp", "checkpoint": False, **kw})
 
 
 def _synthetic(shape, n_tasks=2):

@@ -65,12 +65,8 @@ def test_saving_anything_but_plain_data_fails_naming_the_value(tmp_path):
     assert not (tmp_path / records.CHECKPOINT).exists()
 
 
-class Killed(BaseException):
-    """A simulated kill -9 (it bypasses the trainer's failure path, as a real kill does)."""
-
-
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_resumes_from_a_plain_checkpoint_to_identical_results(method, tmp_path, tiny_cfg):
+def test_every_method_resumes_from_a_plain_checkpoint_to_identical_results(method, tmp_path, tiny_cfg, kill_at_task):
     # a small CNN with BatchNorm, so every piece of state is in the checkpoint: BN-EWC Fisher terms,
     # pruning masks, truncated low-rank factors and their mapped covariances
     reads = config.read_by(method)
@@ -80,16 +76,8 @@ def test_every_method_resumes_from_a_plain_checkpoint_to_identical_results(metho
     cfg = small(tiny_cfg, method=method, epochs=2, model="cnn", cnn_channels=[4, 8], **extra)
     full_tr = trainer.Trainer(cfg, tmp_path / "full")
     full = full_tr.fit()
-    killed = trainer.Trainer(cfg, tmp_path / "resumed")
-    before_task = killed.method.before_task
-
-    def die_at_task3(t):
-        if t == 2:
-            raise Killed
-        before_task(t)
-
-    killed.method.before_task = die_at_task3
-    with pytest.raises(Killed):
+    killed = kill_at_task(trainer.Trainer(cfg, tmp_path / "resumed"))
+    with pytest.raises(kill_at_task.Killed):
         killed.fit()
     state = torch.load(tmp_path / "resumed" / records.CHECKPOINT, weights_only=True)  # plain data only
     assert state["task"] == 1
@@ -113,6 +101,7 @@ with records.lock(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_folder(tmp_path, tiny_cfg):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True, env=ENV)

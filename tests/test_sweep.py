@@ -9,23 +9,13 @@ import sys
 from pathlib import Path
 
 import nbformat
+import conftest
 import pytest
 import yaml
 
 from nscl.apps import sweep
 
-TINY = {
-    "benchmark": "split_digits",
-    "n_tasks": 3,
-    "epochs": 1,
-    "batch_size": 32,
-    "hidden": [32, 32],
-    "device": "cpu",
-    "quiet": True,
-    "samples_per_task": 200,
-    "test_samples_per_task": 100,
-    "threads": 1,
-}
+TINY = {**conftest.TINY, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
 BAD_LR = 1.0e30  # valid for the config (a float > 0), NaN loss at run time: this run must fail alone
 
 
@@ -92,6 +82,7 @@ def test_bad_key_fails_before_anything_runs(tmp_path):
         sweep.load(path)
 
 
+@pytest.mark.slow
 def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
     grid = [
         {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
@@ -155,6 +146,7 @@ def write_run_notebook(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_notebook_run_through_papermill_is_idempotent(tmp_path):
     nb = write_run_notebook(tmp_path / "one_run.ipynb")
     path = write_sweep(tmp_path, run=str(nb), grid={"method": ["finetune"], "seed": [3]}, cell_timeout_s=300)
@@ -206,6 +198,7 @@ def test_killed_run_is_stopped_then_resumes_from_checkpoint(tmp_path, monkeypatc
     assert [row.count(None) for row in resumed["acc"]] == [2, 1, 0]
 
 
+@pytest.mark.slow
 def test_cli_status_and_collect(tmp_path):
     path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0]})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import conftest
 import pytest
 import yaml
 
@@ -21,18 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "slurm.sh"
 NAME = "pytest_slurm"
 JOB_NAME = f"nscl-{NAME}"
-TINY = {
-    "benchmark": "split_digits",
-    "n_tasks": 3,
-    "epochs": 1,
-    "batch_size": 32,
-    "hidden": [32, 32],
-    "device": "cpu",
-    "quiet": True,
-    "samples_per_task": 200,
-    "test_samples_per_task": 100,
-    "threads": 1,
-}
+TINY = {**conftest.TINY, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
 
 
 @pytest.fixture(scope="module")

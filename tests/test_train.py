@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nscl.core import metrics
+from conftest import TINY
 from nscl.experiment import config, records
 from nscl.experiment import trainer as train
 from nscl.methods import METHODS
@@ -17,19 +18,7 @@ from nscl.core.models import batchnorm_layers, projected_layers
 
 
 def resolved(**overrides):
-    base = dict(
-        benchmark="split_digits",
-        n_tasks=3,
-        epochs=1,
-        batch_size=32,
-        hidden=[32, 32],
-        device="cpu",
-        quiet=True,
-        seed=0,
-        nullspace_rule="a_min",
-    )  # exact null spaces: the invariance checks
-    base.update(overrides)
-    return config.resolve(overrides=base)
+    return config.resolve(overrides={**TINY, "nullspace_rule": "a_min", **overrides})  # exact null spaces
 
 
 def task1_snapshots(trainer):
@@ -175,10 +164,6 @@ def test_same_seed_same_results_other_seed_differs():
     assert not torch.equal(w0["backbone.layers.0.weight"], w2["backbone.layers.0.weight"])
 
 
-class Killed(BaseException):
-    """A simulated kill: like KeyboardInterrupt (or kill -9) it does not go through the failure path."""
-
-
 @pytest.mark.parametrize(
     "method,extra",
     [
@@ -191,20 +176,12 @@ class Killed(BaseException):
     ],
     ids=["adam_nscl", "ewc", "nested_subsampled"],
 )
-def test_killed_run_resumes_to_identical_results(method, extra, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_identical_results(method, extra, tmp_path, monkeypatch, kill_at_task):
     cfg = resolved(method=method, epochs=2, **extra)
     full = train.run(cfg, tmp_path / "full")
 
-    killed = train.Trainer(cfg, tmp_path / "resumed")
-    before_task = killed.method.before_task
-
-    def die_at_task3(t):
-        if t == 2:
-            raise Killed("simulated kill after task 2's checkpoint")
-        before_task(t)
-
-    killed.method.before_task = die_at_task3
-    with pytest.raises(Killed):
+    killed = kill_at_task(train.Trainer(cfg, tmp_path / "resumed"))
+    with pytest.raises(kill_at_task.Killed):
         killed.fit()
     partial = records.load(tmp_path / "resumed")
     assert partial["status"] == "running" and partial["metrics"]["tasks_done"] == 2

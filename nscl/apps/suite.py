@@ -39,6 +39,7 @@ from ..experiment import config as config_mod
 from ..experiment import records
 from ..methods import null_space_methods
 from ..util import atomic_write
+from . import kernel as kernel_manager
 from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
 
 NOTEBOOK_RE = re.compile(r"^\d\d_.+\.ipynb$")
@@ -114,6 +115,7 @@ def execute(
         log_output=log_output,
         cwd=str(nb.parent),
         execution_timeout=timeout,
+        kernel_manager_class=kernel_manager.MANAGER,
     )
 
 
@@ -252,8 +254,15 @@ def write_summary(out: Path, entries: list[dict], total_s: float | None = None) 
     return path
 
 
-def regenerate(nb: Path, timeout: int = 1200, output_root: str | Path | None = None, write: bool = True) -> float:
+def regenerate(
+    nb: Path,
+    timeout: int = 1200,
+    output_root: str | Path | None = None,
+    write: bool = True,
+    dest: str | Path | None = None,
+) -> float:
     """Execute a notebook in place with its own defaults (the stored outputs nbval checks); seconds taken.
+    With ``dest`` the executed notebook is written there instead (the committed one stays as it is).
 
     Runs like nbval under ``make test``: ``NSCL_OUTPUT_ROOT`` set to ``output_root`` (default a fresh
     temporary folder, so no cached runs are reused), ``NSCL_QUIET=1`` (no progress bars), the
@@ -279,6 +288,7 @@ def regenerate(nb: Path, timeout: int = 1200, output_root: str | Path | None = N
                 kernel_name="python3",
                 record_timing=False,
                 resources={"metadata": {"path": str(nb.parent)}},
+                kernel_manager_class=kernel_manager.MANAGER,
             ).execute()
         finally:
             for k, v in old.items():
@@ -293,7 +303,7 @@ def regenerate(nb: Path, timeout: int = 1200, output_root: str | Path | None = N
     for cell in nb_obj.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
-    nbformat.write(nb_obj, str(nb))
+    nbformat.write(nb_obj, str(Path(dest) if dest else nb))
     return time.perf_counter() - t0
 
 
@@ -314,19 +324,26 @@ def regenerate_plan(folder: str | Path | None = None, only: Iterable[str] | None
     return [(nb, nb.name in chosen) for nb in every if nb.name in needed]
 
 
-def regenerate_all(folder: str | Path | None = None, only: Iterable[str] | None = None) -> None:
+def regenerate_all(
+    folder: str | Path | None = None, only: Iterable[str] | None = None, into: str | Path | None = None
+) -> None:
     """``make notebooks``: :func:`regenerate` every (selected) notebook in order, in one shared output root,
-    as nbval runs them under ``make test`` (so the analysis notebook reads the runs of those before it)."""
+    as nbval runs them under ``make test`` (so the analysis notebook reads the runs of those before it).
+    With ``into`` the executed notebooks go to that folder, the committed ones are left alone."""
     import tempfile
 
+    if into is not None:
+        Path(into).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as root:
         for nb, write in regenerate_plan(folder, only):
             print(
-                f"{nb.name}: executing{' in place' if write else ' (its runs feed a later notebook)'} ...",
+                f"{nb.name}: executing{' (its runs feed a later notebook)' if not write else '' if into else ' in place'} ...",
                 file=sys.stderr,
                 flush=True,
             )
-            print(f"{nb.name}: {regenerate(nb, output_root=root, write=write):.0f} s", file=sys.stderr, flush=True)
+            dest = Path(into) / nb.name if into is not None else None
+            secs = regenerate(nb, output_root=root, write=write, dest=dest)
+            print(f"{nb.name}: {secs:.0f} s", file=sys.stderr, flush=True)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -363,6 +380,11 @@ def add_cli(sub) -> None:
         action="store_true",
         help="instead: execute the committed notebooks in place with their defaults (make notebooks)",
     )
+    p.add_argument(
+        "--into",
+        metavar="DIR",
+        help="with --regenerate: write the executed notebooks to DIR, leaving the committed ones alone",
+    )
     p.set_defaults(func=cmd_suite)
 
 
@@ -370,7 +392,7 @@ def cmd_suite(args) -> int:
     overrides = config_mod.parse_overrides(args.param, check_keys=False)
     t0 = time.perf_counter()
     if args.regenerate:
-        regenerate_all(args.notebooks, args.only)
+        regenerate_all(args.notebooks, args.only, into=args.into)
         return 0
     entries = run_suite(
         args.out,

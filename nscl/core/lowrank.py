@@ -228,13 +228,3 @@ def layer_stats(f: Factorized, rank_tol: float) -> dict:
         "surrogate": surrogate([f]).item(),
         "singular_values": S.tolist(),
     }
-
-
-# ---- analysis tables (notebook 03, reports) ------------------------------------------------------
-def base_layer(name: str) -> tuple[str, str]:
-    """``backbone.layers.1.B`` -> (``backbone.layers.1``, ``input``); ``.A`` -> ``bottleneck``; dense -> input."""
-    if name.endswith(".B"):
-        return name[:-2], "input"
-    if name.endswith(".A"):
-        return name[:-2], "bottleneck"
-    return name, "input"

@@ -13,6 +13,9 @@ from ..core.optim import NullSpaceAdam
 from ..core.params import Param
 from .base import BN, EWC_LAMBDA, Method, register
 
+#: the official 1/sqrt(r) step scaling, read wherever a projector is built (also by nscl_prune)
+SCALE_SQRT_R = Param("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector")
+
 #: Adam-NSCL's own parameters (the null-space rule itself is common: every run records null spaces)
 ADAM_NSCL_PARAMS = (
     BN,
@@ -25,7 +28,7 @@ ADAM_NSCL_PARAMS = (
         "project the final Adam step (official) or the gradient before Adam",
         choices=("update", "grad"),
     ),
-    Param("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector"),
+    SCALE_SQRT_R,
 )
 
 

@@ -50,7 +50,7 @@ import torch
 from ..core import nullspace, pruning
 from ..core.optim import NullSpaceAdam
 from ..core.params import Param
-from .adam_nscl import ADAM_NSCL_PARAMS
+from .adam_nscl import SCALE_SQRT_R
 from .base import Method, register
 
 PRUNING_PARAMS = (
@@ -352,4 +352,4 @@ class NSCLPrune(_UnitPruning):
 
     project_old = True
     null_space = True
-    params = PRUNING_PARAMS + ADAM_NSCL_PARAMS
+    params = PRUNING_PARAMS + (SCALE_SQRT_R,)  # its optimizer projects per owner block (no bn/lr_projected/project)

@@ -47,8 +47,6 @@ from __future__ import annotations
 import torch
 
 from ..core import lowrank as lr
-from ..core import metrics as metrics_mod
-from ..core.nullspace import null_dim
 from ..core.params import Param
 from .adam_nscl import ADAM_NSCL_PARAMS, AdamNSCL
 from .base import Method, register
@@ -108,8 +106,6 @@ LOWRANK_PARAMS = (
     ),
 )
 
-ENERGIES = (0.9, 0.95, 0.99)
-
 
 @register("lowrank")
 class LowRank(Method):
@@ -138,7 +134,6 @@ class LowRank(Method):
             }
             for n, f in self.layers.items()
         }
-        self.val_acc: list = []
 
     def new_component_projector(self, name: str, t: int):
         """Projector applied to the ``B`` columns of components switched on at task ``t`` (none here)."""
@@ -206,12 +201,6 @@ class LowRank(Method):
         for name, f in self.layers.items():
             for k, v in lr.layer_stats(f, self.cfg["rank_tol"]).items():
                 self.records[name][k].append(v)
-        if self.trainer is not None:  # validation accuracies: what the rank schedule is tuned on
-            T = len(self.stream)
-            if not self.val_acc:
-                self.val_acc = [[None] * T for _ in range(T)]
-            for j in range(t + 1):
-                self.val_acc[t][j] = self.trainer.accuracy(j, "val") if len(self.stream[j].val) else None
 
     def diagnostics(self):
         out = {
@@ -219,35 +208,20 @@ class LowRank(Method):
             "rank_tol": self.cfg["rank_tol"],
             "rank_schedule": self.cfg["rank_schedule"],
             "nuclear_lambda": self.cfg["nuclear_lambda"],
-            "val_acc": self.val_acc,
         }
-        if self.val_acc:
-            out["val_metrics"] = metrics_mod.summary(self.val_acc)
         tracker = self.trainer.tracker if self.trainer is not None else None
         if tracker is not None:
             for n, rec in out["lowrank"].items():
                 h = tracker.history.get(f"{n}.A")
                 rec["bottleneck_null_dim"] = list(h["dims"]) if h else []
-            energy = {}
-            for layer in tracker.layers:
-                dims = {str(e): [] for e in ENERGIES}
-                for t in range(len(self.stream)):
-                    ev = tracker.spectra.get(f"{layer}/task{t}")
-                    if ev is None:
-                        break
-                    ev = torch.as_tensor(ev)
-                    for e in ENERGIES:
-                        dims[str(e)].append(null_dim(ev, rule="energy", energy=e))
-                energy[layer] = dims
-            out["null_space_energy"] = energy
         return out
 
     def state_dict(self):
-        return {**super().state_dict(), "records": self.records, "val_acc": self.val_acc}
+        return {**super().state_dict(), "records": self.records}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.records, self.val_acc = state["records"], state["val_acc"]
+        self.records = state["records"]
 
 
 @register("nscl_lowrank")

@@ -95,6 +95,8 @@ def _run_notebook(spec: dict, out: Path) -> None:
 
     import papermill as pm
 
+    from .. import kernel
+
     logging.getLogger("papermill").setLevel(logging.ERROR)  # 'unknown parameter' warnings: we pass them all
     nb = Path(spec["run"])
     params = {**spec["cfg"], "output_dir": str(out)}
@@ -108,6 +110,7 @@ def _run_notebook(spec: dict, out: Path) -> None:
         progress_bar=False,
         log_output=True,
         request_save_on_cell_execute=True,
+        kernel_manager_class=kernel.MANAGER,
     )
 
 
