@@ -11,7 +11,7 @@
 #
 # A machine that already has a SLURM configuration NOT written by this script (a real cluster) is
 # never touched: `start` only checks that it answers. (a single-node SLURM: munge + slurmctld + slurmd)
-# (Debian 12, slurm-wlm 22.05). No accounting database: `sacct` does not work, and nscl.sweep
+# (Debian 12, slurm-wlm 22.05). No accounting database: `sacct` does not work, and nscl.apps.sweep
 # does not need it (it watches result files and `squeue`).
 set -euo pipefail
 cmd=${1:-start}

@@ -1,4 +1,4 @@
-"""Parameters (nscl.config): bad ones are rejected before any training, naming the key; layering."""
+"""Parameters (nscl.experiment.config): bad ones are rejected before any training, naming the key; layering."""
 
 from __future__ import annotations
 

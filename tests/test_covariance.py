@@ -1,4 +1,4 @@
-"""Layer-input covariance (nscl.covariance) against brute force: explicit loops, conv output."""
+"""Layer-input covariance (nscl.core.covariance) against brute force: explicit loops, conv output."""
 
 from __future__ import annotations
 

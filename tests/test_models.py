@@ -1,4 +1,4 @@
-"""PreAct-ResNet-18 block variants (nscl.models): the official Adam-NSCL block against an independent
+"""PreAct-ResNet-18 block variants (nscl.core.models): the official Adam-NSCL block against an independent
 functional forward, and how it differs from the He et al. pre-activation block."""
 
 from __future__ import annotations

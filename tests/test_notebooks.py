@@ -221,7 +221,7 @@ def test_misspelled_parameter_fails_naming_the_key(tmp_path):
     assert not (tmp_path / "runs").exists()  # failed before any training
 
 
-# ---- nscl.notebook.parameters without a kernel --------------------------------------------------
+# ---- nscl.apps.notebook.parameters without a kernel ---------------------------------------------
 def test_parameters_validates_the_namespace(tmp_path, monkeypatch):
     import os
 

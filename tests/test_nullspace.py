@@ -1,4 +1,4 @@
-"""Null-space selection rules on constructed spectra, and the projectors (nscl.nullspace)."""
+"""Null-space selection rules on constructed spectra, and the projectors (nscl.core.nullspace)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NullSpaceAdam (nscl.optim): Adam when nothing is projected, exact invariance of old-task outputs
+"""NullSpaceAdam (nscl.core.optim): Adam when nothing is projected, exact invariance of old-task outputs
 when the final step is projected, and the documented failure of projecting the gradient instead."""
 
 from __future__ import annotations

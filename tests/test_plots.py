@@ -15,7 +15,7 @@ from nscl.analysis import plots  # noqa: E402
 
 
 def ns_table(n_runs: int, tasks: int = 5) -> pd.DataFrame:
-    """A null-space table like nscl.notebook.null_space_table: two layers, r shrinking per task."""
+    """A null-space table like nscl.analysis.tables.null_space_frame: two layers, r shrinking per task."""
     rows = []
     for k in range(n_runs):
         for layer, d, r0 in (("backbone.layers.0", 785, 514), ("backbone.layers.1", 65, 13)):

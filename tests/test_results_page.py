@@ -1,6 +1,6 @@
 """The chance-level check (notebooks, suite summary) and the results page built from fake sweeps.
 
-The fake sweeps are real sweep directories (manifest from :func:`nscl.sweep.expand`, one run
+The fake sweeps are real sweep directories (manifest from :func:`nscl.apps.sweep.expand`, one run
 directory per spec) whose ``results.json`` carry constructed metrics, so every number on the page
 is known in advance. Nothing is trained.
 """

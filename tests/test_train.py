@@ -1,4 +1,4 @@
-"""The training loop (nscl.train) through its public entry points: invariance of Adam-NSCL through
+"""The training loop (nscl.experiment.trainer) through its public entry points: invariance of Adam-NSCL through
 the real Trainer, BN freezing, determinism, resume, NaN handling, every method, and the metrics."""
 
 from __future__ import annotations
