@@ -79,9 +79,12 @@ test: venv data slurm browser
 
 # The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
 # notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"
+# Independent notebooks run side by side, one per core (JOBS, one torch thread each; JOBS=1: one after
+# another with progress bars).
 NAME ?= default
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 run: venv data
-	$(PY) -m nscl suite -f params/base.yaml -f params/suite.yaml -o results/$(NAME) $(ARGS)
+	$(PY) -m nscl suite -f params/base.yaml -f params/suite.yaml -o results/$(NAME) -j $(JOBS) $(ARGS)
 
 # Re-execute the committed notebooks in place with their own (tiny CPU) defaults: the outputs nbval checks.
 notebooks: venv data

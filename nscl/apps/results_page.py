@@ -11,7 +11,7 @@ The page holds, from the complete runs only:
   (``n`` shown when a group has another number of seeds than the others), one column group per size;
 * the issue's goals per benchmark x size (:func:`goals`): the best null-space method against
   ``joint``, the default ``adam_nscl`` against ``joint`` and ``finetune``;
-* the stability-plasticity plane (:func:`nscl.plots.stability_plasticity`) as a PNG beside the page;
+* the stability-plasticity plane (:func:`nscl.analysis.plots.stability_plasticity`) as a PNG beside the page;
 * the exact commands, the stream sizes and the null-space rule the runs used;
 * the environment: commit(s), versions, CPU, threads, and wall / compute time per sweep.
 
@@ -63,7 +63,7 @@ def parse_sweeps(args: Iterable[str]) -> dict[str, Path]:
 
 
 def collect(sweeps: Mapping[str, str | os.PathLike]):
-    """One row per run of every sweep (:func:`nscl.sweep.collect`), with a ``size`` column (the label)."""
+    """One row per run of every sweep (:func:`nscl.apps.sweep.collect`), with a ``size`` column (the label)."""
     import pandas as pd
 
     frames = []

@@ -119,6 +119,33 @@ def execute(
     )
 
 
+def _execute_entry(nb: Path, out_nb: Path, params: dict, progress: bool, log_output: bool) -> dict:
+    """Execute one suite notebook; its summary entry (also in a worker process: no exception escapes)."""
+    t0 = time.perf_counter()
+    entry = {"notebook": nb.stem, "status": "complete", "error": None}
+    try:
+        execute(nb, out_nb, params, progress=progress, log_output=log_output)
+    except Exception as e:  # PapermillExecutionError, ConfigError in the kernel, dead kernel, ...
+        entry["status"] = "failed"
+        entry["error"] = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
+    entry["seconds"] = time.perf_counter() - t0
+    return entry
+
+
+def schedule(nbs: list[Path]) -> tuple[list[Path], dict[str, set[str]]]:
+    """Start order and dependencies of a parallel suite. A notebook that declares ``runs`` (the analysis
+    notebook) reads what every notebook before it wrote, so it waits for them. The others are independent;
+    later notebooks compare more runs and take longest, so they start first (longest processing time
+    first keeps every core busy to the end)."""
+    import papermill as pm
+
+    waits = {}
+    for k, nb in enumerate(nbs):
+        waits[nb.stem] = {p.stem for p in nbs[:k]} if "runs" in pm.inspect_notebook(str(nb)) else set()
+    order = sorted(nbs, key=lambda p: (bool(waits[p.stem]), -nbs.index(p)))
+    return order, waits
+
+
 def run_suite(
     out: str | Path,
     files: Iterable[str | Path] = (),
@@ -128,33 +155,61 @@ def run_suite(
     log_output: bool = False,
     folder: str | Path | None = None,
     hook: str | None = "suite_{stem}.yaml",
+    jobs: int = 1,
 ) -> list[dict]:
-    """Execute every suite notebook into ``out``; write ``out/summary.md``; return one entry per notebook."""
+    """Execute every suite notebook into ``out``; write ``out/summary.md``; return one entry per notebook
+    (in notebook order). ``jobs > 1`` executes that many notebooks at once, each in its own process with
+    one torch thread unless ``threads`` is given, and without progress bars (see :func:`schedule`)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     files = [Path(f) for f in files]
     nbs = notebooks(folder, only)
     if not nbs:
         raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder or project_root() / 'notebooks'}")
-    entries = []
+    overrides = dict(overrides or {})
+    jobs = max(1, min(jobs, len(nbs)))
+    if jobs > 1:
+        overrides.setdefault("threads", 1)
+        progress = False
+    params = {nb.stem: notebook_parameters(nb, files, overrides, out / nb.stem, out, hook=hook) for nb in nbs}
+    order, waits = schedule(nbs) if jobs > 1 else (nbs, {nb.stem: set() for nb in nbs})
+    done: dict[str, dict] = {}
     t_suite = time.perf_counter()
-    for k, nb in enumerate(nbs, 1):
-        nb_dir = out / nb.stem
-        params = notebook_parameters(nb, files, overrides, nb_dir, out, hook=hook)
-        print(f"[{k}/{len(nbs)}] {nb.name} -> {nb_dir / nb.name}", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        entry = {"notebook": nb.stem, "status": "complete", "error": None}
-        try:
-            execute(nb, nb_dir / nb.name, params, progress=progress, log_output=log_output)
-        except Exception as e:  # PapermillExecutionError, ConfigError in the kernel, dead kernel, ...
-            entry["status"] = "failed"
-            entry["error"] = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', e)}"
-            print(f"      FAILED: {entry['error']}", file=sys.stderr, flush=True)
-        entry["seconds"] = time.perf_counter() - t0
-        print(f"      {entry['status']} in {entry['seconds']:.0f} s", file=sys.stderr, flush=True)
-        entries.append(entry)
-        write_summary(out, entries, time.perf_counter() - t_suite)
-    return entries
+
+    def finish(entry: dict) -> None:
+        done[entry["notebook"]] = entry
+        if entry["error"]:
+            print(f"      {entry['notebook']} FAILED: {entry['error']}", file=sys.stderr, flush=True)
+        print(
+            f"      {entry['notebook']} {entry['status']} in {entry['seconds']:.0f} s ({len(done)}/{len(nbs)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        write_summary(out, [done[nb.stem] for nb in nbs if nb.stem in done], time.perf_counter() - t_suite)
+
+    def start(nb: Path) -> tuple[Path, Path, dict, bool, bool]:
+        print(f"[{nbs.index(nb) + 1}/{len(nbs)}] {nb.name} -> {out / nb.stem / nb.name}", file=sys.stderr, flush=True)
+        return nb, out / nb.stem / nb.name, params[nb.stem], progress, log_output
+
+    if jobs <= 1:
+        for nb in order:
+            finish(_execute_entry(*start(nb)))
+    else:
+        pending = list(order)
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {}
+            while pending or running:
+                for nb in [p for p in pending if waits[p.stem] <= done.keys()][: jobs - len(running)]:
+                    pending.remove(nb)
+                    running[pool.submit(_execute_entry, *start(nb))] = nb
+                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for f in finished:
+                    running.pop(f)
+                    finish(f.result())
+    return [done[nb.stem] for nb in nbs]
 
 
 def _fmt(v, spec=".2f") -> str:
@@ -225,7 +280,7 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
 def chance_failures(records: Mapping[str, dict]) -> list[str]:
     """``"<notebook>/<run>: tasks i, j"`` for every null-space method's run (``Method.null_space``)
     that a notebook record lists as at chance on some task of its final row (see
-    :func:`nscl.notebook.check_above_chance`)."""
+    :func:`nscl.apps.notebook.check_above_chance`)."""
     names = null_space_methods()
     return [
         f"{nb}/{label}: task(s) {', '.join(map(str, m['at_chance']))} at chance"
@@ -369,6 +424,13 @@ def add_cli(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (prefix or stem)")
     p.add_argument("--notebooks", default=None, help="notebook folder (default <project>/notebooks)")
     p.add_argument("--no-progress", action="store_true", help="no papermill progress bars")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        help="notebooks executed at once, one process and one torch thread each (make run: the cores, at most 2)",
+    )
     p.add_argument("--log-output", action="store_true", help="stream cell output to the log")
     p.add_argument(
         "--hook",
@@ -403,6 +465,7 @@ def cmd_suite(args) -> int:
         log_output=args.log_output,
         folder=args.notebooks,
         hook=args.hook or None,
+        jobs=args.jobs,
     )
     summary = Path(args.out) / "summary.md"
     print(summary.read_text())

@@ -16,7 +16,7 @@ Faithful to the official optimizer (docs/official_vs_paper.md):
 outputs exactly unchanged.
 
 Speed: moments and parameter updates use PyTorch's multi-tensor (``foreach``) kernels. With
-``batched`` (default: on a GPU) the layers whose projectors are thin :class:`~nscl.nullspace.Projector`
+``batched`` (default: on a GPU) the layers whose projectors are thin :class:`~nscl.core.nullspace.Projector`
 bases of the same kind and the same ``(out, d)`` shape are projected together: their updates are
 stacked and multiplied by zero-padded stacked bases with one ``bmm`` pair per group (zero columns
 add nothing, so the result is the same product), which saves kernel launches. On CPU the flops are
