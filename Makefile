@@ -65,6 +65,7 @@ browser:
 TEST_RUNS := results/make-test
 NBVAL := $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env notebooks/
 PORTABLE := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 test: venv data slurm browser
 	$(PY) -m ruff check nscl tests
 	$(PY) -m ruff format --check nscl tests
@@ -72,7 +73,8 @@ test: venv data slurm browser
 	NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/default $(NBVAL)
 	@echo "$(PORTABLE) nbval (log: $(TEST_RUNS)/portable.log) alongside pytest -m 'not gpu' ..."
 	@$(PORTABLE) NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/portable $(NBVAL) > $(TEST_RUNS)/portable.log 2>&1 & nbval=$$!; \
-	NSCL_NBVAL_ROOT=$(CURDIR)/$(TEST_RUNS)/default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m 'not gpu'; \
+	NSCL_NBVAL_ROOT=$(CURDIR)/$(TEST_RUNS)/default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m 'not gpu' \
+	  -n $(TEST_WORKERS) --dist loadfile; \
 	tests=$$?; wait $$nbval; portable=$$?; \
 	echo "--- nbval on the second numeric path ($(PORTABLE)):"; tail -n 25 $(TEST_RUNS)/portable.log; \
 	test $$tests = 0 && test $$portable = 0

@@ -1,4 +1,4 @@
-"""Documented files exist: every path under params/, notebooks/ or docs/ that the README or the
+"""Documented files exist: every path under params/, notebooks/ or docs/ that the README, docs/ or the
 Makefile names is tracked by git (an ignore rule once hid params/sweeps/ from every clone), and the
 sweep recipes there expand to valid runs."""
 
@@ -15,7 +15,7 @@ from nscl.apps import sweep
 from nscl.experiment import config
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("README.md", "Makefile")
+DOCUMENTS = ("README.md", "Makefile", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")))
 # a path that starts a word (not the tail of results/notebooks/...), with <placeholders> and globs
 PATH = re.compile(r"(?<![\w/.$<>-])((?:params|notebooks|docs)/[\w.*<>/-]*)")
 
