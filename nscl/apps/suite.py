@@ -1,7 +1,7 @@
 """The notebook suite runner behind ``make run``: every ``notebooks/NN_*.ipynb`` through papermill.
 
     python -m nscl suite -f params/base.yaml -f params/suite.yaml -o results/default [-p device=cpu]
-                         [--only 00 01] [--no-progress]
+                         [--only 00 01] [--no-progress] [-j 2]
 
 For each notebook (sorted by name) the parameters are, later winning: the ``-f`` files, then
 ``params/suite_<stem>.yaml`` if it exists (per-notebook hook, may hold that notebook's extras; the
@@ -16,6 +16,11 @@ it wrote. The output is::
     <out>/<stem>/figures/*.png    figures
     <out>/summary.md              one table: notebook, status, minutes, and each method's ACC/BWT;
                                   the check that no null-space method is at chance on any task
+
+With ``-j N`` (``make run``: one per core) N notebooks execute at once, each in its own process with one
+torch thread (unless ``-p threads=...``), longest first; the analysis notebook waits for the notebooks
+whose runs it reads (:func:`schedule`). ``-j`` changes nothing but that thread count, which moves a
+permuted stream's numbers within the spread docs/guarantees.md reports (``-p threads=...`` pins it).
 
 Unknown keys fail inside the notebook (``nscl.apps.notebook.parameters``), naming the key; a failed
 notebook is recorded in the summary, the others still run, and the exit status is 1. The exit status
