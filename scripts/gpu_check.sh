@@ -54,8 +54,10 @@ if ! "$PY" -c 'import papermill, ipykernel' 2>/dev/null; then
   fi
   SITE=${GPU_CHECK_SITE:-${TMPDIR:-/tmp}/nscl-gpu-site}
   echo "gpu-check: installing $(ls "$WHEELHOUSE"/*.whl | wc -l) wheels from $WHEELHOUSE into $SITE (no index)"
+  t0=$SECONDS
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
     --upgrade --target "$SITE" "$WHEELHOUSE"/*.whl || { echo "gpu-check: installing the wheelhouse failed" >&2; exit 2; }
+  echo "gpu-check: wheelhouse installed in $((SECONDS - t0)) s"
   export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
 "$PY" - "$DEVICE" <<'PYEOF'
@@ -83,7 +85,7 @@ if [ "$DEVICE" = cuda ]; then
     --settings finetune,principled_subset,official,principled,principled_fast --out "$OUT/e2e.json"
 else  # the same code paths, small: every import, CLI and JSON writer, at CPU sizes
   step pytest_gpu 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider --collect-only tests/test_gpu.py
-  step bench_projection 80 "$PY" -m nscl.bench projection --device cpu --threads 1 --steps 2 --warmup 1 \
+  step bench_projection 80 "$PY" -m nscl.bench projection --device cpu --threads 1 --models mlp --steps 2 --warmup 1 \
     --out "$OUT/projection.json"
   step bench_e2e 220 "$PY" -m nscl.bench e2e --cases resnet18 --device cpu --threads 1 --resnet-steps 1 --width 8 \
     --settings finetune,principled_subset,official,principled,principled_fast --out "$OUT/e2e.json"

@@ -212,7 +212,9 @@ def download(dest: Path, fmnist: Path | None) -> int:
     for w in wheels:
         name, requires = wheel_metadata(w)
         have.add(name)
-        missing += [f"{name} needs {r}" for r in sorted(requirement_names(requires, python_version) - set(pins) - set(node))]
+        missing += [
+            f"{name} needs {r}" for r in sorted(requirement_names(requires, python_version) - set(pins) - set(node))
+        ]
     if have != set(pins) or missing:
         print(
             f"wheelhouse: not closed: {'; '.join(missing) or 'wheels differ from the lock'}. "
