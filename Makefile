@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare results lab clean gpu-check
+.PHONY: venv data slurm browser test run notebooks compare results lab clean gpu-check wheelhouse
 
 venv: $(STAMP) $(KERNEL)
 
@@ -102,8 +102,15 @@ compare: venv data
 
 # The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
 # on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
-gpu-check: venv
+# On a node without internet (docs/gpu.md): make gpu-check PY=python3 uses that Python and the wheelhouse,
+# never the venv or an index.
+gpu-check: $(if $(filter command line,$(origin PY)),,venv)
 	PY=$(PY) bash scripts/gpu_check.sh
+
+# wheelhouse/: the wheels a GPU node lacks for gpu-check (scripts/gpu_wheelhouse.txt, Python 3.12, manylinux
+# x86-64), fetched here where pip reaches the index; WITH_FMNIST=1 also packs Fashion-MNIST (+30 MB).
+wheelhouse:
+	$(PYTHON) scripts/wheelhouse.py download $(if $(WITH_FMNIST),--fmnist $(FMNIST_DIR))
 
 
 # The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x

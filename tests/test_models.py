@@ -78,7 +78,8 @@ def test_with_identity_bn_the_blocks_agree():
     a = PreActBlock(4, 4, 1, "official").double().eval()
     b = PreActBlock(4, 4, 1, "preact").double().eval()
     b.load_state_dict(a.state_dict())
-    a.bn1.eps = b.bn1.eps = 0.0  # running stats (0, 1) and affine (1, 0): bn1(x) = x
+    for bn in (a.bn1, b.bn1):  # running stats (0, 1 - eps) and affine (1, 0): bn1(x) = x (torch 2.11 refuses eps=0)
+        bn.running_var.fill_(1.0 - bn.eps)
     x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(a(x), b(x), rtol=0, atol=1e-12)
