@@ -64,9 +64,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # disk full: say which file could not be written
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
