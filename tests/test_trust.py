@@ -351,7 +351,11 @@ RUN = ["run", "-p", "benchmark=split_digits", "-p", "n_tasks=2", "-p", "samples_
 
 @pytest.mark.parametrize(
     "out,needle",
-    [("", "-o is empty"), ("a_file", "is a file, not a directory"), ("/proc/nscl_run", "cannot create the run directory")],
+    [
+        ("", "-o is empty"),
+        ("a_file", "is a file, not a directory"),
+        ("/proc/nscl_run", "cannot create the run directory"),
+    ],
 )
 def test_a_bad_output_folder_is_one_line(tmp_path, monkeypatch, capsys, out, needle):
     monkeypatch.chdir(tmp_path)
@@ -439,7 +443,10 @@ def test_the_umask_is_read_without_changing_it():
 # ---- 12. one-line errors where a traceback or silence was ------------------------------------------
 @pytest.mark.parametrize(
     "param,needle",
-    [("device=tpu", "'device' must be auto, cpu, cuda, cuda:N or mps"), ("n_tasks=1000", "'n_tasks' must be in [1, 200]")],
+    [
+        ("device=tpu", "'device' must be auto, cpu, cuda, cuda:N or mps"),
+        ("n_tasks=1000", "'n_tasks' must be in [1, 200]"),
+    ],
 )
 def test_device_typos_and_huge_task_counts_are_one_line(tmp_path, capsys, param, needle):
     assert cli.main(["run", "-p", param, "-o", str(tmp_path / "run")]) == 2

@@ -26,7 +26,6 @@ import errno
 import io
 import json
 import os
-import pickle
 import platform
 import socket
 import stat
@@ -337,9 +336,12 @@ def check_same_run(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
     diff = differing(saved, cfg)
     if diff:
         status = res.get("status") if res is not None else None
-        what = {"complete": "a complete run", "failed": "a failed run", "running": "an unfinished run", "stopped": "a stopped run"}.get(
-            status, "a started run"
-        )
+        what = {
+            "complete": "a complete run",
+            "failed": "a failed run",
+            "running": "an unfinished run",
+            "stopped": "a stopped run",
+        }.get(status, "a started run")
         raise RunDirError(
             f"{run_dir} holds {what} with other parameters ({_describe(saved, cfg, diff)}; from {source.name}); "
             f"use another output directory (-o, or output_dir in a notebook), or delete {run_dir} to retrain"
@@ -391,7 +393,9 @@ def lock(run_dir: str | os.PathLike, name: str = LOCK) -> Iterator[Path]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunDirError(f"cannot create the run directory {run_dir} ({e.strerror}); use another output directory") from None
+        raise RunDirError(
+            f"cannot create the run directory {run_dir} ({e.strerror}); use another output directory"
+        ) from None
     path = run_dir / name
     key = str(run_dir.resolve() / name)
     held = _HELD.get(key)
@@ -466,7 +470,9 @@ def _open_lock(path: Path, run_dir: Path) -> tuple[int, bool]:
         raise RunDirError(f"cannot write in {run_dir} ({e.strerror}); use another output directory") from None
     except OSError as e:
         if e.errno == errno.EROFS:
-            raise RunDirError(f"cannot write in {run_dir} (read-only file system); use another output directory") from None
+            raise RunDirError(
+                f"cannot write in {run_dir} (read-only file system); use another output directory"
+            ) from None
         raise
     try:
         fd = os.open(path, os.O_RDONLY | flags)
@@ -521,12 +527,16 @@ def _acquire(path: Path, run_dir: Path) -> int | None:
         except FileNotFoundError:
             same = False
         if same and created:
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
+            os.write(
+                fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode()
+            )
             return fd
         if same:  # a stale lock file of a holder that was killed: nobody holds it, replace it by ours
             try:
                 os.unlink(path)
             except OSError as e:
                 os.close(fd)
-                raise RunDirError(f"cannot replace the stale {path} ({e.strerror}); use another output directory") from None
+                raise RunDirError(
+                    f"cannot replace the stale {path} ({e.strerror}); use another output directory"
+                ) from None
         os.close(fd)

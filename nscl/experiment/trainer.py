@@ -448,7 +448,12 @@ class Trainer:
         if state is None:
             return 0
         task, T = state["task"], len(self.stream)
-        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < T or not isinstance(state["params"], dict):
+        if (
+            isinstance(task, bool)
+            or not isinstance(task, int)
+            or not 0 <= task < T
+            or not isinstance(state["params"], dict)
+        ):
             raise records.RunDirError(
                 f"{self.out_dir / records.CHECKPOINT} is not a checkpoint of this run (task {task!r} of a "
                 f"{T}-task stream); delete it to start the run from its first task"

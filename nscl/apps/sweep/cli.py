@@ -67,15 +67,22 @@ def _cmd_run(args) -> int:
             parallel=args.parallel,
         )
     except SweepInterrupted as e:
-        print("\ninterrupted: the queue is cancelled and the runs in progress were stopped (resumable)", file=sys.stderr)
+        print(
+            "\ninterrupted: the queue is cancelled and the runs in progress were stopped (resumable)", file=sys.stderr
+        )
         for r in e.results:
-            print(f"  {r['status'].upper()} {r['name']}" + (f": {r['error']}" if r.get("error") else ""), file=sys.stderr)
+            print(
+                f"  {r['status'].upper()} {r['name']}" + (f": {r['error']}" if r.get("error") else ""), file=sys.stderr
+            )
         if e.not_started:
             print(f"  not started: {len(e.not_started)} run(s): {', '.join(e.not_started)}", file=sys.stderr)
         print("resubmit the same command to finish the sweep (complete runs are skipped)", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("\ninterrupted while waiting; submitted SLURM jobs keep running (python -m nscl sweep status DIR)", file=sys.stderr)
+        print(
+            "\ninterrupted while waiting; submitted SLURM jobs keep running (python -m nscl sweep status DIR)",
+            file=sys.stderr,
+        )
         return 130
     if args.dry_run:
         for s in res["specs"]:

@@ -129,26 +129,27 @@ def _last_line(text: str) -> str:
 def _alive(job: dict, run_dir: Path) -> bool | None:
     """Whether the process of a started run still exists (None: cannot tell).
 
-    A SLURM job: ``squeue``. Any other: whether a process holds the run's lock (``.sweep.lock``, or
-    the trainer's ``.lock``), which is true on any host that shares the folder, and false once the
-    holder is gone, however it ended (the kernel drops a ``flock`` when its holder exits)."""
-    if job.get("slurm_job_id"):
-        if not shutil.which("squeue"):
-            return None
-        try:
-            out = subprocess.run(
-                ["squeue", "-h", "-r", "-o", "%i", "-j", str(job["slurm_job_id"]).split("_")[0]],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.split()
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return job["slurm_job_id"] in out
+    Whether a process holds the run's lock (``.sweep.lock``, or the trainer's ``.lock``): true on any
+    host that shares the folder, false once the holder is gone however it ended (the kernel drops a
+    ``flock`` when its holder exits; a SLURM job still listed while it completes holds none). Only
+    where the filesystem has no locks: ``squeue`` for a SLURM job, else unknown."""
     held = [records.held(run_dir, name) for name in (SWEEP_LOCK, records.LOCK)]
     if True in held:
         return True
-    return None if None in held else False
+    if None not in held:
+        return False
+    if not job.get("slurm_job_id") or not shutil.which("squeue"):
+        return None
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", str(job["slurm_job_id"]).split("_")[0]],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return job["slurm_job_id"] in out
 
 
 def _job(run_dir: Path) -> dict | None:
@@ -181,7 +182,9 @@ def run_state(spec: dict) -> tuple[str, str | None]:
     done = sum(1 for row in (res or {}).get("acc") or [] if isinstance(row, list) and row and row[0] is not None)
     if job is not None:
         alive = _alive(job, d)
-        where = f"job {job['slurm_job_id']}" if job.get("slurm_job_id") else f"pid {job.get('pid')} on {job.get('host')}"
+        where = (
+            f"job {job['slurm_job_id']}" if job.get("slurm_job_id") else f"pid {job.get('pid')} on {job.get('host')}"
+        )
         if alive is False:
             return "stopped", f"{where} ended after {done} task(s); resubmit to resume from the checkpoint"
         if alive is True or (res or {}).get("status") != "stopped":
