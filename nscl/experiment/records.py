@@ -181,7 +181,11 @@ def env_info(device: torch.device | str, seed: int) -> dict:
 
 class NotARunRecord(ValueError):
     """A ``results.json`` that is not a run record: not JSON (truncated), not a mapping (``[]``,
-    ``null``), or of another schema. The message names the file."""
+    ``null``), or of another schema (``schema``). The message names the file."""
+
+    def __init__(self, message: str, schema=None):
+        super().__init__(message)
+        self.schema = schema
 
 
 def load(run_dir: str | os.PathLike) -> dict:
@@ -199,7 +203,9 @@ def load(run_dir: str | os.PathLike) -> dict:
         raise NotARunRecord(f"{path} is not a run record (not valid JSON: {e})") from None
     if not isinstance(res, dict) or res.get("schema") != SCHEMA:
         what = f"schema {res.get('schema')!r}" if isinstance(res, dict) else f"a JSON {type(res).__name__}"
-        raise NotARunRecord(f"{path} is not a run record ({what}, not {SCHEMA!r})")
+        raise NotARunRecord(
+            f"{path} is not a run record ({what}, not {SCHEMA!r})", res.get("schema") if isinstance(res, dict) else None
+        )
     res["_dir"] = str(path.parent)
     return res
 
@@ -242,7 +248,8 @@ def _scan(paths) -> dict[Path, dict]:
         try:
             out[d] = load(d)
         except (OSError, NotARunRecord) as e:  # never a crash, never a silent drop
-            skipped(d / RESULTS, e)
+            if not str(getattr(e, "schema", None)).startswith("nscl."):  # nscl's other records (notebooks')
+                skipped(d / RESULTS, e)
             bad.add(d)
     return out
 
@@ -252,8 +259,8 @@ def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> 
 
     ``paths`` are folders, ``results.json`` files or glob patterns. Every ``results.json`` below a
     folder is looked at (a notebook-level record does not hide its ``runs/``) and only run records
-    are kept; any other ``results.json`` (``[]``, ``null``, truncated, another schema) is left out
-    with one warning naming it. Each directory once, resolved, in sorted order per path.
+    are kept; nscl's other records (a notebook's) are passed over and any other ``results.json``
+    (``[]``, ``null``, truncated, a foreign schema) is left out with one warning naming it. Each directory once, resolved, in sorted order per path.
     """
     return list(_scan(paths))
 
