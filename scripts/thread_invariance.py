@@ -14,8 +14,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -35,10 +33,9 @@ def one(benchmark: str, method: str, threads: int) -> trainer.Trainer:
 
 def compare(a: trainer.Trainer, b: trainer.Trainer) -> dict:
     ha, hb = a.tracker.history, b.tracker.history
-    eig = max(
-        float(((x - y).abs().max() / x.abs().max()).item())
-        for layer in a.tracker.spectra
-        for x, y in zip(map(torch.as_tensor, a.tracker.spectra[layer]), map(torch.as_tensor, b.tracker.spectra[layer]))
+    eig = max(  # per layer and task: the largest eigenvalue difference over the largest eigenvalue
+        float(abs(a.tracker.spectra[k] - b.tracker.spectra[k]).max() / abs(a.tracker.spectra[k]).max())
+        for k in a.tracker.spectra
     )
     kept = max(abs(x - y) for layer in ha for x, y in zip(ha[layer]["kept_energy"], hb[layer]["kept_energy"]))
     sa, sb = a.model.state_dict(), b.model.state_dict()

@@ -199,7 +199,10 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(running.values()):
             proc.terminate()
-        done = [r for r in (f.result() for f in futures if not f.cancelled()) if r is not None]
+        done = []
+        for f in futures:  # what the started runs returned once they have exited
+            if not f.cancelled() and f.exception() is None and f.result() is not None:
+                done.append(f.result())
         if isinstance(e, (KeyboardInterrupt, RunStopped)):
             started = {r["name"] for r in done}
             raise SweepInterrupted(done, [s["name"] for s in specs if s["name"] not in started]) from None
