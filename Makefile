@@ -74,7 +74,7 @@ test: venv data slurm browser
 	@echo "$(PORTABLE) nbval (log: $(TEST_RUNS)/portable.log) alongside pytest -m 'not gpu' ..."
 	@$(PORTABLE) NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/portable $(NBVAL) > $(TEST_RUNS)/portable.log 2>&1 & nbval=$$!; \
 	NSCL_NBVAL_ROOT=$(CURDIR)/$(TEST_RUNS)/default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m 'not gpu' \
-	  -n $(TEST_WORKERS) --dist loadfile; \
+	  -n $(TEST_WORKERS) --dist worksteal; \
 	tests=$$?; wait $$nbval; portable=$$?; \
 	echo "--- nbval on the second numeric path ($(PORTABLE)):"; tail -n 25 $(TEST_RUNS)/portable.log; \
 	test $$tests = 0 && test $$portable = 0

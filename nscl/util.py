@@ -18,10 +18,25 @@ from typing import Any, Iterable
 STALE_TEMP_S = 3600.0
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read once at import: from ``/proc/self/status`` (Linux), which changes
+    nothing; elsewhere by setting and restoring it, once, before any writer thread exists. Never
+    while threads write files: a thread would see a umask of 0 in between."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: the umask the process started with (a process that changes its umask later keeps this one for
+#: nscl's files)
+UMASK = _read_umask()
 
 
 def _remove_stale_temps(folder: Path, name: str) -> None:
@@ -43,15 +58,17 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; results are meant to be shared
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp creates 0600; results are meant to be shared
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # disk full: say which file could not be written
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 

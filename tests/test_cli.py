@@ -353,7 +353,7 @@ def test_seed_table_never_prints_minus_zero(tmp_path, write_run, capsys):
         ("a=.nan", "'a' must be a finite number, got nan"),
         ("betas=[.nan, 0.9]", "'betas' must hold finite numbers"),
         ("n_tasks=11", "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
-        ("n_tasks=0", "'n_tasks' must be >= 1, got 0"),
+        ("n_tasks=0", "'n_tasks' must be in [1, 200], got 0"),
         ("seed=-1", "'seed' must be >= 0, got -1"),
         ("samples_per_task=0", "'samples_per_task' must be >= 1, got 0"),
         ("hidden=[0]", "'hidden' must hold values >= 1, got [0]"),

@@ -59,7 +59,7 @@ def test_unknown_key_names_it_suggests_and_lists_valid_keys():
         ("energy", float("-inf"), "'energy' must be a finite number"),
         ("betas", [0.9, float("nan")], "'betas' must hold finite numbers"),
         # ranges declared with the parameters (issue 10, item 7): tracebacks deep in a run before
-        ("n_tasks", 0, "'n_tasks' must be >= 1, got 0"),
+        ("n_tasks", 0, "'n_tasks' must be in [1, 200], got 0"),
         ("n_tasks", 11, "'n_tasks': split_fmnist splits 10 classes into tasks, so at most 10 tasks; got 11"),
         ("seed", -1, "'seed' must be >= 0, got -1"),
         ("samples_per_task", 0, "'samples_per_task' must be >= 1, got 0"),

@@ -431,7 +431,8 @@ def test_require_runs_fails_naming_the_key_and_the_root(tmp_path, monkeypatch):
     ):
         nb.require_runs([str(tmp_path / "nothing_here")])
     records.write_json(
-        tmp_path / "00_x" / "runs" / "finetune" / records.RESULTS, {"schema": records.SCHEMA, "params": {}}
+        tmp_path / "00_x" / "runs" / "finetune" / records.RESULTS,
+        {"schema": records.SCHEMA, "status": "complete", "params": {}},
     )
     cfg = nb.parameters({"runs": ["0[0-3]_*"]}, extras=["runs"])
     assert nb.require_runs(cfg["runs"]) == [(tmp_path / "00_x" / "runs" / "finetune").resolve()]

@@ -145,9 +145,10 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
 
 # ---- 4. permissions and stale temporaries ---------------------------------------------------------------
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_run_files_get_the_mode_the_umask_allows(umask, mode, tmp_path, tiny_cfg):
+def test_run_files_get_the_mode_the_umask_allows(umask, mode, tmp_path, tiny_cfg, monkeypatch):
     old = os.umask(umask)
     try:
+        monkeypatch.setattr(util, "UMASK", util._read_umask())  # what a process started with it reads at import
         trainer.Trainer(small(tiny_cfg), tmp_path).fit(until=1)  # unfinished: the checkpoint stays
     finally:
         os.umask(old)

@@ -112,3 +112,66 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
     assert json.loads((sweep_dir / "submitted.json").read_text()) == sub  # no new job array
     assert {j.split("_")[0] for j in _queued()} <= {array}  # (a task may still be COMPLETING)
     assert stamps == {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
+
+
+def epochs_for(params: dict, seconds: float) -> int:
+    """Epochs per task that make a 5-task run of ``params`` train for about ``seconds`` on this machine
+    now (timed on one task of 20 epochs), so that the test neither ends before SLURM's warning on a fast
+    machine nor lasts longer than it must on a slow one."""
+    import time
+
+    from nscl.experiment import config, trainer
+
+    tr = trainer.Trainer(config.resolve(overrides={**params, "epochs": 20, "n_tasks": 5}))
+    t0 = time.perf_counter()
+    tr.train_task(0)
+    return max(20, int(20 * seconds / 5 / (time.perf_counter() - t0)))
+
+
+def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(slurm, tmp_path):
+    """SLURM's warning before the limit (SIGUSR2, sent by slurmctld's 30-s time-limit check once less than
+    signal_delay_s + 30 s are left: with a 1-minute limit and signal_delay_s=1, 29-59 s after the start)
+    must leave the run ``stopped`` (no error.txt), and resubmitting the same sweep resumes it to the numbers
+    of an uninterrupted run. The run trains for about 75 s (5 tasks; epochs timed on this machine) so that
+    the warning always finds it training; the uninterrupted reference trains in a thread meanwhile. Wall
+    time: the run's plus two job starts, about 100 s."""
+    import threading
+
+    from nscl.experiment import config, records, trainer
+
+    params = {**TINY, "n_tasks": 5, "samples_per_task": None, "hidden": [256, 256], "method": "adam_nscl"}
+    params["epochs"] = epochs_for(params, 75.0)
+    doc = {
+        "name": NAME,
+        "run": "cli",
+        "params": params,
+        "out": str(tmp_path / "sweep"),
+        "grid": {"seed": [0]},
+        "executor": {
+            "kind": "slurm",
+            "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 1, "signal_delay_s": 1},
+        },
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    reference = {}
+    whole = threading.Thread(
+        target=lambda: reference.update(trainer.run(config.resolve(overrides=params), tmp_path / "whole"))
+    )
+    whole.start()
+    try:
+        first = sweep.run(path, timeout_s=240)
+        (spec,) = sweep.expand(sweep.load(path))
+        d = Path(spec["out_dir"])
+        assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"]
+        assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
+        stopped = records.load(d)
+        assert stopped["status"] == "stopped" and stopped["metrics"]["tasks_done"] < 5
+        doc["executor"]["slurm"]["timeout_min"] = 5  # the same runs; a limit the rest fits in
+        path.write_text(yaml.safe_dump(doc))
+        second = sweep.run(path, timeout_s=240)
+    finally:
+        whole.join()
+    assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete"
+    done = records.load(d)
+    assert done["status"] == "complete" and done["acc"] == reference["acc"]

@@ -101,8 +101,16 @@ def results_by_label(runs_or_results) -> dict[str, Mapping]:
     """``{label: results}`` from such a dict, or from run directories / folders / globs."""
     if isinstance(runs_or_results, Mapping):
         return dict(runs_or_results)
-    dirs = records.find_runs(list(runs_or_results))
-    return {lab: records.load(d) for lab, d in zip(run_labels(dirs), dirs)}
+    loaded = _loaded(runs_or_results)
+    return dict(zip(run_labels([r["_dir"] for r in loaded]), loaded))
+
+
+def _loaded(paths) -> list[dict]:
+    """Run records from run directories / folders / globs (:func:`nscl.experiment.records.load_runs`:
+    a ``results.json`` that is no run record is left out with one warning), or records already loaded."""
+    if isinstance(paths, (list, tuple)) and paths and all(isinstance(r, Mapping) for r in paths):
+        return list(paths)
+    return records.load_runs(paths if isinstance(paths, (str, os.PathLike)) else list(paths))
 
 
 def _cell(v):
@@ -111,16 +119,16 @@ def _cell(v):
 
 # ---- one row per run --------------------------------------------------------------------------
 def runs_frame(paths, params: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per run: ``run`` (directory), ``status``, ``tasks_done`` of ``tasks``, the parameters
-    (``params``: a selection; default all, lists as JSON), the metrics and ``total_s``."""
+    """One row per run (``paths``: run directories / folders / globs, or loaded records): ``run``
+    (directory), ``status``, ``tasks_done`` of ``tasks``, the parameters (``params``: a selection;
+    default all, lists as JSON), the metrics and ``total_s``."""
     rows = []
     base = defaults()  # runs written before a parameter existed had its default
-    for d in records.find_runs(paths):
-        res = records.load(d)
+    for res in _loaded(paths):
         p = {**base, **(res.get("params") or {})}
         m = res.get("metrics") or {}
         row = {
-            "run": str(d),
+            "run": res["_dir"],
             "status": res.get("status"),
             "tasks_done": m.get("tasks_done"),
             "tasks": len(res.get("tasks") or []),

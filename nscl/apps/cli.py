@@ -43,6 +43,7 @@ def cmd_run(args) -> int:
     unread = config.unread(cfg)
     if unread:
         print(f"warning: method {cfg['method']} does not read: {', '.join(unread)}", file=sys.stderr)
+    _check_out(args.out)
     tr = trainer.Trainer(cfg, args.out)
     try:
         res = tr.fit()
@@ -50,10 +51,27 @@ def cmd_run(args) -> int:
         where = f" (traceback in {args.out}/{records.ERROR})" if args.out else ""
         print(f"error: {e}{where}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, trainer.RunStopped) as e:
+        signum = getattr(e, "signum", 2)  # Ctrl-C is SIGINT
+        where = f"; the same command resumes it from {args.out}" if args.out else ""
+        print(f"\nstopped ({e or 'Ctrl-C'}) after {tr.tasks_done} of {len(tr.stream)} task(s){where}", file=sys.stderr)
+        return 128 + signum
     print(format_results([res], matrix=True))
     if args.out:
         print(f"\n{'reused' if tr.reused else 'written'}: {args.out}/{records.RESULTS}")
     return 0
+
+
+def _check_out(out: str | None) -> None:
+    """``-o`` must name a directory (or nothing yet): not empty (an unset shell variable), not a file."""
+    import os
+
+    if out is None:
+        return
+    if not out.strip():
+        raise config.ConfigError("-o is empty (an unset shell variable?); give the run directory, e.g. -o runs/x")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise config.ConfigError(f"-o {out} is a file, not a directory; give a run directory")
 
 
 def _tasks(res: dict) -> tuple[int, int]:
@@ -92,7 +110,8 @@ def format_results(results: list[dict], matrix: bool = False) -> str:
     if partial:
         lines.append(
             f"\n{partial} run(s) not complete: their metrics cover only the tasks done. status 'running' "
-            f"means still running or killed (the same command resumes it); --seeds never averages them."
+            f"means still running or killed, 'stopped' stopped by Ctrl-C or a signal (the same command resumes "
+            f"both); --seeds never averages them."
         )
     if errors:
         lines.append("errors of the failed runs:")
@@ -123,14 +142,14 @@ def cmd_show(args) -> int:
     from ..analysis import tables
     from ..experiment import records
 
-    dirs = records.find_runs(args.paths)
-    if not dirs:
-        print(f"no results.json under {', '.join(args.paths)}", file=sys.stderr)
+    runs = records.load_runs(args.paths)  # a results.json that is no run record: one warning, left out
+    if not runs:
+        print(f"no run records under {', '.join(args.paths)}", file=sys.stderr)
         return 1
     if args.seeds:
-        print(format_seeds(tables.seed_summary(tables.runs_frame(args.paths), ignore=args.ignore)))
+        print(format_seeds(tables.seed_summary(tables.runs_frame(runs), ignore=args.ignore)))
         return 0
-    print(format_results([records.load(d) for d in dirs], matrix=args.matrix))
+    print(format_results(runs, matrix=args.matrix))
     return 0
 
 
@@ -207,3 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except (config.ConfigError, DataError) as e:  # bad input: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, a folder that cannot be written: the file's name, no traceback
+        if e.filename is None:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -233,6 +233,7 @@ def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None
     out.extra_names = tuple(extras)
     for name, default in extras.items():
         out[name] = names.get(name, default)
+    _check_extras(out)
     for name in PATH_EXTRAS:
         if name not in extras or out[name] is None:
             continue
@@ -245,21 +246,68 @@ def parameters(namespace: dict, extras: Mapping[str, Any] | Iterable[str] | None
     return out
 
 
-def require_runs(paths: Iterable[str | os.PathLike] | str, key: str = "runs") -> list[Path]:
+def _check_extras(values: Mapping) -> None:
+    """The notebook extras of the suite's notebooks have a kind, checked like the nscl parameters'
+    types: a list given as one string (papermill's ``-p methods finetune``) or a number where a path
+    belongs is a one-line error naming the extra. Extras not listed here are not checked."""
+    path = (str, os.PathLike)
+
+    def listed(v, kind) -> bool:
+        return isinstance(v, (list, tuple)) and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+
+    kinds = {
+        "output_dir": ("a folder path", lambda v: isinstance(v, path)),
+        "sweep_dir": ("a folder path or None", lambda v: v is None or isinstance(v, path)),
+        "runs": ("a list of run folders / globs", lambda v: isinstance(v, path) or listed(v, path)),
+        "methods": ("a list of method names", lambda v: v is None or listed(v, str)),
+        "benchmarks": ("a list of benchmark names", lambda v: listed(v, str)),
+        "seeds": ("a list of integers", lambda v: listed(v, int)),
+        "a_values": ("a list of numbers", lambda v: listed(v, (int, float))),
+        "energies": ("a list of numbers", lambda v: listed(v, (int, float))),
+        "lambdas": ("a list of numbers", lambda v: listed(v, (int, float))),
+        "demo_layer": ("a layer name", lambda v: isinstance(v, str)),
+        "spectrum_layer": ("a layer name", lambda v: isinstance(v, str)),
+        "schedules": ("a mapping label: rank_schedule", lambda v: isinstance(v, Mapping)),
+    }
+    for name, value in values.items():
+        if name in kinds and name not in config_mod.PARAMS and not kinds[name][1](value):
+            shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+            raise config_mod.ConfigError(
+                f"notebook parameter {name!r} must be {kinds[name][0]}, got {shown} ({type(value).__name__}); "
+                f"with papermill give a list as YAML: -y '{name}: [a, b]'"
+            )
+
+
+def require_runs(paths: Iterable[str | os.PathLike] | str, key: str = "runs", complete: bool = True) -> list[Path]:
     """:func:`find_runs`, but a parameter that matches no run directory is a ConfigError naming it.
 
     An analysis that finds nothing to analyse is a mistake (a typo, a folder not written yet), not a
-    reason to train something else instead.
+    reason to train something else instead. With ``complete`` (default) only complete runs are
+    returned: killed, stopped and failed ones are left out with one printed line naming them and
+    their status (their metrics would cover only the tasks they finished).
     """
-    found = find_runs(paths)
+    found, partial = [], []
+    for res in records.load_runs(paths):
+        ok = not complete or res.get("status") == "complete"
+        (found if ok else partial).append(res)
+    if partial:
+        names = ", ".join(f"{r['_dir']} ({r.get('status')}, {_tasks_done(r)} tasks)" for r in partial)
+        print(f"left out {len(partial)} run(s) that are not complete: {names}")
+    found = [Path(r["_dir"]) for r in found]
     if not found:
         shown = [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
         raise config_mod.ConfigError(
             f"notebook parameter {key!r} matches no run directory (a folder with an nscl results.json): "
             f"{', '.join(shown) or '(empty)'}. Relative paths are resolved from {output_root()}. "
             f"Run the notebooks that write those runs first, or point {key!r} at existing run folders."
+            + (f" ({len(partial)} run(s) there are not complete.)" if partial else "")
         )
     return found
+
+
+def _tasks_done(res: Mapping) -> str:
+    done = sum(1 for row in res.get("acc") or [] if isinstance(row, list) and row and row[0] is not None)
+    return f"{done}/{len(res.get('tasks') or res.get('acc') or [])}"
 
 
 def _config_only(cfg: Mapping) -> dict:

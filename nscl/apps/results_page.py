@@ -260,7 +260,7 @@ def sweep_times(sweep_dir: str | os.PathLike) -> dict:
                 starts.append(json.loads((d / sweep_state.JOB).read_text())["started"])
                 ends.append((d / runs.RESULTS).stat().st_mtime)
                 total += (runs.load(d).get("timing") or {}).get("total_s") or 0.0
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):  # a corrupted job.json: left out
                 continue
     ex = man["sweep"].get("executor") or {}
     return {

@@ -56,6 +56,12 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     found = sorted(p for p in folder.glob("*.ipynb") if NOTEBOOK_RE.match(p.name))
     if only:
         only = list(only)
+        unmatched = [o for o in only if not any(p.stem == o or p.stem.startswith(o) for p in found)]
+        if unmatched:
+            raise config_mod.ConfigError(
+                f"--only {' '.join(unmatched)} matches no notebook in {folder}; valid: "
+                f"{', '.join(p.stem for p in found) or '(none there)'} (a prefix such as 00 is enough)"
+            )
         found = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
     return found
 

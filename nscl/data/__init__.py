@@ -66,8 +66,9 @@ PARAMS: tuple[Param, ...] = (
         "n_tasks",
         None,
         "int",
-        "override the benchmark's number of tasks (split: at most its classes)",
-        range="[1, inf)",
+        "override the benchmark's number of tasks (split: at most its classes; evaluation after every task "
+        "is O(T^2), so at most 200)",
+        range="[1, 200]",
     ),
     Param(
         "samples_per_task", None, "int", "keep this many training+val samples per task (tiny runs)", range="[1, inf)"

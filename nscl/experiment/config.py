@@ -313,6 +313,15 @@ def _as_float(v: Any) -> Any:
     return float(v) if isinstance(v, str) and _SCI_FLOAT.fullmatch(v.strip()) else v
 
 
+def _short(value: Any) -> str:
+    """A repr of at most about 100 characters, however large ``value`` is."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = 60, 60, 8, 8, 3
+    return r.repr(value)
+
+
 def _check_type(key: str, value: Any) -> Any:
     p = PARAMS[key]
     if value is None:
@@ -320,55 +329,58 @@ def _check_type(key: str, value: Any) -> Any:
             return None
         raise ConfigError(f"parameter {key!r} may not be null ({p.help})")
     t = p.type
-    bad = ConfigError(
-        f"parameter {key!r} must be {t}{' or null' if p.optional else ''}, "
-        f"got {value!r} ({type(value).__name__}): {p.help}"
-    )
+
+    def bad() -> ConfigError:  # built only when raised: the message shows a bounded repr of the value
+        return ConfigError(
+            f"parameter {key!r} must be {t}{' or null' if p.optional else ''}, "
+            f"got {_short(value)} ({type(value).__name__}): {p.help}"
+        )
+
     if t == "bool":
         if not isinstance(value, bool):
-            raise bad
+            raise bad()
     elif t == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
+            raise bad()
     elif t == "float":
         value = _as_float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
+            raise bad()
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"parameter {key!r} must be a finite number, got {value!r}: {p.help}")
+            raise ConfigError(f"parameter {key!r} must be a finite number, got {_short(value)}: {p.help}")
     elif t == "str":
         if not isinstance(value, str):
-            raise bad
+            raise bad()
     elif t.startswith("list["):
         inner = t[5:-1]
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise bad
+            raise bad()
         out = []
         for v in value:
             if inner == "int" and (isinstance(v, bool) or not isinstance(v, int)):
-                raise bad
+                raise bad()
             if inner == "float":
                 v = _as_float(v)
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise bad
+                    raise bad()
                 v = float(v)
                 if not math.isfinite(v):
-                    raise ConfigError(f"parameter {key!r} must hold finite numbers, got {value!r}: {p.help}")
+                    raise ConfigError(f"parameter {key!r} must hold finite numbers, got {_short(value)}: {p.help}")
             if inner == "str" and not isinstance(v, str):
-                raise bad
+                raise bad()
             out.append(v)
         value = out
     elif t == "dict":
         if not isinstance(value, dict):
-            raise bad
+            raise bad()
     if p.choices and value not in p.choices:
-        raise ConfigError(f"parameter {key!r} must be one of {', '.join(map(str, p.choices))}; got {value!r}")
+        raise ConfigError(f"parameter {key!r} must be one of {', '.join(map(str, p.choices))}; got {_short(value)}")
     out_of_range = p.range_error(value)
     if out_of_range:
-        raise ConfigError(f"parameter {key!r} {out_of_range}, got {value!r}: {p.help}")
+        raise ConfigError(f"parameter {key!r} {out_of_range}, got {_short(value)}: {p.help}")
     return value
 
 
@@ -381,6 +393,9 @@ def validate(cfg: dict) -> dict:
         out[key] = _check_type(key, value)
     _check_values(out)
     return out
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _check_values(cfg: dict) -> None:
@@ -407,6 +422,8 @@ def _check_values(cfg: dict) -> None:
             "parameter 'nullspace_rule' is 'leak', which measures the null space on the old "
             "tasks' validation inputs: set val_fraction > 0 (e.g. 0.1) or choose another rule"
         )
+    if not _DEVICE.fullmatch(cfg["device"]):
+        raise ConfigError(f"parameter 'device' must be auto, cpu, cuda, cuda:N or mps; got {cfg['device']!r}")
     if cfg["preset"] is not None and cfg["preset"] not in PRESETS:
         raise ConfigError(f"parameter 'preset': unknown {cfg['preset']!r}; valid: {', '.join(PRESETS)}")
     try:
@@ -427,23 +444,103 @@ def unread(cfg: dict) -> list[str]:
     return sorted(k for k, v in cfg.items() if k in PARAMS and k not in read and v != d[k])
 
 
-def parse_value(text: str) -> Any:
-    """Parse the value of a ``-p key=value`` override as YAML (numbers, bools, lists, null)."""
+#: parameter and sweep files are small: a larger file, or one whose values expand (YAML aliases) to
+#: more than this many list / mapping items, is refused before anything looks at its values
+MAX_FILE_BYTES = 1 << 20
+MAX_ITEMS = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _items(value: Any, memo: dict) -> int:
+    """Items of ``value`` once YAML aliases are expanded, counted without expanding them (an alias
+    is one shared object: each is counted once, times the number of places it appears)."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    key = id(value)
+    if key in memo:
+        if memo[key] is None:
+            raise ConfigError("refers to itself (a YAML alias inside its own anchor)")
+        return memo[key]
+    memo[key] = None
+    n = 1 + sum(_items(v, memo) for v in (value.values() if isinstance(value, dict) else value))
+    memo[key] = n
+    return n
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> data: duplicate keys refused, values bounded (:data:`MAX_ITEMS` after aliases),
+    errors as one line naming ``where``."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply") from None
+    try:
+        total = _items(data, {})
+    except (ConfigError, RecursionError) as e:
+        raise ConfigError(f"{where}: a value {e if isinstance(e, ConfigError) else 'nests too deeply'}") from None
+    if total > MAX_ITEMS:
+        sizes = {k: _items(v, {}) for k, v in data.items()} if isinstance(data, dict) else {}
+        key = f"key {max(sizes, key=sizes.get)!r} " if sizes else ""
+        raise ConfigError(
+            f"{where}: {key}holds {total:.3g} items once its YAML aliases are expanded; at most {MAX_ITEMS} "
+            f"(an alias bomb?)"
+        )
+    return data
+
+
+def read_yaml(path: str | os.PathLike, what: str = "parameter file") -> Any:
+    """Read and parse a YAML file (:func:`parse_yaml`), every problem a one-line :class:`ConfigError`."""
+    where = f"{what} {str(path)!r}"
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{where} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a directory; give a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {where}: {e.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{where} is larger than {MAX_FILE_BYTES >> 20} MiB; parameter files are small YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    return parse_yaml(text, where)
+
+
+def parse_value(text: str) -> Any:
+    """Parse the value of a ``-p key=value`` override as YAML (numbers, bools, lists, null); text
+    that is not YAML stays text."""
+    if not text.strip():
+        return ""
+    try:
+        return parse_yaml(text, f"value {text[:40]!r}")
+    except ConfigError as e:
+        if "not valid YAML" in str(e):
+            return text
+        raise
 
 
 def read_mapping(path: str | os.PathLike) -> dict:
     """A YAML file holding one flat mapping (keys not checked: notebook extras are allowed there)."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"parameter file {str(path)!r} not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"parameter file {str(path)!r} is not valid YAML: {e}") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"parameter file {str(path)!r} must hold a mapping of key: value")
     return data

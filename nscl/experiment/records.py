@@ -26,9 +26,9 @@ import errno
 import io
 import json
 import os
-import pickle
 import platform
 import socket
+import stat
 import subprocess
 import time
 import warnings
@@ -105,17 +105,29 @@ def load_checkpoint(run_dir) -> dict | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch makes of a foreign file: one line naming it
         import re
 
         found = re.search(r"GLOBAL (\S+)", str(e))
-        detail = f"it names {found.group(1)}" if found else str(e).strip().splitlines()[0][:200]
+        if found is None:
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise RunDirError(
+                f"{path} is not a readable nscl checkpoint (empty, truncated or another kind of file: "
+                f"{type(e).__name__}: {detail}); delete it to start the run from its first task, or use another "
+                f"output directory"
+            ) from None
         raise RunDirError(
             f"{path} is not a plain nscl checkpoint (tensors and containers only) and was not loaded: reading "
-            f"it would run code ({detail}). nscl never writes such a file; delete it if you do not know where it came "
-            f"from, or use another output directory"
+            f"it would run code (it names {found.group(1)}). nscl never writes such a file; delete it if you do not "
+            f"know where it came from, or use another output directory"
         ) from None
+    if not isinstance(state, dict) or not {"task", "params", "model", "method", "tracker", "acc"} <= set(state):
+        raise RunDirError(
+            f"{path} is not an nscl checkpoint (not a mapping of task, params, model, method, tracker, acc); "
+            f"delete it to start the run from its first task, or use another output directory"
+        )
+    return state
 
 
 def git_info() -> dict:
@@ -167,17 +179,40 @@ def env_info(device: torch.device | str, seed: int) -> dict:
     }
 
 
+class NotARunRecord(ValueError):
+    """A ``results.json`` that is not a run record: not JSON (truncated), not a mapping (``[]``,
+    ``null``), or of another schema (``schema``). The message names the file."""
+
+    def __init__(self, message: str, schema=None):
+        super().__init__(message)
+        self.schema = schema
+
+
 def load(run_dir: str | os.PathLike) -> dict:
-    """Read ``results.json`` of a run (a directory, or the file itself)."""
+    """Read ``results.json`` of a run (a directory, or the file itself); :class:`NotARunRecord`
+    when the file is not a run record."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / RESULTS
     if not path.exists():
         raise FileNotFoundError(f"no {RESULTS} at {path}: is this a run directory (python -m nscl run -o DIR)?")
-    with open(path) as f:
-        res = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            res = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # truncated or not text
+        raise NotARunRecord(f"{path} is not a run record (not valid JSON: {e})") from None
+    if not isinstance(res, dict) or res.get("schema") != SCHEMA:
+        what = f"schema {res.get('schema')!r}" if isinstance(res, dict) else f"a JSON {type(res).__name__}"
+        raise NotARunRecord(
+            f"{path} is not a run record ({what}, not {SCHEMA!r})", res.get("schema") if isinstance(res, dict) else None
+        )
     res["_dir"] = str(path.parent)
     return res
+
+
+def skipped(path, error: Exception) -> None:
+    """The one warning every reader of run folders gives for a ``results.json`` it leaves out."""
+    warnings.warn(f"skipped {path}: {error}", stacklevel=3)
 
 
 def load_spectra(run_dir) -> dict[str, np.ndarray]:
@@ -188,17 +223,12 @@ def load_spectra(run_dir) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> list[Path]:
-    """Run directories (``results.json`` of schema ``nscl.results``) at or below ``paths``.
-
-    ``paths`` are folders, ``results.json`` files or glob patterns. Every ``results.json`` below a
-    folder is looked at (a notebook-level record does not hide its ``runs/``) and only run records
-    are kept; each directory once, resolved, in sorted order per path.
-    """
+def _scan(paths) -> dict[Path, dict]:
+    """``{resolved run directory: its record}`` at or below ``paths`` (see :func:`find_runs`)."""
     import glob
 
     if paths is None:
-        return []
+        return {}
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     expanded: list[str] = []
@@ -210,15 +240,34 @@ def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> 
             candidates.extend(sorted(q.parent for q in p.rglob(RESULTS)))
         elif p.name == RESULTS and p.exists():
             candidates.append(p.parent)
-    out: list[Path] = []
-    for d in candidates:
-        try:
-            schema = load(d).get("schema")
-        except (OSError, ValueError):
+    out: dict[Path, dict] = {}
+    bad: set[Path] = set()
+    for d in map(Path.resolve, candidates):
+        if d in out or d in bad:
             continue
-        if schema == SCHEMA and d.resolve() not in out:
-            out.append(d.resolve())
+        try:
+            out[d] = load(d)
+        except (OSError, NotARunRecord) as e:  # never a crash, never a silent drop
+            if not str(getattr(e, "schema", None)).startswith("nscl."):  # nscl's other records (notebooks')
+                skipped(d / RESULTS, e)
+            bad.add(d)
     return out
+
+
+def find_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> list[Path]:
+    """Run directories (``results.json`` of schema ``nscl.results``) at or below ``paths``.
+
+    ``paths`` are folders, ``results.json`` files or glob patterns. Every ``results.json`` below a
+    folder is looked at (a notebook-level record does not hide its ``runs/``) and only run records
+    are kept; nscl's other records (a notebook's) are passed over and any other ``results.json``
+    (``[]``, ``null``, truncated, a foreign schema) is left out with one warning naming it. Each directory once, resolved, in sorted order per path.
+    """
+    return list(_scan(paths))
+
+
+def load_runs(paths: Iterable[str | os.PathLike] | str | os.PathLike | None) -> list[dict]:
+    """The run records of :func:`find_runs` (each read once, the same warnings), in its order."""
+    return list(_scan(paths).values())
 
 
 #: parameters that never change what a run computes (a run made with other values is the same run)
@@ -245,14 +294,14 @@ def _saved(run_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
     if (run_dir / RESULTS).exists():
         try:
             res = load(run_dir)
-        except (OSError, ValueError):
+        except OSError:
             res = None  # unreadable: params.yaml (written first) still says which run this is
+        except NotARunRecord as e:
+            if not _readable_json(run_dir / RESULTS):
+                res = None  # truncated (killed mid-write by something else): params.yaml says which run
+            else:
+                raise RunDirError(f"{e}; use another output directory for this run") from None
         if res is not None:
-            if res.get("schema") != SCHEMA:
-                raise RunDirError(
-                    f"{run_dir / RESULTS} is not a run record (schema {res.get('schema')!r}); "
-                    f"use another output directory for this run"
-                )
             return res, res.get("params") or {}, run_dir / RESULTS
     if (run_dir / PARAMS).exists():
         try:
@@ -262,6 +311,14 @@ def _saved(run_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
         if isinstance(params, dict):
             return None, params, run_dir / PARAMS
     return None, None, None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _describe(saved: dict, cfg: dict, keys: set[str]) -> str:
@@ -286,9 +343,12 @@ def check_same_run(run_dir: str | os.PathLike, cfg: dict) -> dict | None:
     diff = differing(saved, cfg)
     if diff:
         status = res.get("status") if res is not None else None
-        what = {"complete": "a complete run", "failed": "a failed run", "running": "an unfinished run"}.get(
-            status, "a started run"
-        )
+        what = {
+            "complete": "a complete run",
+            "failed": "a failed run",
+            "running": "an unfinished run",
+            "stopped": "a stopped run",
+        }.get(status, "a started run")
         raise RunDirError(
             f"{run_dir} holds {what} with other parameters ({_describe(saved, cfg, diff)}; from {source.name}); "
             f"use another output directory (-o, or output_dir in a notebook), or delete {run_dir} to retrain"
@@ -309,13 +369,18 @@ _HELD: dict[str, tuple[int, int, int]] = {}  # lock path -> (pid, fd, depth) of 
 
 
 def _holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text() or "{}")
+    try:  # never follows a link, never blocks on a FIFO, reads at most 4 kB
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            info = json.loads(os.read(fd, 4096) or b"{}")
+        finally:
+            os.close(fd)
     except (OSError, ValueError):
         info = {}
-    if not info:
+    if not isinstance(info, dict) or not info:
         return "another process"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"])) if info.get("started") else "?"
+    started = info.get("started")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
     return f"pid {info.get('pid')} on host {info.get('host')}, since {since}"
 
 
@@ -328,12 +393,18 @@ def lock(run_dir: str | os.PathLike, name: str = LOCK) -> Iterator[Path]:
     holder exits, even by ``kill -9``, so a stale ``.lock`` file never blocks. Re-entrant within a
     process. ``name`` picks another lock file in the folder (a sweep holds ``.sweep.lock`` around a run
     whose notebook kernel, another process, takes ``.lock``). On a filesystem without locks a
-    warning says that concurrent writers go undetected. The file is removed on release.
+    warning says that concurrent writers go undetected. The file is removed on release. A link,
+    FIFO or someone else's file planted under the lock's name is refused (:func:`_open_lock`).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(
+            f"cannot create the run directory {run_dir} ({e.strerror}); use another output directory"
+        ) from None
     path = run_dir / name
-    key = str(path.resolve())
+    key = str(run_dir.resolve() / name)
     held = _HELD.get(key)
     if held is not None and held[0] == os.getpid():
         _HELD[key] = (held[0], held[1], held[2] + 1)
@@ -348,26 +419,96 @@ def lock(run_dir: str | os.PathLike, name: str = LOCK) -> Iterator[Path]:
         yield path
         return
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode())
         _HELD[key] = (os.getpid(), fd, 1)
         yield path
     finally:
         _HELD.pop(key, None)
         try:  # only our own file: a moved folder's path may now hold someone else's lock
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
                 os.unlink(path)
         except OSError:
             pass
         os.close(fd)
 
 
+def held(run_dir: str | os.PathLike, name: str = LOCK) -> bool | None:
+    """Whether a process (on any host sharing the folder) holds the lock ``name`` of ``run_dir``
+    now: the truth about a run's liveness where its pid cannot be checked. Changes nothing (a
+    shared ``flock`` taken and dropped at once); None where the filesystem has no locks."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(run_dir) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # a holder removes it on release
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing drops the shared lock
+    return False
+
+
+def _not_a_lock(path: Path, why: str) -> RunDirError:
+    return RunDirError(
+        f"{path} is {why}, not a lock file nscl wrote; nscl never writes through it. Remove it if you do not "
+        f"know where it came from (someone may have planted it), or use another output directory"
+    )
+
+
+def _open_lock(path: Path, run_dir: Path) -> tuple[int, bool]:
+    """``(fd, created)``: a new lock file we create (``O_EXCL``), else the existing one, read-only.
+
+    Neither follows a symbolic link (``O_NOFOLLOW``) and nothing is ever truncated or written into
+    a file this process did not create: a link or a FIFO planted as ``.lock`` is refused, a hard
+    link (another name of someone's file) too.
+    """
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | flags, 0o666), True
+    except FileExistsError:
+        pass
+    except PermissionError as e:
+        raise RunDirError(f"cannot write in {run_dir} ({e.strerror}); use another output directory") from None
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            raise RunDirError(
+                f"cannot write in {run_dir} (read-only file system); use another output directory"
+            ) from None
+        raise
+    try:
+        fd = os.open(path, os.O_RDONLY | flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _not_a_lock(path, "a symbolic link") from None
+        if e.errno == errno.ENOENT:  # released meanwhile: try again
+            return -1, False
+        raise RunDirError(f"cannot open {path} ({e.strerror}); use another output directory") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise _not_a_lock(path, "not a plain file" if not stat.S_ISREG(st.st_mode) else "a hard link to another file")
+    return fd, False
+
+
 def _acquire(path: Path, run_dir: Path) -> int | None:
-    """An fd holding an exclusive flock on ``path`` (None where the filesystem has no locks)."""
+    """An fd holding an exclusive flock on ``path`` (None where the filesystem has no locks).
+
+    The lock file is always one this process created (and wrote its pid, host and start time
+    into): a stale one left by a killed holder is locked (which proves nobody holds it), removed,
+    and created anew.
+    """
     import fcntl
 
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd, created = _open_lock(path, run_dir)
+        if fd < 0:
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -385,10 +526,24 @@ def _acquire(path: Path, run_dir: Path) -> int | None:
                 f"same time would not be detected",
                 stacklevel=4,
             )
+            if created:
+                os.unlink(path)
             return None
         try:  # the file we locked may have been removed by a holder that just released it: retry
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                return fd
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
         except FileNotFoundError:
-            pass
+            same = False
+        if same and created:
+            os.write(
+                fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode()
+            )
+            return fd
+        if same:  # a stale lock file of a holder that was killed: nobody holds it, replace it by ours
+            try:
+                os.unlink(path)
+            except OSError as e:
+                os.close(fd)
+                raise RunDirError(
+                    f"cannot replace the stale {path} ({e.strerror}); use another output directory"
+                ) from None
         os.close(fd)

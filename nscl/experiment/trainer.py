@@ -8,8 +8,11 @@ per-task checkpoint ends with the same results as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -75,6 +78,41 @@ class _FiniteGuard:
             )
         self.where = []
         self.counter.zero_()
+
+
+class RunStopped(BaseException):
+    """The run was asked to stop by a signal (:data:`STOP_SIGNALS`): not a failure of the run.
+
+    Like ``KeyboardInterrupt`` (Ctrl-C) it is no ``Exception``, so nothing that records failures
+    catches it: the run is left ``stopped``, resumable from its checkpoint by the same command."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+#: SIGTERM (``kill``, ``scancel``, a SLURM time limit) and SIGUSR2 (SLURM's warning before the time limit,
+#: ``--signal=USR2@<delay>``, which submitit asks for): both stop a run the way Ctrl-C does
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While inside, :data:`STOP_SIGNALS` raise :class:`RunStopped` (the previous handlers, e.g.
+    submitit's, come back on exit). Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise RunStopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def seed_everything(seed: int) -> None:
@@ -294,10 +332,17 @@ class Trainer:
         ``(seed, task)``. With a run directory: hold its lock (:func:`nscl.experiment.records.lock`),
         reuse an identical complete run (``self.reused``), refuse one with other parameters, resume from
         its checkpoint, and write a checkpoint and the records after every task. A failure marks the
-        run ``failed`` and leaves its traceback in ``error.txt``. Returns the results dict."""
+        run ``failed`` and leaves its traceback in ``error.txt``; Ctrl-C, SIGTERM or SLURM's time-limit
+        warning (:func:`stop_on_signals`) mark it ``stopped`` (resumable, no ``error.txt``) and raise
+        ``KeyboardInterrupt`` / :class:`RunStopped`. Returns the results dict."""
         if self.out_dir is None:
-            return self._fit(until)
-        with records.lock(self.out_dir):
+            with stop_on_signals():
+                return self._fit(until)
+        done = records.reusable(self.out_dir, self.cfg)  # read-only: a complete run needs no lock
+        if done is not None:
+            self.reused = True
+            return done
+        with stop_on_signals(), records.lock(self.out_dir):
             return self._fit(until)
 
     def _fit(self, until: int | None) -> dict:
@@ -331,6 +376,9 @@ class Trainer:
                 self.timing.append({"train_s": train_s, **self.end_task(t)})
                 self._checkpoint(t)
                 self._write("running", total_s=previous + time.perf_counter() - t_start)
+        except (KeyboardInterrupt, RunStopped):  # asked to stop: resumable from the last checkpoint
+            self._write("stopped", total_s=previous + time.perf_counter() - t_start)
+            raise
         except Exception as e:  # a failure of this run (not an interrupt): recorded, then raised
             message = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
             self._write("failed", error=message, total_s=previous + time.perf_counter() - t_start)
@@ -399,6 +447,17 @@ class Trainer:
         state = records.load_checkpoint(self.out_dir)
         if state is None:
             return 0
+        task, T = state["task"], len(self.stream)
+        if (
+            isinstance(task, bool)
+            or not isinstance(task, int)
+            or not 0 <= task < T
+            or not isinstance(state["params"], dict)
+        ):
+            raise records.RunDirError(
+                f"{self.out_dir / records.CHECKPOINT} is not a checkpoint of this run (task {task!r} of a "
+                f"{T}-task stream); delete it to start the run from its first task"
+            )
         diff = records.differing(state["params"], self.cfg)
         if diff:
             raise records.RunDirError(

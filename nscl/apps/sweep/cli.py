@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ...analysis.tables import SUMMARY_LEGEND, format_summary, seed_summary
-from .executors import run
+from .executors import SweepInterrupted, run
 from .spec import EXECUTORS, SweepError
 from .state import COLLECTED, collect, format_status, status
 
@@ -52,18 +52,38 @@ def _reports_sweep_errors(cmd):
 
 @_reports_sweep_errors
 def _cmd_run(args) -> int:
-    """Exit 0 only when no run of the sweep is failed or stopped, this time or from an earlier
-    submission (a resubmission skips failed runs, so it must still say they are there)."""
-    res = run(
-        args.file,
-        executor=args.executor,
-        out=args.out,
-        wait=not args.no_wait,
-        retry_failed=args.retry_failed,
-        dry_run=args.dry_run,
-        timeout_s=args.timeout,
-        parallel=args.parallel,
-    )
+    """Exit 0 only when every run of the sweep is complete (with ``--no-wait``: none failed or
+    stopped), this time or from an earlier submission (a resubmission skips failed runs, and runs in
+    progress elsewhere, so it must still say they are there); 130 after Ctrl-C."""
+    try:
+        res = run(
+            args.file,
+            executor=args.executor,
+            out=args.out,
+            wait=not args.no_wait,
+            retry_failed=args.retry_failed,
+            dry_run=args.dry_run,
+            timeout_s=args.timeout,
+            parallel=args.parallel,
+        )
+    except SweepInterrupted as e:
+        print(
+            "\ninterrupted: the queue is cancelled and the runs in progress were stopped (resumable)", file=sys.stderr
+        )
+        for r in e.results:
+            print(
+                f"  {r['status'].upper()} {r['name']}" + (f": {r['error']}" if r.get("error") else ""), file=sys.stderr
+            )
+        if e.not_started:
+            print(f"  not started: {len(e.not_started)} run(s): {', '.join(e.not_started)}", file=sys.stderr)
+        print("resubmit the same command to finish the sweep (complete runs are skipped)", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted while waiting; submitted SLURM jobs keep running (python -m nscl sweep status DIR)",
+            file=sys.stderr,
+        )
+        return 130
     if args.dry_run:
         for s in res["specs"]:
             print(f"  {'run' if s['name'] in res['submitted'] else 'skip'}  {s['name']}")
@@ -73,18 +93,20 @@ def _cmd_run(args) -> int:
         f"{len(res['submitted'])} run(s) executed, {len(res['skipped'])} skipped (already complete, failed or running)"
     )
     for r in res["results"]:
-        if r.get("status") in ("failed", "stopped"):
+        if r.get("status") in ("failed", "stopped", "running"):
             print(f"  {r['status'].upper()} {r['name']}: {r['error']}")
     rows = status(res["sweep_dir"])
     print(format_status(rows, res["sweep_dir"]))
-    bad = [r for r in rows if r["state"] in ("failed", "stopped")]
+    # submitted without waiting: running / pending runs are expected; otherwise the sweep is unfinished
+    unfinished = ("failed", "stopped") if args.no_wait else ("failed", "stopped", "running", "pending")
+    bad = [r for r in rows if r["state"] in unfinished]
     if bad:
         print(f"error: {len(bad)} run(s) of the sweep did not complete:", file=sys.stderr)
         for r in bad:
             print(f"  {r['state']:<8} {r['name']}: {r['detail']}", file=sys.stderr)
         print(
             f"(their logs: {res['sweep_dir']}/runs/<name>/error.txt; resubmit with --retry-failed to run "
-            "failed ones again, stopped ones resume on any resubmission)",
+            "failed ones again, stopped ones resume on any resubmission, running ones are in progress elsewhere)",
             file=sys.stderr,
         )
         return 1

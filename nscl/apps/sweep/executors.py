@@ -9,11 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ...experiment import records
+from ...experiment.trainer import RunStopped, stop_on_signals
 from .spec import EXECUTORS, ROOT, SLURM_KEYS, SweepError, expand, load
 from .state import MANIFEST, OUTCOME, SPEC, SUBMITTED, _last_line, run_one, run_state
 
@@ -125,16 +127,32 @@ def _lost(spec: dict, message: str) -> dict:
     return {"name": spec["name"], "status": "stopped", "error": message, "out_dir": spec["out_dir"]}
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a local sweep: its queue was cancelled and its runs stopped.
+    ``results`` holds what each run that had started returned; the others never started."""
+
+    def __init__(self, results: list[dict], not_started: list[str]):
+        super().__init__(f"{len(results)} run(s) stopped or finished, {len(not_started)} not started")
+        self.results, self.not_started = results, not_started
+
+
 def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None) -> list[dict]:
-    """Bounded process pool: each run is ``python -m nscl.apps.sweep SPEC.json`` with its log in ``logs``."""
+    """Bounded process pool: each run is ``python -m nscl.apps.sweep SPEC.json`` with its log in ``logs``.
+
+    Ctrl-C or SIGTERM here cancels the queue, passes SIGTERM to the runs in progress (each leaves
+    its run ``stopped``, resumable) and raises :class:`SweepInterrupted` once they have exited."""
     ex = sw["executor"]
     n = max(1, int(ex.get("parallel") or 1))
     threads = ex.get("threads") or max(1, (os.cpu_count() or 1) // n)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     per_run = (specs[0].get("timeout_min") or 0) * 60 or None
     logs.mkdir(parents=True, exist_ok=True)
+    running: dict[str, subprocess.Popen] = {}
+    stopping = threading.Event()
 
-    def one(spec: dict) -> dict:
+    def one(spec: dict) -> dict | None:
+        if stopping.is_set():
+            return None
         out = Path(spec["out_dir"])
         out.mkdir(parents=True, exist_ok=True)
         spec_file, outcome = out / SPEC, out / OUTCOME
@@ -143,29 +161,53 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
             outcome.unlink()
         log = logs / (spec["name"].replace("/", "__") + ".log")
         with open(log, "ab") as f:
+            proc = subprocess.Popen(
+                [_python(), "-m", "nscl.apps.sweep", str(spec_file)],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(ROOT),
+                start_new_session=True,  # a terminal's Ctrl-C reaches the sweep, which stops its runs itself
+            )
+            running[spec["name"]] = proc
+            if stopping.is_set():  # interrupted while this one was starting
+                proc.terminate()
             try:
-                proc = subprocess.run(
-                    [_python(), "-m", "nscl.apps.sweep", str(spec_file)],
-                    stdout=f,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    timeout=per_run,
-                    cwd=str(ROOT),
-                )
+                proc.wait(timeout=per_run)
             except subprocess.TimeoutExpired:
+                proc.terminate()  # SIGTERM: the run records itself as stopped
+                proc.wait()
                 return _lost(spec, f"time limit of {per_run:.0f} s reached; log: {log}")
+            finally:
+                running.pop(spec["name"], None)
         try:
             return json.loads(outcome.read_text())
         except (OSError, ValueError):
             return _lost(spec, f"process exited with code {proc.returncode} without a result; log: {log}")
 
-    with cf.ThreadPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(one, s) for s in specs]
-        t0 = time.time()
-        out = []
-        for fut in futures:
-            left = None if timeout_s is None else max(0.0, timeout_s - (time.time() - t0))
-            out.append(fut.result(timeout=left))
+    pool = cf.ThreadPoolExecutor(max_workers=n)
+    futures = [pool.submit(one, s) for s in specs]
+    out: list[dict] = []
+    try:
+        with stop_on_signals():
+            t0 = time.time()
+            for fut in futures:
+                left = None if timeout_s is None else max(0.0, timeout_s - (time.time() - t0))
+                out.append(fut.result(timeout=left))
+    except BaseException as e:
+        stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(running.values()):
+            proc.terminate()
+        done = []
+        for f in futures:  # what the started runs returned once they have exited
+            if not f.cancelled() and f.exception() is None and f.result() is not None:
+                done.append(f.result())
+        if isinstance(e, (KeyboardInterrupt, RunStopped)):
+            started = {r["name"] for r in done}
+            raise SweepInterrupted(done, [s["name"] for s in specs if s["name"] not in started]) from None
+        raise
+    pool.shutdown()
     return out
 
 
@@ -224,5 +266,8 @@ def run(
         elif kind == "local":
             results = _run_local(sw, todo, logs, timeout_s)
         else:
-            results = [run_one(s) for s in todo]
+            for i, spec in enumerate(todo):
+                results.append(run_one(spec))
+                if results[-1]["status"] == "stopped":  # Ctrl-C / SIGTERM: the rest of the queue is cancelled
+                    raise SweepInterrupted(results, [s["name"] for s in todo[i + 1 :]])
     return {"sweep_dir": str(sweep_dir), "submitted": [s["name"] for s in todo], "skipped": skipped, "results": results}

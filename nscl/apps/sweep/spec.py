@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
 from ...experiment import config, records
 
@@ -31,6 +30,7 @@ SLURM_KEYS = {
     "setup": "setup",
     "additional": "additional_parameters",
     "job_name": "job_name",
+    "signal_delay_s": "signal_delay_s",
     "python": None,
     "max_num_timeout": None,
 }
@@ -88,6 +88,7 @@ SLURM_SHAPE = {
     "timeout_min": (lambda v: v is None or _is_number(v), "a number of minutes > 0"),
     "array_parallelism": (lambda v: v is None or _is_int(v, 1), "an integer >= 1"),
     "max_num_timeout": (lambda v: v is None or _is_int(v, 0), "an integer >= 0"),
+    "signal_delay_s": (lambda v: v is None or _is_int(v, 1), "an integer number of seconds >= 1"),
     "setup": (lambda v: v is None or _str_list(v), "a list of shell lines"),
     "additional": (lambda v: v is None or isinstance(v, dict), "a mapping of extra sbatch options"),
 }
@@ -124,14 +125,10 @@ def load(source: str | os.PathLike | dict) -> dict:
         path, sw = Path(f"<{source.get('name', 'sweep')}>"), dict(source)
     else:
         path = Path(source)
-        try:
-            sw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise SweepError(f"sweep file {str(path)!r} not found") from None
-        except IsADirectoryError:
-            raise SweepError(f"{path} is a directory; give the sweep's YAML file") from None
-        except yaml.YAMLError as e:
-            raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        try:  # bounded, duplicate keys refused, one-line errors (the parameter files' reader)
+            sw = config.read_yaml(path, "sweep file") or {}
+        except config.ConfigError as e:
+            raise SweepError(str(e)) from None
     if not isinstance(sw, dict):
         raise SweepError(f"{path}: a sweep file is a mapping (name, run, files, params, grid, executor, ...)")
     _check_shape(path, sw, TOP_SHAPE)
@@ -159,9 +156,18 @@ def _grids(sw: dict) -> list[dict]:
     return grids
 
 
+#: a sweep expands to at most this many runs (a typo in a grid can multiply it by orders of magnitude)
+MAX_RUNS = 10_000
+
+
 def _points(grid: dict) -> Iterable[dict]:
     keys = list(grid)
     values = [v if isinstance(v, list) else [v] for v in (grid[k] for k in keys)]
+    n = 1
+    for v in values:
+        n *= len(v)
+    if n > MAX_RUNS:
+        raise SweepError(f"the grid over {', '.join(map(str, keys))} has {n:.3g} points; at most {MAX_RUNS}")
     for combo in itertools.product(*values):
         yield dict(zip(keys, combo))
 

@@ -33,30 +33,38 @@ def is_complete(spec: dict) -> bool:
 def run_one(spec: dict) -> dict:
     """Execute one run spec (CLI-style via :func:`nscl.experiment.trainer.run`, or a notebook via papermill).
 
-    Idempotent: a complete run is skipped; a killed one resumes from its checkpoint. Never raises
-    for a failure of the run itself: the traceback goes to ``error.txt`` in the run directory and
-    the returned dict has ``status="failed"`` and the error's last line. The run directory is locked
-    (:func:`nscl.experiment.records.lock`, ``.sweep.lock``) for the whole run: a run already in
-    progress elsewhere is reported as failed here and its folder is left untouched.
+    Idempotent: a complete run is skipped (without taking a lock, so complete runs on read-only
+    storage are reused); a killed one resumes from its checkpoint. Never raises for a failure of
+    the run itself: the traceback goes to ``error.txt`` in the run directory and the returned dict
+    has ``status="failed"`` and the error's last line. Ctrl-C, SIGTERM and SLURM's time-limit warning
+    (SIGUSR2) leave it ``stopped`` instead (no ``error.txt``; any resubmission resumes it). The run
+    directory is locked (:func:`nscl.experiment.records.lock`, ``.sweep.lock``) for the whole run: a
+    run already in progress elsewhere is reported as ``running`` here and its folder is left untouched.
     """
+    from ...experiment import trainer
+
     out = Path(spec["out_dir"])
     t0 = time.time()
+    result = {"name": spec["name"], "error": None, "out_dir": str(out)}
     try:
-        with records.lock(out, SWEEP_LOCK):
-            return _run_locked(spec, out, t0)
-    except records.RunDirError as e:  # held by another process: not ours to touch
-        return {
-            "name": spec["name"],
-            "status": "failed",
-            "error": str(e),
-            "out_dir": str(out),
-            "seconds": time.time() - t0,
-        }
+        if is_complete(spec):
+            return {**result, "status": "skipped", "seconds": 0.0}
+        with trainer.stop_on_signals(), records.lock(out, SWEEP_LOCK):
+            status, error = _run_locked(spec, out)
+    except records.RunDirError as e:  # held by another process, or not writable: not ours to touch
+        status, error = ("running" if "in use" in str(e) else "failed"), str(e)
+    except (KeyboardInterrupt, trainer.RunStopped) as e:
+        status, error = "stopped", f"{e or 'stopped by Ctrl-C'}; resubmit to resume from the checkpoint"
+    except Exception as e:  # noqa: BLE001 - submitit's own time-limit exception, raised before ours was set
+        if type(e).__name__ != "UncompletedJobError":
+            raise
+        status, error = "stopped", f"{e}; resubmit to resume from the checkpoint"
+    return {**result, "status": status, "error": error, "seconds": time.time() - t0}
 
 
-def _run_locked(spec: dict, out: Path, t0: float) -> dict:
+def _run_locked(spec: dict, out: Path) -> tuple[str, str | None]:
     if is_complete(spec):
-        return {"name": spec["name"], "status": "skipped", "error": None, "out_dir": str(out), "seconds": 0.0}
+        return "skipped", None
     records.write_json(out / SPEC, spec)
     if (out / ERROR).exists():
         (out / ERROR).unlink()
@@ -73,15 +81,16 @@ def _run_locked(spec: dict, out: Path, t0: float) -> dict:
             _run_notebook(spec, out)
         if not is_complete(spec):
             raise RuntimeError(f"the run finished but left no complete {records.RESULTS} in {out}")
-        status, error = "complete", None
+        return "complete", None
     except Exception as e:  # noqa: BLE001 - any failure of this run is recorded, never propagated
-        text = traceback.format_exc()
         ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+        if ename in ("KeyboardInterrupt", "RunStopped"):  # the notebook's kernel was stopped, not failed
+            return "stopped", f"{ename}: {evalue}; resubmit to resume from the checkpoint"
+        text = traceback.format_exc()
         if ename:  # papermill: the notebook's own exception, not the wrapper's
             text += f"\n{ename}: {evalue}\n"
         atomic_write(out / ERROR, text)
-        status, error = "failed", _last_line(text)
-    return {"name": spec["name"], "status": status, "error": error, "out_dir": str(out), "seconds": time.time() - t0}
+        return "failed", _last_line(text)
 
 
 def _slurm_task_id() -> str | None:
@@ -120,30 +129,41 @@ def _last_line(text: str) -> str:
 
 
 # ---- state of a sweep -------------------------------------------------------------------------
-def _alive(job: dict) -> bool | None:
-    """Whether the process of a started run still exists (None: cannot tell)."""
-    if job.get("slurm_job_id"):
-        if not shutil.which("squeue"):
-            return None
-        try:
-            out = subprocess.run(
-                ["squeue", "-h", "-r", "-o", "%i", "-j", str(job["slurm_job_id"]).split("_")[0]],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.split()
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return job["slurm_job_id"] in out
-    if job.get("host") == socket.gethostname() and job.get("pid"):
-        try:
-            os.kill(int(job["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+def _alive(job: dict, run_dir: Path) -> bool | None:
+    """Whether the process of a started run still exists (None: cannot tell).
+
+    Whether a process holds the run's lock (``.sweep.lock``, or the trainer's ``.lock``): true on any
+    host that shares the folder, false once the holder is gone however it ended (the kernel drops a
+    ``flock`` when its holder exits; a SLURM job still listed while it completes holds none). Only
+    where the filesystem has no locks: ``squeue`` for a SLURM job, else unknown."""
+    held = [records.held(run_dir, name) for name in (SWEEP_LOCK, records.LOCK)]
+    if True in held:
         return True
-    return None
+    if None not in held:
+        return False
+    if not job.get("slurm_job_id") or not shutil.which("squeue"):
+        return None
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i", "-j", str(job["slurm_job_id"]).split("_")[0]],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return job["slurm_job_id"] in out
+
+
+def _job(run_dir: Path) -> dict | None:
+    """``job.json`` of a started run; a corrupted one counts as written by a process now gone."""
+    try:
+        job = json.loads((run_dir / JOB).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return job if isinstance(job, dict) else {}
 
 
 def run_state(spec: dict) -> tuple[str, str | None]:
@@ -153,22 +173,27 @@ def run_state(spec: dict) -> tuple[str, str | None]:
     if (d / records.RESULTS).exists():
         try:
             res = records.load(d)
-        except (ValueError, OSError):
-            res = None
+        except (records.NotARunRecord, OSError) as e:  # truncated or foreign: said once, never resumed as is
+            return "failed", str(e)
     if res is not None and records.reusable(d, spec["cfg"]) is not None:
         return "complete", None
     if (d / ERROR).exists():
-        return "failed", _last_line((d / ERROR).read_text())
+        return "failed", _last_line((d / ERROR).read_text(errors="replace"))
     if res is not None and res.get("status") == "failed":
         return "failed", res.get("error")
-    if (d / JOB).exists():
-        job = json.loads((d / JOB).read_text())
-        alive = _alive(job)
-        done = sum(1 for row in (res or {}).get("acc") or [] if row and row[0] is not None)
-        where = f"job {job['slurm_job_id']}" if job.get("slurm_job_id") else f"pid {job.get('pid')}"
+    job = _job(d)
+    done = sum(1 for row in (res or {}).get("acc") or [] if isinstance(row, list) and row and row[0] is not None)
+    if job is not None:
+        alive = _alive(job, d)
+        where = (
+            f"job {job['slurm_job_id']}" if job.get("slurm_job_id") else f"pid {job.get('pid')} on {job.get('host')}"
+        )
         if alive is False:
             return "stopped", f"{where} ended after {done} task(s); resubmit to resume from the checkpoint"
-        return "running", f"{where}, {done} task(s) done"
+        if alive is True or (res or {}).get("status") != "stopped":
+            return "running", f"{where}, {done} task(s) done"
+    if res is not None and res.get("status") == "stopped":
+        return "stopped", f"stopped after {done} task(s); resubmit to resume from the checkpoint"
     return "pending", None
 
 
@@ -176,7 +201,16 @@ def manifest(sweep_dir: str | os.PathLike) -> dict:
     path = Path(sweep_dir) / MANIFEST
     if not path.exists():
         raise SweepError(f"{path} not found: is {sweep_dir} a sweep directory (python -m nscl sweep run FILE)?")
-    return json.loads(path.read_text())
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        doc = e
+    if not isinstance(doc, dict) or not isinstance(doc.get("specs"), list):
+        raise SweepError(
+            f"{path} is corrupted ({doc if isinstance(doc, Exception) else 'no list of specs'}); "
+            f"run 'python -m nscl sweep run FILE -o {sweep_dir}' again to rewrite it (finished runs are kept)"
+        )
+    return doc
 
 
 def status(sweep_dir: str | os.PathLike) -> list[dict]:
