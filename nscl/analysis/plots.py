@@ -156,6 +156,23 @@ def _task_axis(ax, tasks) -> None:
     ax.set_xlabel("after task")
 
 
+MARKERS = "osD^vP*X"
+
+
+def _run_styles(labels) -> dict:
+    """Colour, marker and size per run: earlier runs drawn larger, so identical curves stay visible."""
+    colors = sns.color_palette("tab10", len(labels))
+    return {
+        lab: dict(color=colors[k], marker=MARKERS[k % len(MARKERS)], ms=max(8 - 1.5 * k, 3), lw=max(2.6 - 0.4 * k, 1))
+        for k, lab in enumerate(labels)
+    }
+
+
+def _style_legend(ax, styles: dict, title: str) -> None:
+    handles = [plt.Line2D([], [], label=lab, **st) for lab, st in styles.items()]
+    ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title=title, fontsize=8)
+
+
 def _facets(n_rows: int, n_cols: int, w: float = 3.4, h: float = 2.9, **kw):
     with sns.axes_style(STYLE):
         return plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 1.8, h * n_rows + 0.3), squeeze=False, **kw)
@@ -179,7 +196,7 @@ def null_space_dims(ns: pd.DataFrame, label: str = "label", row: str | None = No
     out of hundreds shows; the numbers are whole dimensions, so the ticks are integers.
     """
     ns, rows, layers, labels = _layer_facets(ns, label, row)
-    palette = dict(zip(labels, sns.color_palette("tab10", len(labels))))
+    styles = _run_styles(labels)
     fig, axes = _facets(len(rows), len(layers))
     y = "null_frac" if frac else "null_dim"
     for i, r in enumerate(rows):
@@ -187,15 +204,14 @@ def null_space_dims(ns: pd.DataFrame, label: str = "label", row: str | None = No
             ax = axes[i][j]
             sub = ns[(ns["layer"] == layer) & ((ns[row] == r) if row else True)]
             for lab, g in sub.groupby(label, sort=False):
-                ax.plot(g["task"], g[y], marker="o", ms=4, color=palette[lab], label=lab)
+                ax.plot(g["task"], g[y], label=lab, **styles[lab])
             d = ", ".join(f"d = {v}" for v in sorted(sub["d"].unique())) if len(sub) else ""
-            ax.set_title(f"{layer} ({d})" if r is None else f"{r}: {layer} ({d})", fontsize=10)
+            ax.set_title(f"{layer} ({d})" if r is None else f"{r}\n{layer} ({d})", fontsize=10)
             _task_axis(ax, sub["task"] if len(sub) else [1])
             if not frac:
                 ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
             ax.set_ylabel(("null-space fraction r / d" if frac else "null-space dim r") if j == 0 else "")
-    handles = [plt.Line2D([], [], marker="o", color=palette[m], label=m) for m in labels]
-    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title="run", fontsize=8)
+    _style_legend(axes[0][-1], styles, label if label != "label" else "run")
     fig.tight_layout()
     return fig
 
@@ -291,16 +307,16 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", row: str | None = None):
     """
     ns, rows, layers, labels = _layer_facets(ns, label, row)
     ns["kept_energy"] = ns["kept_energy"].astype(float).clip(lower=KEPT_ENERGY_FLOOR)
-    palette = dict(zip(labels, sns.color_palette("tab10", len(labels))))
+    styles = _run_styles(labels)
     fig, axes = _facets(len(rows), len(layers), sharey=True)
     for i, r in enumerate(rows):
         for j, layer in enumerate(layers):
             ax = axes[i][j]
             sub = ns[(ns["layer"] == layer) & ((ns[row] == r) if row else True)]
             for lab, g in sub.groupby(label, sort=False):
-                ax.plot(g["task"], g["kept_energy"], marker="o", ms=4, color=palette[lab], label=lab)
+                ax.plot(g["task"], g["kept_energy"], label=lab, **styles[lab])
             ax.set_yscale("log")
-            ax.set_title(layer if r is None else f"{r}: {layer}", fontsize=10)
+            ax.set_title(layer if r is None else f"{r}\n{layer}", fontsize=10)
             _task_axis(ax, sub["task"] if len(sub) else [1])
             ax.set_ylabel("kept energy R" if j == 0 else "")
     vals = ns["kept_energy"].to_numpy(dtype=float)
@@ -309,8 +325,7 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", row: str | None = None):
         axes[0][0].set_ylim(10 ** np.floor(np.log10(lo) - 0.2), min(10 ** np.ceil(np.log10(hi) + 0.2), 3.0))
         if lo <= KEPT_ENERGY_FLOOR:
             axes[0][0].set_ylabel(f"kept energy R (< {KEPT_ENERGY_FLOOR:.0e} drawn at it)")
-    handles = [plt.Line2D([], [], marker="o", color=palette[m], label=m) for m in labels]
-    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title="run", fontsize=8)
+    _style_legend(axes[0][-1], styles, label if label != "label" else "run")
     fig.tight_layout()
     return fig
 

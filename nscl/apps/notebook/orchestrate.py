@@ -77,9 +77,10 @@ def default_workers(n_runs: int) -> int:
 def run_sweep(spec: Mapping, workers: int | None = None) -> dict:
     """Run a sweep (a mapping as in a sweep file) on this machine, ``workers`` runs at once.
 
-    ``workers`` > 1: the sweep's local executor, each run a process with one torch thread (``threads=1``
-    in its parameters; a run-invariant key, so complete runs are still reused). ``workers`` = 1: the
-    runs one after the other in this process (the ``debug`` executor). Default: :func:`default_workers`.
+    ``workers`` > 1: the sweep's ``fork`` executor, each run a process forked from this one with one
+    torch thread and no progress bar (``threads=1, quiet=True`` in its parameters: run-invariant keys,
+    so complete runs are still reused). ``workers`` = 1: the runs one after the other in this process
+    (the ``debug`` executor). Default: :func:`default_workers`.
     Returns what :func:`nscl.apps.sweep.run` returns.
     """
     from .. import sweep
@@ -88,8 +89,8 @@ def run_sweep(spec: Mapping, workers: int | None = None) -> dict:
     workers = default_workers(n) if workers is None else max(1, int(workers))
     if workers == 1:
         return sweep.run({**spec, "executor": {"kind": "debug"}})
-    params = {**(spec.get("params") or {}), "threads": 1}
-    return sweep.run({**spec, "params": params, "executor": {"kind": "local", "parallel": workers, "threads": 1}})
+    params = {**(spec.get("params") or {}), "threads": 1, "quiet": True}
+    return sweep.run({**spec, "params": params, "executor": {"kind": "fork", "parallel": workers, "threads": 1}})
 
 
 def run_grid(
