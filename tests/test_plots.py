@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 from nscl.analysis import plots  # noqa: E402
 
 MIN_PANEL_IN = (2.2, 1.8)  # width, height of every panel in inches (at the saved 110 dpi: 240 x 200 px)
+MAX_WIDTH_IN = 16.5  # wider figures are shrunk to the notebook's width, and their text with them
 RAW_NAMES = {"value", "null_frac", "null_dim", "sigma_rel", "sigma", "i", "index", "score", "used", "kept_energy", "x"}
 METHODS = ["finetune", "ewc", "joint", "adam_nscl", "lowrank", "nscl_lowrank", "clnp", "nscl_prune"]
 
@@ -146,6 +147,8 @@ def readability_problems(fig) -> list[str]:
     w_in, h_in = fig.get_size_inches()
     axes = [ax for ax in fig.axes if ax.get_visible()]
     problems = []
+    if w_in > MAX_WIDTH_IN:
+        problems.append(f"the figure is {w_in:.1f} in wide (at most {MAX_WIDTH_IN}): wrap its panels")
     for k, ax in enumerate(axes):
         pos = ax.get_position()
         name = f"panel {k} ({ax.get_title()!r})"
