@@ -460,9 +460,13 @@ def test_papermill_reads_every_parameter_of_every_notebook():
 
 
 # ---- the executable story: claims checked, errors as one line, runs on the available cores ----------
-def test_expect_prints_a_held_claim_and_names_a_broken_one(capsys):
+def test_expect_prints_a_held_claim_and_names_a_broken_one(capsys, monkeypatch):
+    monkeypatch.delenv("NSCL_STRICT_CLAIMS", raising=False)
     nb.expect(2.0 > 1.0, "two beats one")
     assert capsys.readouterr().out == "holds: two beats one\n"
+    nb.expect(False, "BWT is about zero", bwt=-3.2)  # other parameters: said, not raised
+    assert capsys.readouterr().out == "does not hold with these parameters: BWT is about zero (bwt = -3.2)\n"
+    monkeypatch.setenv("NSCL_STRICT_CLAIMS", "1")  # make notebooks: a broken story is never committed
     with pytest.raises(nb.ClaimError, match=r"the notebook says 'BWT is about zero'.*bwt = -3\.2"):
         nb.expect(False, "BWT is about zero", bwt=-3.2)
     assert isinstance(nb.ClaimError("x"), AssertionError)
@@ -492,7 +496,8 @@ def test_user_errors_render_as_one_error_line_in_a_kernel(tmp_path):
         ("00_quickstart", {"energy": 1e-6, "benchmarks": ["permuted_fmnist"]}, "Adam-NSCL's columns stay close"),
     ],
 )
-def test_a_story_the_numbers_no_longer_tell_fails_naming_the_claim(tmp_path, stem, parameters, claim):
+def test_a_story_the_numbers_no_longer_tell_fails_naming_the_claim(tmp_path, monkeypatch, stem, parameters, claim):
+    monkeypatch.setenv("NSCL_STRICT_CLAIMS", "1")  # as under make notebooks (nbval fails on the changed line)
     small = {"samples_per_task": 300, "test_samples_per_task": 200, "epochs": 1, "hidden": [32, 32], "quiet": True}
     with pytest.raises(pm.PapermillExecutionError) as err:
         pm.execute_notebook(

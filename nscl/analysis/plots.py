@@ -4,13 +4,20 @@ Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
 :mod:`nscl.analysis.tables` and :func:`nscl.experiment.records.load_spectra` dicts
 (``"<layer>/task<t>"`` -> ascending eigenvalues). Every figure of the notebooks is drawn here.
 
-* :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i).
+One message per figure, readable at its stored size (``tests/test_plots.py`` holds the rules: panels
+of at least 2.2 x 1.8 inches, no overlapping titles, integer task ticks, labelled axes, no raw
+column names). Null-space figures take a panel per layer with a linear axis fitted to it, so a
+change of a few dimensions out of hundreds shows, and one line per run.
+
+* :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i), wrapped.
 * :func:`metrics_bars` — ACC / BWT / plasticity / forgetting per method.
-* :func:`null_space_dims` — null-space dimension per layer vs task, absolute and as a fraction of d.
-* :func:`spectra` — covariance eigenvalues per layer (log scale), one line per task.
-* :func:`spectrum_cut` — one layer's spectrum with the ``a * lambda_min`` cut (Adam-NSCL Alg. 2).
-* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, one shared log axis.
+* :func:`null_space_dims` — null-space dimension per layer vs task, a line per run (rows: e.g. streams).
+* :func:`spectra` — covariance eigenvalues per layer (log scale), a line per task, a row per run.
+* :func:`spectrum_cut` — one layer's spectrum with the thresholds of null-space rules.
+* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, a line per run.
 * :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
+* :func:`pruning_activity`, :func:`units_used` — pruning: candidates' activity and thresholds, kept units.
+* :func:`lowrank_tradeoff`, :func:`singular_values`, :func:`null_space_by_rule` — rank limitation.
 * :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
