@@ -519,3 +519,18 @@ def test_run_grid_on_several_workers_gives_the_numbers_of_one_after_the_other(tm
     for label in runs:
         assert together[label]["acc"] == alone[label]["acc"], label
         assert together[label]["null_space"] == alone[label]["null_space"], label
+
+
+def test_one_run_per_method_keeps_the_longest_first_run_of_each_method_and_stream():
+    def res(bench, method, tasks):
+        return {"params": {"benchmark": bench, "method": method}, "metrics": {"tasks_done": tasks}}
+
+    runs = {
+        "00/split/adam_nscl": res("split_fmnist", "adam_nscl", 5),
+        "01/adam_nscl": res("split_fmnist", "adam_nscl", 5),  # the same run again: dropped
+        "02/adam_nscl": res("split_fmnist", "adam_nscl", 3),
+        "00/permuted/adam_nscl": res("permuted_fmnist", "adam_nscl", 10),
+        "03/nscl_lowrank a": res("split_fmnist", "nscl_lowrank", 3),
+        "03/nscl_lowrank b": res("split_fmnist", "nscl_lowrank", 5),  # more tasks: replaces a
+    }
+    assert list(tables.one_run_per_method(runs)) == ["00/split/adam_nscl", "00/permuted/adam_nscl", "03/nscl_lowrank b"]
