@@ -11,7 +11,14 @@ Layers (imports only point down this list; ``tests/test_layers.py`` holds the ru
     apps        command line, notebook facade, notebook suite, sweeps; bench (benchmarks)
 """
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str):
+    """``nscl.__version__``, kept in :mod:`nscl.util` (the root imports nothing at module level)."""
+    if name == "__version__":
+        from .util import __version__
+
+        return __version__
+    raise AttributeError(f"module 'nscl' has no attribute {name!r}")
 
 
 def run(cfg: dict | None = None, out_dir=None, files=(), **params):

@@ -1,5 +1,5 @@
-"""Small helpers every layer may use (they import nothing from nscl): atomic file writes,
-JSON-safe conversion, progress bars.
+"""Small helpers every layer may use (they import nothing from nscl): the package version, atomic
+file writes, JSON-safe conversion, progress bars, errors that read as one line in a notebook.
 
 Atomic writes go through a temporary file in the target's folder and ``os.replace``, so a reader
 never sees a half-written file, even after a crash or ``kill -9``. Files get the permissions the
@@ -13,6 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+#: the package version (``nscl.__version__``; run records store it). Here, in the bottom layer, so that
+#: no module has to import the package root for it.
+__version__ = "0.1.0"
 
 #: temporary files of :func:`atomic_write` older than this (seconds) belong to a crashed writer
 STALE_TEMP_S = 3600.0
@@ -86,13 +90,27 @@ def jsonable(obj: Any) -> Any:
 
 
 def progress(iterable: Iterable, quiet: bool = False, **kw):
-    """A tqdm bar (widgets in Jupyter, text in a terminal) unless ``quiet``.
+    """A text tqdm bar unless ``quiet``: on stderr in a terminal, on stdout in a Jupyter kernel.
 
+    In a notebook the bar is plain text, not a widget: a widget's state is not saved with the
+    notebook, so a reopened notebook would show "model not found" where the bar was; text survives.
     ``$NSCL_QUIET`` (any non-empty value) turns bars off whatever ``quiet`` says: ``make test`` and
     ``make notebooks`` set it so that the notebooks' stored outputs hold no progress bars.
     """
     if quiet or os.environ.get("NSCL_QUIET"):
         return iterable
-    from tqdm.auto import tqdm
+    import sys
 
+    from tqdm.std import tqdm
+
+    if "ipykernel" in sys.modules:  # a notebook: stdout (stderr renders as an alarm), few redraws
+        kw = {"file": sys.stdout, "mininterval": 1.0, "ncols": 100, **kw}
     return tqdm(iterable, **kw)
+
+
+class ReadableError(Exception):
+    """An error that is the user's to fix (a parameter, a claim the numbers no longer hold): IPython
+    shows ``error: <message>`` instead of a traceback, like the command line's ``error:`` lines."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"error: {self}"]

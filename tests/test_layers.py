@@ -7,6 +7,7 @@ lower one, and module-level imports must not form a cycle. Parsed with ``ast``: 
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ LAYERS = ["util", "core", "methods", "data", "experiment", "analysis", "apps"]
 RANK = {name: i for i, name in enumerate(LAYERS)} | {"bench": len(LAYERS) - 1, "__main__": len(LAYERS) - 1}
 
 
-def module_name(path: Path) -> str:
-    parts = ["nscl", *path.relative_to(PKG).with_suffix("").parts]
+def module_name(path: Path, pkg: Path = PKG) -> str:
+    parts = ["nscl", *path.relative_to(pkg).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -29,9 +30,9 @@ def layer(module: str) -> int | None:
     return RANK[parts[1]]
 
 
-def imports(path: Path) -> list[tuple[str, int, bool]]:
+def imports(path: Path, pkg: Path = PKG) -> list[tuple[str, int, bool]]:
     """``(imported nscl module, line, at module level)`` for every import in a file."""
-    mod = module_name(path)
+    mod = module_name(path, pkg)
     is_pkg = path.name == "__init__.py"
     tree = ast.parse(path.read_text())
     top = {id(n) for n in tree.body}
@@ -85,7 +86,7 @@ def test_imports_point_down(path):
             upward.append(
                 f"{path.relative_to(PKG)}:{line} imports {target} ({LAYERS[there] if there < len(LAYERS) else 'apps'})"
             )
-        if there is None and target == "nscl" and name == "nscl":
+        if there is None and target == "nscl":  # `import nscl`, `from .. import __version__`
             upward.append(f"{path.relative_to(PKG)}:{line} imports the package root")
     assert not upward, "imports against the layer rule:\n" + "\n".join(upward)
 
@@ -125,6 +126,47 @@ def test_no_import_cycles():
         if m not in state:
             cycle = visit(m)
             assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def cycle_through_root(pkg: Path = PKG) -> list[str] | None:
+    """A cycle through the package root, counting imports inside functions too: the root imports
+    the trainer lazily (``nscl.run``), so any module below that imports the root closes a cycle."""
+    files = sorted(pkg.rglob("*.py"))
+    names = {path: "nscl" + module_name(path, pkg)[len("nscl") :] for path in files}
+    modules = set(names.values())
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        src = names[path]
+        graph[src] = {t for t in (known(n, modules) for n, _, _ in imports(path, pkg)) if t != src}
+    path_to: dict[str, list[str]] = {"nscl": ["nscl"]}
+    todo = ["nscl"]
+    while todo:
+        m = todo.pop()
+        for n in sorted(graph.get(m, ())):
+            if n == "nscl":
+                return path_to[m] + ["nscl"]
+            if n not in path_to:
+                path_to[n] = path_to[m] + [n]
+                todo.append(n)
+    return None
+
+
+def test_no_import_cycle_through_the_package_root():
+    cycle = cycle_through_root()
+    assert cycle is None, "import cycle through the package root: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_catches_the_version_import_of_the_records(tmp_path):
+    """The checker itself, on a copy of the package whose run records take the version from the root
+    (the old ``from .. import __version__``): nscl -> experiment.trainer -> experiment.records -> nscl."""
+    copy = tmp_path / "nscl"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    records = copy / "experiment" / "records.py"
+    text = records.read_text()
+    assert "from ..util import __version__" in text
+    records.write_text(text.replace("from ..util import __version__", "from .. import __version__"))
+    cycle = cycle_through_root(copy)
+    assert cycle and cycle[0] == cycle[-1] == "nscl" and "nscl.experiment.records" in cycle, cycle
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):

@@ -488,3 +488,80 @@ def test_papermill_reads_every_parameter_of_every_notebook():
         cell = next(c for c in nbk.cells if "parameters" in c.metadata.get("tags", []))
         assigned = [n.targets[0].id for n in ast.parse(cell.source).body if isinstance(n, ast.Assign)]
         assert [p.name for p in PythonTranslator.inspect(cell)] == assigned, path.name
+
+
+# ---- the executable story: claims checked, errors as one line, runs on the available cores ----------
+def test_expect_prints_a_held_claim_and_names_a_broken_one(capsys, monkeypatch):
+    monkeypatch.delenv("NSCL_STRICT_CLAIMS", raising=False)
+    nb.expect(2.0 > 1.0, "two beats one")
+    assert capsys.readouterr().out == "holds: two beats one\n"
+    nb.expect(False, "BWT is about zero", bwt=-3.2)  # other parameters: said, not raised
+    assert capsys.readouterr().out == "does not hold with these parameters: BWT is about zero (bwt = -3.2)\n"
+    monkeypatch.setenv("NSCL_STRICT_CLAIMS", "1")  # make notebooks: a broken story is never committed
+    with pytest.raises(nb.ClaimError, match=r"the notebook says 'BWT is about zero'.*bwt = -3\.2"):
+        nb.expect(False, "BWT is about zero", bwt=-3.2)
+    assert isinstance(nb.ClaimError("x"), AssertionError)
+
+
+def test_user_errors_render_as_one_error_line_in_a_kernel(tmp_path):
+    """IPython shows a parameter error as `error: <message>` (no traceback, no list of every key)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    cells = ["epoch = 3\nhidden = [8]", "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(
+        notebook, kernel_name="python3", allow_errors=True, timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    err = notebook.cells[1].outputs[0]
+    assert err["output_type"] == "error" and err["ename"] == "ConfigError"
+    assert len(err["traceback"]) == 1 and err["traceback"][0].startswith("error: unknown notebook parameter 'epoch'.")
+    assert "Did you mean epochs?" in err["traceback"][0] and "nullspace_rule" not in err["traceback"][0]
+
+
+@pytest.mark.parametrize(
+    "stem, parameters, claim",
+    [  # the default rule switched to the paper's: the exact null space is then the run's rule
+        ("01_adam_nscl", {"nullspace_rule": "a_min"}, "the run's rule keeps much more of the update"),
+        # the projection all but deleted (energy ~ 0 protects nothing): Adam-NSCL forgets like fine-tuning
+        ("00_quickstart", {"energy": 1e-6, "benchmarks": ["permuted_fmnist"]}, "Adam-NSCL's columns stay close"),
+    ],
+)
+def test_a_story_the_numbers_no_longer_tell_fails_naming_the_claim(tmp_path, monkeypatch, stem, parameters, claim):
+    monkeypatch.setenv("NSCL_STRICT_CLAIMS", "1")  # as under make notebooks (nbval fails on the changed line)
+    small = {"samples_per_task": 300, "test_samples_per_task": 200, "epochs": 1, "hidden": [32, 32], "quiet": True}
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(
+            str(ROOT / "notebooks" / f"{stem}.ipynb"),
+            str(tmp_path / "out.ipynb"),
+            parameters={**small, **parameters, "output_dir": str(tmp_path)},
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(ROOT / "notebooks"),
+        )
+    assert err.value.ename == "ClaimError" and claim in err.value.evalue
+
+
+def test_run_grid_on_several_workers_gives_the_numbers_of_one_after_the_other(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(n_tasks=3)
+    runs = {m: {"method": m} for m in ("finetune", "adam_nscl", "nscl_lowrank")}
+    together = nb.run_grid(cfg, runs, tmp_path / "together", workers=2)
+    alone = nb.run_grid({**cfg, "threads": 1}, runs, tmp_path / "alone", workers=1)
+    for label in runs:
+        assert together[label]["acc"] == alone[label]["acc"], label
+        assert together[label]["null_space"] == alone[label]["null_space"], label
+
+
+def test_one_run_per_method_keeps_the_longest_first_run_of_each_method_and_stream():
+    def res(bench, method, tasks):
+        return {"params": {"benchmark": bench, "method": method}, "metrics": {"tasks_done": tasks}}
+
+    runs = {
+        "00/split/adam_nscl": res("split_fmnist", "adam_nscl", 5),
+        "01/adam_nscl": res("split_fmnist", "adam_nscl", 5),  # the same run again: dropped
+        "02/adam_nscl": res("split_fmnist", "adam_nscl", 3),
+        "00/permuted/adam_nscl": res("permuted_fmnist", "adam_nscl", 10),
+        "03/nscl_lowrank a": res("split_fmnist", "nscl_lowrank", 3),
+        "03/nscl_lowrank b": res("split_fmnist", "nscl_lowrank", 5),  # more tasks: replaces a
+    }
+    assert list(tables.one_run_per_method(runs)) == ["00/split/adam_nscl", "00/permuted/adam_nscl", "03/nscl_lowrank b"]

@@ -297,7 +297,7 @@ def test_resubmitted_sweep_with_failed_runs_exits_nonzero_and_lists_them(tmp_pat
         ("grid: 5\n", "grid must be a mapping key: [values]"),
         ("grid: [{seed: [0]}, 3]\n", "grid must be a mapping key: [values]"),
         ("executor: local\n", "executor must be a mapping"),
-        ("executor: {kind: cluster}\n", "executor.kind must be one of slurm, local, debug"),
+        ("executor: {kind: cluster}\n", "executor.kind must be one of slurm, local, fork, debug"),
         ("executor: {parallel: two}\n", "executor.parallel must be an integer >= 1, got 'two'"),
         ("executor: {parallel: 0}\n", "executor.parallel must be an integer >= 1, got 0"),
         ("executor: {slurm: {mem_gb: lots}}\n", "executor.slurm.mem_gb must be a number of GB > 0"),

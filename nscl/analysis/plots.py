@@ -4,13 +4,20 @@ Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
 :mod:`nscl.analysis.tables` and :func:`nscl.experiment.records.load_spectra` dicts
 (``"<layer>/task<t>"`` -> ascending eigenvalues). Every figure of the notebooks is drawn here.
 
-* :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i).
+One message per figure, readable at its stored size (``tests/test_plots.py`` holds the rules: panels
+of at least 2.2 x 1.8 inches, no overlapping titles, integer task ticks, labelled axes, no raw
+column names). Null-space figures take a panel per layer with a linear axis fitted to it, so a
+change of a few dimensions out of hundreds shows, and one line per run.
+
+* :func:`accuracy_heatmaps` — annotated accuracy matrix ``A[i][j]`` per method (row: after task i), wrapped.
 * :func:`metrics_bars` — ACC / BWT / plasticity / forgetting per method.
-* :func:`null_space_dims` — null-space dimension per layer vs task, absolute and as a fraction of d.
-* :func:`spectra` — covariance eigenvalues per layer (log scale), one line per task.
-* :func:`spectrum_cut` — one layer's spectrum with the ``a * lambda_min`` cut (Adam-NSCL Alg. 2).
-* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, one shared log axis.
+* :func:`null_space_dims` — null-space dimension per layer vs task, a line per run (rows: e.g. streams).
+* :func:`spectra` — covariance eigenvalues per layer (log scale), a line per task, a row per run.
+* :func:`spectrum_cut` — one layer's spectrum with the thresholds of null-space rules.
+* :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, a line per run.
 * :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
+* :func:`pruning_activity`, :func:`units_used` — pruning: candidates' activity and thresholds, kept units.
+* :func:`lowrank_tradeoff`, :func:`singular_values`, :func:`null_space_by_rule` — rank limitation.
 * :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
@@ -39,14 +46,21 @@ def _acc_array(acc) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in acc], dtype=float)
 
 
-def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str = "viridis"):
-    """One annotated heatmap per entry of ``{label: results}`` (test accuracy in %, task-aware)."""
+def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str = "viridis", max_cols: int = 4):
+    """One annotated heatmap per entry of ``{label: results}`` (test accuracy in %, task-aware),
+    ``max_cols`` a line so that many methods wrap instead of shrinking."""
     n = len(results)
     T_max = max(len(res["acc"]) for res in results.values())
     side = max(3.4, 0.42 * T_max + 0.6)  # 5 tasks: the default 3.6 x 3.4; 10 tasks: room for the numbers
+    ncols = max(1, min(n, max_cols))
+    nrows = -(-n // ncols)
     with sns.axes_style("white"):
-        fig, axes = plt.subplots(1, n, figsize=((side + 0.2) * n + 0.6, side), squeeze=False)
-    for ax, (label, res) in zip(axes[0], results.items()):
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=((side + 0.2) * ncols + 0.6, (side + 0.3) * nrows), squeeze=False
+        )
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (label, res) in zip(axes.flat, results.items()):
         a = _acc_array(res["acc"])
         T = a.shape[0]
         ticks = list(range(1, T + 1))
@@ -109,7 +123,7 @@ def metrics_bars(data, title: str | None = None):
             legend=(ylab == "points"),
         )
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xlabel("")
+        ax.set_xlabel("metric")
         ax.set_ylabel(ylab)
     axes[0].set_ylim(0, 100)
     leg = axes[1].get_legend()
@@ -121,33 +135,6 @@ def metrics_bars(data, title: str | None = None):
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
-
-
-def _run_label(df: pd.DataFrame) -> pd.Series:
-    """Label a run by its method, adding the run folder when one method appears in several runs."""
-    per = df.groupby("method")["run"].nunique()
-    return df.apply(
-        lambda r: (
-            r["method"]
-            if per[r["method"]] == 1
-            else f"{r['method']} ({Path(r['run']).parent.name}/{Path(r['run']).name})"
-        ),
-        axis=1,
-    )
-
-
-def _grid(n: int, rows_per_run: int, max_cols: int, w: float, h: float, **kw):
-    """Axes for ``n`` runs, ``max_cols`` runs per line, ``rows_per_run`` stacked panels per run."""
-    ncols = max(1, min(n, max_cols))
-    blocks = -(-n // ncols)
-    with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(
-            rows_per_run * blocks, ncols, figsize=(w * ncols + 1.2, h * blocks), squeeze=False, **kw
-        )
-    for k in range(n, blocks * ncols):  # unused slots of the last line
-        for r in range(rows_per_run):
-            axes[rows_per_run * (k // ncols) + r, k % ncols].set_visible(False)
-    return fig, [[axes[rows_per_run * (k // ncols) + r, k % ncols] for r in range(rows_per_run)] for k in range(n)]
 
 
 def _title(label: str, n: int = 30) -> str:
@@ -162,12 +149,6 @@ def _title(label: str, n: int = 30) -> str:
     return cut(label)
 
 
-def _symlog_top(values) -> float:
-    """Top of a symlog axis: the power of ten above 1.5x the largest value, so the top point is never cut."""
-    m = float(np.nanmax(values)) if len(values) else 1.0
-    return 10.0 ** np.ceil(np.log10(max(m, 1.0) * 1.5))
-
-
 def _legend_right(ax, title: str) -> None:
     leg = ax.get_legend()
     if leg is not None:
@@ -176,50 +157,68 @@ def _legend_right(ax, title: str) -> None:
         leg.set_title(title)
 
 
-def _per_run_layers(ns: pd.DataFrame, label: str) -> tuple[pd.DataFrame, list, list]:
-    """Copy of a null-space table with a run ``label`` column and short layer names; the run labels
-    and the layer order (first appearance), shared by the per-run layer-curve figures."""
+def _task_axis(ax, tasks) -> None:
+    """Integer task ticks (never 1.5) and the label."""
+    ax.set_xticks(sorted({int(t) for t in tasks}))
+    ax.set_xlabel("after task")
+
+
+MARKERS = "osD^vP*X"
+
+
+def _run_styles(labels) -> dict:
+    """Colour, marker and size per run: earlier runs drawn larger, so identical curves stay visible."""
+    colors = sns.color_palette("tab10", len(labels))
+    return {
+        lab: dict(color=colors[k], marker=MARKERS[k % len(MARKERS)], ms=max(8 - 1.5 * k, 3), lw=max(2.6 - 0.4 * k, 1))
+        for k, lab in enumerate(labels)
+    }
+
+
+def _style_legend(ax, styles: dict, title: str) -> None:
+    handles = [plt.Line2D([], [], label=lab, **st) for lab, st in styles.items()]
+    ax.legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title=title, fontsize=8)
+
+
+def _facets(n_rows: int, n_cols: int, w: float = 3.4, h: float = 2.9, **kw):
+    with sns.axes_style(STYLE):
+        return plt.subplots(n_rows, n_cols, figsize=(w * n_cols + 1.8, h * n_rows + 0.3), squeeze=False, **kw)
+
+
+def _layer_facets(ns: pd.DataFrame, label: str, row: str | None):
+    """Copy of a null-space table with short layer names, plus the panel rows / columns and the runs."""
     ns = ns.copy()
-    ns[label] = ns[label] if label in ns else _run_label(ns)
     ns["layer"] = ns["layer"].map(short)
-    return ns, list(dict.fromkeys(ns[label])), list(dict.fromkeys(ns["layer"]))
+    rows = list(dict.fromkeys(ns[row])) if row else [None]
+    layers = list(dict.fromkeys(ns["layer"]))
+    labels = list(dict.fromkeys(ns[label]))
+    return ns, rows, layers, labels
 
 
-def null_space_dims(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
-    """Null-space dim per layer vs task: per run, r (top, symlog) and r/d (bottom); ``max_cols`` runs a line.
+def null_space_dims(ns: pd.DataFrame, label: str = "label", row: str | None = None, frac: bool = False):
+    """Null-space dimension r (or ``frac``: r/d) per layer against task: a panel per layer (and per
+    ``row`` value, e.g. the benchmark), one line per run ``label``.
 
-    Every panel of a row kind shares its y-axis (r: 0 up to a power of ten above the largest r, so no
-    point sits on the frame; r/d: 0..1), so runs compare at a glance.
+    Each panel's linear y-axis fits its own layer (d in the title), so a change of a few dimensions
+    out of hundreds shows; the numbers are whole dimensions, so the ticks are integers.
     """
-    ns, labels, hue_order = _per_run_layers(ns, label)
-    fig, cells = _grid(len(labels), 2, max_cols, 3.0, 5.0)
-    top = _symlog_top(ns["null_dim"].to_numpy(dtype=float))
-    for k, lab in enumerate(labels):
-        sub = ns[ns[label] == lab]
-        for row, (col, ylab) in enumerate((("null_dim", "null-space dim r"), ("null_frac", "r / d"))):
-            ax = cells[k][row]
-            sns.lineplot(
-                data=sub,
-                x="task",
-                y=col,
-                hue="layer",
-                hue_order=hue_order,
-                marker="o",
-                ax=ax,
-                errorbar=None,
-                legend=(row == 0 and k == min(len(labels), max_cols) - 1),
-            )
-            if col == "null_frac":
-                ax.set_ylim(-0.03, 1.03)
-            else:
-                ax.set_yscale("symlog", linthresh=10)
-                ax.set_ylim(0, top)
-            ax.set_ylabel(ylab if k % max_cols == 0 else "")
-            ax.set_xticks(sorted(sub["task"].unique()))
-            if row == 0:
-                ax.set_title(_title(lab), fontsize=10)
-                ax.set_xlabel("")
-    _legend_right(cells[min(len(labels), max_cols) - 1][0], "layer")
+    ns, rows, layers, labels = _layer_facets(ns, label, row)
+    styles = _run_styles(labels)
+    fig, axes = _facets(len(rows), len(layers))
+    y = "null_frac" if frac else "null_dim"
+    for i, r in enumerate(rows):
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            sub = ns[(ns["layer"] == layer) & ((ns[row] == r) if row else True)]
+            for lab, g in sub.groupby(label, sort=False):
+                ax.plot(g["task"], g[y], label=lab, **styles[lab])
+            d = ", ".join(f"d = {v}" for v in sorted(sub["d"].unique())) if len(sub) else ""
+            ax.set_title(f"{layer} ({d})" if r is None else f"{r}\n{layer} ({d})", fontsize=10)
+            _task_axis(ax, sub["task"] if len(sub) else [1])
+            if not frac:
+                ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.set_ylabel(("null-space fraction r / d" if frac else "null-space dim r") if j == 0 else "")
+    _style_legend(axes[0][-1], styles, label if label != "label" else "run")
     fig.tight_layout()
     return fig
 
@@ -247,34 +246,27 @@ def _spectra_frame(spec: Mapping[str, np.ndarray]) -> pd.DataFrame:
     )
 
 
-def spectra(spec: Mapping[str, np.ndarray], title: str | None = None):
-    """Eigenvalues of each layer's accumulated covariance (descending, / lambda_max, log y), per task."""
-    df = _spectra_frame(spec)
-    layers = list(dict.fromkeys(df["layer"]))
-    with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(3.6 * max(len(layers), 1) + 1.0, 3.2), squeeze=False)
-    for k, layer in enumerate(layers):
-        ax = axes[0, k]
-        sub = df[df["layer"] == layer]
-        sns.lineplot(
-            data=sub,
-            x="index",
-            y="eigenvalue",
-            hue="task",
-            palette="crest",
-            ax=ax,
-            legend=(k == len(layers) - 1),
-            errorbar=None,
-        )
-        ax.set_yscale("log")
-        ax.set_ylim(1e-18, 2)
-        ax.set_title(layer, fontsize=10)
-        ax.set_xlabel("eigenvalue index (descending)")
-        ax.set_ylabel("lambda / lambda_max" if k == 0 else "")
-    if layers and axes[0, -1].get_legend() is not None:
-        axes[0, -1].get_legend().set_title("after task")
-    if title:
-        fig.suptitle(title, fontsize=11)
+def spectra(specs: Mapping[str, Mapping[str, np.ndarray]]):
+    """Eigenvalues of each layer's accumulated input covariance (descending, / lambda_max, log y), one
+    line per task: a row of panels per run of ``{label: spectra}`` (:func:`nscl.experiment.records.load_spectra`),
+    a column per layer. Values below 1e-18 are drawn at 1e-18."""
+    frames = {lab: _spectra_frame(spec) for lab, spec in specs.items()}
+    layers = list(dict.fromkeys(layer for df in frames.values() for layer in df["layer"]))
+    tasks = sorted({int(t) for df in frames.values() for t in df["task"]})
+    colors = dict(zip(tasks, sns.color_palette("crest", len(tasks))))
+    fig, axes = _facets(len(frames), max(len(layers), 1), w=3.6, h=2.9, sharey=True)
+    for i, (lab, df) in enumerate(frames.items()):
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            for t, g in df[df["layer"] == layer].groupby("task"):
+                ax.plot(g["index"], g["eigenvalue"], color=colors[int(t)], lw=1.2)
+            ax.set_yscale("log")
+            ax.set_ylim(1e-18, 2)
+            ax.set_title(f"{_title(lab)}: {layer}", fontsize=10)
+            ax.set_xlabel("eigenvalue index (descending)")
+            ax.set_ylabel("eigenvalue / largest" if j == 0 else "")
+    handles = [plt.Line2D([], [], color=colors[t], label=str(t)) for t in tasks]
+    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title="after task", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -302,7 +294,7 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
     ax.axhline(floor, color="grey", lw=1, ls=":", label="rank tolerance")
     ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index (descending)")
-    ax.set_ylabel("eigenvalue")
+    ax.set_ylabel("eigenvalue of C")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     if title:
         ax.set_title(title, fontsize=10)
@@ -313,66 +305,171 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
 KEPT_ENERGY_FLOOR = 1e-18  # kept-energy ratios below this are float64 round-off; drawn at the floor
 
 
-def kept_energy(ns: pd.DataFrame, label: str = "label", max_cols: int = 3):
-    """Kept-energy ratio (Eq. 7: share of old-input energy in the null space) per layer vs task, per run.
+def kept_energy(ns: pd.DataFrame, label: str = "label", row: str | None = None):
+    """Kept-energy ratio R (Eq. 7: share of the old inputs' energy in the null space) per layer against
+    task: a panel per layer (and ``row`` value), one line per run, one log y-axis fitted to the data.
 
-    All panels share one log y-axis (the suptitle says so); ratios below :data:`KEPT_ENERGY_FLOOR`
-    (round-off, or exactly 0 for an empty null space) are drawn at the floor.
+    Ratios below :data:`KEPT_ENERGY_FLOOR` (round-off, or 0 for an empty null space) are drawn at the
+    floor (the y label says so when there are any).
     """
-    ns, labels, hue_order = _per_run_layers(ns, label)
+    ns, rows, layers, labels = _layer_facets(ns, label, row)
     ns["kept_energy"] = ns["kept_energy"].astype(float).clip(lower=KEPT_ENERGY_FLOOR)
-    fig, cells = _grid(len(labels), 1, max_cols, 3.0, 2.8, sharey=True)
-    for k, lab in enumerate(labels):
-        ax = cells[k][0]
-        sub = ns[ns[label] == lab]
-        sns.lineplot(
-            data=sub,
-            x="task",
-            y="kept_energy",
-            hue="layer",
-            hue_order=hue_order,
-            marker="o",
-            ax=ax,
-            errorbar=None,
-            legend=(k == min(len(labels), max_cols) - 1),
-        )
-        ax.set_yscale("log")
-        ax.set_title(_title(lab), fontsize=10)
-        ax.set_xticks(sorted(sub["task"].unique()))
-        ax.set_ylabel("kept energy R" if k % max_cols == 0 else "")
-    top = float(ns["kept_energy"].max()) if len(ns) else 1.0
-    cells[0][0].set_ylim(KEPT_ENERGY_FLOOR / 3, min(10 ** np.ceil(np.log10(top * 3)), 3.0))
-    _legend_right(cells[min(len(labels), max_cols) - 1][0], "layer")
-    fig.suptitle(
-        f"kept energy R: one log y-axis for all panels (below {KEPT_ENERGY_FLOOR:.0e}: round-off, drawn "
-        f"at {KEPT_ENERGY_FLOOR:.0e})",
-        fontsize=10,
-    )
+    styles = _run_styles(labels)
+    fig, axes = _facets(len(rows), len(layers), sharey=True)
+    for i, r in enumerate(rows):
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            sub = ns[(ns["layer"] == layer) & ((ns[row] == r) if row else True)]
+            for lab, g in sub.groupby(label, sort=False):
+                ax.plot(g["task"], g["kept_energy"], label=lab, **styles[lab])
+            ax.set_yscale("log")
+            ax.set_title(layer if r is None else f"{r}\n{layer}", fontsize=10)
+            _task_axis(ax, sub["task"] if len(sub) else [1])
+            ax.set_ylabel("kept energy R" if j == 0 else "")
+    vals = ns["kept_energy"].to_numpy(dtype=float)
+    if len(vals):
+        lo, hi = float(vals.min()), float(vals.max())
+        axes[0][0].set_ylim(10 ** np.floor(np.log10(lo) - 0.2), min(10 ** np.ceil(np.log10(hi) + 0.2), 3.0))
+        if lo <= KEPT_ENERGY_FLOOR:
+            axes[0][0].set_ylabel(f"kept energy R (< {KEPT_ENERGY_FLOOR:.0e} drawn at it)")
+    _style_legend(axes[0][-1], styles, label if label != "label" else "run")
     fig.tight_layout()
     return fig
 
 
-def null_space_vs_metrics(summary: pd.DataFrame):
-    """Scatter of each run's mean null-space fraction against its plasticity and its BWT (colour: method).
+def null_space_vs_metrics(summary: pd.DataFrame, style: str | None = None):
+    """Scatter of each run's mean null-space fraction against its plasticity and its BWT (colour:
+    method; marker: ``style``, e.g. the benchmark). The x-axis fits the runs, so close fractions separate.
 
     ``summary``: :func:`nscl.analysis.tables.null_space_summary` (index: run label; columns
     ``mean null fraction``, ``plasticity``, ``BWT``, ``method``).
     """
     df = summary.reset_index().rename(columns={"run": "label"})
     with sns.axes_style(STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharex=True)
+        fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), sharex=True)
     for ax, col, ylab in zip(axes, ("plasticity", "BWT"), ("plasticity (mean diagonal, %)", "BWT (points)")):
         sns.scatterplot(
-            data=df, x="mean null fraction", y=col, hue="method", style="method", s=70, ax=ax, legend=(col == "BWT")
+            data=df,
+            x="mean null fraction",
+            y=col,
+            hue="method",
+            style=style,
+            s=70,
+            ax=ax,
+            legend=(col == "BWT"),
         )
         ax.set_ylabel(ylab)
-        ax.set_xlim(-0.03, 1.03)
-    leg = axes[1].get_legend()
-    if leg is not None:
-        leg.set_bbox_to_anchor((1.02, 1))
-        leg.set_loc("upper left")
+        ax.set_xlabel("mean null-space fraction r / d")
+    _legend_right(axes[1], "")
     fig.tight_layout()
     return fig
+
+
+# ---- pruning (notebook 02) ----------------------------------------------------------------------
+def pruning_activity(act: pd.DataFrame, thresholds: pd.DataFrame):
+    """ECDF of the candidate units' relative activity (log10) per run and layer, one line per task,
+    with each task's pruning threshold dashed: units left of it were pruned.
+
+    ``act``: :func:`nscl.analysis.tables.activity_frame`; ``thresholds``: :func:`~nscl.analysis.tables.threshold_frame`.
+    """
+    act = act.assign(layer=act["layer"].map(short), x=np.log10(act["score"].astype(float).clip(lower=1e-6)))
+    th = thresholds.assign(layer=thresholds["layer"].map(short))
+    labels, layers = list(dict.fromkeys(act["label"])), list(dict.fromkeys(act["layer"]))
+    tasks = sorted({int(t) for t in act["task"]})
+    colors = dict(zip(tasks, sns.color_palette("viridis", len(tasks))))
+    fig, axes = _facets(len(labels), len(layers), w=3.6, h=2.7, sharex=True)
+    for i, lab in enumerate(labels):
+        for j, layer in enumerate(layers):
+            ax = axes[i][j]
+            for t in tasks:
+                x = np.sort(act[(act["label"] == lab) & (act["layer"] == layer) & (act["task"] == t)]["x"])
+                if x.size:
+                    ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", color=colors[t])
+                for v in th[(th["label"] == lab) & (th["layer"] == layer) & (th["task"] == t)]["threshold"]:
+                    if v:
+                        ax.axvline(np.log10(v), ls="--", lw=1, color=colors[t])
+            ax.set_title(f"{lab}: {layer}", fontsize=10)
+            ax.set_xlabel("log10 relative activity")
+            ax.set_ylabel("share of candidate units" if j == 0 else "")
+    handles = [plt.Line2D([], [], color=colors[t], label=str(t)) for t in tasks]
+    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title="task", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def units_used(units: pd.DataFrame):
+    """Share of each layer's units kept (frozen under clnp, projected under nscl_prune) after each
+    task, a panel per run, one line per layer. ``units``: :func:`nscl.analysis.tables.units_frame`."""
+    units = units.assign(layer=units["layer"].map(short))
+    labels, layers = list(dict.fromkeys(units["label"])), list(dict.fromkeys(units["layer"]))
+    colors = dict(zip(layers, sns.color_palette("tab10", len(layers))))
+    fig, axes = _facets(1, len(labels), sharey=True)
+    for ax, lab in zip(axes[0], labels):
+        sub = units[units["label"] == lab]
+        for layer, g in sub.groupby("layer", sort=False):
+            ax.plot(g["task"], g["used"], marker="o", ms=4, color=colors[layer], label=layer)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(lab, fontsize=10)
+        _task_axis(ax, sub["task"])
+    axes[0][0].set_ylabel("kept units / layer width")
+    axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", title="layer", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---- low rank (notebook 03) ---------------------------------------------------------------------
+def lowrank_tradeoff(grid: pd.DataFrame, reference: str = "adam_nscl"):
+    """ACC, BWT and plasticity of each low-rank configuration against ``nuclear_lambda`` (a line per
+    method and rank schedule), the ``reference`` run dashed. ``grid``: one row per run (index: label)
+    with ``method``, ``schedule``, ``lambda``, ``ACC``, ``BWT``, ``plasticity``."""
+    ref = grid.loc[reference] if reference in grid.index else None
+    runs = grid[grid["method"] != reference].assign(config=lambda g: g["method"] + " " + g["schedule"])
+    lams = sorted(runs["lambda"].unique())
+    pos = {v: k for k, v in enumerate(lams)}
+    configs = list(dict.fromkeys(runs["config"]))
+    colors = dict(zip(configs, sns.color_palette("tab10", len(configs))))
+    fig, axes = _facets(1, 3, w=3.2, h=3.0)
+    for ax, metric, unit in zip(axes[0], ("ACC", "BWT", "plasticity"), ("%", "points", "%")):
+        for c, g in runs.groupby("config", sort=False):
+            g = g.sort_values("lambda")
+            ax.plot([pos[v] for v in g["lambda"]], g[metric], marker="o", color=colors[c], label=c)
+        if ref is not None:
+            ax.axhline(ref[metric], color="k", ls="--", lw=1, label=reference)
+        ax.set_xticks(range(len(lams)), [f"{v:g}" for v in lams])
+        ax.set_xlabel("nuclear_lambda")
+        ax.set_ylabel(f"{metric} ({unit})")
+        ax.set_title(metric, fontsize=10)
+    axes[0][-1].legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def singular_values(sv: pd.DataFrame):
+    """Singular values of W divided by the largest (log y) against their index, a panel per run, one
+    line per task. ``sv``: :func:`nscl.analysis.tables.singular_values_frame` of one layer."""
+    labels = list(dict.fromkeys(sv["label"]))
+    tasks = sorted({int(t) for t in sv["task"]})
+    colors = dict(zip(tasks, sns.color_palette("viridis", len(tasks))))
+    fig, axes = _facets(1, len(labels), w=3.2, h=2.9, sharey=True)
+    for ax, lab in zip(axes[0], labels):
+        for t, g in sv[sv["label"] == lab].groupby("task"):
+            ax.plot(g["i"], g["sigma_rel"], color=colors[int(t)], lw=1.2)
+        ax.set_yscale("log")
+        ax.set_title(_title(lab), fontsize=10)
+        ax.set_xlabel("singular value index")
+    axes[0][0].set_ylabel("sigma / sigma_max")
+    handles = [plt.Line2D([], [], color=colors[t], label=str(t)) for t in tasks]
+    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", title="after task", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def null_space_by_rule(nd: pd.DataFrame):
+    """Null-space dimension of each layer input against task, one panel per layer and rule (a row per
+    ``rule``), one line per run: how the rule, not the run, sets the room left.
+    ``nd``: :func:`nscl.analysis.tables.null_space_frame` with energies, input spaces."""
+    nd = nd.assign(layer=nd["base_layer"].map(short))
+    return null_space_dims(nd.drop(columns="base_layer"), label="label", row="rule")
 
 
 def stability_plasticity(

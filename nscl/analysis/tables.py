@@ -113,6 +113,20 @@ def _loaded(paths) -> list[dict]:
     return records.load_runs(paths if isinstance(paths, (str, os.PathLike)) else list(paths))
 
 
+def one_run_per_method(runs_or_results) -> dict[str, Mapping]:
+    """``{label: results}`` keeping one run per (benchmark, method): the first among those with the
+    most tasks done. Figures that compare methods then show each once (notebooks 00 and 01 train the
+    same split runs; 02 and 03 both train adam_nscl)."""
+    best: dict[tuple, tuple[str, Mapping]] = {}
+    for label, res in results_by_label(runs_or_results).items():
+        p = res.get("params") or {}
+        key = (p.get("benchmark"), p.get("method"))
+        done = (res.get("metrics") or {}).get("tasks_done") or 0
+        if key not in best or done > ((best[key][1].get("metrics") or {}).get("tasks_done") or 0):
+            best[key] = (label, res)
+    return dict(best.values())
+
+
 def _cell(v):
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 

@@ -484,7 +484,7 @@ def _rule_key_used(key: str, p: Mapping) -> bool:
 
 def _chance_rows(ok) -> list[str]:
     from ..methods import null_space_methods
-    from .notebook import at_chance
+    from ..analysis.chance import at_chance
 
     out = []
     for _, r in ok[ok["method"].isin(null_space_methods())].iterrows():

@@ -332,7 +332,8 @@ def regenerate(
 
     Runs like nbval under ``make test``: ``NSCL_OUTPUT_ROOT`` set to ``output_root`` (default a fresh
     temporary folder, so no cached runs are reused), ``NSCL_QUIET=1`` (no progress bars), the
-    notebook's folder as working directory, no timing metadata. ``write=False`` executes only (the
+    notebook's folder as working directory, no timing metadata; ``NSCL_STRICT_CLAIMS=1``, so a sentence
+    the numbers no longer hold stops it (``nb.expect``) instead of being committed as "does not hold". ``write=False`` executes only (the
     runs it writes stay in ``output_root`` for a later notebook, see :func:`regenerate_all`).
     """
     import os
@@ -342,11 +343,12 @@ def regenerate(
     from nbclient import NotebookClient
 
     nb_obj = nbformat.read(str(nb), as_version=4)
-    old = {k: os.environ.get(k) for k in ("NSCL_OUTPUT_ROOT", "NSCL_QUIET")}
+    old = {k: os.environ.get(k) for k in ("NSCL_OUTPUT_ROOT", "NSCL_QUIET", "NSCL_STRICT_CLAIMS")}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NSCL_OUTPUT_ROOT"] = str(output_root or tmp)
         os.environ["NSCL_QUIET"] = "1"
+        os.environ["NSCL_STRICT_CLAIMS"] = "1"
         try:
             NotebookClient(
                 nb_obj,

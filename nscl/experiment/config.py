@@ -24,10 +24,12 @@ from ..core.params import Param
 from ..data import BENCHMARKS, benchmark_classes
 from ..data import PARAMS as DATA_PARAMS
 from ..methods import METHODS
+from ..util import ReadableError
 
 
-class ConfigError(ValueError):
-    """A parameter is unknown, has the wrong type, or an invalid value."""
+class ConfigError(ReadableError, ValueError):
+    """A parameter is unknown, has the wrong type, or an invalid value (shown as one ``error:`` line
+    in a notebook)."""
 
 
 #: parameters every run reads: model, training loop, null-space tracking (recorded for every

@@ -157,7 +157,7 @@ def git_info() -> dict:
 def env_info(device: torch.device | str, seed: int) -> dict:
     import torchvision
 
-    from .. import __version__
+    from ..util import __version__
 
     device = torch.device(device)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

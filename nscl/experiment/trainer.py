@@ -345,6 +345,13 @@ class Trainer:
         with stop_on_signals(), records.lock(self.out_dir):
             return self._fit(until)
 
+    def _bar_label(self) -> str:
+        """``method on benchmark``, plus the run folder's name when it says more (a sweep's runs of one
+        method differ by it), so that every bar of a notebook names its own run."""
+        label = f"{self.cfg['method']} on {self.cfg['benchmark']}"
+        name = self.out_dir.name if self.out_dir is not None else ""
+        return f"{label} ({name})" if name and name != self.cfg["method"] else label
+
     def _fit(self, until: int | None) -> dict:
         cfg = self.cfg
         T = len(self.stream)
@@ -363,7 +370,7 @@ class Trainer:
         bar = progress(
             range(start, until),
             cfg["quiet"],
-            desc=f"{cfg['method']} on {cfg['benchmark']}",
+            desc=self._bar_label(),
             unit="task",
             initial=start,
             total=until,

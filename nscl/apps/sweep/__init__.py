@@ -1,7 +1,7 @@
 """Sweeps: a grid of runs from one YAML file, dispatched to SLURM (one job array), a local process
 pool or the current process; resumable and idempotent.
 
-    python -m nscl sweep run params/sweeps/compare_fmnist.yaml [--executor local|slurm|debug]
+    python -m nscl sweep run params/sweeps/compare_fmnist.yaml [--executor local|fork|slurm|debug]
     python -m nscl sweep status results/sweeps/compare_fmnist
     python -m nscl sweep collect results/sweeps/compare_fmnist     # -> collected.csv (+ .parquet)
 
@@ -20,8 +20,9 @@ A sweep file (see ``params/sweeps/*.yaml``)::
     out: results/sweeps/compare_fmnist
     cell_timeout_s: 3600            # papermill per-cell timeout
     executor:
-      kind: local                   # default executor (the command line may override it)
-      parallel: 2                   # local: runs at once
+      kind: local                   # default executor (the command line may override it); slurm, local,
+                                    # fork (a pool forked from this process: notebooks), debug (in-process)
+      parallel: 2                   # local / fork: runs at once
       slurm: {partition: gpu, account: null, gpus_per_node: 1, cpus_per_task: 8, mem_gb: 32,
               timeout_min: 120, array_parallelism: 16}
 

@@ -1,4 +1,5 @@
-"""Executors of a sweep: SLURM (one submitit job array), a local process pool, or in-process
+"""Executors of a sweep: SLURM (one submitit job array), a local process pool (``local``: a fresh
+interpreter per run; ``fork``: processes forked from this one, for notebooks), or in-process
 (``debug``); :func:`run` expands, validates and dispatches only the runs not yet done."""
 
 from __future__ import annotations
@@ -211,6 +212,29 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
     return out
 
 
+def _one_thread_per_process(threads: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_forked(sw: dict, specs: list[dict]) -> list[dict]:
+    """``parallel`` runs at once in processes forked from this one (``threads`` torch threads each,
+    default 1). In a notebook kernel torch and the data are already loaded, so a run costs no
+    interpreter start-up, unlike ``local``; each run seeds itself from its config, so the numbers are
+    those of the same runs one after the other with the same number of threads."""
+    import multiprocessing as mp
+
+    ex = sw["executor"]
+    n = max(1, int(ex.get("parallel") or 1))
+    ctx = mp.get_context("fork")
+    with cf.ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=_one_thread_per_process, initargs=(ex.get("threads") or 1,)
+    ) as pool:
+        return list(pool.map(run_one, specs))
+
+
 def run(
     path: str | os.PathLike | dict,
     executor: str | None = None,
@@ -265,6 +289,8 @@ def run(
             results = _submit_slurm(sw, todo, logs, wait, timeout_s)
         elif kind == "local":
             results = _run_local(sw, todo, logs, timeout_s)
+        elif kind == "fork":
+            results = _run_forked(sw, todo)
         else:
             for i, spec in enumerate(todo):
                 results.append(run_one(spec))

@@ -34,7 +34,7 @@ SLURM_KEYS = {
     "python": None,
     "max_num_timeout": None,
 }
-EXECUTORS = ("slurm", "local", "debug")
+EXECUTORS = ("slurm", "local", "fork", "debug")
 
 
 class SweepError(ValueError):
