@@ -103,9 +103,20 @@ def progress(iterable: Iterable, quiet: bool = False, **kw):
 
     from tqdm.std import tqdm
 
-    if "ipykernel" in sys.modules:  # a notebook: stdout (stderr renders as an alarm), few redraws
+    if _in_kernel():  # a notebook: stdout (stderr renders as an alarm), few redraws
         kw = {"file": sys.stdout, "mininterval": 1.0, "ncols": 100, **kw}
     return tqdm(iterable, **kw)
+
+
+def _in_kernel() -> bool:
+    """Whether this process is a running Jupyter kernel (not merely one that imported ipykernel)."""
+    import sys
+
+    if "IPython" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
 
 
 class ReadableError(Exception):
