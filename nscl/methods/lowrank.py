@@ -213,6 +213,12 @@ class LowRank(Method):
             for j in range(t + 1):
                 self.val_acc[t][j] = self.trainer.accuracy(j, "val") if len(self.stream[j].val) else None
 
+    def capacity(self):
+        return {
+            "active_rank": {n: list(r["active_rank"]) for n, r in self.records.items()},
+            "effective_rank": {n: list(r["effective_rank"]) for n, r in self.records.items()},
+        }
+
     def diagnostics(self):
         out = {
             "lowrank": {n: dict(r) for n, r in self.records.items()},
