@@ -468,3 +468,79 @@ def singular_values_frame(results: Mapping[str, dict]) -> pd.DataFrame:
                     for i, s in enumerate(sv)
                 )
     return pd.DataFrame(rows, columns=["label", "layer", "task", "i", "sigma", "sigma_rel"])
+
+
+# ---- capacity (issue 17) -------------------------------------------------------------------------
+#: plasticity is averaged over this many last tasks in :func:`capacity_table` (where exhaustion bites)
+LAST_TASKS = 10
+
+
+def method_label(params: Mapping, keys: Iterable[str] = ("energy", "hidden")) -> str:
+    """``method`` plus each of ``keys`` whose value differs from the package default, e.g.
+    ``adam_nscl energy=0.99`` (the name of one line or row across seeds)."""
+    base = defaults()
+    extra = []
+    for k in keys:
+        v = params.get(k, base[k])
+        if v != base[k]:
+            extra.append(f"{k}={'-'.join(map(str, v)) if isinstance(v, list) else v}")
+    return " ".join([str(params.get("method")), *extra])
+
+
+CAPACITY_COLUMNS = ["label", "method", "seed", "task", "quantity", "layer", "value"]
+
+
+def capacity_frame(runs_or_results, keys: Iterable[str] = ("energy", "hidden")) -> pd.DataFrame:
+    """Long table of the capacity curves: one row per run, task and quantity, ``new-task accuracy``
+    (``A[t][t]``, %) and ``r/d`` of each layer's input null space (a factorised layer's ``.B``; its
+    bottleneck ``.A`` is left out). ``label``: :func:`method_label` (seeds share it)."""
+    rows = []
+    for res in results_by_label(runs_or_results).values():
+        p = res.get("params") or {}
+        cap = res.get("capacity") or {}
+        common = dict(label=method_label(p, keys), method=p.get("method"), seed=p.get("seed"))
+        for t, a in enumerate(cap.get("plasticity", [])):
+            rows.append({**common, "task": t + 1, "quantity": "new-task accuracy", "layer": None, "value": a})
+        for layer, rec in (cap.get("layers") or {}).items():
+            base, space = _space(layer)
+            if space != "input":
+                continue
+            for t, q in enumerate(rec["null_fraction"]):
+                rows.append({**common, "task": t + 1, "quantity": "r/d", "layer": base, "value": q})
+    return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
+
+
+def capacity_table(runs_or_results, keys: Iterable[str] = ("energy", "hidden"), digits: int = METRIC_DIGITS):
+    """One row per method label, complete runs only, mean ± std over seeds: ``ACC``, ``BWT``,
+    ``plasticity last 10`` (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks) and, per layer,
+    the task after which its input null space first fell below a quarter of d (one value per seed,
+    ascending; ``never`` if it did not)."""
+    groups: dict[str, list] = {}
+    for res in results_by_label(runs_or_results).values():
+        if res.get("status") == "complete":
+            groups.setdefault(method_label(res.get("params") or {}, keys), []).append(res)
+
+    def pm(values) -> str:
+        s = pd.Series(values, dtype=float)
+        mu, sd = s.mean(), s.std(ddof=1)
+        return f"{mu:.{digits}f}" if len(s) < 2 else f"{mu:.{digits}f} ± {sd:.{digits}f}"
+
+    rows = []
+    for label, runs in groups.items():
+        row = {"method": label, "n": len(runs), "seeds": ",".join(str(r["params"]["seed"]) for r in runs)}
+        row["ACC"] = pm([r["metrics"]["acc"] for r in runs])
+        row["BWT"] = pm([r["metrics"]["bwt"] for r in runs])
+        row[f"plasticity last {LAST_TASKS}"] = pm(
+            [sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)]
+        )
+        layers: dict[str, list] = {}
+        for r in runs:
+            for layer, rec in r["capacity"]["layers"].items():
+                base, space = _space(layer)
+                if space == "input":
+                    layers.setdefault(base, []).append(rec["exhausted_at"])
+        for base, ex in layers.items():
+            known = sorted(e for e in ex if e is not None)
+            row[f"exhausted {base}"] = ", ".join([*map(str, known), *["never"] * (len(ex) - len(known))])
+        rows.append(row)
+    return pd.DataFrame(rows)
