@@ -117,3 +117,76 @@ def test_learning_in_free_units(records):
     prune = records["nscl_prune"]["capacity"]["learning_in_free_units"]
     assert all(shares[0] == pytest.approx(1.0) for shares in prune.values())  # task 1: every unit is free
     assert any(s < 0.99 for shares in prune.values() for s in shares[1:] if s is not None)
+
+
+# ---- the capacity table and curve from constructed records ---------------------------------------
+def fake_run(method: str, seed: int, plast: list, fractions: dict, energy: float = 0.9, status: str = "complete"):
+    T = len(plast)
+    acc = [[plast[j] - (i - j) * 0.5 if j <= i else None for j in range(T)] for i in range(T)]
+    null = {n: {"d": 100, "dims": [round(q * 100) for q in f]} for n, f in fractions.items()}
+    params = {**config.defaults(), "method": method, "seed": seed, "energy": energy}
+    return {
+        "status": status,
+        "params": params,
+        "acc": acc,
+        "metrics": metrics.summary(acc),
+        "capacity": metrics.capacity(acc, null),
+    }
+
+
+def test_capacity_table_means_last_tasks_and_exhaustion_per_seed():
+    T = 12
+    runs = {
+        "a0": fake_run("adam_nscl", 0, [80.0] * 2 + [70.0] * 10, {"backbone.layers.1": [0.9] * 5 + [0.2] * 7}),
+        "a1": fake_run("adam_nscl", 1, [80.0] * 2 + [72.0] * 10, {"backbone.layers.1": [0.9] * 8 + [0.2] * 4}),
+        "a2": fake_run("adam_nscl", 2, [80.0] * T, {"backbone.layers.1": [0.9] * T}),
+        "b0": fake_run("adam_nscl", 0, [80.0] * T, {"backbone.layers.1": [0.9] * T}, energy=0.99),
+        "x": fake_run("adam_nscl", 3, [10.0] * T, {"backbone.layers.1": [0.0] * T}, status="failed"),
+    }
+    from nscl.analysis import tables
+
+    tab = tables.capacity_table(runs).set_index("method")
+    assert list(tab.index) == ["adam_nscl", "adam_nscl energy=0.99"]  # failed run left out
+    row = tab.loc["adam_nscl"]
+    assert row["n"] == 3 and row["seeds"] == "0,1,2"
+    assert row["plasticity last 10"] == "74.00 ± 5.29"  # means 70, 72, 80 over tasks 3..12
+    assert row["exhausted backbone.layers.1"] == "6, 9, never"
+    assert tab.loc["adam_nscl energy=0.99", "plasticity last 10"] == "80.00"  # one seed: no ± 0
+    frame = tables.capacity_frame(runs)
+    acc_rows = frame[
+        (frame["quantity"] == "new-task accuracy") & (frame["seed"] == 0) & (frame["label"] == "adam_nscl")
+    ]
+    assert acc_rows["task"].tolist() == list(range(1, T + 1)) and acc_rows["value"].iloc[-1] == 70.0
+
+
+def test_capacity_curve_panels_ticks_and_bands():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.ticker import MaxNLocator
+
+    from nscl.analysis import plots, tables
+
+    T = 7
+    runs = {
+        f"{m}{s}": fake_run(
+            m,
+            s,
+            [80.0 - t * (s + 1) for t in range(T)],
+            {"backbone.layers.0": [1 - t / 10 for t in range(T)], "backbone.layers.1": [0.8] * T},
+        )
+        for m in ("adam_nscl", "finetune")
+        for s in (0, 1)
+    }
+    fig = plots.capacity_curve(tables.capacity_frame(runs))
+    axes = fig.axes
+    assert [a.get_ylabel() for a in axes] == [
+        "new-task accuracy (%)",
+        "null-space fraction r/d",
+        "null-space fraction r/d",
+    ]
+    assert all(a.get_xlabel() == "task" and isinstance(a.xaxis.get_major_locator(), MaxNLocator) for a in axes)
+    assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["adam_nscl", "finetune"]
+    # one mean line per method, and a shaded ± std band where seeds differ (accuracy panel)
+    assert len([ln for ln in axes[0].get_lines() if len(ln.get_xdata()) == T]) == 2
+    assert len(axes[0].collections) == 2

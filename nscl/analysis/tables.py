@@ -475,7 +475,7 @@ def singular_values_frame(results: Mapping[str, dict]) -> pd.DataFrame:
 LAST_TASKS = 10
 
 
-def method_label(params: Mapping, keys: Iterable[str] = ("energy", "hidden")) -> str:
+def method_label(params: Mapping, keys: Iterable[str] = ()) -> str:
     """``method`` plus each of ``keys`` whose value differs from the package default, e.g.
     ``adam_nscl energy=0.99`` (the name of one line or row across seeds)."""
     base = defaults()
@@ -487,18 +487,33 @@ def method_label(params: Mapping, keys: Iterable[str] = ("energy", "hidden")) ->
     return " ".join([str(params.get("method")), *extra])
 
 
+#: parameters that name a capacity line when they vary between the runs shown (the study's grids)
+LABEL_KEYS = ("energy", "hidden", "sgp_scale")
+
+
+def _labels(results: Mapping[str, Mapping], keys: Iterable[str]) -> dict[str, str]:
+    """:func:`method_label` of each run, naming only the ``keys`` that vary between the runs."""
+    base = defaults()
+    params = {k: r.get("params") or {} for k, r in results.items()}
+    varying = [k for k in keys if len({json.dumps(p.get(k, base[k])) for p in params.values()}) > 1]
+    return {k: method_label(p, varying) for k, p in params.items()}
+
+
 CAPACITY_COLUMNS = ["label", "method", "seed", "task", "quantity", "layer", "value"]
 
 
-def capacity_frame(runs_or_results, keys: Iterable[str] = ("energy", "hidden")) -> pd.DataFrame:
+def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
     """Long table of the capacity curves: one row per run, task and quantity, ``new-task accuracy``
     (``A[t][t]``, %) and ``r/d`` of each layer's input null space (a factorised layer's ``.B``; its
-    bottleneck ``.A`` is left out). ``label``: :func:`method_label` (seeds share it)."""
+    bottleneck ``.A`` is left out). ``label``: :func:`method_label` with the ``keys`` that vary between
+    the runs (seeds share it)."""
     rows = []
-    for res in results_by_label(runs_or_results).values():
+    results = results_by_label(runs_or_results)
+    labels = _labels(results, keys)
+    for key, res in results.items():
         p = res.get("params") or {}
         cap = res.get("capacity") or {}
-        common = dict(label=method_label(p, keys), method=p.get("method"), seed=p.get("seed"))
+        common = dict(label=labels[key], method=p.get("method"), seed=p.get("seed"))
         for t, a in enumerate(cap.get("plasticity", [])):
             rows.append({**common, "task": t + 1, "quantity": "new-task accuracy", "layer": None, "value": a})
         for layer, rec in (cap.get("layers") or {}).items():
@@ -510,15 +525,17 @@ def capacity_frame(runs_or_results, keys: Iterable[str] = ("energy", "hidden")) 
     return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
 
 
-def capacity_table(runs_or_results, keys: Iterable[str] = ("energy", "hidden"), digits: int = METRIC_DIGITS):
+def capacity_table(runs_or_results, keys: Iterable[str] = LABEL_KEYS, digits: int = METRIC_DIGITS):
     """One row per method label, complete runs only, mean ± std over seeds: ``ACC``, ``BWT``,
     ``plasticity last 10`` (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks) and, per layer,
     the task after which its input null space first fell below a quarter of d (one value per seed,
     ascending; ``never`` if it did not)."""
     groups: dict[str, list] = {}
-    for res in results_by_label(runs_or_results).values():
+    results = results_by_label(runs_or_results)
+    labels = _labels(results, keys)
+    for key, res in results.items():
         if res.get("status") == "complete":
-            groups.setdefault(method_label(res.get("params") or {}, keys), []).append(res)
+            groups.setdefault(labels[key], []).append(res)
 
     def pm(values) -> str:
         s = pd.Series(values, dtype=float)
