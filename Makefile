@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare results lab clean gpu-check
+.PHONY: venv data slurm browser test run notebooks compare capacity results lab clean gpu-check
 
 venv: $(STAMP) $(KERNEL)
 
@@ -82,6 +82,16 @@ compare: venv data
 	$(PY) -m nscl sweep collect results/sweeps/compare_fmnist
 	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
+
+# The capacity study (issue 17): E1 permuted 30 tasks MLP 64-64, E3 partition 20 tasks, E2 the width
+# curve, 3 seeds, one run at a time on 1 thread (complete runs are skipped, so it resumes); then notebook
+# 06 on E1's sweep. About 50 min (E1), 40 min (E3) and 70 min (E2) on one core.
+capacity: venv data
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e3.yaml
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e2.yaml
+	$(VENV)/bin/papermill -k python3 notebooks/06_capacity.ipynb results/sweeps/capacity_e1/06_capacity.ipynb \
+	  -p sweep_dir $(CURDIR)/results/sweeps/capacity_e1 -p output_dir $(CURDIR)/results/sweeps/capacity_e1/notebook
 
 # The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
 # on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
