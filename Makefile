@@ -102,13 +102,15 @@ gpu-check: venv
 # The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x
 # {suite size, full size}, plus the small CNN on split, x seeds 0,1,2 on CPU (local executor, 2 runs at
 # once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1.5 h on 2
-# cores. Commit the page it writes.
+# cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too.
+# the capacity section of the results page, from whichever capacity sweeps exist (make capacity)
+CAPACITY_PAGE = $(foreach e,e1 e3 e2,$(if $(wildcard results/sweeps/capacity_$(e)/sweep.json),--capacity $(e)=results/sweeps/capacity_$(e)))
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_cnn.yaml
 	$(PY) -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full \
-	  cnn=results/sweeps/compare_fmnist_cnn -o docs/results.md
+	  cnn=results/sweeps/compare_fmnist_cnn -o docs/results.md $(CAPACITY_PAGE)
 
 # JupyterLab on the project folder (notebooks/ and results/) with this clone's kernel. --allow-root only
 # as root; any further flags in LAB_ARGS, e.g. make lab LAB_ARGS="--port 8899 --ip 0.0.0.0 --no-browser"

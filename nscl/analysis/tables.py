@@ -525,39 +525,56 @@ def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.Data
     return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
 
 
-def capacity_table(runs_or_results, keys: Iterable[str] = LABEL_KEYS, digits: int = METRIC_DIGITS):
-    """One row per method label, complete runs only, mean ± std over seeds: ``ACC``, ``BWT``,
-    ``plasticity last 10`` (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks) and, per layer,
-    the task after which its input null space first fell below a quarter of d (one value per seed,
-    ascending; ``never`` if it did not)."""
+def capacity_stats(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
+    """One row per method label (:func:`capacity_frame`'s), complete runs only: ``n``, ``seeds``, mean
+    and std over seeds (``<m>_mean``, ``<m>_std``) of ``acc``, ``bwt`` and ``plasticity_last``
+    (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks), and per input layer ``exhausted <layer>``:
+    the task after which its null space first held less than a quarter of d, one per seed (None: never)."""
     groups: dict[str, list] = {}
     results = results_by_label(runs_or_results)
     labels = _labels(results, keys)
     for key, res in results.items():
         if res.get("status") == "complete":
             groups.setdefault(labels[key], []).append(res)
-
-    def pm(values) -> str:
-        s = pd.Series(values, dtype=float)
-        mu, sd = s.mean(), s.std(ddof=1)
-        return f"{mu:.{digits}f}" if len(s) < 2 else f"{mu:.{digits}f} ± {sd:.{digits}f}"
-
     rows = []
     for label, runs in groups.items():
         row = {"method": label, "n": len(runs), "seeds": ",".join(str(r["params"]["seed"]) for r in runs)}
-        row["ACC"] = pm([r["metrics"]["acc"] for r in runs])
-        row["BWT"] = pm([r["metrics"]["bwt"] for r in runs])
-        row[f"plasticity last {LAST_TASKS}"] = pm(
-            [sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)]
-        )
-        layers: dict[str, list] = {}
+        values = {
+            "acc": [r["metrics"]["acc"] for r in runs],
+            "bwt": [r["metrics"]["bwt"] for r in runs],
+            "plasticity_last": [
+                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)
+            ],
+        }
+        for m, v in values.items():
+            v = pd.Series(v, dtype=float)
+            row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
         for r in runs:
             for layer, rec in r["capacity"]["layers"].items():
                 base, space = _space(layer)
                 if space == "input":
-                    layers.setdefault(base, []).append(rec["exhausted_at"])
-        for base, ex in layers.items():
-            known = sorted(e for e in ex if e is not None)
-            row[f"exhausted {base}"] = ", ".join([*map(str, known), *["never"] * (len(ex) - len(known))])
+                    row.setdefault(f"exhausted {base}", []).append(rec["exhausted_at"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def capacity_table(runs_or_results, keys: Iterable[str] = LABEL_KEYS, digits: int = METRIC_DIGITS) -> pd.DataFrame:
+    """:func:`capacity_stats` for reading: ``ACC``, ``BWT`` and ``plasticity last 10`` as ``mean ± std``
+    (one seed: the value alone), and the exhaustion tasks per layer ascending (``never`` if it did not)."""
+    stats = capacity_stats(runs_or_results, keys)
+
+    def pm(mu, sd) -> str:
+        return f"{mu:.{digits}f}" if sd != sd else f"{mu:.{digits}f} ± {sd:.{digits}f}"
+
+    out = stats[[c for c in ("method", "n", "seeds") if c in stats]].copy()
+    for m, head in (("acc", "ACC"), ("bwt", "BWT"), ("plasticity_last", f"plasticity last {LAST_TASKS}")):
+        if f"{m}_mean" in stats:
+            out[head] = [pm(mu, sd) for mu, sd in zip(stats[f"{m}_mean"], stats[f"{m}_std"])]
+    for c in (c for c in stats.columns if c.startswith("exhausted ")):
+        out[c] = [
+            ", ".join([*map(str, sorted(e for e in ex if e is not None)), *["never"] * sum(e is None for e in ex)])
+            if isinstance(ex, list)
+            else "-"
+            for ex in stats[c]
+        ]
+    return out
