@@ -102,8 +102,7 @@ gpu-check: venv
 # The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x
 # {suite size, full size}, plus the small CNN on split, x seeds 0,1,2 on CPU (local executor, 2 runs at
 # once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1.5 h on 2
-# cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too.
-# the capacity section of the results page, from whichever capacity sweeps exist (make capacity)
+# cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too:
 CAPACITY_PAGE = $(foreach e,e1 e3 e2,$(if $(wildcard results/sweeps/capacity_$(e)/sweep.json),--capacity $(e)=results/sweeps/capacity_$(e)))
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
