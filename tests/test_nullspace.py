@@ -393,7 +393,7 @@ def test_scaled_projector_limits(r):
 def test_sgp_importance_formula_and_limits():
     """Eq. 2 of SGP on sigma = sqrt(lambda): the largest direction gets 1, the others
     (alpha + 1) sigma / (alpha sigma + sigma_max); alpha -> inf gives 1, alpha = 0 gives sigma / sigma_max."""
-    ev = torch.tensor([0.0, 0.01, 0.04, 0.25, 1.0], dtype=torch.float64)  # sigma = 0, .1, .2, .5, 1
+    ev = 4 * torch.tensor([0.0, 0.01, 0.04, 0.25, 1.0], dtype=torch.float64)  # sigma = 2 x (0, .1, .2, .5, 1)
     s = sgp_importance(ev, 2, alpha=10.0)  # protected: sigma = .2, .5, 1
     torch.testing.assert_close(s, torch.tensor([11 * 0.2 / 3.0, 11 * 0.5 / 6.0, 1.0], dtype=torch.float64))
     torch.testing.assert_close(sgp_importance(ev, 2, alpha=0.0), torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64))
