@@ -12,6 +12,7 @@ Inputs are results dicts (``acc``, ``metrics``, ``null_space``), the tables of
 * :func:`kept_energy` — kept-energy ratio (paper Eq. 7) per layer vs task, one shared log axis.
 * :func:`null_space_vs_metrics` — mean null-space fraction of a run against its plasticity and BWT.
 * :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
+* :func:`capacity_curve` — new-task accuracy and r/d per layer vs task, a line per method (mean ± std over seeds).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
 

@@ -15,6 +15,8 @@ CLI and sweeps all read runs through the same code.
 * :func:`units_frame`, :func:`prune_frame`, :func:`threshold_frame`, :func:`activity_frame` — pruning
   records;
   :func:`singular_values_frame` — low-rank records.
+* :func:`capacity_frame`, :func:`capacity_stats`, :func:`capacity_table` — the capacity study (issue 17):
+  per task plasticity and r/d per layer; per method ACC, BWT, plasticity over the last tasks, exhaustion.
 """
 
 from __future__ import annotations

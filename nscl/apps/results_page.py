@@ -607,7 +607,7 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathL
         lines += ["", f"![capacity curve, {label}]({figure.name})", ""]
         for g in capacity_goal(stats):
             vs = "; ".join(
-                f"{x['gain']:+.2f} vs `{x['rival']}`{'' if x['apart'] else ' (mean ± std overlap)'}"
+                f"{x['gain']:+.2f} vs `{x['rival']}`{' (mean ± std overlap)' if x['gain'] > 0 and not x['apart'] else ''}"
                 for x in g["against"]
             )
             verdict = "**met**" if g["met"] else "not met"
