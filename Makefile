@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare results lab clean gpu-check wheelhouse
+.PHONY: venv data slurm browser test run notebooks compare capacity results lab clean gpu-check wheelhouse
 
 venv: $(STAMP) $(KERNEL)
 
@@ -100,6 +100,16 @@ compare: venv data
 	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
 
+# The capacity study (issue 17): E1 permuted 30 tasks MLP 64-64, E3 partition 20 tasks, E2 the width
+# curve, 3 seeds, one run at a time on 1 thread (complete runs are skipped, so it resumes); then notebook
+# 06 on E1's sweep. About 50 min (E1), 40 min (E3) and 70 min (E2) on one core.
+capacity: venv data
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e3.yaml
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e2.yaml
+	$(VENV)/bin/papermill -k python3 notebooks/06_capacity.ipynb results/sweeps/capacity_e1/06_capacity.ipynb \
+	  -p sweep_dir $(CURDIR)/results/sweeps/capacity_e1 -p output_dir $(CURDIR)/results/sweeps/capacity_e1/notebook
+
 # The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
 # on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
 # On a node without internet (docs/gpu.md): make gpu-check PY=python3 uses that Python and the wheelhouse,
@@ -116,13 +126,14 @@ wheelhouse:
 # The results page docs/results.md (+ its figure): every method x {split,permuted} Fashion-MNIST x
 # {suite size, full size}, plus the small CNN on split, x seeds 0,1,2 on CPU (local executor, 2 runs at
 # once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1.5 h on 2
-# cores. Commit the page it writes.
+# cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too:
+CAPACITY_PAGE = $(foreach e,e1 e3 e2,$(if $(wildcard results/sweeps/capacity_$(e)/sweep.json),--capacity $(e)=results/sweeps/capacity_$(e)))
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_cnn.yaml
 	$(PY) -m nscl results suite=results/sweeps/compare_fmnist full=results/sweeps/compare_fmnist_full \
-	  cnn=results/sweeps/compare_fmnist_cnn -o docs/results.md
+	  cnn=results/sweeps/compare_fmnist_cnn -o docs/results.md $(CAPACITY_PAGE)
 
 # JupyterLab on the project folder (notebooks/ and results/) with this clone's kernel. --allow-root only
 # as root; any further flags in LAB_ARGS, e.g. make lab LAB_ARGS="--port 8899 --ip 0.0.0.0 --no-browser"

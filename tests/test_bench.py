@@ -87,4 +87,4 @@ def test_boundary_run_settings_accept_the_rule_keys():
         "per_sample",
         "freeze",
     )
-    assert boundary._principled()["nullspace_rule"] == boundary.RULE["rule"]
+    assert boundary._principled()["nullspace_rule"] == boundary.RULE.kind

@@ -155,6 +155,10 @@ def test_ranges_checked_per_benchmark_and_null_allowed():
     assert config.resolve(overrides=dict(benchmark="split_cifar100_20", n_tasks=100))["n_tasks"] == 100
     assert "at most 100 tasks; got 101" in error_of(benchmark="split_cifar100_10", n_tasks=101)
     assert config.resolve(overrides=dict(benchmark="permuted_fmnist", n_tasks=11))["n_tasks"] == 11  # any count
+    assert config.resolve(overrides=dict(benchmark="partition_fmnist", n_tasks=126))["n_tasks"] == 126
+    assert "distinct halves of 10 classes, so at most 126 tasks; got 127" in error_of(
+        benchmark="partition_fmnist", n_tasks=127
+    )
     cfg = config.resolve(overrides=dict(n_tasks=None, threads=None, lr_projected=None, hidden=[]))
     assert cfg["n_tasks"] is None and cfg["threads"] is None and cfg["hidden"] == []
 
@@ -167,7 +171,10 @@ def test_benchmark_classes_match_the_data():
     for name in ("split_digits", "synthetic"):
         assert data.benchmark_classes(name) == data.make_stream(name, seed=0).info["n_classes_total"] == 10
     for name, b in data.BENCHMARKS.items():  # the benchmarks' own task counts fit their classes
-        assert 1 <= b["n_tasks"] <= data.benchmark_classes(name)
+        assert 1 <= b["n_tasks"] <= (data.max_tasks(name) or b["n_tasks"])
+    assert data.max_tasks("split_fmnist") == 10 and data.max_tasks("permuted_fmnist") is None
+    assert data.max_tasks("partition_fmnist") == data.distinct_halves(10) == 126
+    assert data.distinct_halves(4) == 3 and data.distinct_halves(5) == 10  # {01|23, 02|13, 03|12}; C(5,2)
 
 
 def test_param_range_declaration():
@@ -228,3 +235,14 @@ def test_a_method_reads_every_parameter_it_declares(method, tiny_cfg, tmp_path, 
     cfg = tiny_cfg(method=method, n_tasks=2, model="cnn", cnn_channels=[4, 8], hidden=[16], checkpoint=False, **extra)
     trainer.Trainer(cfg, tmp_path).fit()
     assert declared - seen[-1].read == set(), f"{method} declares parameters it never reads"
+
+
+def test_base_yaml_restates_no_code_default():
+    """params/base.yaml holds only what differs from the code's defaults: a default changed in code is
+    then never silently overridden by the file."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "params" / "base.yaml"
+    d = config.defaults()
+    same = sorted(k for k, v in config.load_file(path).items() if d[k] == v)
+    assert not same, f"params/base.yaml restates the code's defaults of {same}"

@@ -257,6 +257,27 @@ def test_permuted_stream_on_idx_files(tmp_path):
     assert len(s[0].train) + len(s[0].val) == 60 and len(s[0].val) == 12 and len(s[0].test) == 20
 
 
+def test_partition_stream_same_images_distinct_binary_halves(tmp_path):
+    make_fmnist_dir(tmp_path, n_train=60, n_test=20)
+    s = make_stream("partition_fmnist", data_root=str(tmp_path), n_tasks=6, val_fraction=0.2, seed=3)
+    assert len(s) == 6 and all(t.n_classes == 2 for t in s)
+    halves = [tuple(t.classes) for t in s]
+    assert len(set(halves)) == 6 and all(len(h) == 5 and 0 not in h for h in halves)  # distinct 5-vs-5 splits
+    assert s.info["partitions"] == [list(h) for h in halves]
+    base = make_stream("permuted_fmnist", data_root=str(tmp_path), n_tasks=1, val_fraction=0.2, seed=3)[0]
+    for t in s:  # the same images (shared storage), labelled 1 exactly on the task's half
+        assert t.train.x.data_ptr() == s[0].train.x.data_ptr() and t.train.perm is None
+        for split in ("train", "val", "test"):
+            orig = getattr(base, split).y
+            assert torch.equal(getattr(t, split).y, torch.isin(orig, torch.tensor(t.classes)).long())
+    again = make_stream("partition_fmnist", data_root=str(tmp_path), n_tasks=6, val_fraction=0.2, seed=3)
+    other = make_stream("partition_fmnist", data_root=str(tmp_path), n_tasks=6, val_fraction=0.2, seed=4)
+    assert [t.classes for t in again] == [list(h) for h in halves]
+    assert [t.classes for t in other] != [list(h) for h in halves]
+    with pytest.raises(ValueError, match="only 126 distinct halves"):
+        make_stream("partition_fmnist", data_root=str(tmp_path), n_tasks=127)
+
+
 def test_samples_per_task_and_n_tasks():
     s = make_stream("split_digits", samples_per_task=30, test_samples_per_task=10, val_fraction=0.2)
     for t in s:

@@ -21,7 +21,7 @@ from nscl.experiment import config, records
 from nscl.experiment import trainer as train
 from nscl.core.covariance import Covariance
 from nscl.core.models import MultiHead, PreActResNet18, projected_layers
-from nscl.core.nullspace import Projector, compute_many
+from nscl.core.nullspace import NullSpaceRule, Projector, compute_many
 from nscl.core.optim import NullSpaceAdam
 
 pytestmark = pytest.mark.gpu
@@ -76,7 +76,7 @@ def test_projection_invariance_on_cuda_float64():
     cov = Covariance(layers, "per_sample")
     cov.update(model.features, [x1])
     names = list(layers)
-    spaces = compute_many([cov.matrix(n) for n in names], [dict(rule="a_min", a=10.0, floor="rank")] * len(names))
+    spaces = compute_many([cov.matrix(n) for n in names], [NullSpaceRule("a_min", a=10.0, floor="rank")] * len(names))
     assert all(s.eigvecs.device.type == "cuda" for s in spaces)
     outs = {}
     hooks = [

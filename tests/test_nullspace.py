@@ -8,15 +8,24 @@ import torch.nn as nn
 
 from nscl.core.nullspace import (
     NullSpace,
+    NullSpaceRule,
     NullSpaceTracker,
     Projector,
+    ScaledProjector,
     compute,
     compute_many,
     compute_nested,
     energy_at,
     null_dim,
-    null_threshold,
+    sgp_importance,
 )
+
+
+def add_task(tr: NullSpaceTracker, forward, batches, t: int, val_batches=()) -> None:
+    """What the trainer does at a task boundary: add task ``t``'s layer inputs, recompute the null spaces."""
+    tr.cov.update(forward, batches)
+    tr.val_cov.update(forward, val_batches)
+    tr.recompute(t)
 
 
 def random_space(d: int, r: int, seed: int = 0) -> NullSpace:
@@ -125,12 +134,12 @@ def test_compute_eigendecomposition_and_kept_energy():
 def test_tracker_history_spectra_and_per_layer_rules():
     torch.manual_seed(0)
     lin = nn.Linear(8, 4, bias=False)
-    tr = NullSpaceTracker({"l": lin}, "per_sample", rule=dict(rule="a_min", a=10.0, floor="rank"))
+    tr = NullSpaceTracker({"l": lin}, "per_sample", rule=NullSpaceRule("a_min", a=10.0, floor="rank"))
     basis = torch.randn(8, 3)
     x1 = torch.randn(50, 3) @ basis.T  # task 1 inputs: a 3-dim subspace of R^8
-    tr.update(lin, [x1], t=0)
+    add_task(tr, lin, [x1], t=0)
     x2 = torch.randn(50, 2) @ torch.randn(2, 8)
-    tr.update(lin, [x2], t=1)
+    add_task(tr, lin, [x2], t=1)
     h = tr.history["l"]
     assert h["d"] == 8 and h["dims"] == [5, 3] and h["rank"] == [3, 5]
     assert set(tr.spectra) == {"l/task0", "l/task1"} and tr.spectra["l/task1"].shape == (8,)
@@ -197,13 +206,13 @@ def test_tracker_leak_rule_from_train_and_val_batches():
     that the validation inputs also vary along one direction the 40 training rows never reach."""
     torch.manual_seed(0)
     lin = nn.Linear(10, 4, bias=False)
-    rule = dict(rule="leak", leak=0.05)
+    rule = NullSpaceRule("leak", leak=0.05)
     tr = NullSpaceTracker({"l": lin}, "per_sample", rule=rule)
     basis, _ = torch.linalg.qr(torch.randn(10, 10, dtype=torch.float64))
     basis = basis.float()
     x_train = torch.randn(40, 3) @ basis[:, :3].T
     x_val = torch.randn(400, 3) @ basis[:, :3].T + torch.randn(400, 1) @ basis[:, 3:4].T
-    tr.update(lin, [x_train], t=0, val_batches=[x_val])
+    add_task(tr, lin, [x_train], t=0, val_batches=[x_val])
     h = tr.history["l"]
     # 7 exact null directions of the training covariance; the one val direction holds 1/4 of C_val,
     # so with a 5% budget it stays protected (it is one of the 7 equally null ones: the rule must see it)
@@ -213,7 +222,7 @@ def test_tracker_leak_rule_from_train_and_val_batches():
     assert tr.projector("l").r == h["dims"][0]
     # the same tracker without held-out data frees all 7
     tr2 = NullSpaceTracker({"l": lin}, "per_sample", rule=rule)
-    tr2.update(lin, [x_train], t=0)
+    add_task(tr2, lin, [x_train], t=0)
     assert tr2.history["l"]["dims"] == [7] and tr2.history["l"]["val_kept_energy"] == [None]
 
 
@@ -222,13 +231,13 @@ def test_tracker_rising_energy_threshold():
     set grows as energy_t = 0.9, 0.95, 0.99 (capped) after tasks 1, 2, 3."""
     lin = nn.Linear(6, 2, bias=False)
     tr = NullSpaceTracker(
-        {"l": lin}, "per_sample", rule=dict(rule="energy", energy=0.9, energy_step=0.05, energy_max=0.99)
+        {"l": lin}, "per_sample", rule=NullSpaceRule("energy", energy=0.9, energy_step=0.05, energy_max=0.99)
     )
     x = torch.diag(torch.tensor([0.5, 0.3, 0.12, 0.05, 0.025, 0.005]).sqrt())
     for t in range(4):
-        tr.update(lin, [x], t=t)
+        add_task(tr, lin, [x], t=t)
     assert tr.history["l"]["dims"] == [3, 2, 1, 1]
-    assert [tr.rule("l", t)["energy"] for t in range(4)] == pytest.approx([0.9, 0.95, 0.99, 0.99])
+    assert [tr.rule("l", t).energy for t in range(4)] == pytest.approx([0.9, 0.95, 0.99, 0.99])
 
 
 # ---- batched and nested eigendecompositions ---------------------------------------------------------
@@ -238,11 +247,11 @@ def test_compute_many_is_bitwise_compute_per_matrix():
     for d, n in ((6, 3), (9, 20), (6, 10), (9, 4), (6, 2)):
         x = torch.randn(n, d, generator=g, dtype=torch.float64)
         covs.append(x.T @ x / n)
-    rules = [dict(rule="a_min", a=10.0, floor=f) for f in ("rank", "none", "rank", "rank", "none")]
+    rules = [NullSpaceRule("a_min", a=10.0, floor=f) for f in ("rank", "none", "rank", "rank", "none")]
     many = compute_many(covs, rules)  # CPU: one call per matrix
     batched = compute_many(covs, rules, batched=True)  # one eigh per size, as on a GPU
     for c, rule, ns, nb in zip(covs, rules, many, batched):
-        one = compute(c, **rule)
+        one = compute(c, rule)
         assert torch.equal(ns.eigvals, one.eigvals) and torch.equal(ns.eigvecs, one.eigvecs) and ns.r == one.r
         assert nb.r == one.r  # same selection, same null space up to rounding
         torch.testing.assert_close(nb.eigvals, one.eigvals, rtol=0, atol=1e-12)
@@ -258,14 +267,14 @@ def _cov(x):
 def test_nested_null_space_inside_previous_never_larger_and_exactly_protective():
     g = torch.Generator().manual_seed(4)
     d = 12
-    rule = dict(rule="a_min", a=10.0, floor="rank")
+    rule = NullSpaceRule("a_min", a=10.0, floor="rank")
     x1 = torch.randn(40, 4, generator=g, dtype=torch.float64) @ torch.randn(4, d, generator=g, dtype=torch.float64)
-    prev = compute(_cov(x1), **rule)
+    prev = compute(_cov(x1), rule)
     assert prev.r == d - 4
     # task 2 adds 3 new directions: the full null space (d - 7) lies inside the previous one -> nested = full
     x2 = torch.randn(40, 3, generator=g, dtype=torch.float64) @ torch.randn(3, d, generator=g, dtype=torch.float64)
     c = (_cov(x1) * 40 + _cov(x2) * 40) / 80
-    full, nested = compute(c, **rule), compute_nested(c, prev, **rule)
+    full, nested = compute(c, rule), compute_nested(c, prev, rule)
     assert nested.r == full.r == d - 7
     torch.testing.assert_close(
         nested.null_basis @ nested.null_basis.T, full.null_basis @ full.null_basis.T, rtol=0, atol=1e-9
@@ -282,10 +291,10 @@ def test_nested_null_space_inside_previous_never_larger_and_exactly_protective()
     # full-rank data afterwards: lambda_min rises, the full rule re-admits old directions, nested does not
     x3 = torch.randn(200, d, generator=g, dtype=torch.float64) * 0.2
     c3 = (c * 80 + _cov(x3) * 200) / 280
-    full3, nested3 = compute(c3, **rule), compute_nested(c3, nested, **rule)
+    full3, nested3 = compute(c3, rule), compute_nested(c3, nested, rule)
     assert 0 < nested3.r < full3.r
     energies = torch.diag(nested3.null_basis.T @ c3 @ nested3.null_basis)
-    assert energies.max() <= null_threshold(full3.eigvals, **rule) * (1 + 1e-12)  # each kept direction meets it
+    assert energies.max() <= rule.threshold(full3.eigvals) * (1 + 1e-12)  # each kept direction meets it
     assert (nested.range_basis.T @ nested3.null_basis).abs().max() < 1e-12
 
 
@@ -296,7 +305,7 @@ def test_nested_update_only_where_the_previous_null_space_is_small():
 
     torch.manual_seed(0)
     small, big = nn.Linear(12, 3, bias=False).double(), nn.Linear(12, 3, bias=False).double()
-    rule = dict(rule="a_min", a=10.0, floor="rank")
+    rule = NullSpaceRule("a_min", a=10.0, floor="rank")
     nested = NullSpaceTracker({"small": small, "big": big}, rule=rule, eigen_update="nested")
     full = NullSpaceTracker({"small": small, "big": big}, rule=rule)
     g = torch.Generator().manual_seed(1)
@@ -311,15 +320,82 @@ def test_nested_update_only_where_the_previous_null_space_is_small():
         big(pair[1])
 
     for tr in (nested, full):
-        tr.update(fwd, batches, t=0)
+        add_task(tr, fwd, batches, t=0)
     assert nested.spaces["small"].r == 2 and nested.spaces["big"].r == 10 > NESTED_MAX_FRACTION * 12
     prev_small = nested.spaces["small"].null_basis.clone()
     y = torch.randn(200, 12, generator=g, dtype=torch.float64) * 0.3  # full-rank second task
     for tr in (nested, full):
-        tr.update(fwd, [(y, y)], t=1)
+        add_task(tr, fwd, [(y, y)], t=1)
     assert nested.spaces["small"].kept is not None and nested.spaces["big"].kept is None  # nested / full path
     assert nested.spaces["big"].r == full.spaces["big"].r
     assert torch.equal(nested.spaces["big"].eigvecs, full.spaces["big"].eigvecs)
     u = nested.spaces["small"].null_basis
     assert nested.spaces["small"].r <= full.spaces["small"].r
     assert (u - prev_small @ (prev_small.T @ u)).abs().max() < 1e-12  # inside the previous null space
+
+
+# ---- the rule as one object ------------------------------------------------------------------------
+def test_rule_defaults_are_the_packages():
+    """A rule built without arguments is the one a run at the package defaults uses (so a default
+    changed in one place cannot silently differ from the other)."""
+    from nscl.experiment import config
+
+    assert config.nullspace_rule(config.defaults()) == NullSpaceRule()
+    assert NullSpaceRule().kind == "energy" and NullSpaceRule().energy == 0.9
+
+
+def test_rule_threshold_agrees_with_null_dim_and_rejects_unknown_kinds():
+    ev = torch.tensor([1e-6, 1e-3, 0.02, 0.5, 1.0, 4.0], dtype=torch.float64)
+    for rule in (
+        NullSpaceRule("a_min", a=30.0),
+        NullSpaceRule("rel_tol", rel_tol=0.01),
+        NullSpaceRule("energy", energy=0.95),
+        NullSpaceRule("energy", energy=0.6),
+    ):
+        r = rule.null_dim(ev)
+        assert r == int((ev <= rule.threshold(ev)).sum()), rule  # exactly the eigenvalues under the bound
+        assert null_dim(ev, rule.kind, **{k: v for k, v in rule.items() if k != "rule"}) == r  # keyword form
+        assert compute(torch.diag(ev), **rule).r == r  # the mapping view: compute(C, **rule)
+    with pytest.raises(ValueError, match="unknown null-space rule 'svd'"):
+        NullSpaceRule("svd")
+    with pytest.raises(ValueError, match="unknown a_min floor"):
+        NullSpaceRule("a_min", floor="zero")
+
+
+def test_rule_at_task_resolves_the_rising_threshold_only():
+    rule = NullSpaceRule(energy=0.9, energy_step=0.05, energy_max=0.99)
+    assert [rule.at_task(t).energy for t in range(4)] == pytest.approx([0.9, 0.95, 0.99, 0.99])
+    assert rule.at_task(3).energy_step == 0.0 and rule.at_task(3).a == rule.a
+    flat = NullSpaceRule("a_min", a=5.0)
+    assert flat.at_task(10) == flat
+    assert flat.with_(rule="rel_tol") == NullSpaceRule("rel_tol", a=5.0)
+
+
+# ---- SGP's scaled projection -----------------------------------------------------------------------
+@pytest.mark.parametrize("r", [0, 3, 7, 10])
+def test_scaled_projector_limits(r):
+    """s = 1 on every protected direction is the hard null-space projection; s = 0 leaves the update
+    as it is (plain Adam); in between it is I - U1 diag(s) U1^T."""
+    ns = random_space(10, r, seed=r)
+    u = torch.randn(4, 10, dtype=torch.float64)
+    hard = Projector(ns, dtype=torch.float64)
+    ones, zeros = torch.ones(10 - r, dtype=torch.float64), torch.zeros(10 - r, dtype=torch.float64)
+    torch.testing.assert_close(ScaledProjector(ns, ones, dtype=torch.float64)(u), hard(u), rtol=0, atol=1e-12)
+    torch.testing.assert_close(ScaledProjector(ns, zeros, dtype=torch.float64)(u), u, rtol=0, atol=0)
+    s = torch.linspace(0, 1, 10 - r, dtype=torch.float64)
+    u1 = ns.range_basis
+    expected = torch.eye(10, dtype=torch.float64) - u1 @ torch.diag(s) @ u1.T
+    torch.testing.assert_close(ScaledProjector(ns, s, dtype=torch.float64).matrix(), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="protected directions"):
+        ScaledProjector(ns, torch.ones(11 - r))
+
+
+def test_sgp_importance_formula_and_limits():
+    """Eq. 2 of SGP on sigma = sqrt(lambda): the largest direction gets 1, the others
+    (alpha + 1) sigma / (alpha sigma + sigma_max); alpha -> inf gives 1, alpha = 0 gives sigma / sigma_max."""
+    ev = 4 * torch.tensor([0.0, 0.01, 0.04, 0.25, 1.0], dtype=torch.float64)  # sigma = 2 x (0, .1, .2, .5, 1)
+    s = sgp_importance(ev, 2, alpha=10.0)  # protected: sigma = .2, .5, 1
+    torch.testing.assert_close(s, torch.tensor([11 * 0.2 / 3.0, 11 * 0.5 / 6.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(sgp_importance(ev, 2, alpha=0.0), torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64))
+    assert (sgp_importance(ev, 1, alpha=1e9) - 1).abs().max() < 1e-6
+    assert sgp_importance(ev, 5, alpha=10.0).numel() == 0

@@ -264,3 +264,70 @@ def test_results_page_pruning_section_reports_freed_units_and_the_next_layer_s_n
     assert "### split_fmnist, suite" in text and "### permuted_fmnist, suite" not in text  # no pruning runs there
     assert "| `layers.0` | 784 | 128 | - | 25.0% | 700.0 | 700.0 |" in text  # free after the last task only
     assert "| `layers.1` | 160 | 64 | - | 0.0% | 100.0 | 130.0 |" in text  # the last task's space is not used
+
+
+# ---- the capacity section -----------------------------------------------------------------------------
+# method label -> (ACC of seeds 0, 1, 2, BWT, r/d of the second layer per task)
+CAPACITY = {
+    ("adam_nscl", 0.9): ([70.0, 71.0, 72.0], -0.5, [0.9, 0.6, 0.4, 0.3]),
+    ("adam_nscl", 0.99): ([68.0, 68.0, 68.0], -0.2, [0.8, 0.4, 0.2, 0.1]),
+    ("nscl_sgp", 0.99): ([73.0, 73.0, 73.0], -2.0, [0.8, 0.4, 0.2, 0.1]),
+    ("nscl_prune", 0.9): ([75.0, 75.5, 76.0], -0.8, [0.9, 0.8, 0.7, 0.6]),
+    ("nscl_lowrank", 0.9): ([71.0, 72.0, 73.0], -3.0, [0.9, 0.6, 0.4, 0.3]),
+}
+
+
+def _fake_capacity_sweep(root) -> "Path":  # noqa: F821
+    from nscl.core import metrics
+
+    sw = sweep.load(
+        {
+            "name": "fake_capacity",
+            "description": "four permuted tasks",
+            "run": "cli",
+            "params": {"benchmark": "permuted_fmnist", "n_tasks": 4},
+            "grid": [{"method": [m], "energy": [e], "seed": [0, 1, 2]} for m, e in CAPACITY],
+            "out": str(root / "cap"),
+            "executor": {"kind": "local", "parallel": 1, "threads": 1},
+        }
+    )
+    specs = sweep.expand(sw)
+    for spec in specs:
+        p = spec["cfg"]
+        accs, bwt, frac = CAPACITY[(p["method"], p["energy"])]
+        a, T = accs[p["seed"]], 4
+        acc = [[a] * (i + 1) + [None] * (T - i - 1) for i in range(T)]
+        null = {"backbone.layers.1": {"d": 10, "dims": [round(q * 10) for q in frac]}}
+        res = {
+            "schema": runs.SCHEMA,
+            "status": "complete",
+            "params": p,
+            "acc": acc,
+            "metrics": {"acc": a, "bwt": bwt, "plasticity": a - bwt, "forgetting": -bwt, "tasks_done": T},
+            "capacity": metrics.capacity(acc, null),
+            "timing": {"total_s": 10.0},
+        }
+        d = root / "cap" / "runs" / spec["name"]
+        runs.write_json(d / sweep_state.JOB, {"started": time.time() - 60, "pid": 1, "host": "x"})
+        runs.write_json(d / runs.RESULTS, res)
+    runs.write_json(root / "cap" / sweep_state.MANIFEST, {"sweep": sw, "specs": specs})
+    return root / "cap"
+
+
+def test_results_page_capacity_section_tables_goal_and_curve(tmp_path):
+    d = _fake_capacity_sweep(tmp_path)
+    page = tmp_path / "docs" / "results.md"
+    lines = results_page.capacity_lines({"E1": d}, page)
+    text = "\n".join(lines)
+    assert "| nscl_prune | 3 | 0,1,2 | 75.50 ± 0.50 | -0.80 ± 0.00 |" in text
+    assert "| adam_nscl energy=0.99 |" in text and "| nscl_sgp energy=0.99 |" in text
+    # exhaustion: r/d < 0.25 after task 3 at energy 0.99, never for nscl_prune
+    row = next(ln for ln in lines if ln.startswith("| adam_nscl energy=0.99 |"))
+    assert row.endswith("| 3, 3, 3 |")
+    # nscl_prune: +4.5 over adam_nscl (71 ± 1, apart from 75.5 ± 0.5), +7.5 over 0.99, +2.5 over sgp: met.
+    # nscl_lowrank: +1 only, BWT -3: not met.
+    goal = {ln.split("`")[1]: ln for ln in lines if ln.startswith("- `")}
+    assert goal["nscl_prune"].endswith("Goal **met**.") and "+4.50 vs `adam_nscl`" in goal["nscl_prune"]
+    assert goal["nscl_lowrank"].endswith("Goal not met.") and "(mean ± std overlap)" in goal["nscl_lowrank"]
+    assert (tmp_path / "docs" / "results_capacity_E1.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![capacity curve, E1](results_capacity_E1.png)" in text

@@ -19,6 +19,7 @@ change of a few dimensions out of hundreds shows, and one line per run.
 * :func:`pruning_activity`, :func:`units_used` — pruning: candidates' activity and thresholds, kept units.
 * :func:`lowrank_tradeoff`, :func:`singular_values`, :func:`null_space_by_rule` — rank limitation.
 * :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
+* :func:`capacity_curve` — new-task accuracy and r/d per layer vs task, a line per method (mean ± std over seeds).
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
 
@@ -535,3 +536,46 @@ def savefig(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return path
+
+
+def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | None = None):
+    """The capacity curve: task index on x; new-task accuracy (%, ``A[t][t]``) and each layer's input
+    null-space fraction r/d on y, one panel each; one line per method label, mean ± std over seeds
+    (shaded). ``frame``: :func:`nscl.analysis.tables.capacity_frame`; ``order``: labels in legend order."""
+    from matplotlib.ticker import MaxNLocator
+
+    order = order or list(dict.fromkeys(frame["label"]))
+    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    layers = sorted(frame.loc[frame["quantity"] == "r/d", "layer"].dropna().unique())
+    panels = [("new-task accuracy", None)] + [("r/d", layer) for layer in layers]
+    with sns.axes_style(STYLE):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.8, 3.6), squeeze=False)
+    for ax, (quantity, layer) in zip(axes[0], panels):
+        d = frame[(frame["quantity"] == quantity) & ((frame["layer"] == layer) if layer else True)]
+        sns.lineplot(
+            data=d,
+            x="task",
+            y="value",
+            hue="label",
+            hue_order=order,
+            palette=palette,
+            errorbar="sd",
+            legend=False,
+            ax=ax,
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("task")
+        if layer is None:
+            ax.set_ylabel("new-task accuracy (%)")
+            ax.set_title("plasticity: accuracy just after training", fontsize=10)
+        else:
+            ax.set_ylabel("null-space fraction r/d")
+            ax.set_ylim(0, 1.02)
+            ax.axhline(0.25, color="k", lw=0.8, ls=":")
+            ax.set_title(f"input of {short(layer)}", fontsize=10)
+    handles = [plt.Line2D([], [], color=palette[m], label=m) for m in order]
+    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, title="method")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -15,6 +15,8 @@ CLI and sweeps all read runs through the same code.
 * :func:`units_frame`, :func:`prune_frame`, :func:`threshold_frame`, :func:`activity_frame` — pruning
   records;
   :func:`singular_values_frame` — low-rank records.
+* :func:`capacity_frame`, :func:`capacity_stats`, :func:`capacity_table` — the capacity study (issue 17):
+  per task plasticity and r/d per layer; per method ACC, BWT, plasticity over the last tasks, exhaustion.
 """
 
 from __future__ import annotations
@@ -490,3 +492,113 @@ def singular_values_frame(results: Mapping[str, dict]) -> pd.DataFrame:
                     for i, s in enumerate(sv)
                 )
     return pd.DataFrame(rows, columns=["label", "layer", "task", "i", "sigma", "sigma_rel"])
+
+
+# ---- capacity (issue 17) -------------------------------------------------------------------------
+#: plasticity is averaged over this many last tasks in :func:`capacity_table` (where exhaustion bites)
+LAST_TASKS = 10
+
+
+def method_label(params: Mapping, keys: Iterable[str] = ()) -> str:
+    """``method`` plus each of ``keys`` whose value differs from the package default, e.g.
+    ``adam_nscl energy=0.99`` (the name of one line or row across seeds)."""
+    base = defaults()
+    extra = []
+    for k in keys:
+        v = params.get(k, base[k])
+        if v != base[k]:
+            extra.append(f"{k}={'-'.join(map(str, v)) if isinstance(v, list) else v}")
+    return " ".join([str(params.get("method")), *extra])
+
+
+#: parameters that name a capacity line when they vary between the runs shown (the study's grids)
+LABEL_KEYS = ("energy", "hidden", "sgp_scale")
+
+
+def _labels(results: Mapping[str, Mapping], keys: Iterable[str]) -> dict[str, str]:
+    """:func:`method_label` of each run, naming only the ``keys`` that vary between the runs."""
+    base = defaults()
+    params = {k: r.get("params") or {} for k, r in results.items()}
+    varying = [k for k in keys if len({json.dumps(p.get(k, base[k])) for p in params.values()}) > 1]
+    return {k: method_label(p, varying) for k, p in params.items()}
+
+
+CAPACITY_COLUMNS = ["label", "method", "seed", "task", "quantity", "layer", "value"]
+
+
+def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
+    """Long table of the capacity curves: one row per run, task and quantity, ``new-task accuracy``
+    (``A[t][t]``, %) and ``r/d`` of each layer's input null space (a factorised layer's ``.B``; its
+    bottleneck ``.A`` is left out). ``label``: :func:`method_label` with the ``keys`` that vary between
+    the runs (seeds share it)."""
+    rows = []
+    results = results_by_label(runs_or_results)
+    labels = _labels(results, keys)
+    for key, res in results.items():
+        p = res.get("params") or {}
+        cap = res.get("capacity") or {}
+        common = dict(label=labels[key], method=p.get("method"), seed=p.get("seed"))
+        for t, a in enumerate(cap.get("plasticity", [])):
+            rows.append({**common, "task": t + 1, "quantity": "new-task accuracy", "layer": None, "value": a})
+        for layer, rec in (cap.get("layers") or {}).items():
+            base, space = _space(layer)
+            if space != "input":
+                continue
+            for t, q in enumerate(rec["null_fraction"]):
+                rows.append({**common, "task": t + 1, "quantity": "r/d", "layer": base, "value": q})
+    return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
+
+
+def capacity_stats(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
+    """One row per method label (:func:`capacity_frame`'s), complete runs only: ``n``, ``seeds``, mean
+    and std over seeds (``<m>_mean``, ``<m>_std``) of ``acc``, ``bwt`` and ``plasticity_last``
+    (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks), and per input layer ``exhausted <layer>``:
+    the task after which its null space first held less than a quarter of d, one per seed (None: never)."""
+    groups: dict[str, list] = {}
+    results = results_by_label(runs_or_results)
+    labels = _labels(results, keys)
+    for key, res in results.items():
+        if res.get("status") == "complete":
+            groups.setdefault(labels[key], []).append(res)
+    rows = []
+    for label, runs in groups.items():
+        row = {"method": label, "n": len(runs), "seeds": ",".join(str(r["params"]["seed"]) for r in runs)}
+        values = {
+            "acc": [r["metrics"]["acc"] for r in runs],
+            "bwt": [r["metrics"]["bwt"] for r in runs],
+            "plasticity_last": [
+                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)
+            ],
+        }
+        for m, v in values.items():
+            v = pd.Series(v, dtype=float)
+            row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
+        for r in runs:
+            for layer, rec in r["capacity"]["layers"].items():
+                base, space = _space(layer)
+                if space == "input":
+                    row.setdefault(f"exhausted {base}", []).append(rec["exhausted_at"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def capacity_table(runs_or_results, keys: Iterable[str] = LABEL_KEYS, digits: int = METRIC_DIGITS) -> pd.DataFrame:
+    """:func:`capacity_stats` for reading: ``ACC``, ``BWT`` and ``plasticity last 10`` as ``mean ± std``
+    (one seed: the value alone), and the exhaustion tasks per layer ascending (``never`` if it did not)."""
+    stats = capacity_stats(runs_or_results, keys)
+
+    def pm(mu, sd) -> str:
+        return f"{mu:.{digits}f}" if sd != sd else f"{mu:.{digits}f} ± {sd:.{digits}f}"
+
+    out = stats[[c for c in ("method", "n", "seeds") if c in stats]].copy()
+    for m, head in (("acc", "ACC"), ("bwt", "BWT"), ("plasticity_last", f"plasticity last {LAST_TASKS}")):
+        if f"{m}_mean" in stats:
+            out[head] = [pm(mu, sd) for mu, sd in zip(stats[f"{m}_mean"], stats[f"{m}_std"])]
+    for c in (c for c in stats.columns if c.startswith("exhausted ")):
+        out[c] = [
+            ", ".join([*map(str, sorted(e for e in ex if e is not None)), *["never"] * sum(e is None for e in ex)])
+            if isinstance(ex, list)
+            else "-"
+            for ex in stats[c]
+        ]
+    return out

@@ -500,8 +500,10 @@ def write(
     figure: str | os.PathLike | None = None,
     command: str | None = None,
     note: str | None = None,
+    capacity: Mapping[str, str | os.PathLike] | None = None,
 ) -> Path:
-    """Write the page (and the figure, default ``<page stem>_stability_plasticity.png`` beside it)."""
+    """Write the page (and the figure, default ``<page stem>_stability_plasticity.png`` beside it); with
+    ``capacity`` (``{label: sweep dir}``) also the capacity section (:func:`capacity_lines`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -520,9 +522,105 @@ def write(
     plots.savefig(fig, tmp)
     plt.close(fig)
     text = render(sweeps, figure=figure, page=page, command=command, note=note, df=df)
+    if capacity:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(capacity_lines(capacity, page)) + "\n"
     os.replace(tmp, figure)
     atomic_write(page, text)
     return page
+
+
+# ---- capacity (issue 17) -----------------------------------------------------------------------------
+#: the capacity goal: a seed method at its defaults beats adam_nscl by this many ACC points, with BWT >= this,
+#: mean ± std not overlapping, and beats nscl_sgp
+CAPACITY_GAIN, CAPACITY_BWT = 2.0, -1.0
+CAPACITY_CANDIDATES = ("nscl_prune", "nscl_lowrank")
+
+
+def capacity_goal(stats, candidates: Iterable[str] = CAPACITY_CANDIDATES) -> list[dict]:
+    """Per candidate (a label of :func:`nscl.analysis.tables.capacity_stats`) against every ``adam_nscl``
+    and ``nscl_sgp`` label of the same sweep: ACC gain, BWT, whether mean ± std overlap, and ``met``:
+    gain >= :data:`CAPACITY_GAIN` over every adam_nscl, BWT >= :data:`CAPACITY_BWT`, no overlap, and
+    ahead of every nscl_sgp."""
+    rows = stats.set_index("method")
+    rivals = [m for m in rows.index if m.split()[0] in ("adam_nscl", "nscl_sgp")]
+    out = []
+    for c in candidates:
+        if c not in rows.index:
+            continue
+        r = rows.loc[c]
+        lo = r["acc_mean"] - (r["acc_std"] if r["acc_std"] == r["acc_std"] else 0.0)
+        against = []
+        for m in rivals:
+            a = rows.loc[m]
+            hi = a["acc_mean"] + (a["acc_std"] if a["acc_std"] == a["acc_std"] else 0.0)
+            against.append({"rival": m, "gain": r["acc_mean"] - a["acc_mean"], "apart": lo > hi})
+        nscl = [x for x in against if x["rival"].startswith("adam_nscl")]
+        sgp = [x for x in against if x["rival"].startswith("nscl_sgp")]
+        met = (
+            bool(nscl)
+            and all(x["gain"] >= CAPACITY_GAIN and x["apart"] for x in nscl)
+            and r["bwt_mean"] >= CAPACITY_BWT
+            and all(x["gain"] > 0 for x in sgp)
+        )
+        out.append({"candidate": c, "bwt": r["bwt_mean"], "against": against, "met": met})
+    return out
+
+
+def capacity_lines(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathLike) -> list[str]:
+    """The page's capacity section: per sweep its table (:func:`nscl.analysis.tables.capacity_table`), its
+    capacity curve (a PNG beside the page, ``<page stem>_capacity_<label>.png``), the goal per candidate
+    (:func:`capacity_goal`) and how the sweep was run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis import plots
+
+    page = Path(page)
+    lines = [
+        "## Capacity: where the null space runs out",
+        "",
+        "Per method (mean ± std over seeds, complete runs): ACC and BWT at the end, plasticity = mean accuracy "
+        f"just after training each of the last {tables.LAST_TASKS} tasks, and per layer the task after which "
+        "its input null space first held less than a quarter of its dimensions (one value per seed; `never` if "
+        f"it did not). Goal: `nscl_prune` or `nscl_lowrank` at its defaults ≥ {CAPACITY_GAIN:g} ACC points above "
+        f"`adam_nscl`, BWT ≥ {CAPACITY_BWT:g}, mean ± std not overlapping, and above `nscl_sgp`.",
+        "",
+    ]
+    for label, d in sweeps.items():
+        found = runs.find_runs([str(d)])
+        results = {str(p): runs.load(p) for p in found}
+        stats = tables.capacity_stats(results)
+        info = sweep_times(d)
+        lines += [f"### {label}: {info['description'] or label}", ""]
+        if stats.empty:
+            lines += ["No complete run yet.", ""]
+            continue
+        tab = tables.capacity_table(results)
+        header = list(tab.columns)
+        lines += _md_table(header, tab.astype(str).values.tolist(), ["---"] + ["---:"] * (len(header) - 1))
+        fig = plots.capacity_curve(tables.capacity_frame(results), title=label)
+        figure = page.with_name(f"{page.stem}_capacity_{label}.png")
+        plots.savefig(fig, figure)
+        plt.close(fig)
+        lines += ["", f"![capacity curve, {label}]({figure.name})", ""]
+        for g in capacity_goal(stats):
+            vs = "; ".join(
+                f"{x['gain']:+.2f} vs `{x['rival']}`{' (mean ± std overlap)' if x['gain'] > 0 and not x['apart'] else ''}"
+                for x in g["against"]
+            )
+            verdict = "**met**" if g["met"] else "not met"
+            lines.append(f"- `{g['candidate']}`: ACC {vs}; BWT {g['bwt']:.2f}. Goal {verdict}.")
+        lines += [
+            "",
+            f"Command: `python -m nscl sweep run {_repo_path(info['file'], sweep_spec.ROOT) if info['file'] else '<sweep file>'}` "
+            f"({info['runs']} runs, "
+            f"{info['executor']} executor, {info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
+            f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])}).",
+            "",
+        ]
+    return lines
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -532,13 +630,21 @@ def add_cli(sub) -> None:
     p.add_argument("-o", "--out", default="docs/results.md", help="page to write (default docs/results.md)")
     p.add_argument("--figure", default=None, help="figure PNG (default: <page>_stability_plasticity.png)")
     p.add_argument("--note", default=None, help="a paragraph to put under the page's introduction")
+    p.add_argument(
+        "--capacity",
+        action="append",
+        default=[],
+        metavar="[LABEL=]DIR",
+        help="a capacity sweep (params/sweeps/capacity_e*.yaml) for the capacity section; repeatable",
+    )
     p.set_defaults(func=cmd_results)
 
 
 def cmd_results(args) -> int:
     try:
         sweeps = parse_sweeps(args.sweeps)
-        page = write(sweeps, args.out, args.figure, note=args.note)
+        capacity = parse_sweeps(args.capacity) if args.capacity else None
+        page = write(sweeps, args.out, args.figure, note=args.note, capacity=capacity)
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

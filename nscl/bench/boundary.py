@@ -41,14 +41,14 @@ import torch
 from ..experiment import config
 from ..core.covariance import Covariance, input_dim
 from ..data import make_stream
-from ..core.nullspace import compute, null_threshold, rule_at
+from ..core.nullspace import NullSpaceRule, compute
 from ..experiment.records import env_info, write_json
 from ..experiment.trainer import Trainer
 
 
 #: the principled default selection rule (``nullspace_rule`` and its keys at their defaults), as the
 #: tracker applies it after the first task
-RULE = rule_at(config.nullspace_rule(config.defaults()), 0)
+RULE = config.nullspace_rule(config.defaults()).at_task(0)
 
 
 def _cifar(samples: int, tasks: int, test: int = 200):
@@ -142,7 +142,9 @@ def paper_scale_flops(patches: list[int], n: int = 5000, batch: int = 32) -> dic
     return out
 
 
-def estimators(width: int, samples: int, patches: list[int], subsets: list[int], rule: dict | None = None) -> dict:
+def estimators(
+    width: int, samples: int, patches: list[int], subsets: list[int], rule: NullSpaceRule | None = None
+) -> dict:
     cfg = _principled(
         model="resnet18", width=width, epochs=1, batch_size=32, benchmark="synthetic", val_fraction=0.0, lr=1e-3
     )
@@ -151,7 +153,7 @@ def estimators(width: int, samples: int, patches: list[int], subsets: list[int],
     exact, t_exact, fl_exact = _pass(trainer, "per_sample")
     c_exact = _pass.cpu_seconds
     rule = rule or RULE
-    spaces = {n: compute(exact.matrix(n), **rule) for n in exact.layers}
+    spaces = {n: compute(exact.matrix(n), rule) for n in exact.layers}
     variants = [
         ("batch_mean", dict(mode="batch_mean", batch=32)),
         *[(f"per_sample_patches{k}", dict(mode="per_sample", patches=k)) for k in patches],
@@ -160,7 +162,7 @@ def estimators(width: int, samples: int, patches: list[int], subsets: list[int],
     out = {
         "width": width,
         "samples": samples,
-        "rule": rule,
+        "rule": dict(rule),
         "exact": {
             "seconds": t_exact,
             "cpu_seconds": c_exact,
@@ -176,9 +178,9 @@ def estimators(width: int, samples: int, patches: list[int], subsets: list[int],
         layers, dr, leaks = {}, [], []
         for n, ns_exact in spaces.items():
             c_full = exact.matrix(n)
-            est = compute(cov.matrix(n), **rule)
+            est = compute(cov.matrix(n), rule)
             u2 = est.null_basis
-            thr = null_threshold(ns_exact.eigvals, **rule)
+            thr = rule.threshold(ns_exact.eigvals)
             energy = torch.linalg.eigvalsh(u2.T @ c_full @ u2).max().item() if est.r else 0.0
             overlap = ((ns_exact.null_basis.T @ u2).norm() ** 2 / est.r).item() if est.r else 1.0
             rel = ((cov.matrix(n) - c_full).norm() / c_full.norm()).item()
@@ -233,7 +235,7 @@ RUN_VARIANTS = {
 def runs(
     width: int,
     samples: int,
-    rule: dict | None = None,
+    rule: NullSpaceRule | None = None,
     cases: list[str] | None = None,
     variants: list[str] | None = None,
 ) -> dict:
@@ -277,11 +279,7 @@ def runs(
                 extra = dict(cov_samples="25%")
             if extra.get("cov_samples") == "25%":  # a quarter of the task's training samples
                 extra = {**extra, "cov_samples": max(1, n_train // 4)}
-            keys = (
-                {}
-                if rule is None
-                else dict(nullspace_rule=rule["rule"], a=rule.get("a", 10.0), a_min_floor=rule.get("floor", "rank"))
-            )
+            keys = {} if rule is None else dict(nullspace_rule=rule.kind, a=rule.a, a_min_floor=rule.floor)
             cfg = _principled(**kw, **extra, **keys)
             res = Trainer(cfg, None, stream).fit()
             tim = res["timing"]["per_task"]
@@ -342,12 +340,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rule = RULE if args.rule == "default" else dict(rule="a_min", a=10.0, floor="rank")
+    rule = RULE if args.rule == "default" else NullSpaceRule("a_min", a=10.0, floor="rank")
     report = {
         "benchmark": "boundary",
         "env": env_info("cpu", 0),
         "argv": argv,
-        "rule": rule,
+        "rule": dict(rule),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     parts = args.parts.split(",")

@@ -7,6 +7,9 @@ j after training task i; ``None`` above the diagonal).
 * forgetting = mean_{j<T-1} (max_{j<=i<T-1} A[i][j] - A[T-1][j])   (Chaudhry et al., max-based)
 
 All in percent (points), like the papers. With one task, BWT and forgetting are ``None``.
+
+:func:`capacity` adds, per task, how much room each layer has left (null-space fraction r/d, and the
+method's own budget: free units, active rank) next to the plasticity ``A[t][t]``.
 """
 
 from __future__ import annotations
@@ -50,3 +53,36 @@ def at_chance(acc: list[list], n_classes: list[int], margin: float = CHANCE_MARG
     if len(n_classes) < len(last):
         raise ValueError(f"n_classes has {len(n_classes)} entries, the accuracy matrix {len(last)} tasks")
     return [j + 1 for j, a in enumerate(last) if a is not None and a <= 100.0 / n_classes[j] + margin]
+
+
+#: a layer counts as exhausted once its null space holds less than this fraction of its input dims
+EXHAUSTION_FRACTION = 0.25
+
+
+def exhausted_at(null_fraction: list[float], below: float = EXHAUSTION_FRACTION) -> int | None:
+    """The task (1-based) after which ``r/d`` first falls below ``below``; None if it never does."""
+    return next((t + 1 for t, q in enumerate(null_fraction) if q < below), None)
+
+
+def capacity(acc: list[list], null_space: dict, method: dict | None = None) -> dict:
+    """The capacity record of a run: ``plasticity`` (``A[t][t]`` per finished task), per layer the
+    null-space dim ``null_dim``, ``null_fraction`` (r/d) per task and ``exhausted_at``
+    (:func:`exhausted_at`), plus the method's own per-layer series (``Method.capacity``)."""
+    rows = _rows(acc)
+    T = len(rows)
+    layers = {}
+    for name, h in null_space.items():
+        dims = list(h["dims"][:T])
+        fraction = [r / h["d"] for r in dims] if h["d"] else []
+        layers[name] = {
+            "d": h["d"],
+            "null_dim": dims,
+            "null_fraction": fraction,
+            "exhausted_at": exhausted_at(fraction),
+        }
+    return {
+        "plasticity": [rows[t][t] for t in range(T)],
+        "exhaustion_fraction": EXHAUSTION_FRACTION,
+        "layers": layers,
+        **(method or {}),
+    }

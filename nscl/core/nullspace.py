@@ -5,7 +5,8 @@ smallest eigenvalues span an approximate null space ``U2`` (d x r). Adam-NSCL (E
 every update of the layer as ``dW <- dW U2 U2^T`` (W stored ``(out, d)``), so ``dW x ~ 0`` for old
 inputs ``x``.
 
-Selection rules (``rule``):
+Selection rules (:class:`NullSpaceRule`, its ``kind``; one frozen object per rule, whose defaults are
+the package's):
 
 * ``a_min`` (paper, Alg. 2): null = eigenvalues ``<= a * lambda_min``. On a rank-deficient covariance
   (fewer rows than d, zero-output units, constant pixels) ``lambda_min`` is floating-point noise and
@@ -18,7 +19,7 @@ Selection rules (``rule``):
   eigenvalue mass are protected; the rest is the null space. With ``energy_step > 0`` the
   threshold rises task by task as GPM does on CIFAR-100 (Saha et al. 2021):
   ``energy_t = min(energy + t * energy_step, energy_max)`` after task ``t`` (0-based), since every
-  old task is exposed again at every later task (:func:`energy_at`).
+  old task is exposed again at every later task (:meth:`NullSpaceRule.at_task`).
 * ``leak`` (held-out leakage budget, new here): the largest null space whose share of the
   *held-out* old-task input energy stays within a budget ``beta``::
 
@@ -55,7 +56,8 @@ where the previous null space is a small part of d: layers whose previous ``r`` 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -121,6 +123,7 @@ def numerical_rank(eigvals: torch.Tensor) -> int:
 
 
 RULES = ("a_min", "energy", "leak", "rel_tol")
+FLOORS = ("rank", "none")
 
 
 def energy_at(t: int, energy: float, step: float = 0.0, cap: float = 1.0) -> float:
@@ -128,108 +131,141 @@ def energy_at(t: int, energy: float, step: float = 0.0, cap: float = 1.0) -> flo
     return min(energy + t * step, max(cap, energy))
 
 
-def rule_at(rule: dict, t: int) -> dict:
-    """Keyword arguments of :func:`compute` after task ``t`` (0-based) from a tracker rule: the rising
-    threshold's ``energy_step`` / ``energy_max`` resolved into that task's ``energy`` (:func:`energy_at`)."""
-    rule = dict(rule)
-    step, cap = rule.pop("energy_step", 0.0), rule.pop("energy_max", 1.0)
-    if "energy" in rule:
-        rule["energy"] = energy_at(max(t, 0), rule["energy"], step, cap)
-    return rule
+@dataclass(frozen=True)
+class NullSpaceRule(Mapping):
+    """One null-space selection rule: its ``kind`` (see the module doc) and the parameters of every kind.
 
-
-def null_dim(
-    eigvals: torch.Tensor,
-    rule: str = "a_min",
-    a: float = 10.0,
-    floor: str = "rank",
-    energy: float = 0.99,
-    rel_tol: float = 1e-3,
-    leak: float = 0.02,
-    val_energy: torch.Tensor | None = None,
-) -> int:
-    """Number of eigenvalues (ascending ``eigvals``) that the rule puts in the null space.
-
-    ``val_energy`` (``leak`` rule): ``u_i^T C_val u_i`` for each eigenvector, in the same order; its
-    sum is ``tr(C_val)``. ``None`` or an all-zero vector falls back to ``eigvals``.
+    The defaults are the package's (``nscl.experiment.config``: the energy rule at 0.9). A rule is
+    also a read-only mapping of the keyword arguments of :func:`compute` / :func:`null_dim`
+    (``rule`` = ``kind``, the parameters as named), so ``compute(C, **rule)`` works.
     """
-    ev = eigvals.to(torch.float64)
-    d = ev.numel()
-    lam_max = ev[-1].item() if d else 0.0
-    if d == 0:
-        return 0
-    if lam_max <= 0:  # no data seen: everything is null
-        return d
-    if rule == "a_min":
-        lam_min = ev[0].item()
-        if floor == "rank":
-            lam_min = max(lam_min, rank_tolerance(ev))
-        elif floor != "none":
-            raise ValueError(f"unknown a_min floor {floor!r}")
-        return int((ev <= a * lam_min).sum().item())
-    if rule == "energy":
-        desc = ev.clamp_min(0).flip(0)
-        cum = desc.cumsum(0) / desc.sum()
-        protected = int((cum < energy - 1e-12).sum().item()) + 1  # smallest k with cum[k-1] >= energy
-        return d - min(protected, d)
-    if rule == "leak":
-        q = ev if val_energy is None else val_energy.to(torch.float64)
-        if q.numel() != d:
-            raise ValueError(f"val_energy has {q.numel()} entries for {d} eigenvalues")
-        q = q.clamp_min(0)
-        if q.sum().item() <= 0:
-            q = ev.clamp_min(0)
-        cum = q.cumsum(0) / q.sum()
-        return int((cum <= leak + 1e-12).sum().item())  # cum is non-decreasing: a prefix
-    if rule == "rel_tol":
-        return int((ev <= rel_tol * lam_max).sum().item())
-    raise ValueError(f"unknown null-space rule {rule!r}")
+
+    kind: str = "energy"
+    energy: float = 0.9
+    energy_step: float = 0.0  # the energy threshold rises by this much per finished task (:meth:`at_task`)
+    energy_max: float = 1.0
+    a: float = 10.0
+    floor: str = "rank"
+    rel_tol: float = 1e-3
+    leak: float = 0.02
+
+    def __post_init__(self):
+        if self.kind not in RULES:
+            raise ValueError(f"unknown null-space rule {self.kind!r}; valid: {', '.join(RULES)}")
+        if self.floor not in FLOORS:
+            raise ValueError(f"unknown a_min floor {self.floor!r}; valid: {', '.join(FLOORS)}")
+
+    @classmethod
+    def of(cls, rule: "NullSpaceRule | str | None" = None, **params) -> "NullSpaceRule":
+        """A rule from a rule (``params`` override it) or from a kind name and parameters."""
+        if isinstance(rule, NullSpaceRule):
+            return rule.with_(**params) if params else rule
+        return cls(**({} if rule is None else {"kind": rule}), **params)
+
+    def with_(self, **overrides) -> "NullSpaceRule":
+        """A copy with some parameters changed (``rule=`` is accepted for ``kind``)."""
+        if "rule" in overrides:
+            overrides["kind"] = overrides.pop("rule")
+        return replace(self, **overrides)
+
+    def at_task(self, t: int) -> "NullSpaceRule":
+        """The rule applied after task ``t`` (0-based): the rising energy threshold resolved
+        (:func:`energy_at`), so the result has ``energy_step = 0``."""
+        if self.energy_step == 0.0:
+            return self
+        return replace(
+            self, energy=energy_at(max(t, 0), self.energy, self.energy_step, self.energy_max), energy_step=0.0
+        )
+
+    def null_dim(self, eigvals: torch.Tensor, val_energy: torch.Tensor | None = None) -> int:
+        """Number of eigenvalues (ascending ``eigvals``) this rule puts in the null space.
+
+        ``val_energy`` (``leak`` rule): ``u_i^T C_val u_i`` for each eigenvector, in the same order; its
+        sum is ``tr(C_val)``. ``None`` or an all-zero vector falls back to ``eigvals``.
+        """
+        ev = eigvals.to(torch.float64)
+        d = ev.numel()
+        if d == 0:
+            return 0
+        if ev[-1].item() <= 0:  # no data seen: everything is null
+            return d
+        if self.kind == "energy":
+            desc = ev.clamp_min(0).flip(0)
+            cum = desc.cumsum(0) / desc.sum()
+            protected = int((cum < self.energy - 1e-12).sum().item()) + 1  # smallest k with cum[k-1] >= energy
+            return d - min(protected, d)
+        if self.kind == "leak":
+            q = ev if val_energy is None else val_energy.to(torch.float64)
+            if q.numel() != d:
+                raise ValueError(f"val_energy has {q.numel()} entries for {d} eigenvalues")
+            q = q.clamp_min(0)
+            if q.sum().item() <= 0:
+                q = ev.clamp_min(0)
+            cum = q.cumsum(0) / q.sum()
+            return int((cum <= self.leak + 1e-12).sum().item())  # cum is non-decreasing: a prefix
+        return int((ev <= self.threshold(ev)).sum().item())  # a_min, rel_tol: an eigenvalue bound
+
+    def threshold(self, eigvals: torch.Tensor) -> float:
+        """The eigenvalue bound of :meth:`null_dim`: null directions are those with energy <= this value
+        (for ``energy`` and ``leak``, midway between the last null and the first protected eigenvalue of
+        the training spectrum)."""
+        ev = eigvals.to(torch.float64)
+        d = ev.numel()
+        if d == 0 or ev[-1].item() <= 0:
+            return math.inf
+        if self.kind == "a_min":
+            lam_min = ev[0].item()
+            if self.floor == "rank":
+                lam_min = max(lam_min, rank_tolerance(ev))
+            return self.a * lam_min
+        if self.kind == "rel_tol":
+            return self.rel_tol * ev[-1].item()
+        r = self.null_dim(ev)
+        if r == 0:
+            return -math.inf
+        return math.inf if r == d else (ev[r - 1].item() + ev[r].item()) / 2
+
+    # ---- the keyword-argument view (``compute(C, **rule)``) ---------------------------------------
+    def __getitem__(self, key: str):
+        if key == "rule":
+            return self.kind
+        if key == "kind" or key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(["rule", *(f.name for f in fields(self) if f.name != "kind")])
+
+    def __len__(self) -> int:
+        return len(fields(self))
 
 
-def null_threshold(
-    eigvals: torch.Tensor,
-    rule: str = "a_min",
-    a: float = 10.0,
-    floor: str = "rank",
-    energy: float = 0.99,
-    rel_tol: float = 1e-3,
-    leak: float = 0.02,
-) -> float:
-    """The eigenvalue bound of :func:`null_dim`: null directions are those with energy <= this value
-    (for ``energy`` and ``leak``, midway between the last null and the first protected eigenvalue of
-    the training spectrum)."""
-    ev = eigvals.to(torch.float64)
-    d = ev.numel()
-    if d == 0 or ev[-1].item() <= 0:
-        return math.inf
-    lam_max = ev[-1].item()
-    if rule == "a_min":
-        lam_min = ev[0].item()
-        if floor == "rank":
-            lam_min = max(lam_min, rank_tolerance(ev))
-        return a * lam_min
-    if rule == "rel_tol":
-        return rel_tol * lam_max
-    r = null_dim(ev, rule, a, floor, energy, rel_tol, leak)
-    if r == 0:
-        return -math.inf
-    return math.inf if r == d else (ev[r - 1].item() + ev[r].item()) / 2
+def null_dim(eigvals: torch.Tensor, rule: NullSpaceRule | str | None = None, val_energy=None, **params) -> int:
+    """:meth:`NullSpaceRule.null_dim` of the rule ``rule`` (a rule, or a kind with ``params``)."""
+    return NullSpaceRule.of(rule, **params).null_dim(eigvals, val_energy)
 
 
-def compute(cov: torch.Tensor, val_cov: torch.Tensor | None = None, **rule) -> NullSpace:
-    """Eigendecompose a covariance (``torch.linalg.eigh`` in float64: ascending order) and select.
+def compute(
+    cov: torch.Tensor,
+    rule: NullSpaceRule | str | None = None,
+    val_cov: torch.Tensor | None = None,
+    **params,
+) -> NullSpace:
+    """Eigendecompose a covariance (``torch.linalg.eigh`` in float64: ascending order) and select with
+    ``rule`` (a :class:`NullSpaceRule`, or a kind with ``params``; default: the package's rule).
 
     ``val_cov``: the held-out covariance the ``leak`` rule measures against (ignored by the others).
     """
+    rule = NullSpaceRule.of(rule, **params)
     ns = compute_many([cov], [rule])[0]
-    if rule.get("rule") == "leak" and val_cov is not None:
+    if rule.kind == "leak" and val_cov is not None:
         val = val_cov.to(ns.eigvecs)
         val_energy = ((val @ ns.eigvecs) * ns.eigvecs).sum(0)  # u_i^T C_val u_i
-        ns.r = null_dim(ns.eigvals, val_energy=val_energy, **rule)
+        ns.r = rule.null_dim(ns.eigvals, val_energy)
     return ns
 
 
-def compute_many(covs: list[torch.Tensor], rules: list[dict], batched: bool | None = None) -> list[NullSpace]:
+def compute_many(covs: list[torch.Tensor], rules: list[NullSpaceRule], batched: bool | None = None) -> list[NullSpace]:
     """:func:`compute` (without held-out data) for many covariances, one batched ``eigh`` per size.
 
     ``batched=None``: batch on a GPU only (fewer launches). On CPU a batched LAPACK call saves
@@ -251,21 +287,21 @@ def compute_many(covs: list[torch.Tensor], rules: list[dict], batched: bool | No
         eigvecs = eigvecs.gather(2, order[:, None, :].expand_as(eigvecs))
         for j, i in enumerate(idx):
             ev = eigvals[j]
-            out[i] = NullSpace(ev, eigvecs[j], null_dim(ev, **rules[i]))
+            out[i] = NullSpace(ev, eigvecs[j], rules[i].null_dim(ev))
     return out
 
 
-def compute_nested(cov: torch.Tensor, previous: NullSpace, **rule) -> NullSpace:
+def compute_nested(cov: torch.Tensor, previous: NullSpace, rule: NullSpaceRule) -> NullSpace:
     """Null space of ``cov`` inside ``previous``'s null space (Rayleigh-Ritz; see the module doc).
 
-    The rule is applied to the exact spectrum (``eigvalsh``); its threshold (:func:`null_threshold`)
+    The rule is applied to the exact spectrum (``eigvalsh``); its threshold (:meth:`NullSpaceRule.threshold`)
     is the bound the Ritz values must meet, so the result equals the full computation whenever the
     full null space lies inside the previous one.
     """
     cov = cov.to(torch.float64)
     cov = (cov + cov.T) / 2
     exact = torch.linalg.eigvalsh(cov).abs().sort().values
-    r_full = null_dim(exact, **rule)
+    r_full = rule.null_dim(exact)
     u2 = previous.null_basis.to(device=cov.device, dtype=torch.float64)
     if previous.r == 0 or r_full == 0:
         basis = previous.eigvecs.to(device=cov.device, dtype=torch.float64)
@@ -274,7 +310,7 @@ def compute_nested(cov: torch.Tensor, previous: NullSpace, **rule) -> NullSpace:
     theta, w = torch.linalg.eigh((small + small.T) / 2)
     theta, order = theta.abs().sort()
     w = w[:, order]
-    r = int((theta <= null_threshold(exact, **rule)).sum().item())
+    r = int((theta <= rule.threshold(exact)).sum().item())
     basis = torch.cat([u2 @ w, previous.range_basis.to(device=cov.device, dtype=torch.float64)], 1)
     total = exact.clamp_min(0).sum().item()
     kept = theta[:r].clamp_min(0).sum().item() / total if total > 0 else 1.0
@@ -311,6 +347,43 @@ class Projector:
         return out * self.scale if self.scale != 1.0 else out
 
 
+def sgp_importance(eigvals: torch.Tensor, r: int, alpha: float) -> torch.Tensor:
+    """SGP's importance of each protected direction (Saha & Roy, AAAI 2023, Eq. 2):
+    ``s_i = (alpha + 1) sigma_i / (alpha sigma_i + sigma_max)`` with ``sigma = sqrt(lambda)`` the singular
+    values of the layer's input representation, for the ascending ``eigvals[r:]`` (the range). The
+    largest direction gets 1; ``alpha -> inf`` gives 1 everywhere (the hard projection), ``alpha = 0``
+    gives ``sigma_i / sigma_max``."""
+    sigma = eigvals[r:].to(torch.float64).clamp_min(0).sqrt()
+    if sigma.numel() == 0 or sigma.max().item() <= 0:
+        return torch.ones_like(sigma)
+    return ((alpha + 1) * sigma / (alpha * sigma + sigma.max())).clamp(0, 1)
+
+
+class ScaledProjector:
+    """SGP's scaled projection: right-multiplies ``(out, d)`` updates by ``P = I - U1 diag(s) U1^T``.
+
+    ``U1`` is the range (protected) basis of a :class:`NullSpace`, ``s`` in [0, 1] its importance per
+    direction (:func:`sgp_importance`). ``s = 1`` everywhere is the hard projection ``U2 U2^T`` of
+    :class:`Projector`; ``s = 0`` leaves updates unchanged.
+    """
+
+    def __init__(self, ns: NullSpace, importance: torch.Tensor, dtype: torch.dtype = torch.float32, device=None):
+        self.d, self.r = ns.d, ns.r
+        if importance.numel() != ns.d - ns.r:
+            raise ValueError(f"importance has {importance.numel()} entries for {ns.d - ns.r} protected directions")
+        self.basis = ns.range_basis.to(device=device, dtype=dtype).contiguous()
+        self.importance = importance.to(device=device, dtype=dtype)
+
+    def matrix(self) -> torch.Tensor:
+        """Dense ``d x d`` projector (tests and analysis only)."""
+        return self(torch.eye(self.d, dtype=self.basis.dtype, device=self.basis.device))
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        if not self.basis.shape[1]:
+            return u.clone()
+        return u - ((u @ self.basis) * self.importance) @ self.basis.T
+
+
 #: ``eigen_update="nested"`` decomposes ``U2^T C U2`` only where the previous null space is at most this
 #: fraction of d. Its cost, in d x d matrix products, is about 1.75 (eigvalsh) + f + 2 f^2 + 7.6 f^3 for
 #: f = r / d against 7.6 for a full ``eigh`` (measured on CPU), so above f ~ 0.75 the full one is cheaper
@@ -332,19 +405,19 @@ class NullSpaceTracker:
         self,
         layers: dict,
         covariance: str = "per_sample",
-        rule: dict | None = None,
+        rule: NullSpaceRule | None = None,
         scale_sqrt_r: bool = False,
         patches: int | None = None,
         eigen_update: str = "full",
     ):
-        """``rule``: keyword arguments of :func:`null_dim` (rule, a, floor, energy, rel_tol, leak) plus
-        ``energy_step`` / ``energy_max`` (:func:`energy_at`); ``covariance``: ``per_sample`` or
+        """``rule``: the selection rule of every layer (default: the package's :class:`NullSpaceRule`);
+        ``covariance``: ``per_sample`` or
         ``batch_mean`` (:class:`nscl.core.covariance.Covariance`, ``patches`` per sample of a conv);
         ``eigen_update``: ``full`` or ``nested`` (see the module doc)."""
         from .covariance import Covariance, input_dim
 
         self.layers = layers
-        self.base_rule = dict(rule or {})
+        self.base_rule = rule or NullSpaceRule()
         self.scale_sqrt_r = scale_sqrt_r
         self.cov = Covariance(layers, covariance, patches)
         self.val_cov = Covariance(layers, covariance, patches)
@@ -358,10 +431,10 @@ class NullSpaceTracker:
         self.spectra: dict[str, "numpy.ndarray"] = {}  # noqa: F821 (numpy arrays, see recompute)
         self.rules = {n: {} for n in layers}  # per-layer overrides of the selection rule
 
-    def rule(self, name: str, t: int | None = None) -> dict:
-        """Keyword arguments of :func:`compute` for one layer after task ``t`` (default: the last one
-        seen): the tracker's rule with the layer's overrides, the energy threshold at task ``t``."""
-        return rule_at({**self.base_rule, **self.rules.get(name, {})}, self.task if t is None else t)
+    def rule(self, name: str, t: int | None = None) -> NullSpaceRule:
+        """The rule of one layer after task ``t`` (default: the last one seen): the tracker's rule with
+        the layer's overrides (:meth:`set_rule`), the energy threshold at task ``t``."""
+        return self.base_rule.with_(**self.rules.get(name, {})).at_task(self.task if t is None else t)
 
     def val_matrix(self, name: str) -> torch.Tensor | None:
         """Held-out covariance of one layer, or None when no validation inputs were seen."""
@@ -376,18 +449,12 @@ class NullSpaceTracker:
         if cols is not None:
             cov = cov[cols.to(cov.device)][:, cols.to(cov.device)]
             val = val[cols.to(val.device)][:, cols.to(val.device)] if val is not None else None
-        return compute(cov, val_cov=val, **self.rule(name, t))
+        return compute(cov, self.rule(name, t), val_cov=val)
 
     def set_rule(self, name: str, **overrides) -> None:
-        """Override the selection rule of one layer (e.g. a factorised layer's bottleneck)."""
+        """Override the selection rule of one layer (e.g. a factorised layer's bottleneck); keyword
+        arguments as :meth:`NullSpaceRule.with_` takes them."""
         self.rules.setdefault(name, {}).update(overrides)
-
-    def update(self, forward, batches, t: int, val_batches=()) -> None:
-        """Add task ``t``'s layer inputs (``forward(x)`` over ``batches``, and over ``val_batches`` for
-        the held-out covariance) and recompute the null spaces."""
-        self.cov.update(forward, batches)
-        self.val_cov.update(forward, val_batches)
-        self.recompute(t)
 
     def recompute(self, t: int | None = None) -> None:
         if t is not None:
@@ -399,12 +466,12 @@ class NullSpaceTracker:
                 n for n in names if n in self.spaces and self.spaces[n].r <= NESTED_MAX_FRACTION * self.spaces[n].d
             }
         full = [n for n in names if n not in nested]
-        if any(self.rule(n).get("rule") == "leak" for n in full):
+        if any(self.rule(n).kind == "leak" for n in full):
             done = {n: self.null_space(n) for n in full}  # measured against the held-out covariance
         else:
             done = dict(zip(full, compute_many([self.cov.matrix(n) for n in full], [self.rule(n) for n in full])))
         for n in nested:
-            done[n] = compute_nested(self.cov.matrix(n), self.spaces[n], **self.rule(n))
+            done[n] = compute_nested(self.cov.matrix(n), self.spaces[n], self.rule(n))
         spaces = [done[n] for n in names]
         for name, ns in zip(names, spaces):
             self.spaces[name] = ns
@@ -421,10 +488,6 @@ class NullSpaceTracker:
     # ---- covariance access (methods that transform a layer's old covariance) ---------------------
     def has_covariance(self, name: str, held_out: bool = False) -> bool:
         return name in (self.val_cov if held_out else self.cov).sums
-
-    def covariance(self, name: str) -> torch.Tensor:
-        """The accumulated (normalised) covariance of a layer's old inputs."""
-        return self.cov.matrix(name)
 
     def covariance_sum(self, name: str, held_out: bool = False) -> torch.Tensor:
         """The un-normalised sum of outer products (what tasks add into)."""

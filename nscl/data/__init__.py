@@ -1,7 +1,7 @@
 """Datasets, continual-learning scenarios and task streams.
 
 * :mod:`.streams`  -- :class:`TaskData`, :class:`Stream` and :func:`make_stream`, which cuts a
-  dataset into a deterministic sequence of tasks (``split`` or ``permuted``);
+  dataset into a deterministic sequence of tasks (``split``, ``permuted`` or ``partition``);
 * :mod:`.registry` -- one spec per dataset (names, folders, files, how to get it, loader), the
   benchmark table and the one find-or-fail search; :mod:`.paths` says where it looks;
 * one module per format: :mod:`.fmnist` (IDX), :mod:`.digits` (bundled with scikit-learn),
@@ -29,8 +29,10 @@ from .registry import (
     DATASETS,
     DatasetSpec,
     benchmark_classes,
+    distinct_halves,
     find_or_fail,
     load_dataset,
+    max_tasks,
 )
 
 __all__ = [
@@ -44,6 +46,8 @@ __all__ = [
     "DataNotFoundError",
     "DatasetSpec",
     "benchmark_classes",
+    "distinct_halves",
+    "max_tasks",
     "Stream",
     "Task",
     "TaskData",

@@ -9,6 +9,7 @@ a benchmark in :data:`BENCHMARKS` names its dataset.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ _ALIASES = {alias: s.name for s in DATASETS.values() for alias in s.aliases}
 BENCHMARKS: dict[str, dict] = {
     "split_fmnist": {"dataset": "fashion_mnist", "scenario": "split", "n_tasks": 5, "augment": False},
     "permuted_fmnist": {"dataset": "fashion_mnist", "scenario": "permuted", "n_tasks": 10, "augment": False},
+    # the same images every task, labelled by a seeded random 5-vs-5 split of the classes (binary)
+    "partition_fmnist": {"dataset": "fashion_mnist", "scenario": "partition", "n_tasks": 20, "augment": False},
     "split_cifar100_10": {"dataset": "cifar100", "scenario": "split", "n_tasks": 10, "augment": True},
     "split_cifar100_20": {"dataset": "cifar100", "scenario": "split", "n_tasks": 20, "augment": True},
     "tinyimagenet_25": {"dataset": "tinyimagenet", "scenario": "split", "n_tasks": 25, "augment": True},
@@ -247,3 +250,20 @@ def benchmark_classes(benchmark: str) -> int:
     if b["dataset"] == "synthetic":
         return int(b["dataset_kwargs"]["n_classes"])
     return DATASET_CLASSES[b["dataset"]]
+
+
+def distinct_halves(n_classes: int) -> int:
+    """How many different binary labellings a ``partition`` stream can draw: splits of the classes
+    into halves, a split and its complement counted once (126 for 10 classes)."""
+    return math.comb(n_classes, n_classes // 2) // (2 if n_classes % 2 == 0 else 1)
+
+
+def max_tasks(benchmark: str) -> int | None:
+    """Most tasks a benchmark's stream can have (checked before any data is read): one class per
+    task (``split``), distinct halves (``partition``), unbounded (``permuted``: None)."""
+    scenario = BENCHMARKS[benchmark]["scenario"]
+    if scenario == "split":
+        return benchmark_classes(benchmark)
+    if scenario == "partition":
+        return distinct_halves(benchmark_classes(benchmark))
+    return None

@@ -3,7 +3,12 @@
 * ``split``    -- the classes are partitioned into tasks of equal size (task-incremental:
   labels are remapped to ``0..k-1`` inside every task, the caller uses one head per task);
 * ``permuted`` -- every task uses all classes; task 1 is the plain data, task ``t > 1``
-  applies a fixed random permutation of the ``C*H*W`` input values.
+  applies a fixed random permutation of the ``C*H*W`` input values;
+* ``partition`` -- every task shows the same images, labelled by a seeded random split of the
+  classes into two halves (binary: label 1 = the half without the first class of the split's
+  order); the splits of a stream are distinct. The input covariance is the same for every task,
+  so the old tasks' input null space holds nothing a new labelling could use: only capacity in
+  the units themselves can help (the capacity study, issue 17).
 
 Data are kept in their raw storage type (``uint8`` images, or ``float32`` for the synthetic
 generator). Normalisation, the pixel permutation and the training augmentation are applied per
@@ -25,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from ..util import jsonable
-from .registry import BENCHMARKS, DatasetSpec, load_dataset, spec
+from .registry import BENCHMARKS, DatasetSpec, distinct_halves, load_dataset, spec
 from .sampling import balanced_subset, rng, stratified_split
 
-SCENARIOS = ("split", "permuted")
+SCENARIOS = ("split", "permuted", "partition")
 
 
 def _as_index(idx: Any) -> torch.Tensor | slice:
@@ -347,6 +352,61 @@ def _permuted_tasks(pools: _Pools, T: int, seed: int) -> tuple[list[Task], dict]
     return tasks, info
 
 
+def _partitions(n_classes: int, T: int, seed: int) -> list[list[int]]:
+    """``T`` distinct seeded random halves of ``range(n_classes)`` (seed purpose 8), each as the sorted
+    classes labelled 1; a half and its complement are the same task, so class 0 is never in it."""
+    total = distinct_halves(n_classes)
+    if T > total:
+        raise ValueError(f"partition: {n_classes} classes have only {total} distinct halves, asked for {T} tasks")
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    g = rng(seed, 8, 0)
+    while len(out) < T:
+        half = np.sort(g.permutation(n_classes)[: n_classes // 2])
+        if 0 in half:
+            half = np.setdiff1d(np.arange(n_classes), half)
+        key = tuple(int(c) for c in half)
+        if key not in seen:
+            seen.add(key)
+            out.append(list(key))
+    return out
+
+
+def _partition_tasks(pools: _Pools, T: int, seed: int) -> tuple[list[Task], dict]:
+    """One sub-sample shared by all tasks (as ``permuted``); task ``t`` labels it 1 on the classes of
+    its half (:func:`_partitions`) and 0 elsewhere."""
+    train0, val0, test0 = pools.task(
+        np.arange(len(pools.y_tr_np), dtype=np.int64),
+        np.arange(len(pools.y_te_np), dtype=np.int64),
+        lambda y: y,
+        seed,
+        0,
+    )
+    halves = _partitions(pools.n_classes, T, seed)
+
+    def relabel(d: TaskData, lut: torch.Tensor) -> TaskData:  # shares x / source_index storage with task 0
+        return TaskData(x=d.x, y=lut[d.y], mean=d.mean, std=d.std, augment=d.augment, source_index=d.source_index)
+
+    tasks = []
+    for t, half in enumerate(halves):
+        lut = torch.zeros(pools.n_classes, dtype=torch.long)
+        lut[torch.tensor(half)] = 1
+        name = f"task{t + 1}: 1 = classes " + ",".join(str(c) for c in half)
+        tasks.append(
+            Task(
+                index=t,
+                name=name,
+                classes=half,
+                n_classes=2,
+                train=relabel(train0, lut),
+                val=relabel(val0, lut),
+                test=relabel(test0, lut),
+            )
+        )
+    info = {"class_order": list(range(pools.n_classes)), "classes_per_task": 2, "partitions": halves}
+    return tasks, info
+
+
 def make_stream(
     benchmark: str,
     *,
@@ -408,6 +468,8 @@ def make_stream(
         info["class_names"] = list(data["class_names"])
     if cfg["scenario"] == "split":
         tasks, more = _split_tasks(pools, T, class_order, seed, benchmark)
+    elif cfg["scenario"] == "partition":
+        tasks, more = _partition_tasks(pools, T, seed)
     else:
         tasks, more = _permuted_tasks(pools, T, seed)
     info.update(more)

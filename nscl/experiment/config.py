@@ -20,8 +20,9 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..core.nullspace import NullSpaceRule
 from ..core.params import Param
-from ..data import BENCHMARKS, benchmark_classes
+from ..data import BENCHMARKS, benchmark_classes, max_tasks
 from ..data import PARAMS as DATA_PARAMS
 from ..methods import METHODS
 from ..util import ReadableError
@@ -286,11 +287,11 @@ def defaults() -> dict:
     return {k: (list(p.default) if isinstance(p.default, list) else p.default) for k, p in PARAMS.items()}
 
 
-def nullspace_rule(cfg: dict) -> dict:
-    """The null-space selection rule of a configuration, as :class:`nscl.core.nullspace.NullSpaceTracker`
-    takes it (``rule``: ``nullspace_rule``, ``floor``: ``a_min_floor``, the other keys as named)."""
-    return dict(
-        rule=cfg["nullspace_rule"],
+def nullspace_rule(cfg: dict) -> NullSpaceRule:
+    """The null-space selection rule of a configuration (``kind``: ``nullspace_rule``, ``floor``:
+    ``a_min_floor``, the other parameters as named)."""
+    return NullSpaceRule(
+        kind=cfg["nullspace_rule"],
         a=cfg["a"],
         floor=cfg["a_min_floor"],
         energy=cfg["energy"],
@@ -408,13 +409,17 @@ def _check_values(cfg: dict) -> None:
     if cfg["method"] not in METHODS:
         raise ConfigError(f"parameter 'method': unknown {cfg['method']!r}; valid: {', '.join(sorted(METHODS))}")
     # single values are range-checked by their declarations (Param.range, in _check_type)
-    if cfg["n_tasks"] is not None and BENCHMARKS[cfg["benchmark"]]["scenario"] == "split":
+    most = max_tasks(cfg["benchmark"])
+    if cfg["n_tasks"] is not None and most is not None and cfg["n_tasks"] > most:
         classes = benchmark_classes(cfg["benchmark"])
-        if cfg["n_tasks"] > classes:
-            raise ConfigError(
-                f"parameter 'n_tasks': {cfg['benchmark']} splits {classes} classes into tasks, "
-                f"so at most {classes} tasks; got {cfg['n_tasks']}"
-            )
+        why = (
+            f"splits {classes} classes into tasks"
+            if BENCHMARKS[cfg["benchmark"]]["scenario"] == "split"
+            else f"labels its images by distinct halves of {classes} classes"
+        )
+        raise ConfigError(
+            f"parameter 'n_tasks': {cfg['benchmark']} {why}, so at most {most} tasks; got {cfg['n_tasks']}"
+        )
     if cfg["energy_max"] < cfg["energy"]:
         raise ConfigError(
             f"parameter 'energy_max' must be in [energy, 1] = [{cfg['energy']}, 1], got {cfg['energy_max']}"

@@ -415,6 +415,7 @@ class Trainer:
             "val_metrics": metrics_mod.summary(self.val_acc),
             "null_space": self.tracker.history,
             "method_diagnostics": self.method.diagnostics(),
+            "capacity": metrics_mod.capacity(self.acc, self.tracker.history, self.method.capacity()),
             "timing": {
                 "per_task": self.timing,
                 "total_s": total_s if total_s is not None else sum(sum(v for v in d.values()) for d in self.timing),

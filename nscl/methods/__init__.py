@@ -9,6 +9,7 @@ from .base import METHODS, Method, register  # noqa: F401
 from . import baselines, adam_nscl  # noqa: F401,E402  (registration side effects)
 from . import lowrank  # noqa: F401,E402
 from . import clnp  # noqa: F401,E402
+from . import sgp  # noqa: F401,E402
 
 
 def null_space_methods() -> tuple[str, ...]:

@@ -52,11 +52,14 @@ class AdamNSCL(Method):
             eps_placement=self.cfg["eps_placement"],
         )
         if t > 0:  # first task: plain Adam (nothing to protect yet)
-            tracker = self.trainer.tracker
             for name, layer in self.tracked_layers().items():
-                opt.set_projector(layer.weight, layer.bias, tracker.projector(name))
+                opt.set_projector(layer.weight, layer.bias, self.projector(name, layer))
         self.optimizer = opt
         return opt, self.make_scheduler(opt)
+
+    def projector(self, name: str, layer):
+        """The projector of one layer's steps (Eq. 6: the tracker's null-space projector)."""
+        return self.trainer.tracker.projector(name)
 
     def diagnostics(self):
         opt = getattr(self, "optimizer", None)

@@ -150,6 +150,12 @@ class Method:
         """JSON-serialisable per-method records for results.json (``method_diagnostics``)."""
         return {}
 
+    def capacity(self) -> dict:
+        """Per-layer capacity series of this method, one value per finished task, for the run record's
+        ``capacity`` (:func:`nscl.core.metrics.capacity`): ``{"free_units": {layer: [...]}}`` (pruning),
+        ``{"active_rank": {layer: [...]}}`` (low rank); empty for methods without such a budget."""
+        return {}
+
     def state_dict(self) -> dict:
         return {"bn_ewc": self.bn_ewc.state_dict() if self.bn_ewc else None}
 

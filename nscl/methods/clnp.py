@@ -128,6 +128,9 @@ class _UnitPruning(Method):
         }
         self.activity_log: dict[str, list] = {n: [] for n in self.masks.graph.groups}
         self.projection_log: dict[str, list] = {}
+        # per wire and task: share of the task's squared weight change in rows of units free at its start
+        self.learning_share: dict[str, list] = {w.name: [] for w in self.masks.graph.wires}
+        self._task_start: dict[str, tuple] = {}
 
     # ---- hooks ---------------------------------------------------------------------------------
     def before_task(self, t):
@@ -135,6 +138,10 @@ class _UnitPruning(Method):
             return
         if t > 0:
             self.masks.reinit_free()
+        self._task_start = {
+            w.name: (w.module.weight.detach().clone(), self.masks.owner[w.out_group] == pruning.FREE)
+            for w in self.masks.graph.wires
+        }
         self.masks.prepare_l1()
         self.masks.keep_acts = self.cfg["l1"] > 0 and self.cfg["l1_target"] == "activations"
 
@@ -218,8 +225,21 @@ class _UnitPruning(Method):
             bn.running_var[rows] = var[rows]
 
     # ---- pruning ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _record_learning_share(self) -> None:
+        """How much of the task's learning landed in the units that were free when it started:
+        ``||dW[free rows]||^2 / ||dW||^2`` per wire (pruning's capacity at work; 1 when only free
+        units learn, as in CLNP)."""
+        for w in self.masks.graph.wires:
+            start, free = self._task_start[w.name]
+            dw = (w.module.weight.detach() - start).reshape(len(start), -1).double().pow(2).sum(1)
+            total = dw.sum().item()
+            share = dw[free.to(dw.device)].sum().item() / total if total > 0 else None
+            self.learning_share[w.name].append(share)
+
     def after_task(self, t):
         super().after_task(t)
+        self._record_learning_share()
         self.masks.keep_acts = False
         self.masks.clear_activations()
         rec = self.prune(t)
@@ -321,6 +341,13 @@ class _UnitPruning(Method):
             out["optimizer_stats"] = dict(self.optimizer.stats)
         return out
 
+    def capacity(self):
+        return {
+            "free_units": {n: list(u["free"]) for n, u in self.units.items()},
+            "units": {n: u["size"] for n, u in self.units.items()},
+            "learning_in_free_units": self.learning_share,
+        }
+
     def state_dict(self):
         return {
             **super().state_dict(),
@@ -329,6 +356,7 @@ class _UnitPruning(Method):
             "units": self.units,
             "activity": self.activity_log,
             "projection": self.projection_log,
+            "learning_share": self.learning_share,
         }
 
     def load_state_dict(self, state):
@@ -336,6 +364,7 @@ class _UnitPruning(Method):
         self.masks.load_state_dict(state["masks"])
         self.records, self.units = state["records"], state["units"]
         self.activity_log, self.projection_log = state["activity"], state["projection"]
+        self.learning_share = state.get("learning_share", self.learning_share)
 
 
 @register("clnp")

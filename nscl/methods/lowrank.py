@@ -202,6 +202,12 @@ class LowRank(Method):
             for k, v in lr.layer_stats(f, self.cfg["rank_tol"]).items():
                 self.records[name][k].append(v)
 
+    def capacity(self):
+        return {
+            "active_rank": {n: list(r["active_rank"]) for n, r in self.records.items()},
+            "effective_rank": {n: list(r["effective_rank"]) for n, r in self.records.items()},
+        }
+
     def diagnostics(self):
         out = {
             "lowrank": {n: dict(r) for n, r in self.records.items()},
