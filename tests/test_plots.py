@@ -107,7 +107,23 @@ def figures() -> dict:
             for s in (0, 1)
         ]
     )
+    capacity = pd.DataFrame(
+        [
+            dict(label=m, method=m, seed=s, task=t, quantity="new-task accuracy", layer=None, value=80.0 - k * t / 10)
+            for k, m in enumerate(("adam_nscl", "nscl_sgp", "nscl_prune"))
+            for s in (0, 1)
+            for t in range(1, 31)
+        ]
+        + [
+            dict(label=m, method=m, seed=s, task=t, quantity="r/d", layer=layer, value=max(0.9 - t / (30 + k), 0.05))
+            for k, m in enumerate(("adam_nscl", "nscl_sgp", "nscl_prune"))
+            for s in (0, 1)
+            for layer in ("backbone.layers.0", "backbone.layers.1")
+            for t in range(1, 31)
+        ]
+    )
     return {
+        "capacity_curve": lambda: plots.capacity_curve(capacity),
         "accuracy_heatmaps": lambda: plots.accuracy_heatmaps(results(8)),
         "metrics_bars": lambda: plots.metrics_bars(results(4), title="four methods"),
         "null_space_dims": lambda: plots.null_space_dims(ns, row="benchmark"),
