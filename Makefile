@@ -58,10 +58,10 @@ browser:
 
 # Lint and format check (ruff); then the committed notebooks' stored outputs (nbval, notebooks/conftest.py:
 # exact, except the numbers of `training-numbers` cells, held within notebooks/output_tolerance.yaml) on
-# this machine's default numeric path; then, at once, the same check on a second numeric path (one thread,
-# ATen's portable kernels: another machine's sums) and every test (pytest -m 'not gpu': unit tests, the
-# notebook tests on the records of the first nbval run, SLURM, JupyterLab in Chromium). Each notebook
-# executes once per path. Both must pass.
+# two numeric paths at once: this machine's own kernels, and ATen's portable ones with one OpenMP thread
+# (another machine's floating-point sums); each notebook executes once per path. Then every test
+# (pytest -m 'not gpu' on every core: unit tests, the notebook tests on the records of the first nbval
+# run, SLURM, JupyterLab in Chromium).
 TEST_RUNS := results/make-test
 NBVAL := $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env notebooks/
 PORTABLE := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default
@@ -70,14 +70,15 @@ test: venv data slurm browser
 	$(PY) -m ruff check nscl tests
 	$(PY) -m ruff format --check nscl tests
 	@rm -rf $(TEST_RUNS) && mkdir -p $(TEST_RUNS)
-	NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/default $(NBVAL)
-	@echo "$(PORTABLE) nbval (log: $(TEST_RUNS)/portable.log) alongside pytest -m 'not gpu' ..."
-	@$(PORTABLE) NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/portable $(NBVAL) > $(TEST_RUNS)/portable.log 2>&1 & nbval=$$!; \
+	@echo "nbval on this machine's numeric path and on $(PORTABLE), at once (logs in $(TEST_RUNS)/)"
+	@NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/default $(NBVAL) > $(TEST_RUNS)/default.log 2>&1 & own=$$!; \
+	$(PORTABLE) NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/portable $(NBVAL) > $(TEST_RUNS)/portable.log 2>&1; portable=$$?; \
+	wait $$own; own=$$?; \
+	echo "--- nbval, this machine's numeric path:"; tail -n 15 $(TEST_RUNS)/default.log; \
+	echo "--- nbval, $(PORTABLE):"; tail -n 15 $(TEST_RUNS)/portable.log; \
+	test $$own = 0 && test $$portable = 0
 	NSCL_NBVAL_ROOT=$(CURDIR)/$(TEST_RUNS)/default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m 'not gpu' \
-	  -n $(TEST_WORKERS) --dist worksteal; \
-	tests=$$?; wait $$nbval; portable=$$?; \
-	echo "--- nbval on the second numeric path ($(PORTABLE)):"; tail -n 25 $(TEST_RUNS)/portable.log; \
-	test $$tests = 0 && test $$portable = 0
+	  -n $(TEST_WORKERS) --dist worksteal
 
 # The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
 # notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"
