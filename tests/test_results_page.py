@@ -331,3 +331,4 @@ def test_results_page_capacity_section_tables_goal_and_curve(tmp_path):
     assert goal["nscl_lowrank"].endswith("Goal not met.") and "(mean ± std overlap)" in goal["nscl_lowrank"]
     assert (tmp_path / "docs" / "results_capacity_E1.png").read_bytes()[:4] == b"\x89PNG"
     assert "![capacity curve, E1](results_capacity_E1.png)" in text
+    assert "**Goal**: met in E1 (`nscl_prune`)." in text
