@@ -90,6 +90,7 @@ capacity: venv data
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e3.yaml
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e2.yaml
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_joint.yaml
 	$(VENV)/bin/papermill -k python3 notebooks/06_capacity.ipynb results/sweeps/capacity_e1/06_capacity.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/capacity_e1 -p output_dir $(CURDIR)/results/sweeps/capacity_e1/notebook
 
@@ -103,7 +104,7 @@ gpu-check: venv
 # {suite size, full size}, plus the small CNN on split, x seeds 0,1,2 on CPU (local executor, 2 runs at
 # once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1.5 h on 2
 # cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too:
-CAPACITY_PAGE = $(foreach e,e1 e3 e2,$(if $(wildcard results/sweeps/capacity_$(e)/sweep.json),--capacity $(e)=results/sweeps/capacity_$(e)))
+CAPACITY_PAGE = $(foreach s,e1 e1_joint e3 e2,$(if $(wildcard results/sweeps/capacity_$(s)/sweep.json),--capacity $(firstword $(subst _, ,$(s)))=results/sweeps/capacity_$(s)))
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml
