@@ -84,8 +84,9 @@ compare: venv data
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
 
 # The capacity study (issue 17): E1 permuted 30 tasks MLP 64-64, E3 partition 20 tasks, E2 the width
-# curve, 3 seeds, one run at a time on 1 thread (complete runs are skipped, so it resumes); then notebook
-# 06 on E1's sweep. About 50 min (E1), 40 min (E3) and 70 min (E2) on one core.
+# curve, then E1's joint reference, 3 seeds, one run at a time on 1 thread (complete runs are skipped, so it
+# resumes); then notebook 06 on E1's sweep. Measured on a shared 2-core machine: E1 36 min, E3 20 min, E2
+# 6 min, E1 joint 18 min.
 capacity: venv data
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e3.yaml
