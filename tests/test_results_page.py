@@ -331,3 +331,18 @@ def test_results_page_capacity_section_tables_goal_and_curve(tmp_path):
     assert goal["nscl_lowrank"].endswith("Goal not met.") and "(mean ± std overlap)" in goal["nscl_lowrank"]
     assert (tmp_path / "docs" / "results_capacity_E1.png").read_bytes()[:4] == b"\x89PNG"
     assert "![capacity curve, E1](results_capacity_E1.png)" in text
+    assert "**Goal**: met in E1 (`nscl_prune`)." in text
+
+
+def test_results_cli_capacity_section_reads_several_sweeps_under_one_label(tmp_path, capsys):
+    from nscl.apps import cli
+
+    suite = _fake_sweep(tmp_path, "suite")
+    first, second = _fake_capacity_sweep(tmp_path / "a"), _fake_capacity_sweep(tmp_path / "b")
+    page = tmp_path / "r.md"
+    argv = ["results", str(suite), "-o", str(page), "--capacity", f"E1={first}", "--capacity", f"E1={second}"]
+    assert cli.main(argv) == 0
+    text = page.read_text()
+    assert text.count("### E1:") == 1 and text.count("Command: `python -m nscl sweep run") == 2
+    assert "| nscl_prune | 6 |" in text  # the runs of both sweeps in one table
+    assert (tmp_path / "r_capacity_E1.png").exists()

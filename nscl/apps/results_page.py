@@ -566,8 +566,9 @@ def capacity_goal(stats, candidates: Iterable[str] = CAPACITY_CANDIDATES) -> lis
     return out
 
 
-def capacity_lines(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathLike) -> list[str]:
-    """The page's capacity section: per sweep its table (:func:`nscl.analysis.tables.capacity_table`), its
+def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | os.PathLike) -> list[str]:
+    """The page's capacity section: per label (one sweep directory, or a list of them read as one, e.g. E1 and
+    its joint reference) its table (:func:`nscl.analysis.tables.capacity_table`), its
     capacity curve (a PNG beside the page, ``<page stem>_capacity_<label>.png``), the goal per candidate
     (:func:`capacity_goal`) and how the sweep was run."""
     import matplotlib
@@ -588,12 +589,14 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathL
         f"`adam_nscl`, BWT ≥ {CAPACITY_BWT:g}, mean ± std not overlapping, and above `nscl_sgp`.",
         "",
     ]
+    met: dict[str, list[str]] = {}
     for label, d in sweeps.items():
-        found = runs.find_runs([str(d)])
+        dirs = list(d) if isinstance(d, (list, tuple)) else [d]
+        found = runs.find_runs([str(x) for x in dirs])
         results = {str(p): runs.load(p) for p in found}
         stats = tables.capacity_stats(results)
-        info = sweep_times(d)
-        lines += [f"### {label}: {info['description'] or label}", ""]
+        infos = [sweep_times(x) for x in dirs]
+        lines += [f"### {label}: {infos[0]['description'] or label}", ""]
         if stats.empty:
             lines += ["No complete run yet.", ""]
             continue
@@ -606,18 +609,31 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike], page: str | os.PathL
         plt.close(fig)
         lines += ["", f"![capacity curve, {label}]({figure.name})", ""]
         for g in capacity_goal(stats):
+            met.setdefault(label, [])
+            if g["met"]:
+                met[label].append(g["candidate"])
             vs = "; ".join(
                 f"{x['gain']:+.2f} vs `{x['rival']}`{' (mean ± std overlap)' if x['gain'] > 0 and not x['apart'] else ''}"
                 for x in g["against"]
             )
             verdict = "**met**" if g["met"] else "not met"
             lines.append(f"- `{g['candidate']}`: ACC {vs}; BWT {g['bwt']:.2f}. Goal {verdict}.")
+        lines.append("")
+        for info in infos:
+            file = _repo_path(info["file"], sweep_spec.ROOT) if info["file"] else "<sweep file>"
+            lines.append(
+                f"Command: `python -m nscl sweep run {file}` ({info['runs']} runs, {info['executor']} executor, "
+                f"{info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
+                f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])})."
+            )
+        lines.append("")
+    hits = [f"{label} (`{'`, `'.join(c)}`)" for label, c in met.items() if c]
+    if met:
         lines += [
-            "",
-            f"Command: `python -m nscl sweep run {_repo_path(info['file'], sweep_spec.ROOT) if info['file'] else '<sweep file>'}` "
-            f"({info['runs']} runs, "
-            f"{info['executor']} executor, {info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
-            f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])}).",
+            f"**Goal**: met in {', '.join(hits)}."
+            if hits
+            else f"**Goal**: not met in any of {', '.join(met)}: no seed method at its defaults beats "
+            "`adam_nscl` and `nscl_sgp` by the margins above.",
             "",
         ]
     return lines
@@ -643,8 +659,11 @@ def add_cli(sub) -> None:
 def cmd_results(args) -> int:
     try:
         sweeps = parse_sweeps(args.sweeps)
-        capacity = parse_sweeps(args.capacity) if args.capacity else None
-        page = write(sweeps, args.out, args.figure, note=args.note, capacity=capacity)
+        capacity: dict[str, list] = {}
+        for item in args.capacity:  # a label may be given several sweeps (E1 and its joint reference)
+            for label, d in parse_sweeps([item]).items():
+                capacity.setdefault(label, []).append(d)
+        page = write(sweeps, args.out, args.figure, note=args.note, capacity=capacity or None)
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
