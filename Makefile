@@ -56,29 +56,15 @@ browser:
 	  echo "WARNING: no chromium and not root: tests/test_lab_browser.py will FAIL." \
 	       "Install it with 'sudo apt-get install chromium' (or set NSCL_CHROMIUM to a Chromium binary)."; fi
 
-# Lint and format check (ruff); then the committed notebooks' stored outputs (nbval, notebooks/conftest.py:
+# Lint and format check (ruff); then scripts/test.sh: the committed notebooks' stored outputs (nbval;
 # exact, except the numbers of `training-numbers` cells, held within notebooks/output_tolerance.yaml) on
-# two numeric paths at once: this machine's own kernels, and ATen's portable ones with one OpenMP thread
-# (another machine's floating-point sums); each notebook executes once per path. Then every test
-# (pytest -m 'not gpu' on every core: unit tests, the notebook tests on the records of the first nbval
-# run, SLURM, JupyterLab in Chromium).
-TEST_RUNS := results/make-test
-NBVAL := $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env notebooks/
-PORTABLE := OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default
-TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+# two numeric paths, this machine's kernels and ATen's portable ones on one thread (another machine's
+# floating-point sums), at once with the SLURM tests; then every other test on every core (the notebook
+# tests read the first nbval run's records). Each notebook executes once per path.
 test: venv data slurm browser
 	$(PY) -m ruff check nscl tests
 	$(PY) -m ruff format --check nscl tests
-	@rm -rf $(TEST_RUNS) && mkdir -p $(TEST_RUNS)
-	@echo "nbval on this machine's numeric path and on $(PORTABLE), at once (logs in $(TEST_RUNS)/)"
-	@NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/default $(NBVAL) > $(TEST_RUNS)/default.log 2>&1 & own=$$!; \
-	$(PORTABLE) NSCL_OUTPUT_ROOT=$(CURDIR)/$(TEST_RUNS)/portable $(NBVAL) > $(TEST_RUNS)/portable.log 2>&1; portable=$$?; \
-	wait $$own; own=$$?; \
-	echo "--- nbval, this machine's numeric path:"; tail -n 15 $(TEST_RUNS)/default.log; \
-	echo "--- nbval, $(PORTABLE):"; tail -n 15 $(TEST_RUNS)/portable.log; \
-	test $$own = 0 && test $$portable = 0
-	NSCL_NBVAL_ROOT=$(CURDIR)/$(TEST_RUNS)/default OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m 'not gpu' \
-	  -n $(TEST_WORKERS) --dist worksteal
+	PY=$(PY) bash scripts/test.sh
 
 # The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
 # notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"
