@@ -17,7 +17,6 @@ venv: $(STAMP) $(KERNEL)
 # (pyproject.toml is the one dependency list; environment.yml installs the same thing for conda).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
@@ -58,9 +57,9 @@ browser:
 
 # Lint and format check (ruff); then scripts/test.sh: the committed notebooks' stored outputs (nbval;
 # exact, except the numbers of `training-numbers` cells, held within notebooks/output_tolerance.yaml) on
-# two numeric paths, this machine's kernels and ATen's portable ones on one thread (another machine's
-# floating-point sums), at once with the SLURM tests; then every other test on every core (the notebook
-# tests read the first nbval run's records). Each notebook executes once per path.
+# two numeric paths at once, this machine's kernels and ATen's portable ones on one thread (another
+# machine's floating-point sums); then every test on every core (the notebook tests read the first nbval
+# run's records). Each notebook executes once per path.
 test: venv data slurm browser
 	$(PY) -m ruff check nscl tests
 	$(PY) -m ruff format --check nscl tests
