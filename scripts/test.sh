@@ -4,14 +4,15 @@
 #   at once: nbval on this machine's numeric path      (the committed notebooks' stored outputs,
 #            nbval on OMP_NUM_THREADS=1                  exact except `training-numbers` cells,
 #                      ATEN_CPU_CAPABILITY=default       within notebooks/output_tolerance.yaml)
-#   then:    every test, one worker per core plus one   (the notebook tests read the first nbval run's
-#            (browser, SLURM and subprocess tests wait    records: NSCL_NBVAL_ROOT)
-#            part of the time)
+#   then:    every test, one worker per core            (the notebook tests read the first nbval run's
+#                                                         records: NSCL_NBVAL_ROOT)
+# Measured on 2 idle cores: a worker more, or the SLURM tests beside nbval, only add contention (the
+# work is CPU-bound).
 # Each notebook executes once per numeric path.
 set -u
 PY=${PY:-.venv/bin/python}
 OUT=results/make-test
-WORKERS=${TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 1) + 1 ))}
+WORKERS=${TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
 rm -rf "$OUT" && mkdir -p "$OUT"
 NBVAL=("$PY" -m pytest -q -p no:cacheprovider --nbval --nbval-current-env notebooks/)
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
