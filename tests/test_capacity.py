@@ -6,26 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TINY
 from nscl.core import metrics
 from nscl.experiment import config
 from nscl.experiment import trainer as train
 
 
 def resolved(**overrides):
-    base = dict(
-        benchmark="split_digits",
-        n_tasks=3,
-        epochs=1,
-        batch_size=32,
-        hidden=[32, 32],
-        device="cpu",
-        threads=1,
-        quiet=True,
-        seed=0,
-        checkpoint=False,
-    )
-    base.update(overrides)
-    return config.resolve(overrides=base)
+    return config.resolve(overrides={**TINY, "threads": 1, "checkpoint": False, **overrides})
 
 
 # 54 training rows < 64 inputs and < 64 units: exact null spaces after task 1 (as tests/test_train.py)
