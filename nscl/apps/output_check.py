@@ -84,27 +84,28 @@ def cell_texts(outputs: Iterable[Mapping]) -> list[str]:
     return texts
 
 
+def same_text(stored: Iterable[str], fresh: Iterable[str]) -> bool:
+    """Whether two cells' texts agree once every number is masked (:func:`mask`)."""
+    return [mask(s) for s in stored] == [mask(f) for f in fresh]
+
+
+def deviations(stored: Iterable[str], fresh: Iterable[str]) -> list[tuple[float, float]]:
+    """``(stored, fresh)`` pairs of every number that differs, read in order from texts that agree
+    beyond their numbers (:func:`same_text`)."""
+    return [(s, f) for a, b in zip(stored, fresh) for s, f in zip(numbers(a), numbers(b)) if s != f]
+
+
 def compare_numbers(stored: Iterable[str], fresh: Iterable[str], tol: Tolerance) -> list[str]:
     """Problems between two tagged cells' texts; empty when the masked texts are equal and every number
     is within ``tol``."""
     stored, fresh = list(stored), list(fresh)
-    if [mask(s) for s in stored] != [mask(f) for f in fresh]:
+    if not same_text(stored, fresh):
         return ["the text differs beyond its numbers"]
-    problems = []
-    for s_text, f_text in zip(stored, fresh):
-        for s, f in zip(numbers(s_text), numbers(f_text)):
-            if not tol.allows(s, f):
-                problems.append(f"{f:g} against {s:g} stored (allowed ±{tol.atol + tol.rtol * abs(s):.3g})")
-    return problems
-
-
-def deviations(stored: Iterable[str], fresh: Iterable[str]) -> list[tuple[float, float]]:
-    """``(stored, fresh)`` pairs of every number that differs, when the masked texts agree (else ``[]``,
-    plus the structure check of :func:`compare_numbers` fails)."""
-    stored, fresh = list(stored), list(fresh)
-    if [mask(s) for s in stored] != [mask(f) for f in fresh]:
-        return []
-    return [(s, f) for a, b in zip(stored, fresh) for s, f in zip(numbers(a), numbers(b)) if s != f]
+    return [
+        f"{f:g} against {s:g} stored (allowed ±{tol.atol + tol.rtol * abs(s):.3g})"
+        for s, f in deviations(stored, fresh)
+        if not tol.allows(s, f)
+    ]
 
 
 def tagged(cell: Mapping) -> bool:
@@ -120,13 +121,14 @@ def notebook_spread(stored_nb: str | Path, fresh_nb: str | Path) -> list[dict]:
     rows = []
     for i, (ca, cb) in enumerate(zip(code_a, code_b)):
         ta, tb = cell_texts(ca.get("outputs", [])), cell_texts(cb.get("outputs", []))
-        devs = deviations(ta, tb)
+        masked_equal = same_text(ta, tb)
+        devs = deviations(ta, tb) if masked_equal else []
         rows.append(
             {
                 "code_cell": i,
                 "tagged": tagged(ca),
                 "exact": ta == tb,
-                "masked_equal": [mask(t) for t in ta] == [mask(t) for t in tb],
+                "masked_equal": masked_equal,
                 "n_numbers": sum(len(numbers(t)) for t in ta),
                 "n_changed": len(devs),
                 "max_abs": max((abs(f - s) for s, f in devs), default=0.0),

@@ -42,7 +42,10 @@ def require_runs(paths: Iterable[str | os.PathLike] | str, key: str = "runs", co
         ok = not complete or res.get("status") == "complete"
         (found if ok else partial).append(res)
     if partial:
-        names = ", ".join(f"{r['_dir']} ({r.get('status')}, {_tasks_done(r)} tasks)" for r in partial)
+        names = ", ".join(
+            f"{r['_dir']} ({r.get('status')}, {(r.get('metrics') or {}).get('tasks_done', 0)}/{len(r.get('tasks') or [])} tasks)"
+            for r in partial
+        )
         print(f"left out {len(partial)} run(s) that are not complete: {names}")
     found = [Path(r["_dir"]) for r in found]
     if not found:
@@ -54,11 +57,6 @@ def require_runs(paths: Iterable[str | os.PathLike] | str, key: str = "runs", co
             + (f" ({len(partial)} run(s) there are not complete.)" if partial else "")
         )
     return found
-
-
-def _tasks_done(res: Mapping) -> str:
-    done = sum(1 for row in res.get("acc") or [] if isinstance(row, list) and row and row[0] is not None)
-    return f"{done}/{len(res.get('tasks') or res.get('acc') or [])}"
 
 
 def run_methods(
