@@ -39,11 +39,7 @@ def suite(tmp_path_factory):
         assert not missing, f"NSCL_NBVAL_ROOT={root} holds no records of {missing}: did nbval run there?"
     else:
         root = tmp_path_factory.mktemp("notebooks")
-        os.environ["NSCL_OUTPUT_ROOT"] = str(root)
-        try:
-            suite_app.regenerate_all(ROOT / "notebooks", into=root / "executed")
-        finally:
-            os.environ.pop("NSCL_OUTPUT_ROOT", None)
+        suite_app.regenerate_all(ROOT / "notebooks", into=root / "executed", output_root=root)
     return root, {p.stem: pm.inspect_notebook(str(p)) for p in NOTEBOOKS}
 
 

@@ -56,13 +56,13 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     found = sorted(p for p in folder.glob("*.ipynb") if NOTEBOOK_RE.match(p.name))
     if only:
         only = list(only)
-        unmatched = [o for o in only if not any(p.stem == o or p.stem.startswith(o) for p in found)]
+        unmatched = [o for o in only if not any(p.stem.startswith(o) for p in found)]  # a stem is its own prefix
         if unmatched:
             raise config_mod.ConfigError(
                 f"--only {' '.join(unmatched)} matches no notebook in {folder}; valid: "
                 f"{', '.join(p.stem for p in found) or '(none there)'} (a prefix such as 00 is enough)"
             )
-        found = [p for p in found if any(p.stem == o or p.stem.startswith(o) for o in only)]
+        found = [p for p in found if any(p.stem.startswith(o) for o in only)]
     return found
 
 
@@ -393,16 +393,21 @@ def regenerate_plan(folder: str | Path | None = None, only: Iterable[str] | None
 
 
 def regenerate_all(
-    folder: str | Path | None = None, only: Iterable[str] | None = None, into: str | Path | None = None
+    folder: str | Path | None = None,
+    only: Iterable[str] | None = None,
+    into: str | Path | None = None,
+    output_root: str | Path | None = None,
 ) -> None:
     """``make notebooks``: :func:`regenerate` every (selected) notebook in order, in one shared output root,
     as nbval runs them under ``make test`` (so the analysis notebook reads the runs of those before it).
-    With ``into`` the executed notebooks go to that folder, the committed ones are left alone."""
+    With ``into`` the executed notebooks go to that folder, the committed ones are left alone; with
+    ``output_root`` their runs and records stay there (default: a temporary folder, removed after)."""
     import tempfile
 
     if into is not None:
         Path(into).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = output_root or tmp
         for nb, write in regenerate_plan(folder, only):
             print(
                 f"{nb.name}: executing{' (its runs feed a later notebook)' if not write else '' if into else ' in place'} ...",
@@ -442,7 +447,7 @@ def add_cli(sub) -> None:
         "--jobs",
         type=int,
         default=1,
-        help="notebooks executed at once, one process and one torch thread each (make run: the cores, at most 2)",
+        help="notebooks executed at once, one process and one torch thread each (make run: one per core)",
     )
     p.add_argument("--log-output", action="store_true", help="stream cell output to the log")
     p.add_argument(
