@@ -85,12 +85,12 @@ def test_bad_key_fails_before_anything_runs(tmp_path):
 @pytest.mark.slow
 def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
     grid = [
-        {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
+        {"method": ["finetune", "adam_nscl"], "seed": [0]},
         {"method": ["finetune"], "seed": [0], "lr": [BAD_LR]},
     ]
     path = write_sweep(tmp_path, grid=grid)
     res = sweep.run(path, executor="local")
-    assert len(res["submitted"]) == 5 and res["skipped"] == []
+    assert len(res["submitted"]) == 3 and res["skipped"] == []
     by_name = {r["name"]: r for r in res["results"]}
     bad = [n for n in by_name if "lr1e+30" in n]
     assert len(bad) == 1 and by_name[bad[0]]["status"] == "failed"
@@ -99,21 +99,16 @@ def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
 
     rows = {r["name"]: r for r in sweep.status(res["sweep_dir"])}
     assert rows[bad[0]]["state"] == "failed" and "loss is nan" in rows[bad[0]]["detail"]
-    assert sum(r["state"] == "complete" for r in rows.values()) == 4
+    assert sum(r["state"] == "complete" for r in rows.values()) == 2
     text = sweep.format_status(list(rows.values()), res["sweep_dir"])
-    assert "4 complete, 1 failed" in text and bad[0] in text and "NonFiniteLossError" in text
-    assert len(list((Path(res["sweep_dir"]) / "logs").glob("*.log"))) == 5  # job logs in the sweep dir
+    assert "2 complete, 1 failed" in text and bad[0] in text and "NonFiniteLossError" in text
+    assert len(list((Path(res["sweep_dir"]) / "logs").glob("*.log"))) == 3  # job logs in the sweep dir
 
     df = sweep.collect(res["sweep_dir"])
-    assert len(df) == 5 and set(df["name"]) == set(by_name)
+    assert len(df) == 3 and set(df["name"]) == set(by_name)
     assert (Path(res["sweep_dir"]) / "collected.csv").exists()
     ok = df[df["state"] == "complete"]
-    assert sorted(zip(ok["method"], ok["seed"])) == [
-        ("adam_nscl", 0),
-        ("adam_nscl", 1),
-        ("finetune", 0),
-        ("finetune", 1),
-    ]
+    assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("finetune", 0)]
     assert ok["acc"].between(0, 100).all() and ok["acc"].gt(30).all()  # learned something (3 x ~3 classes)
     for _, row in ok.iterrows():  # each row is that run's own results.json
         r = json.loads((Path(row["run"]) / "results.json").read_text())
@@ -124,7 +119,7 @@ def test_local_executor_failure_collect_and_idempotent_resubmit(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in Path(res["sweep_dir"]).rglob("results.json")}
     again = sweep.run(path, executor="local")
     assert again["submitted"] == [] and again["results"] == []
-    assert sorted(s for _, s in again["skipped"]) == ["complete"] * 4 + ["failed"]
+    assert sorted(s for _, s in again["skipped"]) == ["complete"] * 2 + ["failed"]
     assert stamps == {p: p.stat().st_mtime_ns for p in Path(res["sweep_dir"]).rglob("results.json")}
 
 

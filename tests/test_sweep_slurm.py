@@ -1,5 +1,5 @@
 """A sweep on a real single-node SLURM (started by .ci/slurm.sh, which `make test` runs as root):
-5 tiny notebook runs submitted as ONE job array through submitit; one of them has a learning rate
+3 tiny notebook runs submitted as ONE job array through submitit; one of them has a learning rate
 that makes the loss NaN and must fail alone, reported with its name; resubmitting runs nothing.
 
 Not skipped when SLURM is missing: the test fails and says how to start it."""
@@ -57,7 +57,7 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
         "out": str(tmp_path / "sweep"),
         "cell_timeout_s": 300,
         "grid": [
-            {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
+            {"method": ["finetune", "adam_nscl"], "seed": [0]},
             {"method": ["finetune"], "seed": [0], "lr": [1.0e30]},
         ],  # valid value, NaN at run time
         "executor": {
@@ -70,12 +70,12 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
     sweep_dir = tmp_path / "sweep"
 
     res = sweep.run(path, timeout_s=600)  # executor from the file: slurm
-    assert len(res["submitted"]) == 5
+    assert len(res["submitted"]) == 3
     sub = json.loads((sweep_dir / "submitted.json").read_text())
     array = sub["array_job_id"]
-    assert sub["executor"] == "slurm" and sorted(sub["jobs"].values()) == [f"{array}_{i}" for i in range(5)]
+    assert sub["executor"] == "slurm" and sorted(sub["jobs"].values()) == [f"{array}_{i}" for i in range(3)]
     text = (sweep_dir / "logs" / array / f"{array}_submission.sh").read_text()  # one sbatch script
-    assert "#SBATCH --array=0-4%2" in text and f"#SBATCH --job-name={JOB_NAME}" in text
+    assert "#SBATCH --array=0-2%2" in text and f"#SBATCH --job-name={JOB_NAME}" in text
 
     rows = {r["name"]: r for r in sweep.status(sweep_dir)}
     bad = [n for n in rows if "lr1e+30" in n]
@@ -95,52 +95,51 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
         assert list((sweep_dir / "logs" / sub["jobs"][n]).glob("*_log.out"))  # job logs in the sweep dir
 
     df = sweep.collect(sweep_dir)
-    assert len(df) == 5 and set(df["name"]) == set(rows)
+    assert len(df) == 3 and set(df["name"]) == set(rows)
     ok = df[df["state"] == "complete"]
-    assert sorted(zip(ok["method"], ok["seed"])) == [
-        ("adam_nscl", 0),
-        ("adam_nscl", 1),
-        ("finetune", 0),
-        ("finetune", 1),
-    ]
+    assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("finetune", 0)]
     assert ok["acc"].gt(30).all() and ok["acc"].le(100).all()
     assert df.set_index("name").loc[bad[0], "state"] == "failed"
 
     stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
     again = sweep.run(path, timeout_s=60)
-    assert again["submitted"] == [] and len(again["skipped"]) == 5
+    assert again["submitted"] == [] and len(again["skipped"]) == 3
     assert json.loads((sweep_dir / "submitted.json").read_text()) == sub  # no new job array
     assert {j.split("_")[0] for j in _queued()} <= {array}  # (a task may still be COMPLETING)
     assert stamps == {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
 
 
 def epochs_for(params: dict, seconds: float) -> int:
-    """Epochs per task that make a 5-task run of ``params`` train for about ``seconds`` on this machine
-    now (timed on one task of 20 epochs), so that the test neither ends before SLURM's warning on a fast
-    machine nor lasts longer than it must on a slow one."""
+    """Epochs per task that make a run of ``params`` train for about ``seconds`` on this machine now, so
+    that the test neither ends before SLURM's warning on a fast machine nor lasts longer than it must on
+    a slow one. Timed on the second task (10 epochs): from there on, a projected update costs more than
+    the first task's plain one."""
     import time
 
     from nscl.experiment import config, trainer
 
-    tr = trainer.Trainer(config.resolve(overrides={**params, "epochs": 20, "n_tasks": 5}))
-    t0 = time.perf_counter()
+    tr = trainer.Trainer(config.resolve(overrides={**params, "epochs": 10}))
     tr.train_task(0)
-    return max(20, int(20 * seconds / 5 / (time.perf_counter() - t0)))
+    tr.end_task(0)
+    t0 = time.perf_counter()
+    tr.train_task(1)
+    return max(10, int(10 * seconds / params["n_tasks"] / (time.perf_counter() - t0)))
 
 
 def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(slurm, tmp_path):
     """SLURM's warning before the limit (SIGUSR2, sent by slurmctld's 30-s time-limit check once less than
-    signal_delay_s + 30 s are left: with a 1-minute limit and signal_delay_s=1, 29-59 s after the start)
-    must leave the run ``stopped`` (no error.txt), and resubmitting the same sweep resumes it to the numbers
-    of an uninterrupted run. The run trains for about 75 s (5 tasks; epochs timed on this machine) so that
-    the warning always finds it training; the uninterrupted reference trains in a thread meanwhile. Wall
-    time: the run's plus two job starts, about 100 s."""
-    import threading
-
-    from nscl.experiment import config, records, trainer
+    signal_delay_s + 30 s are left: with a 1-minute limit and signal_delay_s=10, 20-50 s after the start)
+    must leave the run ``stopped`` (no error.txt), and resubmitting the same sweep must resume it from its
+    checkpoint to completion. The run trains for about 55 s (5 tasks of about 11 s; epochs timed on this
+    machine), so that the warning always finds it training, after its first task. Resumed, not retrained: the tasks finished before the stop
+    keep their accuracy rows and their measured timings (wall-clock times a retrained task would never
+    repeat). That a resumed run ends on the numbers of an uninterrupted one is held for every method by
+    tests/test_train.py and tests/test_run_folders.py (the same trainer code, run here by a SLURM job).
+    Wall time: the run's plus two job starts, about 70 s."""
+    from nscl.experiment import records
 
     params = {**TINY, "n_tasks": 5, "samples_per_task": None, "hidden": [256, 256], "method": "adam_nscl"}
-    params["epochs"] = epochs_for(params, 75.0)
+    params["epochs"] = epochs_for(params, 55.0)
     doc = {
         "name": NAME,
         "run": "cli",
@@ -149,29 +148,24 @@ def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(s
         "grid": {"seed": [0]},
         "executor": {
             "kind": "slurm",
-            "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 1, "signal_delay_s": 1},
+            "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 1, "signal_delay_s": 10},
         },
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
-    reference = {}
-    whole = threading.Thread(
-        target=lambda: reference.update(trainer.run(config.resolve(overrides=params), tmp_path / "whole"))
-    )
-    whole.start()
-    try:
-        first = sweep.run(path, timeout_s=240)
-        (spec,) = sweep.expand(sweep.load(path))
-        d = Path(spec["out_dir"])
-        assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"]
-        assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
-        stopped = records.load(d)
-        assert stopped["status"] == "stopped" and stopped["metrics"]["tasks_done"] < 5
-        doc["executor"]["slurm"]["timeout_min"] = 5  # the same runs; a limit the rest fits in
-        path.write_text(yaml.safe_dump(doc))
-        second = sweep.run(path, timeout_s=240)
-    finally:
-        whole.join()
+    first = sweep.run(path, timeout_s=240)
+    (spec,) = sweep.expand(sweep.load(path))
+    d = Path(spec["out_dir"])
+    assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"]
+    assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
+    stopped = records.load(d)
+    k = stopped["metrics"]["tasks_done"]
+    assert stopped["status"] == "stopped" and 0 < k < 5, k
+    doc["executor"]["slurm"]["timeout_min"] = 5  # the same runs; a limit the rest fits in
+    path.write_text(yaml.safe_dump(doc))
+    second = sweep.run(path, timeout_s=240)
     assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete"
     done = records.load(d)
-    assert done["status"] == "complete" and done["acc"] == reference["acc"]
+    assert done["status"] == "complete" and done["metrics"]["tasks_done"] == 5
+    assert done["acc"][:k] == stopped["acc"][:k]
+    assert done["timing"]["per_task"][:k] == stopped["timing"]["per_task"][:k]
