@@ -17,8 +17,8 @@ venv: $(STAMP) $(KERNEL)
 # (pyproject.toml is the one dependency list; environment.yml installs the same thing for conda).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q --no-compile -e '.[dev]'
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
 # The notebooks' kernel "Python (nscl)", installed into this clone's own .venv (not the user's

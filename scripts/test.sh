@@ -29,4 +29,4 @@ echo "--- nbval, this machine's numeric path:"; tail -n 15 "$OUT/nbval-default.l
 echo "--- nbval, OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default:"; tail -n 15 "$OUT/nbval-portable.log"
 
 [ $own = 0 ] && [ $portable = 0 ] || exit 1
-NSCL_NBVAL_ROOT=$PWD/$OUT/default OMP_NUM_THREADS=1 "${PYTEST[@]}" -m 'not gpu' -n "$WORKERS" --dist worksteal
+NSCL_NBVAL_ROOT=$PWD/$OUT/default OMP_NUM_THREADS=1 "${PYTEST[@]}" -m 'not gpu' -n "$WORKERS" --dist load

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny configurations that train in seconds on CPU."""
 
+import signal
+
 import pytest
 import torch
 
@@ -10,6 +12,31 @@ from nscl.experiment import config
 def _threads():
     torch.set_num_threads(1)
     yield
+
+
+#: markers of the tests that take longest (a real SLURM job, a browser, notebooks and subprocesses)
+LONGEST_FIRST = ("slurm", "browser", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest tests first (``slurm``, then ``browser``, then ``slow``; stable otherwise): ``make test``
+    hands tests to its workers in this order (``--dist load``), so the longest start at once instead of
+    ending the run alone on one core while the other idles."""
+
+    def rank(item):
+        marks = {m.name for m in item.iter_markers()}
+        return next((k for k, name in enumerate(LONGEST_FIRST) if name in marks), len(LONGEST_FIRST))
+
+    items.sort(key=rank)
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` here, as in a terminal, also when pytest was started in
+    the background of a non-interactive shell, which starts it with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 #: the tiny run every training test starts from: 3 tasks of split_digits (~290 samples each), MLP 32-32,

@@ -109,7 +109,7 @@ def signal_after_first_task(monkeypatch, signum: int) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
 def test_a_signal_leaves_the_run_stopped_and_the_rerun_gives_the_uninterrupted_numbers(
-    tmp_path, monkeypatch, uninterrupted, signum
+    tmp_path, monkeypatch, uninterrupted, signum, ctrl_c_raises
 ):
     cfg, whole = uninterrupted
     with monkeypatch.context() as m:
@@ -168,7 +168,7 @@ def test_a_slurm_time_limit_warning_stops_a_sweep_run_and_a_plain_resubmission_r
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_local_sweep_cancels_the_queue_and_stops_its_runs(tmp_path, capsys):
+def test_ctrl_c_on_a_local_sweep_cancels_the_queue_and_stops_its_runs(tmp_path, capsys, ctrl_c_raises):
     doc = {
         "name": "ctrlc",
         "params": {"benchmark": "split_digits", "n_tasks": 3, "epochs": 40, "hidden": [32], "device": "cpu"},
