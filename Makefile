@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare capacity results lab clean gpu-check wheelhouse
+.PHONY: venv data slurm browser test run notebooks compare capacity capacity-page results lab clean gpu-check wheelhouse
 
 venv: $(STAMP) $(KERNEL)
 
@@ -86,17 +86,25 @@ compare: venv data
 	$(VENV)/bin/papermill -k python3 notebooks/05_compare_methods.ipynb results/sweeps/compare_fmnist/05_compare_methods.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/compare_fmnist -p output_dir $(CURDIR)/results/sweeps/compare_fmnist/notebook
 
-# The capacity study (issue 17): E1 permuted 30 tasks MLP 64-64, E3 partition 20 tasks, E2 the width
-# curve, then E1's joint reference, 3 seeds, one run at a time on 1 thread (complete runs are skipped, so it
-# resumes); then notebook 06 on E1's sweep. Measured on a shared 2-core machine: E1 36 min, E3 20 min, E2
-# 6 min, E1 joint 18 min.
+# The capacity study (issue 17): first the validation sweeps (seeds 100, 101: each null-space method's
+# threshold is chosen there), then E1 permuted 30 tasks MLP 64-64, E3 partition 20 tasks, E2 the width curve
+# and E1's joint reference on seeds 0, 1, 2, JOBS runs at once on 1 thread each (complete runs are skipped,
+# so it resumes); then the capacity section of docs/results.md (the rest of the page is left as it is) and
+# notebook 06 on E1's sweep. Times on 2 cores: docs/results.md, under each table.
 capacity: venv data
-	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml
-	-$(PY) -m nscl sweep run params/sweeps/capacity_e3.yaml
-	-$(PY) -m nscl sweep run params/sweeps/capacity_e2.yaml
-	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_joint.yaml
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e3_validation.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_validation.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e3.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e2.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_joint.yaml -j $(JOBS)
+	$(MAKE) capacity-page
 	$(VENV)/bin/papermill -k python3 notebooks/06_capacity.ipynb results/sweeps/capacity_e1/06_capacity.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/capacity_e1 -p output_dir $(CURDIR)/results/sweeps/capacity_e1/notebook
+
+# Only the capacity section of docs/results.md, from the capacity sweeps present (a sub-make: they exist now)
+capacity-page: venv
+	$(PY) -m nscl results -o docs/results.md $(CAPACITY_PAGE)
 
 # The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
 # on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
@@ -115,7 +123,8 @@ wheelhouse:
 # {suite size, full size}, plus the small CNN on split, x seeds 0,1,2 on CPU (local executor, 2 runs at
 # once, 1 thread each; complete runs are skipped, so it resumes). Not run by CI: about 1.5 h on 2
 # cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too:
-CAPACITY_PAGE = $(foreach s,e1 e1_joint e3 e2,$(if $(wildcard results/sweeps/capacity_$(s)/sweep.json),--capacity $(firstword $(subst _, ,$(s)))=results/sweeps/capacity_$(s)))
+CAPACITY_PAGE = $(foreach s,e1 e1_joint e3 e2,$(if $(wildcard results/sweeps/capacity_$(s)/sweep.json),--capacity $(firstword $(subst _, ,$(s)))=results/sweeps/capacity_$(s))) \
+  $(foreach s,e1 e3,$(if $(wildcard results/sweeps/capacity_$(s)_validation/sweep.json),--validation $(s)=results/sweeps/capacity_$(s)_validation))
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml

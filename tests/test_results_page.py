@@ -277,41 +277,47 @@ CAPACITY = {
 }
 
 
-def _fake_capacity_sweep(root) -> "Path":  # noqa: F821
+def _fake_capacity_sweep(root, table=CAPACITY, seeds=(0, 1, 2), name="cap") -> "Path":  # noqa: F821
+    """A finished capacity sweep of constructed records: ``table`` maps ``(method, energy)`` or
+    ``(method, energy, hidden)`` to (ACC per seed of ``seeds``, BWT, r/d of the second layer per task)."""
     from nscl.core import metrics
 
+    keys = {k if len(k) == 3 else (*k, (64, 64)): v for k, v in table.items()}
     sw = sweep.load(
         {
-            "name": "fake_capacity",
+            "name": f"fake_{name}",
             "description": "four permuted tasks",
             "run": "cli",
             "params": {"benchmark": "permuted_fmnist", "n_tasks": 4},
-            "grid": [{"method": [m], "energy": [e], "seed": [0, 1, 2]} for m, e in CAPACITY],
-            "out": str(root / "cap"),
+            "grid": [{"method": [m], "energy": [e], "hidden": [list(h)], "seed": list(seeds)} for m, e, h in keys],
+            "out": str(root / name),
             "executor": {"kind": "local", "parallel": 1, "threads": 1},
         }
     )
     specs = sweep.expand(sw)
     for spec in specs:
         p = spec["cfg"]
-        accs, bwt, frac = CAPACITY[(p["method"], p["energy"])]
-        a, T = accs[p["seed"]], 4
+        accs, bwt, frac = next(
+            v for (m, e, h), v in keys.items() if (m, e, list(h)) == (p["method"], p["energy"], p["hidden"])
+        )
+        a, T = accs[list(seeds).index(p["seed"])], 4
         acc = [[a] * (i + 1) + [None] * (T - i - 1) for i in range(T)]
         null = {"backbone.layers.1": {"d": 10, "dims": [round(q * 10) for q in frac]}}
         res = {
             "schema": runs.SCHEMA,
             "status": "complete",
             "params": p,
+            "stream": {"input_shape": [1, 28, 28], "tasks": [{"n_classes": 10}] * T},
             "acc": acc,
             "metrics": {"acc": a, "bwt": bwt, "plasticity": a - bwt, "forgetting": -bwt, "tasks_done": T},
             "capacity": metrics.capacity(acc, null),
             "timing": {"total_s": 10.0},
         }
-        d = root / "cap" / "runs" / spec["name"]
+        d = root / name / "runs" / spec["name"]
         runs.write_json(d / sweep_state.JOB, {"started": time.time() - 60, "pid": 1, "host": "x"})
         runs.write_json(d / runs.RESULTS, res)
-    runs.write_json(root / "cap" / sweep_state.MANIFEST, {"sweep": sw, "specs": specs})
-    return root / "cap"
+    runs.write_json(root / name / sweep_state.MANIFEST, {"sweep": sw, "specs": specs})
+    return root / name
 
 
 def test_results_page_capacity_section_tables_goal_and_curve(tmp_path):
@@ -346,3 +352,71 @@ def test_results_cli_capacity_section_reads_several_sweeps_under_one_label(tmp_p
     assert text.count("### E1:") == 1 and text.count("Command: `python -m nscl sweep run") == 2
     assert "| nscl_prune | 6 |" in text  # the runs of both sweeps in one table
     assert (tmp_path / "r_capacity_E1.png").exists()
+
+
+def test_capacity_settings_are_chosen_on_the_validation_seeds_and_judged_on_the_test_seeds(tmp_path):
+    """The validation sweep (seeds 100, 101) picks nscl_prune at 0.99; the goal is then judged for that label
+    and for the defaults, on the test seeds, and the page says which is which."""
+    test = {**CAPACITY, ("nscl_prune", 0.99): ([80.0, 80.5, 81.0], -0.5, [0.9, 0.8, 0.7, 0.6])}
+    test[("nscl_prune", 0.9)] = ([70.0, 70.0, 70.0], -0.8, [0.9, 0.8, 0.7, 0.6])  # the defaults: not met
+    val = {
+        ("adam_nscl", 0.9): ([71.0, 71.0], -0.5, [0.9, 0.6, 0.4, 0.3]),
+        ("nscl_prune", 0.9): ([74.0, 74.0], -0.8, [0.9, 0.8, 0.7, 0.6]),
+        ("nscl_prune", 0.99): ([75.0, 77.0], -0.5, [0.9, 0.8, 0.7, 0.6]),
+    }
+    d = _fake_capacity_sweep(tmp_path, test)
+    v = _fake_capacity_sweep(tmp_path, val, seeds=(100, 101), name="val")
+    lines = results_page.capacity_lines({"E1": d}, tmp_path / "results.md", validation={"E1": v})
+    text = "\n".join(lines)
+    assert (
+        "- `nscl_prune`: **`nscl_prune energy=0.99`**, of `nscl_prune` 74.00 (seeds 100,101), "
+        "`nscl_prune energy=0.99` 76.00 (seeds 100,101)." in lines
+    )
+    assert "- `adam_nscl`: **`adam_nscl`**, of `adam_nscl` 71.00 (seeds 100,101)." in lines
+    goal = {ln.split("`")[1]: ln for ln in lines if ln.startswith("- `") and "Goal" in ln}
+    assert goal["nscl_prune energy=0.99"].startswith("- `nscl_prune energy=0.99` (chosen on validation seeds): ")
+    assert goal["nscl_prune energy=0.99"].endswith("Goal **met**.")
+    assert goal["nscl_prune"].startswith("- `nscl_prune` (defaults): ") and goal["nscl_prune"].endswith("not met.")
+    assert "**Goal**: met in E1 (`nscl_prune energy=0.99`)." in text
+
+
+def test_results_cli_rewrites_only_the_capacity_section_of_an_existing_page(tmp_path, capsys):
+    from nscl.apps import cli
+
+    d = _fake_capacity_sweep(tmp_path)
+    page = tmp_path / "results.md"
+    assert cli.main(["results", "-o", str(page), "--capacity", f"E1={d}"]) == 2  # no page to keep yet
+    assert "does not exist" in capsys.readouterr().err
+    page.write_text("# Results\n\nkept as it is\n\n" + results_page.CAPACITY_HEADING + "\n\nstale table\n")
+    assert cli.main(["results", "-o", str(page), "--capacity", f"E1={d}", "--validation", f"E1={d}"]) == 0
+    text = page.read_text()
+    assert text.startswith("# Results\n\nkept as it is\n\n" + results_page.CAPACITY_HEADING)
+    assert "stale table" not in text and "| nscl_prune | 3 | 0,1,2 | 75.50 ± 0.50 |" in text
+    assert text.count(results_page.CAPACITY_HEADING) == 1
+    assert cli.main(["results", "-o", str(page), "--validation", f"E3={d}", "--capacity", f"E1={d}"]) == 2
+    assert "--validation E3=...: no --capacity E3=DIR" in capsys.readouterr().err
+
+
+def test_worth_in_parameters_from_the_width_curve(tmp_path):
+    """adam_nscl at 16-16 (60) and 64-64 (70); nscl_prune at 16-16 reaches 65, halfway in ACC: adam_nscl
+    needs the geometric mean of the two sizes (linear in log parameters), i.e. nscl_prune is worth
+    sqrt(p64 / p16) times its parameters. Above the widest adam_nscl: said, not extrapolated."""
+    from nscl.analysis import tables
+
+    frac = [0.9, 0.8, 0.7, 0.6]
+    table = {
+        ("adam_nscl", 0.9, (16, 16)): ([60.0, 60.0, 60.0], -1.0, frac),
+        ("adam_nscl", 0.9, (64, 64)): ([70.0, 70.0, 70.0], -1.0, frac),
+        ("nscl_prune", 0.9, (16, 16)): ([65.0, 65.0, 65.0], -1.0, frac),
+        ("nscl_lowrank", 0.9, (64, 64)): ([75.0, 75.0, 75.0], -1.0, frac),
+    }
+    d = _fake_capacity_sweep(tmp_path, table)
+    results = {str(p): runs.load(p) for p in runs.find_runs([str(d)])}
+    curve = tables.width_curve(results, "adam_nscl")
+    assert curve["hidden"].tolist() == ["16-16", "64-64"] and curve["acc_mean"].tolist() == [60.0, 70.0]
+    p16, p64 = curve["params"].tolist()
+    assert p16 == 784 * 16 + 16 * 16 + 4 * (16 * 10 + 10) and p64 == 784 * 64 + 64 * 64 + 4 * (64 * 10 + 10)
+    lines = results_page.worth_lines(results, results.values())
+    prune = next(ln for ln in lines if ln.startswith("- `nscl_prune hidden=16-16`"))
+    assert f"worth ×{(p64 / p16) ** 0.5:.2f} parameters" in prune
+    assert any(ln.startswith("- `nscl_lowrank hidden=64-64` (75.00): above the measured `adam_nscl` widths") for ln in lines)

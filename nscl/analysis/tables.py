@@ -16,7 +16,9 @@ CLI and sweeps all read runs through the same code.
   records;
   :func:`singular_values_frame` — low-rank records.
 * :func:`capacity_frame`, :func:`capacity_stats`, :func:`capacity_table` — the capacity study (issue 17):
-  per task plasticity and r/d per layer; per method ACC, BWT, plasticity over the last tasks, exhaustion.
+  per task plasticity and r/d per layer; per method ACC, BWT, plasticity over the last tasks, exhaustion;
+  :func:`validation_choice` (a method's setting chosen on validation seeds), :func:`width_curve` and
+  :func:`matching_parameters` (how many parameters a method needs to match an ACC: "worth x k").
 """
 
 from __future__ import annotations
@@ -515,7 +517,7 @@ def method_label(params: Mapping, keys: Iterable[str] = ()) -> str:
 LABEL_KEYS = ("energy", "hidden", "sgp_scale")
 
 
-def _labels(results: Mapping[str, Mapping], keys: Iterable[str]) -> dict[str, str]:
+def method_labels(results: Mapping[str, Mapping], keys: Iterable[str]) -> dict[str, str]:
     """:func:`method_label` of each run, naming only the ``keys`` that vary between the runs."""
     base = defaults()
     params = {k: r.get("params") or {} for k, r in results.items()}
@@ -533,7 +535,7 @@ def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.Data
     the runs (seeds share it)."""
     rows = []
     results = results_by_label(runs_or_results)
-    labels = _labels(results, keys)
+    labels = method_labels(results, keys)
     for key, res in results.items():
         p = res.get("params") or {}
         cap = res.get("capacity") or {}
@@ -556,7 +558,7 @@ def capacity_stats(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.Data
     the task after which its null space first held less than a quarter of d, one per seed (None: never)."""
     groups: dict[str, list] = {}
     results = results_by_label(runs_or_results)
-    labels = _labels(results, keys)
+    labels = method_labels(results, keys)
     for key, res in results.items():
         if res.get("status") == "complete":
             groups.setdefault(labels[key], []).append(res)
@@ -602,3 +604,72 @@ def capacity_table(runs_or_results, keys: Iterable[str] = LABEL_KEYS, digits: in
             for ex in stats[c]
         ]
     return out
+
+
+def validation_choice(runs_or_results, methods: Iterable[str], keys: Iterable[str] = LABEL_KEYS) -> dict[str, dict]:
+    """Per method of ``methods`` (its runs in ``runs_or_results``, the validation seeds): the label of
+    :func:`capacity_stats` with the highest mean ACC (``chosen``) and every label's ``{label: (mean ACC,
+    seeds)}`` (``acc``). Settings are chosen here, on validation seeds, then reported on the test seeds."""
+    stats = capacity_stats(runs_or_results, keys)
+    out = {}
+    for m in methods:
+        rows = stats[[label.split()[0] == m for label in stats["method"]]] if not stats.empty else stats
+        if rows.empty:
+            continue
+        best = rows.loc[rows["acc_mean"].idxmax()]
+        out[m] = {
+            "chosen": best["method"],
+            "acc": {r["method"]: (r["acc_mean"], r["seeds"]) for _, r in rows.iterrows()},
+        }
+    return out
+
+
+def n_parameters(res: Mapping) -> int:
+    """Trainable parameters of a run's model (backbone and every task's head), rebuilt from its record."""
+    from ..core.models import build_model
+
+    p, s = res["params"], res["stream"]
+    n_classes = [t["n_classes"] for t in s["tasks"]]
+    kw = {k: p[k] for k in ("hidden", "bias", "cnn_channels", "batchnorm", "width", "resnet_block") if k in p}
+    model = build_model(p["model"], tuple(s["input_shape"]), n_classes, **kw)
+    return sum(t.numel() for t in model.parameters())
+
+
+def width_curve(runs_or_results, method: str = "adam_nscl", energy: float | None = None) -> pd.DataFrame:
+    """ACC against model size for one method (complete runs; ``energy``: the rule's threshold, default the
+    package's): one row per ``hidden`` with ``params`` (:func:`n_parameters`), ``n`` and ACC mean / std,
+    sorted by size. The width curve of the capacity study (E2)."""
+    energy = defaults()["energy"] if energy is None else energy
+    groups: dict[str, list] = {}
+    for res in results_by_label(runs_or_results).values():
+        p = res.get("params") or {}
+        if res.get("status") == "complete" and p.get("method") == method and p.get("energy") == energy:
+            groups.setdefault(json.dumps(p["hidden"]), []).append(res)
+    rows = []
+    for hidden, runs in groups.items():
+        acc = pd.Series([r["metrics"]["acc"] for r in runs], dtype=float)
+        rows.append(
+            {
+                "hidden": "-".join(map(str, json.loads(hidden))),
+                "params": n_parameters(runs[0]),
+                "n": len(runs),
+                "acc_mean": acc.mean(),
+                "acc_std": acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+            }
+        )
+    cols = ["hidden", "params", "n", "acc_mean", "acc_std"]
+    return pd.DataFrame(rows, columns=cols).sort_values("params", ignore_index=True)
+
+
+def matching_parameters(curve: pd.DataFrame, acc: float) -> float | None:
+    """Parameters a model on ``curve`` (:func:`width_curve`) needs to reach mean ACC ``acc``: linear in
+    log(parameters) between the two measured sizes around it; None when ``acc`` lies outside the curve
+    (no extrapolation) or the curve does not rise there."""
+    import math
+
+    pts = list(zip(curve["params"], curve["acc_mean"]))
+    for (p0, a0), (p1, a1) in zip(pts, pts[1:]):
+        if a1 > a0 and a0 <= acc <= a1:
+            f = (acc - a0) / (a1 - a0)
+            return math.exp(math.log(p0) + f * (math.log(p1) - math.log(p0)))
+    return None

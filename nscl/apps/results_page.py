@@ -501,9 +501,11 @@ def write(
     command: str | None = None,
     note: str | None = None,
     capacity: Mapping[str, str | os.PathLike] | None = None,
+    validation: Mapping[str, str | os.PathLike] | None = None,
 ) -> Path:
     """Write the page (and the figure, default ``<page stem>_stability_plasticity.png`` beside it); with
-    ``capacity`` (``{label: sweep dir}``) also the capacity section (:func:`capacity_lines`)."""
+    ``capacity`` (``{label: sweep dir}``) also the capacity section (:func:`capacity_lines`, with the
+    ``validation`` sweeps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -523,17 +525,37 @@ def write(
     plt.close(fig)
     text = render(sweeps, figure=figure, page=page, command=command, note=note, df=df)
     if capacity:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(capacity_lines(capacity, page)) + "\n"
+        text = text.rstrip("\n") + "\n\n" + "\n".join(capacity_lines(capacity, page, validation)) + "\n"
     os.replace(tmp, figure)
     atomic_write(page, text)
     return page
 
 
+def write_capacity(
+    page: str | os.PathLike,
+    capacity: Mapping[str, str | os.PathLike],
+    validation: Mapping[str, str | os.PathLike] | None = None,
+) -> Path:
+    """Rewrite only the capacity section of an existing page (from its heading to the end; appended when
+    the page has none), leaving the sections built from the comparison sweeps as they are: the capacity
+    sweeps can be rerun without rerunning those."""
+    page = Path(page)
+    if not page.exists():
+        raise sweep.SweepError(f"{page} does not exist: build the whole page first (python -m nscl results DIR ...)")
+    text = page.read_text()
+    head = text.split(CAPACITY_HEADING, 1)[0].rstrip("\n")
+    atomic_write(page, head + "\n\n" + "\n".join(capacity_lines(capacity, page, validation)) + "\n")
+    return page
+
+
 # ---- capacity (issue 17) -----------------------------------------------------------------------------
+CAPACITY_HEADING = "## Capacity: where the null space runs out"
 #: the capacity goal: a seed method at its defaults beats adam_nscl by this many ACC points, with BWT >= this,
 #: mean ± std not overlapping, and beats nscl_sgp
 CAPACITY_GAIN, CAPACITY_BWT = 2.0, -1.0
 CAPACITY_CANDIDATES = ("nscl_prune", "nscl_lowrank")
+#: the methods whose null-space threshold is chosen on the validation seeds
+VALIDATED = ("adam_nscl", "nscl_sgp", *CAPACITY_CANDIDATES)
 
 
 def capacity_goal(stats, candidates: Iterable[str] = CAPACITY_CANDIDATES) -> list[dict]:
@@ -566,11 +588,25 @@ def capacity_goal(stats, candidates: Iterable[str] = CAPACITY_CANDIDATES) -> lis
     return out
 
 
-def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | os.PathLike) -> list[str]:
+def _dirs(d) -> list[str]:
+    return [str(x) for x in (d if isinstance(d, (list, tuple)) else [d])]
+
+
+def _load_all(dirs) -> dict[str, dict]:
+    return {str(p): runs.load(p) for p in runs.find_runs(_dirs(dirs))}
+
+
+def capacity_lines(
+    sweeps: Mapping[str, str | os.PathLike | list],
+    page: str | os.PathLike,
+    validation: Mapping[str, str | os.PathLike | list] | None = None,
+) -> list[str]:
     """The page's capacity section: per label (one sweep directory, or a list of them read as one, e.g. E1 and
     its joint reference) its table (:func:`nscl.analysis.tables.capacity_table`), its
-    capacity curve (a PNG beside the page, ``<page stem>_capacity_<label>.png``), the goal per candidate
-    (:func:`capacity_goal`) and how the sweep was run."""
+    capacity curve (a PNG beside the page, ``<page stem>_capacity_<label>.png``), the setting of each
+    null-space method chosen on that label's ``validation`` sweep (seeds 100, 101), the goal per candidate
+    (:func:`capacity_goal`: the defaults and the chosen setting), how the sweep was run, and, where
+    ``adam_nscl`` ran at several widths, what each seed method is worth in parameters (:func:`worth_lines`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -580,7 +616,7 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | o
 
     page = Path(page)
     lines = [
-        "## Capacity: where the null space runs out",
+        CAPACITY_HEADING,
         "",
         "Per method (mean ± std over seeds, complete runs): ACC and BWT at the end, plasticity = mean accuracy "
         f"just after training each of the last {tables.LAST_TASKS} tasks, and per layer the task after which "
@@ -590,10 +626,10 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | o
         "",
     ]
     met: dict[str, list[str]] = {}
+    loaded = {label: _load_all(d) for label, d in sweeps.items()}
     for label, d in sweeps.items():
-        dirs = list(d) if isinstance(d, (list, tuple)) else [d]
-        found = runs.find_runs([str(x) for x in dirs])
-        results = {str(p): runs.load(p) for p in found}
+        dirs = _dirs(d)
+        results = loaded[label]
         stats = tables.capacity_stats(results)
         infos = [sweep_times(x) for x in dirs]
         lines += [f"### {label}: {infos[0]['description'] or label}", ""]
@@ -608,7 +644,21 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | o
         plots.savefig(fig, figure)
         plt.close(fig)
         lines += ["", f"![capacity curve, {label}]({figure.name})", ""]
-        for g in capacity_goal(stats):
+        chosen = []
+        if validation and label in validation:
+            choice = tables.validation_choice(_load_all(validation[label]), VALIDATED)
+            lines.append(f"Settings chosen on the validation seeds (mean ACC; `{_uniq(_dirs(validation[label]))}`):")
+            for m, c in choice.items():
+                options = ", ".join(
+                    f"`{lab}` {acc:.2f} (seeds {seeds})" for lab, (acc, seeds) in sorted(c["acc"].items())
+                )
+                lines.append(f"- `{m}`: **`{c['chosen']}`**, of {options}.")
+                chosen.append(c["chosen"])
+            lines.append("")
+        candidates = list(
+            dict.fromkeys([*CAPACITY_CANDIDATES, *(c for c in chosen if c.split()[0] in CAPACITY_CANDIDATES)])
+        )
+        for g in capacity_goal(stats, candidates):
             met.setdefault(label, [])
             if g["met"]:
                 met[label].append(g["candidate"])
@@ -617,7 +667,8 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | o
                 for x in g["against"]
             )
             verdict = "**met**" if g["met"] else "not met"
-            lines.append(f"- `{g['candidate']}`: ACC {vs}; BWT {g['bwt']:.2f}. Goal {verdict}.")
+            how = " (chosen on validation seeds)" if g["candidate"] in chosen else " (defaults)" if chosen else ""
+            lines.append(f"- `{g['candidate']}`{how}: ACC {vs}; BWT {g['bwt']:.2f}. Goal {verdict}.")
         lines.append("")
         for info in infos:
             file = _repo_path(info["file"], sweep_spec.ROOT) if info["file"] else "<sweep file>"
@@ -627,22 +678,65 @@ def capacity_lines(sweeps: Mapping[str, str | os.PathLike | list], page: str | o
                 f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])})."
             )
         lines.append("")
+        lines += worth_lines(results, [r for other in loaded.values() for r in other.values()])
     hits = [f"{label} (`{'`, `'.join(c)}`)" for label, c in met.items() if c]
     if met:
         lines += [
             f"**Goal**: met in {', '.join(hits)}."
             if hits
-            else f"**Goal**: not met in any of {', '.join(met)}: no seed method at its defaults beats "
-            "`adam_nscl` and `nscl_sgp` by the margins above.",
+            else f"**Goal**: not met in any of {', '.join(met)}: no seed method, at its defaults or at the "
+            "setting chosen on validation seeds, beats `adam_nscl` and `nscl_sgp` by the margins above.",
             "",
         ]
     return lines
 
 
+def worth_lines(results: Mapping[str, dict], pool: Iterable[dict]) -> list[str]:
+    """ "Worth x k parameters", for a sweep where ``adam_nscl`` (at the package's threshold) ran at several
+    widths: its width curve (:func:`nscl.analysis.tables.width_curve`) from every run of ``pool`` on the
+    same stream (benchmark and task count; e.g. E2 with E1's 64-64), and for each seed method of that pool
+    on the stream the parameters ``adam_nscl`` needs to match its mean ACC
+    (:func:`nscl.analysis.tables.matching_parameters`), as a multiple of the seed method's own."""
+    own = [r for r in results.values() if (r.get("params") or {}).get("method") == "adam_nscl"]
+    if len({json.dumps(r["params"]["hidden"]) for r in own}) < 2:
+        return []
+    key = lambda r: (r["params"]["benchmark"], r["params"]["n_tasks"])  # noqa: E731
+    same = {str(i): r for i, r in enumerate(pool) if key(r) == key(own[0])}
+    curve = tables.width_curve(same, "adam_nscl")
+    sizes = ", ".join(
+        f"{h} {a:.2f} ({p / 1e3:.0f}k parameters)"
+        for h, a, p in zip(curve["hidden"], curve["acc_mean"], curve["params"])
+    )
+    lines = [f"Width curve of `adam_nscl` (mean ACC): {sizes}."]
+    labels = tables.method_labels(same, tables.LABEL_KEYS)
+    for label, res in tables.capacity_stats(same).set_index("method").iterrows():
+        if label.split()[0] not in CAPACITY_CANDIDATES:
+            continue
+        p = tables.n_parameters(next(same[k] for k, lab in labels.items() if lab == label))
+        match = tables.matching_parameters(curve, res["acc_mean"])
+        if match is None:
+            lo, hi = curve["acc_mean"].min(), curve["acc_mean"].max()
+            where = "below" if res["acc_mean"] < lo else "above" if res["acc_mean"] > hi else "outside"
+            lines.append(
+                f"- `{label}` ({res['acc_mean']:.2f}): {where} the measured `adam_nscl` widths; not interpolated."
+            )
+        else:
+            lines.append(
+                f"- `{label}` ({res['acc_mean']:.2f} with {p / 1e3:.0f}k parameters): `adam_nscl` matches it with "
+                f"about {match / 1e3:.0f}k, so it is worth ×{match / p:.2f} parameters."
+            )
+    return lines + [""]
+
+
 # ---- CLI -----------------------------------------------------------------------------------------
 def add_cli(sub) -> None:
     p = sub.add_parser("results", help="build the results page (markdown + figure) from finished sweeps")
-    p.add_argument("sweeps", nargs="+", metavar="[SIZE=]DIR", help="sweep directories, optionally labelled")
+    p.add_argument(
+        "sweeps",
+        nargs="*",
+        metavar="[SIZE=]DIR",
+        help="sweep directories, optionally labelled; none: rewrite only the page's capacity section (--capacity)",
+    )
     p.add_argument("-o", "--out", default="docs/results.md", help="page to write (default docs/results.md)")
     p.add_argument("--figure", default=None, help="figure PNG (default: <page>_stability_plasticity.png)")
     p.add_argument("--note", default=None, help="a paragraph to put under the page's introduction")
@@ -653,17 +747,38 @@ def add_cli(sub) -> None:
         metavar="[LABEL=]DIR",
         help="a capacity sweep (params/sweeps/capacity_e*.yaml) for the capacity section; repeatable",
     )
+    p.add_argument(
+        "--validation",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="the validation-seed sweep of a capacity label (params/sweeps/capacity_e*_validation.yaml): the "
+        "setting of each null-space method is chosen on it; repeatable",
+    )
     p.set_defaults(func=cmd_results)
 
 
 def cmd_results(args) -> int:
     try:
-        sweeps = parse_sweeps(args.sweeps)
         capacity: dict[str, list] = {}
         for item in args.capacity:  # a label may be given several sweeps (E1 and its joint reference)
             for label, d in parse_sweeps([item]).items():
                 capacity.setdefault(label, []).append(d)
-        page = write(sweeps, args.out, args.figure, note=args.note, capacity=capacity or None)
+        validation = {label: d for item in args.validation for label, d in parse_sweeps([item]).items()}
+        unknown = sorted(set(validation) - set(capacity))
+        if unknown:
+            raise sweep.SweepError(f"--validation {unknown[0]}=...: no --capacity {unknown[0]}=DIR to validate")
+        if not args.sweeps:
+            if not capacity:
+                raise sweep.SweepError(
+                    "give sweep directories, or --capacity LABEL=DIR to rewrite the capacity section"
+                )
+            page = write_capacity(args.out, capacity, validation)
+        else:
+            sweeps = parse_sweeps(args.sweeps)
+            page = write(
+                sweeps, args.out, args.figure, note=args.note, capacity=capacity or None, validation=validation
+            )
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
