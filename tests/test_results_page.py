@@ -419,4 +419,6 @@ def test_worth_in_parameters_from_the_width_curve(tmp_path):
     lines = results_page.worth_lines(results, results.values())
     prune = next(ln for ln in lines if ln.startswith("- `nscl_prune hidden=16-16`"))
     assert f"worth ×{(p64 / p16) ** 0.5:.2f} parameters" in prune
-    assert any(ln.startswith("- `nscl_lowrank hidden=64-64` (75.00): above the measured `adam_nscl` widths") for ln in lines)
+    assert any(
+        ln.startswith("- `nscl_lowrank hidden=64-64` (75.00): above the measured `adam_nscl` widths") for ln in lines
+    )
