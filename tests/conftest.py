@@ -21,13 +21,17 @@ LONGEST_FIRST = ("slurm", "browser", "slow")
 def pytest_collection_modifyitems(config, items):
     """Longest tests first (``slurm``, then ``browser``, then ``slow``; stable otherwise): ``make test``
     hands tests to its workers in this order (``--dist load``), so the longest start at once instead of
-    ending the run alone on one core while the other idles."""
+    ending the run alone on one core while the other idles. Tests using the ``suite`` fixture get the
+    ``nbval_records`` marker (scripts/test.sh runs them after nbval)."""
 
     def rank(item):
         marks = {m.name for m in item.iter_markers()}
         return next((k for k, name in enumerate(LONGEST_FIRST) if name in marks), len(LONGEST_FIRST))
 
     items.sort(key=rank)
+    for item in items:  # make test runs these once its nbval run has written the records they read
+        if "suite" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.nbval_records)
 
 
 @pytest.fixture

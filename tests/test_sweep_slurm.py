@@ -130,16 +130,17 @@ def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(s
     """SLURM's warning before the limit (SIGUSR2, sent by slurmctld's 30-s time-limit check once less than
     signal_delay_s + 30 s are left: with a 1-minute limit and signal_delay_s=10, 20-50 s after the start)
     must leave the run ``stopped`` (no error.txt), and resubmitting the same sweep must resume it from its
-    checkpoint to completion. The run trains for about 55 s (5 tasks of about 11 s; epochs timed on this
-    machine), so that the warning always finds it training, after its first task. Resumed, not retrained: the tasks finished before the stop
+    checkpoint to completion. The run is sized to train for about 120 s (5 tasks; epochs timed on this
+    machine now), so that the warning finds it training after its first task even if the job gets twice
+    the CPU the timing got (make test runs this beside nbval, whose end frees the cores). Resumed, not retrained: the tasks finished before the stop
     keep their accuracy rows and their measured timings (wall-clock times a retrained task would never
     repeat). That a resumed run ends on the numbers of an uninterrupted one is held for every method by
     tests/test_train.py and tests/test_run_folders.py (the same trainer code, run here by a SLURM job).
-    Wall time: the run's plus two job starts, about 70 s."""
+    Wall time: the run's plus two job starts."""
     from nscl.experiment import records
 
     params = {**TINY, "n_tasks": 5, "samples_per_task": None, "hidden": [256, 256], "method": "adam_nscl"}
-    params["epochs"] = epochs_for(params, 55.0)
+    params["epochs"] = epochs_for(params, 120.0)
     doc = {
         "name": NAME,
         "run": "cli",
