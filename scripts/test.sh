@@ -4,7 +4,7 @@
 #   at once: nbval on this machine's numeric path      (the committed notebooks' stored outputs,
 #            nbval on OMP_NUM_THREADS=1                  exact except `training-numbers` cells,
 #                      ATEN_CPU_CAPABILITY=default       within notebooks/output_tolerance.yaml)
-#            every other test, one worker per core      (SLURM jobs, a browser, subprocesses: they
+#            every other test, a worker per core + 1   (SLURM jobs, a browser, subprocesses: they
 #                                                         wait as much as they compute, so nbval fills
 #                                                         the cores meanwhile)
 #   then:    the notebook tests (marker nbval_records)  (they read the first nbval run's records:
@@ -13,7 +13,7 @@
 set -u
 PY=${PY:-.venv/bin/python}
 OUT=results/make-test
-WORKERS=${TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}
+WORKERS=${TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) + 1 ))}
 rm -rf "$OUT" && mkdir -p "$OUT"
 NBVAL=("$PY" -m pytest -q -p no:cacheprovider --nbval --nbval-current-env notebooks/)
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
