@@ -562,7 +562,7 @@ def capacity_goal(stats, candidates: Iterable[str] = CAPACITY_CANDIDATES) -> lis
     """Per candidate (a label of :func:`nscl.analysis.tables.capacity_stats`) against every ``adam_nscl``
     and ``nscl_sgp`` label of the same sweep: ACC gain, BWT, whether mean ± std overlap, and ``met``:
     gain >= :data:`CAPACITY_GAIN` over every adam_nscl, BWT >= :data:`CAPACITY_BWT`, no overlap, and
-    ahead of every nscl_sgp."""
+    ahead of every nscl_sgp; ``why``: the conditions it misses."""
     rows = stats.set_index("method")
     rivals = [m for m in rows.index if m.split()[0] in ("adam_nscl", "nscl_sgp")]
     out = []
@@ -578,13 +578,12 @@ def capacity_goal(stats, candidates: Iterable[str] = CAPACITY_CANDIDATES) -> lis
             against.append({"rival": m, "gain": r["acc_mean"] - a["acc_mean"], "apart": lo > hi})
         nscl = [x for x in against if x["rival"].startswith("adam_nscl")]
         sgp = [x for x in against if x["rival"].startswith("nscl_sgp")]
-        met = (
-            bool(nscl)
-            and all(x["gain"] >= CAPACITY_GAIN and x["apart"] for x in nscl)
-            and r["bwt_mean"] >= CAPACITY_BWT
-            and all(x["gain"] > 0 for x in sgp)
-        )
-        out.append({"candidate": c, "bwt": r["bwt_mean"], "against": against, "met": met})
+        why = [f"less than {CAPACITY_GAIN:g} above `{x['rival']}`" for x in nscl if x["gain"] < CAPACITY_GAIN]
+        why += [f"overlaps `{x['rival']}`" for x in nscl if x["gain"] >= CAPACITY_GAIN and not x["apart"]]
+        why += [f"BWT below {CAPACITY_BWT:g}"] if r["bwt_mean"] < CAPACITY_BWT else []
+        why += [f"below `{x['rival']}`" for x in sgp if x["gain"] <= 0]
+        why += [] if nscl else ["no `adam_nscl` row to compare with"]
+        out.append({"candidate": c, "bwt": r["bwt_mean"], "against": against, "met": not why, "why": why})
     return out
 
 
@@ -668,8 +667,15 @@ def capacity_lines(
                 f"{x['gain']:+.2f} vs `{x['rival']}`{' (mean ± std overlap)' if x['gain'] > 0 and not x['apart'] else ''}"
                 for x in g["against"]
             )
-            verdict = "**met**" if g["met"] else "not met"
-            how = " (chosen on validation seeds)" if g["candidate"] in chosen else " (defaults)" if chosen else ""
+            verdict = "**met**" if g["met"] else f"not met ({'; '.join(g['why'])})"
+            default = g["candidate"] in CAPACITY_CANDIDATES
+            how = (
+                (" (defaults, chosen on validation seeds)" if default else " (chosen on validation seeds)")
+                if g["candidate"] in chosen
+                else " (defaults)"
+                if chosen
+                else ""
+            )
             lines.append(f"- `{g['candidate']}`{how}: ACC {vs}; BWT {g['bwt']:.2f}. Goal {verdict}.")
         lines.append("")
         for info in infos:
