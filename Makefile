@@ -90,7 +90,7 @@ compare: venv data
 # threshold is chosen there), then E1 permuted 30 tasks MLP 64-64, E3 partition 20 tasks, E2 the width curve
 # and E1's joint reference on seeds 0, 1, 2, JOBS runs at once on 1 thread each (complete runs are skipped,
 # so it resumes); then the capacity section of docs/results.md (the rest of the page is left as it is) and
-# notebook 06 on E1's sweep. Times on 2 cores: docs/results.md, under each table.
+# notebook 06 on E1's sweep. About 70 min on 2 cores (validation 5 + 13 min, E3 17, E1 12, E2 7, joint 12).
 capacity: venv data
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e3_validation.yaml -j $(JOBS)
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_validation.yaml -j $(JOBS)
