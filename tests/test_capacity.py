@@ -178,3 +178,30 @@ def test_capacity_curve_panels_ticks_and_bands():
     # one mean line per method, and a shaded ± std band where seeds differ (accuracy panel)
     assert len([ln for ln in axes[0].get_lines() if len(ln.get_xdata()) == T]) == 2
     assert len(axes[0].collections) == 2
+
+
+def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
+    """Fourteen labels would reuse tab10's colours: a method keeps one colour and its variants get their
+    own dash pattern, so no two labels look alike; the legend and the lines use those looks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from nscl.analysis import plots, tables
+
+    T, frac = 4, {"backbone.layers.0": [0.9] * 4}
+    methods = ("adam_nscl", "nscl_prune", "nscl_lowrank", "nscl_sgp", "finetune", "lowrank", "joint")
+    runs = {f"{m}{e}": fake_run(m, 0, [80.0] * T, frac, energy=e) for m in methods for e in (0.9, 0.99)}
+    frame = tables.capacity_frame(runs)
+    labels = list(dict.fromkeys(frame["label"]))
+    looks = {k: (to_hex(c), str(d)) for k, (c, d) in plots.label_styles(labels).items()}
+    assert len(looks) == 14 and len(set(looks.values())) == 14
+    assert len({c for c, _ in looks.values()}) == len(methods)  # one colour per method
+    assert looks["adam_nscl"][0] == looks["adam_nscl energy=0.99"][0] and looks["adam_nscl"][1] == ""
+    fig = plots.capacity_curve(frame)
+    legend = fig.axes[-1].get_legend()
+    shown = {t.get_text(): to_hex(ln.get_color()) for t, ln in zip(legend.get_texts(), legend.get_lines())}
+    assert shown == {k: c for k, (c, _) in looks.items()}
+    styles = {ln.get_linestyle() for ln in legend.get_lines()}
+    assert styles == {"-", "--"}  # solid defaults, dashed variants

@@ -538,6 +538,23 @@ def savefig(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+#: dash patterns of a method's variants, in label order (the first is solid)
+DASHES = ["", (4, 2), (1, 1.5), (6, 2, 1, 2), (3, 1, 1, 1, 1, 1)]
+
+
+def label_styles(labels: list[str]) -> dict[str, tuple]:
+    """``{label: (colour, dashes)}`` for labels like ``adam_nscl energy=0.99``: one colour per method (the
+    first word), one dash pattern per variant of it, so that eleven labels never share a look (tab10
+    alone would repeat its colours)."""
+    methods = list(dict.fromkeys(label.split()[0] for label in labels))
+    colours = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    out = {}
+    for m in methods:
+        for k, label in enumerate(lab for lab in labels if lab.split()[0] == m):
+            out[label] = (colours[m], DASHES[k % len(DASHES)])
+    return out
+
+
 def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | None = None):
     """The capacity curve: task index on x; new-task accuracy (%, ``A[t][t]``) and each layer's input
     null-space fraction r/d on y, one panel each; one line per method label, mean ± std over seeds
@@ -545,7 +562,8 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
     from matplotlib.ticker import MaxNLocator
 
     order = order or list(dict.fromkeys(frame["label"]))
-    palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+    looks = label_styles(order)
+    palette, dashes = {k: c for k, (c, _) in looks.items()}, {k: d for k, (_, d) in looks.items()}
     layers = sorted(frame.loc[frame["quantity"] == "r/d", "layer"].dropna().unique())
     panels = [("new-task accuracy", None)] + [("r/d", layer) for layer in layers]
     with sns.axes_style(STYLE):
@@ -559,6 +577,9 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
             hue="label",
             hue_order=order,
             palette=palette,
+            style="label",
+            style_order=order,
+            dashes=dashes,
             errorbar="sd",
             legend=False,
             ax=ax,
@@ -573,7 +594,7 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
             ax.set_ylim(0, 1.02)
             ax.axhline(0.25, color="k", lw=0.8, ls=":")
             ax.set_title(f"input of {short(layer)}", fontsize=10)
-    handles = [plt.Line2D([], [], color=palette[m], label=m) for m in order]
+    handles = [plt.Line2D([], [], color=palette[m], dashes=dashes[m] or (None, None), label=m) for m in order]
     axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, title="method")
     if title:
         fig.suptitle(title, fontsize=11)
