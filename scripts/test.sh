@@ -25,7 +25,7 @@ own=$!
 OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default NSCL_OUTPUT_ROOT=$PWD/$OUT/portable "${NBVAL[@]}" \
     > "$OUT/nbval-portable.log" 2>&1 &
 portable=$!
-OMP_NUM_THREADS=1 "${PYTEST[@]}" -m 'not gpu and not nbval_records' -n "$WORKERS" --dist load
+OMP_NUM_THREADS=1 "${PYTEST[@]}" -m 'not gpu and not nbval_records' -n "$WORKERS" --dist load --maxschedchunk 1
 tests=$?
 wait $own
 own=$?

@@ -14,19 +14,22 @@ def _threads():
     yield
 
 
-#: markers of the tests that take longest (a real SLURM job, a browser, notebooks and subprocesses)
-LONGEST_FIRST = ("slurm", "browser", "slow")
+#: markers of the tests that take longest, longest first: a real SLURM job or a browser, then notebooks and
+#: subprocesses
+LONGEST_FIRST = (("slurm", "browser"), ("slow",))
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest tests first (``slurm``, then ``browser``, then ``slow``; stable otherwise): ``make test``
-    hands tests to its workers in this order (``--dist load``), so the longest start at once instead of
-    ending the run alone on one core while the other idles. Tests using the ``suite`` fixture get the
+    """Longest tests first (``slurm`` and ``browser``, then ``slow``; stable otherwise): ``make test``
+    hands tests to its workers in this order, two at first, then one at a time (``--dist load
+    --maxschedchunk 1``), so the longest start at once on different workers instead of ending the run
+    alone while the other workers idle. (Without ``--maxschedchunk``, xdist hands each worker a quarter
+    of its share in one consecutive block: all the long tests went to one worker.) Tests using the ``suite`` fixture get the
     ``nbval_records`` marker (scripts/test.sh runs them after nbval)."""
 
     def rank(item):
         marks = {m.name for m in item.iter_markers()}
-        return next((k for k, name in enumerate(LONGEST_FIRST) if name in marks), len(LONGEST_FIRST))
+        return next((k for k, names in enumerate(LONGEST_FIRST) if marks & set(names)), len(LONGEST_FIRST))
 
     items.sort(key=rank)
     for item in items:  # make test runs these once its nbval run has written the records they read
