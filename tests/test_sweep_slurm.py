@@ -4,10 +4,12 @@ that makes the loss NaN and must fail alone, reported with its name; resubmittin
 
 Not skipped when SLURM is missing: the test fails and says how to start it."""
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import conftest
@@ -20,16 +22,22 @@ from test_sweep import write_run_notebook  # the same one-run sweep notebook as 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "slurm.sh"
-NAME = "pytest_slurm"
+NAME = "pytest_slurm"  # the job array test's sweep; the time-limit test's is LIMIT_NAME
 JOB_NAME = f"nscl-{NAME}"
+LIMIT_NAME = "pytest_slurm_limit"
 TINY = {**conftest.TINY, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
 
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A SLURM that answers; leftovers of an earlier interrupted run of this test are cancelled."""
+    """A SLURM that answers. make test may run the two tests here on two workers at once, so each test
+    cancels only its own jobs (:func:`own_jobs`), never the other's."""
     if os.geteuid() == 0:  # idempotent: reuses a running SLURM, resumes a drained node
-        r = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+        import fcntl
+
+        with open(Path(tempfile.gettempdir()) / "nscl-slurm-start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one start at a time: two workers may get here at once
+            r = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
         if r.returncode != 0:
             pytest.fail(f"{SCRIPT} start failed:\n{r.stdout}\n{r.stderr}")
     r = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60)
@@ -38,9 +46,17 @@ def slurm():
             "this test needs a real SLURM and none is running; not root, so it cannot be "
             f"installed/started here: run 'sudo {SCRIPT} start' (CI runs as root and starts it)"
         )
-    subprocess.run(["scancel", "--name", JOB_NAME], capture_output=True, timeout=60)
-    yield
-    subprocess.run(["scancel", "--name", JOB_NAME], capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def own_jobs(sweep_name: str):
+    """Cancel the jobs of this sweep left by an earlier interrupted run of the test, and this run's at the end."""
+    cancel = ["scancel", "--name", f"nscl-{sweep_name}"]
+    subprocess.run(cancel, capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        subprocess.run(cancel, capture_output=True, timeout=60)
 
 
 def _queued() -> list[str]:
@@ -49,64 +65,65 @@ def _queued() -> list[str]:
 
 
 def test_slurm_job_array_sweep(slurm, tmp_path):
-    nb = write_run_notebook(tmp_path / "one_run.ipynb")
-    doc = {
-        "name": NAME,
-        "run": str(nb),
-        "params": TINY,
-        "out": str(tmp_path / "sweep"),
-        "cell_timeout_s": 300,
-        "grid": [
-            {"method": ["finetune", "adam_nscl"], "seed": [0]},
-            {"method": ["finetune"], "seed": [0], "lr": [1.0e30]},
-        ],  # valid value, NaN at run time
-        "executor": {
-            "kind": "slurm",
-            "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10, "array_parallelism": 2},
-        },
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    sweep_dir = tmp_path / "sweep"
+    with own_jobs(NAME):
+        nb = write_run_notebook(tmp_path / "one_run.ipynb")
+        doc = {
+            "name": NAME,
+            "run": str(nb),
+            "params": TINY,
+            "out": str(tmp_path / "sweep"),
+            "cell_timeout_s": 300,
+            "grid": [
+                {"method": ["finetune", "adam_nscl"], "seed": [0]},
+                {"method": ["finetune"], "seed": [0], "lr": [1.0e30]},
+            ],  # valid value, NaN at run time
+            "executor": {
+                "kind": "slurm",
+                "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10, "array_parallelism": 2},
+            },
+        }
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        sweep_dir = tmp_path / "sweep"
 
-    res = sweep.run(path, timeout_s=600)  # executor from the file: slurm
-    assert len(res["submitted"]) == 3
-    sub = json.loads((sweep_dir / "submitted.json").read_text())
-    array = sub["array_job_id"]
-    assert sub["executor"] == "slurm" and sorted(sub["jobs"].values()) == [f"{array}_{i}" for i in range(3)]
-    text = (sweep_dir / "logs" / array / f"{array}_submission.sh").read_text()  # one sbatch script
-    assert "#SBATCH --array=0-2%2" in text and f"#SBATCH --job-name={JOB_NAME}" in text
+        res = sweep.run(path, timeout_s=600)  # executor from the file: slurm
+        assert len(res["submitted"]) == 3
+        sub = json.loads((sweep_dir / "submitted.json").read_text())
+        array = sub["array_job_id"]
+        assert sub["executor"] == "slurm" and sorted(sub["jobs"].values()) == [f"{array}_{i}" for i in range(3)]
+        text = (sweep_dir / "logs" / array / f"{array}_submission.sh").read_text()  # one sbatch script
+        assert "#SBATCH --array=0-2%2" in text and f"#SBATCH --job-name={JOB_NAME}" in text
 
-    rows = {r["name"]: r for r in sweep.status(sweep_dir)}
-    bad = [n for n in rows if "lr1e+30" in n]
-    assert len(bad) == 1
-    assert rows[bad[0]]["state"] == "failed" and "NonFiniteLossError" in rows[bad[0]]["detail"]
-    failed_results = [r for r in res["results"] if r["status"] == "failed"]
-    assert [r["name"] for r in failed_results] == bad and "loss is nan" in failed_results[0]["error"]
-    good = [n for n in rows if n not in bad]
-    assert all(rows[n]["state"] == "complete" for n in good)
-    for n in good:
-        d = sweep_dir / "runs" / n
-        r = json.loads((d / "results.json").read_text())
-        job = json.loads((d / "job.json").read_text())
-        assert r["status"] == "complete" and job["slurm_job_id"] == sub["jobs"][n]  # ran as its array task
-        assert r["env"]["slurm_job_id"] is not None  # inside a SLURM job (the notebook's kernel too)
-        assert (d / "one_run.ipynb").exists()  # papermill's output notebook in the run directory
-        assert list((sweep_dir / "logs" / sub["jobs"][n]).glob("*_log.out"))  # job logs in the sweep dir
+        rows = {r["name"]: r for r in sweep.status(sweep_dir)}
+        bad = [n for n in rows if "lr1e+30" in n]
+        assert len(bad) == 1
+        assert rows[bad[0]]["state"] == "failed" and "NonFiniteLossError" in rows[bad[0]]["detail"]
+        failed_results = [r for r in res["results"] if r["status"] == "failed"]
+        assert [r["name"] for r in failed_results] == bad and "loss is nan" in failed_results[0]["error"]
+        good = [n for n in rows if n not in bad]
+        assert all(rows[n]["state"] == "complete" for n in good)
+        for n in good:
+            d = sweep_dir / "runs" / n
+            r = json.loads((d / "results.json").read_text())
+            job = json.loads((d / "job.json").read_text())
+            assert r["status"] == "complete" and job["slurm_job_id"] == sub["jobs"][n]  # ran as its array task
+            assert r["env"]["slurm_job_id"] is not None  # inside a SLURM job (the notebook's kernel too)
+            assert (d / "one_run.ipynb").exists()  # papermill's output notebook in the run directory
+            assert list((sweep_dir / "logs" / sub["jobs"][n]).glob("*_log.out"))  # job logs in the sweep dir
 
-    df = sweep.collect(sweep_dir)
-    assert len(df) == 3 and set(df["name"]) == set(rows)
-    ok = df[df["state"] == "complete"]
-    assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("finetune", 0)]
-    assert ok["acc"].gt(30).all() and ok["acc"].le(100).all()
-    assert df.set_index("name").loc[bad[0], "state"] == "failed"
+        df = sweep.collect(sweep_dir)
+        assert len(df) == 3 and set(df["name"]) == set(rows)
+        ok = df[df["state"] == "complete"]
+        assert sorted(zip(ok["method"], ok["seed"])) == [("adam_nscl", 0), ("finetune", 0)]
+        assert ok["acc"].gt(30).all() and ok["acc"].le(100).all()
+        assert df.set_index("name").loc[bad[0], "state"] == "failed"
 
-    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
-    again = sweep.run(path, timeout_s=60)
-    assert again["submitted"] == [] and len(again["skipped"]) == 3
-    assert json.loads((sweep_dir / "submitted.json").read_text()) == sub  # no new job array
-    assert {j.split("_")[0] for j in _queued()} <= {array}  # (a task may still be COMPLETING)
-    assert stamps == {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
+        stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
+        again = sweep.run(path, timeout_s=60)
+        assert again["submitted"] == [] and len(again["skipped"]) == 3
+        assert json.loads((sweep_dir / "submitted.json").read_text()) == sub  # no new job array
+        assert {j.split("_")[0] for j in _queued()} <= {array}  # (a task may still be COMPLETING)
+        assert stamps == {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
 
 
 def epochs_for(params: dict, seconds: float) -> int:
@@ -149,7 +166,7 @@ def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(s
     }
     params["epochs"] = epochs_for(params, 90.0)
     doc = {
-        "name": NAME,
+        "name": LIMIT_NAME,
         "run": "cli",
         "params": params,
         "out": str(tmp_path / "sweep"),
@@ -161,19 +178,20 @@ def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(s
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
-    first = sweep.run(path, timeout_s=240)
-    (spec,) = sweep.expand(sweep.load(path))
-    d = Path(spec["out_dir"])
-    assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"]
-    assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
-    stopped = records.load(d)
-    k = stopped["metrics"]["tasks_done"]
-    assert stopped["status"] == "stopped" and 0 < k < 10, k
-    doc["executor"]["slurm"]["timeout_min"] = 5  # the same runs; a limit the rest fits in
-    path.write_text(yaml.safe_dump(doc))
-    second = sweep.run(path, timeout_s=240)
-    assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete"
-    done = records.load(d)
-    assert done["status"] == "complete" and done["metrics"]["tasks_done"] == 10
-    assert done["acc"][:k] == stopped["acc"][:k]
-    assert done["timing"]["per_task"][:k] == stopped["timing"]["per_task"][:k]
+    with own_jobs(LIMIT_NAME):
+        first = sweep.run(path, timeout_s=240)
+        (spec,) = sweep.expand(sweep.load(path))
+        d = Path(spec["out_dir"])
+        assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"]
+        assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
+        stopped = records.load(d)
+        k = stopped["metrics"]["tasks_done"]
+        assert stopped["status"] == "stopped" and 0 < k < 10, k
+        doc["executor"]["slurm"]["timeout_min"] = 5  # the same runs; a limit the rest fits in
+        path.write_text(yaml.safe_dump(doc))
+        second = sweep.run(path, timeout_s=240)
+        assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete"
+        done = records.load(d)
+        assert done["status"] == "complete" and done["metrics"]["tasks_done"] == 10
+        assert done["acc"][:k] == stopped["acc"][:k]
+        assert done["timing"]["per_task"][:k] == stopped["timing"]["per_task"][:k]
