@@ -338,3 +338,63 @@ def test_sweep_and_suite_layer_files_like_the_command_line(tmp_path):
     assert config.resolve(overrides={k: v for k, v in nb_params.items() if k in config.PARAMS}) == config.resolve(
         files, {"seed": 1}
     )
+
+
+# ---- a sweep folder is read where it is, whatever path wrote it (issue 27, defect 1) ----------------
+def test_a_copied_sweep_reads_its_own_runs_never_the_originals(tmp_path, monkeypatch, write_run):
+    import shutil
+
+    from nscl.apps import results_page
+
+    d = Path(
+        fake_sweep(
+            tmp_path,
+            monkeypatch,
+            write_run,
+            {"method": ["finetune"], "seed": [0, 1]},
+            lambda c: (70.0, "complete", None),
+        )
+    )
+    copy = tmp_path / "laptop" / "sweep"
+    shutil.copytree(d, copy)
+    names = [r["name"] for r in sweep.status(copy)]
+    # the copy's own folders, not the paths sweep.json was written with
+    assert all(Path(r["out_dir"]).is_relative_to(copy) for r in sweep.status(copy))
+    # while the original exists, a run removed from the copy is not reported from the original
+    shutil.rmtree(copy / "runs" / names[1])
+    assert [r["state"] for r in sweep.status(copy)] == ["complete", "pending"]
+    df = sweep.collect(copy, write=False)
+    assert list(df["state"]) == ["complete", "pending"] and str(copy) in df["run"][0]
+    # the original moved away: the copy still reads its complete run
+    d.rename(tmp_path / "moved")
+    assert [r["state"] for r in sweep.status(copy)] == ["complete", "pending"]
+    page = results_page.collect({"copy": copy})
+    assert list(page["state"]) == ["complete", "pending"] and page["acc"][0] == 70.0
+
+
+def test_a_fifo_sweep_json_or_results_never_hangs_status(tmp_path, monkeypatch, write_run):
+    from test_run_folders import within
+
+    d = Path(
+        fake_sweep(
+            tmp_path,
+            monkeypatch,
+            write_run,
+            {"method": ["finetune"], "seed": [0, 1]},
+            lambda c: (70.0, "complete", None),
+        )
+    )
+    name = sweep.status(d)[0]["name"]
+    res = d / "runs" / name / "results.json"
+    res.unlink()
+    os.mkfifo(res)
+    with within(10):
+        rows = sweep.status(d)
+        with pytest.warns(UserWarning, match="a FIFO"):
+            df = sweep.collect(d, write=False)
+    assert rows[0]["state"] == "failed" and "is a FIFO" in rows[0]["detail"] and rows[1]["state"] == "complete"
+    assert list(df["state"]) == ["failed", "complete"]
+    (d / "sweep.json").unlink()
+    os.mkfifo(d / "sweep.json")
+    with within(10), pytest.raises(sweep.SweepError, match="sweep.json is corrupted .*a FIFO"):
+        sweep.status(d)

@@ -33,9 +33,11 @@ place with their own tiny defaults: the stored outputs that ``pytest --nbval`` c
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -43,7 +45,7 @@ from ..core.metrics import CHANCE_MARGIN
 from ..experiment import config as config_mod
 from ..experiment import records
 from ..methods import null_space_methods
-from ..util import atomic_write
+from ..util import atomic_write, read_text
 from . import kernel as kernel_manager
 from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
 
@@ -237,10 +239,11 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
     for e in entries:
         rec_path = out / e["notebook"] / records.RESULTS
         rec = None
-        if rec_path.exists():
+        if os.path.lexists(rec_path):
             try:
-                rec = json.loads(rec_path.read_text())
-            except ValueError:
+                rec = json.loads(read_text(rec_path))
+            except (OSError, ValueError) as e:
+                warnings.warn(f"skipped {rec_path}: {e}", stacklevel=2)
                 rec = None
         if rec is not None and rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
             by_notebook[e["notebook"]] = rec
@@ -306,8 +309,9 @@ def suite_records(out: str | Path) -> dict[str, dict]:
     recs = {}
     for path in sorted(Path(out).glob(f"*/{records.RESULTS}")):
         try:
-            rec = json.loads(path.read_text())
-        except ValueError:
+            rec = json.loads(read_text(path))
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipped {path}: {e}", stacklevel=2)
             continue
         if rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
             recs[path.parent.name] = rec

@@ -17,6 +17,7 @@ from typing import Any
 
 from ...experiment import records
 from ...experiment.trainer import RunStopped, stop_on_signals
+from ...util import read_text
 from .spec import EXECUTORS, ROOT, SLURM_KEYS, SweepError, expand, load
 from .state import MANIFEST, OUTCOME, SPEC, SUBMITTED, _last_line, run_one, run_state
 
@@ -182,7 +183,7 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
             finally:
                 running.pop(spec["name"], None)
         try:
-            return json.loads(outcome.read_text())
+            return json.loads(read_text(outcome))
         except (OSError, ValueError):
             return _lost(spec, f"process exited with code {proc.returncode} without a result; log: {log}")
 
@@ -276,7 +277,9 @@ def run(
             "specs": specs,
         }
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    records.write_json(sweep_dir / MANIFEST, {"sweep": {k: v for k, v in sw.items()}, "specs": specs})
+    # run folders relative to the sweep folder: a copy of it reads its own runs (state.manifest)
+    stored = [{**s, "out_dir": os.path.relpath(s["out_dir"], sweep_dir)} for s in specs]
+    records.write_json(sweep_dir / MANIFEST, {"sweep": {k: v for k, v in sw.items()}, "specs": stored})
     logs = sweep_dir / "logs"
     results: list[dict] = []
     if todo:
