@@ -152,15 +152,21 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def env_flag(name: str) -> bool:
+    """Whether the switch ``$name`` is on: set to anything but empty, ``0``, ``false``, ``no`` or ``off``
+    (any case), so that ``NAME=0`` means off, as a reader expects."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def progress(iterable: Iterable, quiet: bool = False, **kw):
     """A text tqdm bar unless ``quiet``: on stderr in a terminal, on stdout in a Jupyter kernel.
 
     In a notebook the bar is plain text, not a widget: a widget's state is not saved with the
     notebook, so a reopened notebook would show "model not found" where the bar was; text survives.
-    ``$NSCL_QUIET`` (any non-empty value) turns bars off whatever ``quiet`` says: ``make test`` and
+    ``$NSCL_QUIET`` (on: :func:`env_flag`) turns bars off whatever ``quiet`` says: ``make test`` and
     ``make notebooks`` set it so that the notebooks' stored outputs hold no progress bars.
     """
-    if quiet or os.environ.get("NSCL_QUIET"):
+    if quiet or env_flag("NSCL_QUIET"):
         return iterable
     import sys
 
