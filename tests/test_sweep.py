@@ -398,3 +398,19 @@ def test_a_fifo_sweep_json_or_results_never_hangs_status(tmp_path, monkeypatch, 
     os.mkfifo(d / "sweep.json")
     with within(10), pytest.raises(sweep.SweepError, match="sweep.json is corrupted .*a FIFO"):
         sweep.status(d)
+
+
+def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_path, capsys):
+    """Issue 27, minor: ``--timeout 0`` / ``-5`` were accepted and an expired one ended in a raw TimeoutError."""
+    from nscl.apps import cli
+
+    path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0]})
+    for bad in ("0", "-5", "nan"):
+        assert cli.main(["sweep", "run", str(path), "--timeout", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --timeout must be a number of seconds > 0") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+    assert cli.main(["sweep", "run", str(path), "--executor", "local", "--timeout", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --timeout of 0.2 s reached") and "resubmit" in err and err.count("\n") == 1
+    assert sweep.status(tmp_path / "out")[0]["state"] in ("stopped", "pending")

@@ -114,9 +114,9 @@ def _wait_slurm(specs: list[dict], jobs: list, timeout_s: float | None) -> list[
                     )
                     del pending[i]
         if pending and timeout_s is not None and time.time() - t0 > timeout_s:
-            raise TimeoutError(
-                f"{len(pending)} SLURM runs not finished after {timeout_s:.0f} s: "
-                + ", ".join(specs[i]["name"] for i in pending)
+            raise SweepError(
+                f"--timeout of {timeout_s:g} s reached with {len(pending)} SLURM run(s) not finished; they keep "
+                f"running (python -m nscl sweep status DIR): " + ", ".join(specs[i]["name"] for i in pending)
             )
         if pending:
             time.sleep(1.0)
@@ -208,6 +208,11 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
         if isinstance(e, (KeyboardInterrupt, RunStopped)):
             started = {r["name"] for r in done}
             raise SweepInterrupted(done, [s["name"] for s in specs if s["name"] not in started]) from None
+        if isinstance(e, TimeoutError):
+            raise SweepError(
+                f"--timeout of {timeout_s:g} s reached: {len(done)} of {len(specs)} run(s) ended, the runs in "
+                f"progress were stopped (resumable); resubmit the same command to finish the sweep"
+            ) from None
         raise
     pool.shutdown()
     return out
@@ -251,6 +256,8 @@ def run(
     Only runs that are neither complete nor failed (unless ``retry_failed``) are executed; a
     resubmission of a finished sweep therefore executes nothing.
     """
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+        raise SweepError(f"--timeout must be a number of seconds > 0, got {timeout_s!r}")
     sw = load(path)
     if out is not None:
         sw["out"] = str(Path(out).expanduser().resolve())
