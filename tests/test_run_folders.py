@@ -273,3 +273,36 @@ def test_a_fifo_checkpoint_is_a_one_line_error_not_a_hang(tmp_path, tiny_cfg):
         records.load_checkpoint(tmp_path)
     with within(30), pytest.raises(records.RunDirError, match=r"checkpoint\.pt is a FIFO"):
         trainer.run(small(tiny_cfg), tmp_path)
+
+
+def test_a_stop_while_the_checkpoint_loads_leaves_the_record_stopped_with_its_tasks(
+    tmp_path, tiny_cfg, kill_at_task, monkeypatch
+):
+    """Issue 27, minor: SIGTERM during the checkpoint load left results.json ``running`` and the run said
+    it stopped after 0 tasks; now the record says ``stopped`` and both keep the tasks done (2 of 3)."""
+    cfg = small(tiny_cfg)
+    with pytest.raises(kill_at_task.Killed):
+        kill_at_task(trainer.Trainer(cfg, tmp_path)).fit()
+    assert records.load(tmp_path)["status"] == "running"
+
+    def sigterm(run_dir):
+        raise trainer.RunStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(records, "load_checkpoint", sigterm)
+    tr = trainer.Trainer(cfg, tmp_path)
+    with pytest.raises(trainer.RunStopped):
+        tr.fit()
+    res = records.load(tmp_path)
+    assert res["status"] == "stopped" and res["metrics"]["tasks_done"] == 2 and tr.tasks_done == 2
+    assert (tmp_path / records.CHECKPOINT).exists()
+    monkeypatch.undo()
+    assert trainer.Trainer(cfg, tmp_path).fit()["status"] == "complete"  # and it resumes
+
+
+def test_widths_too_large_for_the_memory_are_a_config_error_before_allocating(tmp_path, tiny_cfg):
+    """Issue 27, minor: ``hidden=[100000000]`` ended in the allocator's traceback (two such layers here:
+    more than any machine has, so the test never allocates them where the check would let them pass)."""
+    cfg = small(tiny_cfg, hidden=[100_000_000] * 2)
+    with pytest.raises(config.ConfigError, match=r"parameter 'hidden': \[100000000, 100000000\] needs at least \d+ GB"):
+        trainer.Trainer(cfg, tmp_path)
+    assert not (tmp_path / records.RESULTS).exists()
