@@ -68,6 +68,47 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     return found
 
 
+DEFAULT_HOOK = "suite_{stem}.yaml"
+
+
+def hook_path(hook: str, stem: str, params_dir: str | Path | None = None) -> Path:
+    """The hook file of notebook ``stem``: ``hook`` (``{stem}`` filled in) inside the parameter folder;
+    one that leaves it (``..``, an absolute path) is a :class:`ConfigError`."""
+    root = Path(params_dir or project_root() / "params").resolve()
+    path = (root / hook.format(stem=stem)).resolve()
+    if not path.is_relative_to(root):
+        raise config_mod.ConfigError(
+            f"--hook {hook!r} names {path}, outside the parameter folder {root}; give a file name in it "
+            f"(e.g. suite_{{stem}}.yaml), or pass other files with -f"
+        )
+    return path
+
+
+def check_hook(hook: str | None, nbs: Iterable[Path], params_dir: str | Path | None = None) -> None:
+    """A ``--hook`` other than the default must name a file that exists, for at least one of ``nbs`` when
+    it holds ``{stem}`` (the default's files are optional: most notebooks have none)."""
+    if not hook:
+        return
+    paths = [hook_path(hook, nb.stem, params_dir) for nb in nbs]
+    if hook != DEFAULT_HOOK and paths and not any(p.exists() for p in paths):
+        raise config_mod.ConfigError(
+            f"--hook {hook!r}: no such file ({paths[0]}{' ...' if len(set(paths)) > 1 else ''}); "
+            f"give an existing file of {paths[0].parent}, or --hook '' for none"
+        )
+
+
+def check_out(out: Path, folder: str | Path | None = None) -> None:
+    """The suite's output folder must not be the project, a folder above it, or its notebook folder: the
+    notebooks' output folders and summary.md would land among the sources (``-o results/..``)."""
+    root = project_root().resolve()
+    nb_folder = Path(folder or root / "notebooks").resolve()
+    if root.is_relative_to(out) or out == nb_folder or out == root / "params":
+        raise config_mod.ConfigError(
+            f"-o {out} is the project folder, one above it, or its notebooks/params folder; the suite writes a "
+            f"folder per notebook there: give a folder of its own, e.g. -o results/default"
+        )
+
+
 def notebook_parameters(
     nb: Path,
     files: Iterable[str | Path] = (),
@@ -75,14 +116,14 @@ def notebook_parameters(
     output_dir: str | Path | None = None,
     suite_dir: str | Path | None = None,
     params_dir: str | Path | None = None,
-    hook: str | None = "suite_{stem}.yaml",
+    hook: str | None = DEFAULT_HOOK,
 ) -> dict:
     """The papermill parameters of one notebook in the suite (see the module docstring)."""
     import papermill as pm
 
     sources = [config_mod.read_mapping(f) for f in files]  # layered as the command line layers -f files
     if hook:
-        hook_file = Path(params_dir or project_root() / "params") / hook.format(stem=nb.stem)
+        hook_file = hook_path(hook, nb.stem, params_dir)
         if hook_file.exists():
             sources.append(config_mod.read_mapping(hook_file))
     params = config_mod.layer([*sources, dict(overrides or {})])
@@ -167,7 +208,7 @@ def run_suite(
     progress: bool = True,
     log_output: bool = False,
     folder: str | Path | None = None,
-    hook: str | None = "suite_{stem}.yaml",
+    hook: str | None = DEFAULT_HOOK,
     jobs: int = 1,
 ) -> list[dict]:
     """Execute every suite notebook into ``out``; write ``out/summary.md``; return one entry per notebook
@@ -177,11 +218,13 @@ def run_suite(
     import multiprocessing
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, folder)
     files = [Path(f) for f in files]
     nbs = notebooks(folder, only)
     if not nbs:
         raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder or project_root() / 'notebooks'}")
+    check_hook(hook, nbs)
+    out.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides or {})
     jobs = max(1, min(jobs, len(nbs)))
     if jobs > 1:
@@ -456,7 +499,7 @@ def add_cli(sub) -> None:
     p.add_argument("--log-output", action="store_true", help="stream cell output to the log")
     p.add_argument(
         "--hook",
-        default="suite_{stem}.yaml",
+        default=DEFAULT_HOOK,
         help="per-notebook parameter file in params/ (default suite_{stem}.yaml; '' for none)",
     )
     p.add_argument(
