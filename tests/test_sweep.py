@@ -414,3 +414,37 @@ def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("error: --timeout of 0.2 s reached") and "resubmit" in err and err.count("\n") == 1
     assert sweep.status(tmp_path / "out")[0]["state"] in ("stopped", "pending")
+
+
+# ---- one configuration, one run (issue 27, minor) -------------------------------------------------------
+GRID_ONE_CONFIG = [
+    {"method": ["finetune"], "seed": [0], "lr": [0.001, "1e-3"]},  # YAML 1.1 reads 1e-3 as a string
+    {"method": ["finetune"], "seed": [0], "bias": [False]},  # the default, given
+    {"method": ["finetune"], "seed": [0]},  # the same run, the default left out
+]
+
+
+def test_one_configuration_written_several_ways_is_one_run(tmp_path):
+    sw = sweep.load({"name": "one", "params": dict(TINY), "out": str(tmp_path / "out"), "grid": GRID_ONE_CONFIG})
+    specs = sweep.expand(sw)
+    assert len(specs) == 1 and specs[0]["cfg"]["lr"] == 0.001
+    assert specs[0]["name"] == sweep.run_name(specs[0]["cfg"], [], "cli")  # the hash of the resolved parameters
+
+
+def test_a_run_named_from_the_parameters_as_written_is_still_found(tmp_path, write_run):
+    """Runs made when the hash was of the parameters as written (``lr: '1e-3'``) keep their folder: the sweep
+    reuses the complete run there (the "same run?" rule compares resolved parameters) instead of retraining."""
+    doc = {
+        "name": "old",
+        "params": dict(TINY),
+        "out": str(tmp_path / "out"),
+        "grid": {"method": ["finetune"], "lr": ["1e-3"]},
+    }
+    (spec,) = sweep.expand(sweep.load(doc))
+    legacy = sweep.run_name({**TINY, "method": "finetune", "lr": "1e-3"}, [], "cli")  # how it was named then
+    assert legacy != spec["name"]
+    write_run(tmp_path / "out" / "runs" / legacy, 75.0, **spec["cfg"])
+    (spec,) = sweep.expand(sweep.load(doc))
+    assert spec["name"] == legacy and sweep.run_state(spec)[0] == "complete"
+    res = sweep.run(doc, executor="debug", dry_run=True)
+    assert res["submitted"] == [] and res["skipped"] == [(legacy, "complete")]
