@@ -306,3 +306,9 @@ def test_widths_too_large_for_the_memory_are_a_config_error_before_allocating(tm
     with pytest.raises(config.ConfigError, match=r"parameter 'hidden': \[100000000, 100000000\] needs at least \d+ GB"):
         trainer.Trainer(cfg, tmp_path)
     assert not (tmp_path / records.RESULTS).exists()
+
+
+def test_a_fifo_spectra_file_is_no_spectra_and_one_warning(tmp_path):
+    os.mkfifo(tmp_path / records.SPECTRA)
+    with within(10), pytest.warns(UserWarning, match=r"spectra\.npz is a FIFO"):
+        assert records.load_spectra(tmp_path) == {}

@@ -221,7 +221,12 @@ def load_spectra(run_dir) -> dict[str, np.ndarray]:
     path = Path(run_dir) / SPECTRA
     if not os.path.lexists(path):
         return {}
-    with open_regular(path, limit=None) as f, np.load(f) as z:
+    try:
+        f = open_regular(path, limit=None)
+    except UnreadableFile as e:  # a FIFO / device planted there: no spectra, said once
+        skipped(path, e)
+        return {}
+    with f, np.load(f) as z:
         return {k: z[k] for k in z.files}
 
 

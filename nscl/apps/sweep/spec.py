@@ -234,8 +234,7 @@ def expand(sw: dict) -> list[dict]:
         try:
             resolved.append(config.resolve(overrides=params))
         except config.ConfigError as e:
-            where = ", ".join(f"{k}={params.get(k)!r}" for k in keys) or "the fixed parameters"
-            raise SweepError(f"run {where}: {e}") from None
+            raise SweepError(f"run {run_name(params, keys, sw['run'])}: {e}") from None
     # grid keys whose resolved value is not the same in every run go into the names
     grid_keys = list(dict.fromkeys(k for _, keys in points for k in keys))
     varying = [k for k in grid_keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in resolved}) > 1]
