@@ -108,7 +108,7 @@ def load_checkpoint(run_dir) -> dict | None:
         with open_regular(path, limit=None) as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
     except UnreadableFile as e:
-        raise RunDirError(f"{e} (checkpoint)") from None
+        raise RunDirError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - whatever torch makes of a foreign file: one line naming it
         import re
 
