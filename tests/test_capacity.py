@@ -205,3 +205,50 @@ def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
     assert shown == {k: c for k, (c, _) in looks.items()}
     styles = {ln.get_linestyle() for ln in legend.get_lines()}
     assert styles == {"-", "--"}  # solid defaults, dashed variants
+
+
+def test_capacity_rows_are_settings_never_pooled_and_a_repeated_seed_counts_once():
+    """Issue 27, defect 2: runs that differ in any parameter but the seed are separate rows (here the task
+    count and the stream), as in every other table; a seed given twice is one seed."""
+    from nscl.analysis import tables
+
+    def run(seed, plast, **params):
+        r = fake_run("adam_nscl", seed, plast, {"backbone.layers.1": [0.9] * len(plast)})
+        r["params"].update(params)
+        return r
+
+    runs = {
+        "two0": run(0, [60.0] * 2, n_tasks=2),
+        "two1": run(1, [62.0] * 2, n_tasks=2),
+        "three0": run(0, [50.0] * 3, n_tasks=3),
+        "three0again": run(0, [40.0] * 3, n_tasks=3),  # the same seed once more (a copied sweep)
+        "perm2": run(2, [90.0] * 3, n_tasks=3, benchmark="permuted_fmnist"),
+    }
+    stats = tables.capacity_stats(runs).set_index("method")
+    assert stats["n"].to_dict() == {
+        "adam_nscl n_tasks=2": 2,
+        "adam_nscl n_tasks=3": 1,
+        "adam_nscl benchmark=permuted_fmnist n_tasks=3": 1,
+    }
+    assert stats.loc["adam_nscl n_tasks=3", "seeds"] == "0" and stats.loc["adam_nscl n_tasks=3", "duplicates"] == 1
+    assert stats.loc["adam_nscl n_tasks=3", "acc_mean"] == runs["three0"]["metrics"]["acc"]  # the first, alone
+    assert stats.loc["adam_nscl n_tasks=2", "acc_mean"] == pytest.approx(
+        (runs["two0"]["metrics"]["acc"] + runs["two1"]["metrics"]["acc"]) / 2
+    )
+    assert set(tables.capacity_frame(runs)["label"]) == set(stats.index)  # the curves use the same rows
+
+
+def test_a_run_without_a_capacity_record_is_a_row_without_exhaustion_and_one_warning():
+    """Issue 27, minor: a record from before the capacity record existed crashed the table (KeyError)."""
+    from nscl.analysis import tables
+
+    runs = {
+        "new": fake_run("adam_nscl", 0, [80.0, 70.0], {"backbone.layers.1": [0.9, 0.1]}),
+        "old": fake_run("adam_nscl", 1, [60.0, 50.0], {"backbone.layers.1": [0.9, 0.9]}),
+    }
+    del runs["old"]["capacity"]
+    with pytest.warns(UserWarning, match="has no capacity record"):
+        tab = tables.capacity_table(runs).set_index("method")
+    assert tab.loc["adam_nscl", "n"] == 2
+    assert tab.loc["adam_nscl", "plasticity last 10"] == "65.00 ± 14.14"  # 75 and 55: the old one from A[t][t]
+    assert tab.loc["adam_nscl", "exhausted backbone.layers.1"] == "2"

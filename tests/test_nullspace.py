@@ -399,3 +399,11 @@ def test_sgp_importance_formula_and_limits():
     torch.testing.assert_close(sgp_importance(ev, 2, alpha=0.0), torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64))
     assert (sgp_importance(ev, 1, alpha=1e9) - 1).abs().max() < 1e-6
     assert sgp_importance(ev, 5, alpha=10.0).numel() == 0
+
+
+@pytest.mark.parametrize("alpha", [1e154, 1e308, 1.7e308])
+def test_sgp_importance_of_a_huge_scale_is_the_hard_projection_not_nan(alpha):
+    """Issue 27, minor: ``sgp_scale=1e308`` overflowed (inf / inf = NaN), and the NaN loss blamed the learning rate."""
+    ev = 100 * torch.tensor([0.0, 0.0, 0.04, 0.25, 1.0], dtype=torch.float64)
+    s = sgp_importance(ev, 1, alpha=alpha)  # protected: sigma = 0, 2, 5, 10 (alpha sigma > the largest float)
+    torch.testing.assert_close(s, torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64))

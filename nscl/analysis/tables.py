@@ -528,21 +528,42 @@ def method_labels(results: Mapping[str, Mapping], keys: Iterable[str]) -> dict[s
 CAPACITY_COLUMNS = ["label", "method", "seed", "task", "quantity", "layer", "value"]
 
 
+def setting_keys(params: Iterable[Mapping], first: Iterable[str] = ()) -> list[str]:
+    """The one "same setting" rule of the tables: ``first`` plus every other parameter (in the schema's
+    order) whose value differs between ``params``, except the seed and what never changes a result
+    (:data:`nscl.experiment.records.NON_SEMANTIC`) and the method (named anyway). Runs that agree on
+    all of them are seeds of one setting (:func:`seed_summary` applies the same rule to a frame)."""
+    base, params, first = defaults(), list(params), list(first)
+    skip = {*records.NON_SEMANTIC, "method", *first}
+    varying = [
+        k
+        for k in base
+        if k not in skip and len({json.dumps(p.get(k, base[k]), sort_keys=True, default=str) for p in params}) > 1
+    ]
+    return first + varying
+
+
+def capacity_labels(results: Mapping[str, Mapping], keys: Iterable[str] = LABEL_KEYS) -> dict[str, str]:
+    """:func:`method_label` of each run naming the ``keys`` that vary, then every other parameter that
+    varies (:func:`setting_keys`): runs with one label are seeds of one setting, never pooled across
+    task counts, streams or any other differing parameter."""
+    params = [r.get("params") or {} for r in results.values()]
+    return method_labels(results, setting_keys(params, keys))
+
+
 def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
     """Long table of the capacity curves: one row per run, task and quantity, ``new-task accuracy``
     (``A[t][t]``, %) and ``r/d`` of each layer's input null space (a factorised layer's ``.B``; its
-    bottleneck ``.A`` is left out). ``label``: :func:`method_label` with the ``keys`` that vary between
-    the runs (seeds share it)."""
+    bottleneck ``.A`` is left out). ``label``: :func:`capacity_labels` (seeds of one setting share it)."""
     rows = []
     results = results_by_label(runs_or_results)
-    labels = method_labels(results, keys)
+    labels = capacity_labels(results, keys)
     for key, res in results.items():
         p = res.get("params") or {}
-        cap = res.get("capacity") or {}
         common = dict(label=labels[key], method=p.get("method"), seed=p.get("seed"))
-        for t, a in enumerate(cap.get("plasticity", [])):
+        for t, a in enumerate(_plasticity(res)):
             rows.append({**common, "task": t + 1, "quantity": "new-task accuracy", "layer": None, "value": a})
-        for layer, rec in (cap.get("layers") or {}).items():
+        for layer, rec in ((res.get("capacity") or {}).get("layers") or {}).items():
             base, space = _space(layer)
             if space != "input":
                 continue
@@ -551,32 +572,66 @@ def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.Data
     return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
 
 
+def _plasticity(res: Mapping) -> list[float]:
+    """``A[t][t]`` per task done: the capacity record's, else the accuracy matrix's diagonal (a run
+    recorded before the capacity record existed)."""
+    cap = (res.get("capacity") or {}).get("plasticity")
+    if cap is not None:
+        return list(cap)
+    acc = res.get("acc") or []
+    return [row[t] for t, row in enumerate(acc) if t < len(row) and row[t] is not None]
+
+
 def capacity_stats(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
-    """One row per method label (:func:`capacity_frame`'s), complete runs only: ``n``, ``seeds``, mean
-    and std over seeds (``<m>_mean``, ``<m>_std``) of ``acc``, ``bwt`` and ``plasticity_last``
-    (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks), and per input layer ``exhausted <layer>``:
-    the task after which its null space first held less than a quarter of d, one per seed (None: never)."""
-    groups: dict[str, list] = {}
+    """One row per setting (:func:`capacity_labels`), complete runs only, one run per distinct seed (the
+    first; ``duplicates`` counts the repeats left out): ``n``, ``seeds``, mean and std over seeds
+    (``<m>_mean``, ``<m>_std``) of ``acc``, ``bwt`` and ``plasticity_last`` (mean ``A[t][t]`` over the last
+    :data:`LAST_TASKS` tasks), and per input layer ``exhausted <layer>``: the task after which its null
+    space first held less than a quarter of d, one per seed (None: never). A run without a capacity record
+    has no exhaustion to give: left out of those lists, with one warning."""
+    import warnings
+
+    groups: dict[str, dict] = {}
+    duplicates: dict[str, int] = {}
     results = results_by_label(runs_or_results)
-    labels = method_labels(results, keys)
+    labels = capacity_labels(results, keys)
     for key, res in results.items():
         if res.get("status") == "complete":
-            groups.setdefault(labels[key], []).append(res)
+            seeds = groups.setdefault(labels[key], {})
+            seed = (res.get("params") or {}).get("seed")
+            if seed in seeds:
+                duplicates[labels[key]] = duplicates.get(labels[key], 0) + 1
+            else:
+                seeds[seed] = res
     rows = []
-    for label, runs in groups.items():
-        row = {"method": label, "n": len(runs), "seeds": ",".join(str(r["params"]["seed"]) for r in runs)}
+    for label, by_seed in groups.items():
+        runs = list(by_seed.values())
+        row = {
+            "method": label,
+            "n": len(runs),
+            "seeds": ",".join(str(s) for s in by_seed),
+            "duplicates": duplicates.get(label, 0),
+        }
         values = {
             "acc": [r["metrics"]["acc"] for r in runs],
             "bwt": [r["metrics"]["bwt"] for r in runs],
             "plasticity_last": [
-                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)
+                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) if p else float("nan") for p in map(_plasticity, runs)
             ],
         }
         for m, v in values.items():
             v = pd.Series(v, dtype=float)
             row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
         for r in runs:
-            for layer, rec in r["capacity"]["layers"].items():
+            layers = (r.get("capacity") or {}).get("layers")
+            if layers is None:
+                warnings.warn(
+                    f"{r.get('_dir') or label} has no capacity record (a run from before it was recorded): "
+                    f"its exhaustion is left out of the capacity table; rerun it to have it",
+                    stacklevel=2,
+                )
+                continue
+            for layer, rec in layers.items():
                 base, space = _space(layer)
                 if space == "input":
                     row.setdefault(f"exhausted {base}", []).append(rec["exhausted_at"])

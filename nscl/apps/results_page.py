@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 
 from ..analysis import tables
 from ..experiment import records as runs
-from ..util import atomic_write
+from ..util import atomic_write, read_text
 from . import sweep
 from .sweep import spec as sweep_spec
 from .sweep import state as sweep_state
@@ -257,7 +257,7 @@ def sweep_times(sweep_dir: str | os.PathLike) -> dict:
         d = Path(spec["out_dir"])
         if (d / sweep_state.JOB).exists() and (d / runs.RESULTS).exists():
             try:
-                starts.append(json.loads((d / sweep_state.JOB).read_text())["started"])
+                starts.append(json.loads(read_text(d / sweep_state.JOB))["started"])
                 ends.append((d / runs.RESULTS).stat().st_mtime)
                 total += (runs.load(d).get("timing") or {}).get("total_s") or 0.0
             except (OSError, ValueError, KeyError, TypeError):  # a corrupted job.json: left out
@@ -591,6 +591,17 @@ def _dirs(d) -> list[str]:
     return [str(x) for x in (d if isinstance(d, (list, tuple)) else [d])]
 
 
+def _file_part(label: str) -> str:
+    """``label`` as part of a file name beside the page (``E1/a b`` -> ``E1_a_b``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("._") or "sweep"
+
+
+def _seeds(results: Iterable[Mapping]) -> set:
+    return {(r.get("params") or {}).get("seed") for r in results}
+
+
 def _load_all(dirs) -> dict[str, dict]:
     return {str(p): runs.load(p) for p in runs.find_runs(_dirs(dirs))}
 
@@ -628,6 +639,15 @@ def capacity_lines(
     ]
     met: dict[str, list[str]] = {}
     loaded = {label: _load_all(d) for label, d in sweeps.items()}
+    validated = {label: _load_all(d) for label, d in (validation or {}).items() if label in sweeps}
+    for label, runs_v in validated.items():  # choosing on the seeds that judge it would choose on the test set
+        shared = _seeds(runs_v.values()) & _seeds(loaded[label].values())
+        if shared:
+            raise sweep.SweepError(
+                f"--validation {label}={_uniq(_dirs(validation[label]))} has seeds {', '.join(map(str, sorted(shared)))}"
+                f" of the --capacity {label} sweep; validate on other seeds (e.g. 100, 101: "
+                f"params/sweeps/capacity_e*_validation.yaml)"
+            )
     for label, d in sweeps.items():
         dirs = _dirs(d)
         results = loaded[label]
@@ -641,13 +661,13 @@ def capacity_lines(
         header = list(tab.columns)
         lines += _md_table(header, tab.astype(str).values.tolist(), ["---"] + ["---:"] * (len(header) - 1))
         fig = plots.capacity_curve(tables.capacity_frame(results), title=label)
-        figure = page.with_name(f"{page.stem}_capacity_{label}.png")
+        figure = page.with_name(f"{page.stem}_capacity_{_file_part(label)}.png")
         plots.savefig(fig, figure)
         plt.close(fig)
         lines += ["", f"![capacity curve, {label}]({figure.name})", ""]
         chosen = []
         if validation and label in validation:
-            choice = tables.validation_choice(_load_all(validation[label]), VALIDATED)
+            choice = tables.validation_choice(validated[label], VALIDATED)
             lines.append(f"Settings chosen on the validation seeds (mean ACC; `{_uniq(_dirs(validation[label]))}`):")
             for m, c in choice.items():
                 options = ", ".join(
@@ -716,7 +736,7 @@ def worth_lines(results: Mapping[str, dict], pool: Iterable[dict]) -> list[str]:
         for h, a, p in zip(curve["hidden"], curve["acc_mean"], curve["params"])
     )
     lines = [f"Width curve of `adam_nscl` (mean ACC): {sizes}."]
-    labels = tables.method_labels(same, tables.LABEL_KEYS)
+    labels = tables.capacity_labels(same)
     for label, res in tables.capacity_stats(same).set_index("method").iterrows():
         if label.split()[0] not in CAPACITY_CANDIDATES:
             continue

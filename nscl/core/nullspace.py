@@ -356,7 +356,12 @@ def sgp_importance(eigvals: torch.Tensor, r: int, alpha: float) -> torch.Tensor:
     sigma = eigvals[r:].to(torch.float64).clamp_min(0).sqrt()
     if sigma.numel() == 0 or sigma.max().item() <= 0:
         return torch.ones_like(sigma)
-    return ((alpha + 1) * sigma / (alpha * sigma + sigma.max())).clamp(0, 1)
+    s = (alpha + 1) * sigma / (alpha * sigma + sigma.max())
+    if bool(torch.isfinite(s).all()):
+        return s.clamp(0, 1)
+    # alpha sigma overflowed to inf (inf / inf = NaN) for a huge alpha, e.g. 1e308: the same, divided by alpha
+    s = (1 + 1 / alpha) * sigma / (sigma + sigma.max() / alpha)
+    return torch.where(sigma > 0, s, torch.zeros_like(s)).clamp(0, 1)
 
 
 class ScaledProjector:
