@@ -88,15 +88,16 @@ def train(model, opt, x, y, steps):
         opt.step()
 
 
-def run_tasks(kind, model, exclude, use, close=True, tasks=3, n=8, steps=4, lr=1e-2):
+def run_tasks(kind, model, exclude, use, close=True, tasks=3, n=8, steps=4, lr=1e-2, device="cpu"):
     """Train ``tasks`` tasks in a plain loop; returns task 1's relative output change per protected layer
     after the last task and the relative weight change of those layers."""
+    model.to(device)
     cl = nscl.protect(model, exclude=exclude, rule=STRICT)
     if use == "optimizer":
         opt = cl.optimizer(lr=lr)
     else:
         opt = cl.wrap(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3))
-    x1, y1 = task_data(kind, 0, n)
+    x1, y1 = (a.to(device) for a in task_data(kind, 0, n))
     train(model, opt, x1, y1, steps)
     if close:
         report = cl.end_task([(x1, y1)])
@@ -105,7 +106,7 @@ def run_tasks(kind, model, exclude, use, close=True, tasks=3, n=8, steps=4, lr=1
     before = layer_outputs(model, layers, x1)
     w0 = {n: m.weight.detach().clone() for n, m in layers}
     for t in range(1, tasks):
-        x, y = task_data(kind, t, n)
+        x, y = (a.to(device) for a in task_data(kind, t, n))
         train(model, opt, x, y, steps)
         if close:
             cl.end_task([x])
@@ -130,6 +131,16 @@ def test_old_outputs_stay_fixed_at_every_protected_layer(kind, use):
     assert max(change.values()) <= 1e-4, change
     assert max(moved.values()) > 1e-3, f"nothing trained: {moved}"  # the guarantee is not a frozen net
     assert any(r["null"] > 0 for r in cl.report().values())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("use", ["optimizer", "wrap"])
+def test_old_outputs_stay_fixed_on_the_gpu(use):
+    """The same guarantee on CUDA (batched eigh, NullSpaceAdam's bmm buckets on the GPU)."""
+    torch.manual_seed(0)
+    change, moved, _ = run_tasks("cnn", UserCNN(), ["fc"], use, device="cuda")
+    assert max(change.values()) <= 1e-4, change
+    assert max(moved.values()) > 1e-3, moved
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
