@@ -156,8 +156,8 @@ class _UnitPruning(Method):
             rows = (ro == k).nonzero().squeeze(1)
             cols = (co <= k).nonzero().squeeze(1)
             ns = tracker.null_space(wire.name, cols=cols)
-            proj = nullspace.Projector(
-                ns, dtype=weight.dtype, device=weight.device, scale_sqrt_r=self.cfg["scale_sqrt_r"]
+            proj = nullspace.make_projector(
+                ns, "hard", dtype=weight.dtype, device=weight.device, scale_sqrt_r=self.cfg["scale_sqrt_r"]
             )
             blocks.append((rows.to(weight.device), cols.to(weight.device), proj))
             log.append({"owner": int(k), "rows": int(rows.numel()), "d": int(cols.numel()), "null": int(ns.r)})

@@ -17,7 +17,7 @@ instead of being accumulated task by task from per-task representations.
 
 from __future__ import annotations
 
-from ..core.nullspace import ScaledProjector, sgp_importance
+from ..core.nullspace import ScaledProjector
 from ..core.params import Param
 from .adam_nscl import ADAM_NSCL_PARAMS, AdamNSCL
 from .base import register
@@ -39,6 +39,4 @@ class ScaledNSCL(AdamNSCL):
     params = (*(p for p in ADAM_NSCL_PARAMS if p.name != "scale_sqrt_r"), SGP_SCALE)
 
     def projector(self, name: str, layer) -> ScaledProjector:
-        ns = self.trainer.tracker.spaces[name]
-        s = sgp_importance(ns.eigvals, ns.r, self.cfg["sgp_scale"])
-        return ScaledProjector(ns, s, dtype=layer.weight.dtype, device=layer.weight.device)
+        return self.trainer.tracker.projector(name, kind="scaled", sgp_scale=self.cfg["sgp_scale"])
