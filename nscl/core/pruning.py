@@ -321,6 +321,20 @@ class UnitMasks:
         head = self.model.heads[t]
         head.weight[:, self.head_columns_free().to(head.weight.device)] = 0.0
 
+    @torch.no_grad()
+    def release(self, units: dict[str, torch.Tensor], heads) -> None:
+        """Return kept ``units`` to the free pool (re-pruning): dead, owner FREE, their weights into
+        kept units (now interference entries) and their columns in the ``heads`` zeroed for good."""
+        for n, u in units.items():
+            self.owner[n][u] = FREE
+            self.alive[n][u.to(self.device)] = 0.0
+        for w in self.graph.wires:
+            self._zero(w.module, self.interference(w))
+        cols = self.head_columns_free()
+        for h in heads:
+            head = self.model.heads[h]
+            head.weight[:, cols.to(head.weight.device)] = 0.0
+
     @staticmethod
     def _zero(module: nn.Module, entries: torch.Tensor) -> None:
         entries = entries.to(module.weight.device)
