@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from nscl.core.nullspace import (
+    make_projector,
     NullSpace,
     NullSpaceRule,
     NullSpaceTracker,
@@ -399,3 +400,19 @@ def test_sgp_importance_formula_and_limits():
     torch.testing.assert_close(sgp_importance(ev, 2, alpha=0.0), torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64))
     assert (sgp_importance(ev, 1, alpha=1e9) - 1).abs().max() < 1e-6
     assert sgp_importance(ev, 5, alpha=10.0).numel() == 0
+
+
+def test_make_projector_builds_both_kinds():
+    """The one builder: ``hard`` is U2 U2^T, ``scaled`` is I - U1 diag(s) U1^T with SGP's importance,
+    an unknown kind is refused."""
+    ns = random_space(10, 4, seed=1)
+    eye = torch.eye(10, dtype=torch.float64)
+    hard = make_projector(ns, "hard", dtype=torch.float64)
+    torch.testing.assert_close(hard.matrix(), ns.null_basis @ ns.null_basis.T, rtol=0, atol=1e-12)
+    s = sgp_importance(ns.eigvals, ns.r, 3.0)
+    scaled = make_projector(ns, "scaled", sgp_scale=3.0, dtype=torch.float64)
+    u1 = ns.range_basis
+    torch.testing.assert_close(scaled.matrix(), eye - u1 @ torch.diag(s) @ u1.T, rtol=0, atol=1e-12)
+    assert not torch.allclose(scaled.matrix(), hard.matrix())
+    with pytest.raises(ValueError, match="unknown projector 'soft'"):
+        make_projector(ns, "soft")

@@ -384,6 +384,30 @@ class ScaledProjector:
         return u - ((u @ self.basis) * self.importance) @ self.basis.T
 
 
+PROJECTORS = ("hard", "scaled")
+
+
+def make_projector(
+    ns: NullSpace,
+    kind: str = "hard",
+    sgp_scale: float = 10.0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+    scale_sqrt_r: bool = False,
+) -> "Projector | ScaledProjector":
+    """The one place a layer's projector is built from its null space ``ns``.
+
+    ``kind="hard"``: Adam-NSCL's ``U2 U2^T`` (Eq. 6; :class:`Projector`, ``scale_sqrt_r`` the official
+    ``1/sqrt(r)`` step scaling). ``kind="scaled"``: SGP's ``I - U1 diag(s) U1^T`` with
+    ``s = sgp_importance(eigvals, r, sgp_scale)`` (SGP Eq. 2; :class:`ScaledProjector`).
+    """
+    if kind == "hard":
+        return Projector(ns, dtype=dtype, device=device, scale_sqrt_r=scale_sqrt_r)
+    if kind == "scaled":
+        return ScaledProjector(ns, sgp_importance(ns.eigvals, ns.r, sgp_scale), dtype=dtype, device=device)
+    raise ValueError(f"unknown projector {kind!r}; valid: {', '.join(PROJECTORS)}")
+
+
 #: ``eigen_update="nested"`` decomposes ``U2^T C U2`` only where the previous null space is at most this
 #: fraction of d. Its cost, in d x d matrix products, is about 1.75 (eigvalsh) + f + 2 f^2 + 7.6 f^3 for
 #: f = r / d against 7.6 for a full ``eigh`` (measured on CPU), so above f ~ 0.75 the full one is cheaper
@@ -509,10 +533,15 @@ class NullSpaceTracker:
         if recompute:
             self.spaces[name] = self.null_space(name)
 
-    def projector(self, name: str, dtype=None, device=None) -> Projector:
+    def projector(
+        self, name: str, dtype=None, device=None, kind: str = "hard", sgp_scale: float = 10.0
+    ) -> "Projector | ScaledProjector":
+        """The projector of one layer's updates (:func:`make_projector` on its null space)."""
         layer = self.layers[name]
-        return Projector(
+        return make_projector(
             self.spaces[name],
+            kind,
+            sgp_scale,
             dtype=dtype or layer.weight.dtype,
             device=device or layer.weight.device,
             scale_sqrt_r=self.scale_sqrt_r,
