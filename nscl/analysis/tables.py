@@ -786,7 +786,7 @@ def front_table(runs_or_results) -> pd.DataFrame:
 def front_above(front: pd.DataFrame, curve: str, reference: str) -> pd.DataFrame:
     """Where ``curve`` lies above ``reference`` in the (BWT, plasticity) plane: per point of ``curve``,
     the reference front's plasticity at the same BWT (linear interpolation between its points sorted
-    by BWT; None outside its BWT range), ``gap`` = the point's plasticity minus it (> 0: above), and
+    by BWT; NaN outside its BWT range), ``gap`` = the point's plasticity minus it (> 0: above), and
     ``dominated``: whether some reference point is at least as good in both BWT and plasticity.
     Columns: ``value, bwt, plasticity, reference_plasticity, gap, dominated``."""
     cols = ["value", "bwt", "plasticity", "reference_plasticity", "gap", "dominated"]

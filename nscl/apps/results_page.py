@@ -882,8 +882,9 @@ def rank_verdict(front) -> str:
         )
     elif len(undominated):
         head = (
-            "**Not above within the threshold front's BWT range**; "
-            f"{len(undominated)} of {len(cmp)} rank points are dominated by no threshold point (outside its range)"
+            "**Not above** the threshold front at any BWT within its range "
+            f"({len(cmp) - len(undominated)} of {len(cmp)} rank points are beaten in both BWT and plasticity by "
+            "one threshold point)"
         )
     else:
         head = (
@@ -936,7 +937,7 @@ def fronts_lines(
         rows = [
             [
                 f"`{r['curve']}`",
-                r["knob"] or "-",
+                r["knob"] if isinstance(r["knob"], str) else "-",
                 r["value"] or "-",
                 str(r["n"]),
                 pm(r["acc_mean"], r["acc_std"]),
