@@ -370,18 +370,30 @@ class _UnitPruning(Method):
         FREE, their weights into kept units and their columns in every head zeroed (they outputted 0
         in the accepted evaluation, so this changes no old output), re-initialised at the next task.
         """
-        tr, masks, cfg = self.trainer, self.masks, self.cfg
-        self.model.eval()
+        tr, masks, cfg, model = self.trainer, self.masks, self.cfg, self.model
+        model.eval()
         tasks = list(range(t + 1))
+        # every old task's val split, loaded once (the search evaluates all of them at every probe)
+        val = {
+            s: [(x, y) for x, y, _ in tr.batches([(self.stream[s].val, s)], cfg["eval_batch_size"], shuffle=False)]
+            for s in tasks
+        }
         scores = {n: torch.zeros(g.size, dtype=torch.float64) for n, g in masks.graph.groups.items()}
         for s in tasks:
-            xs = (x for x, _, _ in tr.batches([(self.stream[s].val, s)], cfg["eval_batch_size"], shuffle=False))
-            rel = pruning.relative_scores(masks.activity(self.model.features, xs), cfg["prune_criterion"], masks.alive)
+            rel = pruning.relative_scores(
+                masks.activity(model.features, (x for x, _ in val[s])), cfg["prune_criterion"], masks.alive
+            )
             for n, sc in rel.items():
                 reads = masks.owner[n] <= s  # task s reads units kept up to s
                 scores[n] = torch.where(reads, torch.maximum(scores[n], sc), scores[n])
         cand = {n: (o < t) & (masks.alive[n].cpu() > 0) for n, o in masks.owner.items()}
-        now = {s: tr.accuracy(s, "val") for s in tasks}
+
+        @torch.no_grad()
+        def accuracy(s):  # as Trainer.accuracy(s, "val"), on the batches loaded above
+            correct = sum((model(x, s).argmax(1) == y).sum().item() for x, y in val[s])
+            return 100.0 * correct / max(sum(len(y) for _, y in val[s]), 1)
+
+        now = {s: accuracy(s) for s in tasks}
         floor = {s: min(now[s], self.val_ref.get(s, now[s]) - cfg["prune_margin"]) for s in tasks}
         alive0 = {n: a.clone() for n, a in masks.alive.items()}
         cache: dict[tuple, float] = {}
@@ -392,7 +404,7 @@ class _UnitPruning(Method):
             if key not in cache:
                 masks.set_alive({n: alive0[n].cpu() * (~ps[n]).float() for n in ps})
                 try:
-                    cache[key] = min(tr.accuracy(s, "val") - floor[s] for s in tasks)
+                    cache[key] = min(accuracy(s) - floor[s] for s in tasks)
                 finally:
                     masks.set_alive(alive0)
             return cache[key]
@@ -402,7 +414,7 @@ class _UnitPruning(Method):
         masks.release(out, heads=tasks)
         for n, p in out.items():
             self.free_since[n][p] = t + 1
-        after = {s: tr.accuracy(s, "val") for s in tasks}
+        after = {s: accuracy(s) for s in tasks}
         return {
             "threshold": res["threshold"],
             "candidates": {n: int(c.sum()) for n, c in cand.items()},
