@@ -39,6 +39,13 @@ approximate (as Adam-NSCL) with the default ``a_min`` rule. ``C[m, m]`` includes
 ``o(r)`` too (the tracker keeps one sum), which is conservative, never wrong.
 
 Both methods ignore ``bn`` (BN is protected per channel) and always project the final Adam update.
+
+``nscl_prune`` also takes ``projector`` (each owner class's block hard or SGP-scaled, the importance from
+that class's restricted covariance: :func:`nscl.core.nullspace.make_projector`) and two ways of putting
+pruned units' capacity to use (docs/methods.md): ``prune_reclaim`` (re-pruning, :meth:`_UnitPruning.reclaim`:
+kept units no old task needs go back to the free pool, their weights into kept units and heads zeroed) and
+``free_projector`` (free rows projected by the layer's whole old-input null space). The capacity record
+adds ``free_lifetime`` (tasks each kept unit was free before) and ``reclaimed_units`` (per task).
 """
 
 from __future__ import annotations
