@@ -204,3 +204,16 @@ def test_free_projector_keeps_free_units_response_to_old_inputs(kind):
         assert change < 1e-4, change
     else:
         assert change > 1e-2, change
+
+
+def test_outgoing_norms_read_the_next_layer_and_the_trained_heads_only():
+    """A unit's outgoing norm, by hand: its column in the next layer, and for the last layer its columns
+    in the heads named (untrained heads of later tasks are left out)."""
+    tr = Trainer(_cfg(**EXACT))
+    masks = tr.method.masks
+    W1 = tr.model.backbone.layers[1].weight.detach().double()
+    heads = [tr.model.heads[h].weight.detach().double() for h in range(2)]
+    got = masks.outgoing_norms([0, 1])
+    assert torch.allclose(got["backbone.layers.0"], W1.pow(2).sum(0).sqrt())
+    assert torch.allclose(got["backbone.layers.1"], (heads[0].pow(2).sum(0) + heads[1].pow(2).sum(0)).sqrt())
+    assert torch.allclose(masks.outgoing_norms([0])["backbone.layers.1"], heads[0].pow(2).sum(0).sqrt())

@@ -369,7 +369,10 @@ class _UnitPruning(Method):
         that no old task needs any more (docs/methods.md, "Pruned units' capacity").
 
         Score of a kept unit = its largest relative activity (:func:`nscl.core.pruning.relative_scores`)
-        over the val inputs of the tasks that read it (its owner's task to ``t``). The threshold is the
+        over the val inputs of the tasks that read it (its owner's task to ``t``), times the norm of its
+        outgoing weights (:meth:`nscl.core.pruning.UnitMasks.outgoing_norms`) relative to its layer's
+        largest: on a stream whose tasks share their inputs every unit is active on every task, and
+        only what reads it tells a needed unit from an idle one. The threshold is the
         largest one (log-scale bisection, as pruning's) whose units, masked, leave every task ``s <= t``
         at a val accuracy of at least ``min(now_s, ref_s - prune_margin)``, ``ref_s`` its val accuracy
         right after its own pruning: re-pruning never costs a task more than the margin in all, and
@@ -393,6 +396,10 @@ class _UnitPruning(Method):
             for n, sc in rel.items():
                 reads = masks.owner[n] <= s  # task s reads units kept up to s
                 scores[n] = torch.where(reads, torch.maximum(scores[n], sc), scores[n])
+        out_norm = masks.outgoing_norms(tasks)  # what a unit's output weighs downstream
+        for n, w in out_norm.items():
+            top = w.max().item()
+            scores[n] = scores[n] * (w / top if top > 0 else w)
         cand = {n: (o < t) & (masks.alive[n].cpu() > 0) for n, o in masks.owner.items()}
 
         @torch.no_grad()
