@@ -616,7 +616,7 @@ def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
     anchors = front[front["knob"].isna()]
     colours = dict(zip([*curves, *anchors["curve"]], sns.color_palette("tab10", len(curves) + len(anchors))))
     n = max(len(curves), 1)
-    cols = min(n, 3)
+    cols = min(n, 2)
     rows = -(-n // cols)
     with sns.axes_style(STYLE):
         fig = plt.figure(figsize=(FRONTS_WIDTH_IN, 3.4 + 2.6 * rows))
@@ -647,7 +647,7 @@ def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
                 color=colours[a["curve"]],
                 label=a["curve"],
             )
-        top.set_xlabel(f"plasticity: mean new-task accuracy, last {last} tasks (%)")
+        top.set_xlabel(f"plasticity: accuracy just after training, mean of the last {last} (%)")
         top.set_ylabel("BWT (points)")
         top.set_title("front: up and right is better", fontsize=10)
         top.legend(fontsize=8, frameon=False, loc="best")
