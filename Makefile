@@ -91,6 +91,9 @@ compare: venv data
 # and E1's joint reference on seeds 0, 1, 2, JOBS runs at once on 1 thread each (complete runs are skipped,
 # so it resumes); then the capacity section of docs/results.md (the rest of the page is left as it is) and
 # notebook 06 on E1's sweep. About 70 min on 2 cores (validation 5 + 13 min, E3 17, E1 12, E2 7, joint 12).
+# Then the fronts of issue 24 (one knob per method on E3 and E1, their validation seeds 100, 101, and the small
+# CNN on the partition stream; 241 runs): about 2.75 h more on 2 cores (estimated: E3 52 + 34 min, E1 31 + 20,
+# CNN 28), and the fronts section after the capacity section.
 capacity: venv data
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e3_validation.yaml -j $(JOBS)
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_validation.yaml -j $(JOBS)
