@@ -137,7 +137,16 @@ def figures() -> dict:
         "singular_values": lambda: plots.singular_values(sv),
         "null_space_by_rule": lambda: plots.null_space_by_rule(ns[ns["benchmark"] == "split_fmnist"]),
         "stability_plasticity": lambda: plots.stability_plasticity(sweep, col="benchmark"),
+        "fronts": lambda: plots.fronts(_front()),
     }
+
+
+def _front():
+    """The fronts table of tests/test_fronts.py's constructed records."""
+    from nscl.analysis import tables
+    from test_fronts import _results
+
+    return tables.front_table(_results())
 
 
 NOT_FIGURES = {"short", "savefig", "label_styles"}

@@ -20,6 +20,7 @@ change of a few dimensions out of hundreds shows, and one line per run.
 * :func:`lowrank_tradeoff`, :func:`singular_values`, :func:`null_space_by_rule` — rank limitation.
 * :func:`stability_plasticity` — BWT against plasticity per method, mean ± std over seeds; a panel per benchmark (and per ``row`` value).
 * :func:`capacity_curve` — new-task accuracy and r/d per layer vs task, a line per method (mean ± std over seeds).
+* :func:`fronts` — each method's front: plasticity over the last tasks against BWT, and ACC against its knob.
 * :func:`savefig` — write a PNG (fixed dpi, tight box) and return its path.
 """
 
@@ -596,6 +597,72 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
             ax.set_title(f"input of {short(layer)}", fontsize=10)
     handles = [plt.Line2D([], [], color=palette[m], dashes=dashes[m] or (None, None), label=m) for m in order]
     axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1), loc="upper left", frameon=False, title="method")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+#: width of :func:`fronts` (inches): under 960 px at the package's dpi (100-110)
+FRONTS_WIDTH_IN = 8.6
+
+
+def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
+    """Each method's front (issue 24): top, plasticity over the last tasks (x) against BWT (y), one line
+    per curve through its knob values in order, mean ± std over seeds (error bars), anchors (knob-less
+    methods) as single points; bottom, ACC against the knob, one panel per curve (its own knob axis,
+    log-scaled for ``sgp_scale``). ``front``: :func:`nscl.analysis.tables.front_table`."""
+    curves = [c for c in dict.fromkeys(front["curve"]) if front.loc[front["curve"] == c, "knob"].notna().any()]
+    anchors = front[front["knob"].isna()]
+    colours = dict(zip([*curves, *anchors["curve"]], sns.color_palette("tab10", len(curves) + len(anchors))))
+    n = max(len(curves), 1)
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    with sns.axes_style(STYLE):
+        fig = plt.figure(figsize=(FRONTS_WIDTH_IN, 3.4 + 2.6 * rows))
+        grid = fig.add_gridspec(1 + rows, cols, height_ratios=[3.4] + [2.6] * rows)
+        top = fig.add_subplot(grid[0, :])
+        for c in curves:
+            d = front[front["curve"] == c].sort_values("x")
+            top.errorbar(
+                d["plasticity_last_mean"],
+                d["bwt_mean"],
+                xerr=d["plasticity_last_std"].fillna(0),
+                yerr=d["bwt_std"].fillna(0),
+                marker="o",
+                ms=4,
+                capsize=2,
+                color=colours[c],
+                label=f"{c} ({d['knob'].iloc[0]})",
+            )
+        for _, a in anchors.iterrows():
+            top.errorbar(
+                a["plasticity_last_mean"],
+                a["bwt_mean"],
+                xerr=0 if a["plasticity_last_std"] != a["plasticity_last_std"] else a["plasticity_last_std"],
+                yerr=0 if a["bwt_std"] != a["bwt_std"] else a["bwt_std"],
+                marker="s",
+                ms=6,
+                ls="none",
+                color=colours[a["curve"]],
+                label=a["curve"],
+            )
+        top.set_xlabel(f"plasticity: accuracy just after training, mean of the last {last} (%)")
+        top.set_ylabel("BWT (points)")
+        top.set_title("front: up and right is better", fontsize=10)
+        top.legend(fontsize=8, frameon=False, loc="best")
+        for i, c in enumerate(curves):
+            ax = fig.add_subplot(grid[1 + i // cols, i % cols])
+            d = front[front["curve"] == c].sort_values("x")
+            ax.errorbar(
+                d["x"], d["acc_mean"], yerr=d["acc_std"].fillna(0), marker="o", ms=4, capsize=2, color=colours[c]
+            )
+            knob = d["knob"].iloc[0]
+            if knob == "sgp_scale" and (d["x"] > 0).all():
+                ax.set_xscale("log")
+            ax.set_xlabel("mean rank budget" if knob == "rank_schedule" else knob)
+            ax.set_ylabel("ACC (%)")
+            ax.set_title(c, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
