@@ -48,6 +48,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import transforms
 from matplotlib.textpath import TextPath
+from matplotlib.ticker import MaxNLocator
 
 STYLE = "whitegrid"
 
@@ -275,6 +276,7 @@ def _layout(fig) -> None:
     handles, title = getattr(fig, "_nscl_legend", ((), None))
     if not handles:
         fig.tight_layout()
+        _drop_empty(fig)
         return
     width, height = fig.get_size_inches()
     need = 0.35 + 0.2 * len(handles) + (0.2 if title else 0)
@@ -283,6 +285,7 @@ def _layout(fig) -> None:
         fig.tight_layout()
         box = empty[0].get_position()
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(box.x0, box.y1), title=title, frameon=False)
+        _drop_empty(fig)
         return
     label_w = _legend_w([h.get_label() for h in handles], 1.0)
     ncol = max(1, min(len(handles), int((width - 0.3) // label_w)))
@@ -291,6 +294,13 @@ def _layout(fig) -> None:
     bottom = extra_h / (height + extra_h)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, bottom), ncol=ncol, title=title, frameon=False)
+    _drop_empty(fig)
+
+
+def _drop_empty(fig) -> None:
+    """Remove the empty slots of a wrapped grid of panels (``fig.axes`` is then the panels)."""
+    for ax in [ax for ax in fig.axes if not ax.get_visible()]:
+        fig.delaxes(ax)
 
 
 def _first_col(ax) -> bool:
@@ -302,6 +312,7 @@ def _legend_fig_right(fig, handles, title: str, extra_w: float) -> None:
     right = 1 - extra_w / fig.get_figwidth()
     fig.tight_layout(rect=(0, 0, right, 1))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(right, 0.98), title=title, frameon=False)
+    _drop_empty(fig)
 
 
 def _legend_w(labels, pad: float = 0.75) -> float:
@@ -473,7 +484,7 @@ def null_space_dims(ns: pd.DataFrame, label: str = "label", row: str | None = No
         ax.set_title(f"{layer} ({d})" if r is None else f"{r}\n{layer} ({d})")
         _task_axis(ax, sub["task"] if len(sub) else [1])
         if not frac:
-            ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(("null-space fraction r / d" if frac else "null-space dim r") if _first_col(ax) else "")
     _layout(fig)
     return fig
@@ -852,7 +863,7 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
         ]
     fig, axes = _line_panels(panels, [None], keys, looks, "method", w=4.5, h=3.0, band=True)
     for (_, (quantity, layer)), ax in axes.items():
-        _task_axis(ax, frame["task"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("task")
         if layer is None:
             ax.set_ylabel("new-task accuracy (%)")
