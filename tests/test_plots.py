@@ -273,7 +273,8 @@ def line_clashes(fig) -> list[str]:
 
 def readability_problems(fig) -> list[str]:
     """What makes a figure hard to read, as sentences (empty: readable)."""
-    problems = display_problems(fig) + line_clashes(fig)  # display_problems draws the figure
+    problems = display_problems(fig) + line_clashes(fig)
+    fig.canvas.draw()  # the layout as drawn on screen (the tight-box PNG leaves some extents stale)
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]
     for k, ax in enumerate(axes):
