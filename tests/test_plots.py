@@ -179,9 +179,11 @@ def figures() -> dict:
         "kept_energy": lambda: plots.kept_energy(ns04, label="method", row="benchmark"),
         "null_space_vs_metrics": lambda: plots.null_space_vs_metrics(summary, style="benchmark"),
         "pruning_activity": lambda: plots.pruning_activity(act, th),
-        "units_used": lambda: plots.units_used(units),
+        "units_used[4 runs, 3 layers]": lambda: plots.units_used(units),
+        "units_used[02: 2 runs]": lambda: plots.units_used(units[units["label"].isin(["clnp", "nscl_prune"])]),
         "lowrank_tradeoff": lambda: plots.lowrank_tradeoff(grid),
-        "singular_values": lambda: plots.singular_values(sv),
+        "singular_values[3 runs]": lambda: plots.singular_values(sv),
+        "singular_values[1 run]": lambda: plots.singular_values(sv[sv["label"] == "nscl_lowrank full lam=0"]),
         "null_space_by_rule": lambda: plots.null_space_by_rule(ns[ns["method"].isin(METHODS[3:6])]),
         "stability_plasticity[results page]": lambda: plots.stability_plasticity(sweep, col="benchmark", row="size"),
         "stability_plasticity[05: one benchmark]": lambda: plots.stability_plasticity(

@@ -698,7 +698,7 @@ def units_used(units: pd.DataFrame):
         ]
         for lab in labels
     }
-    fig, axes = _line_panels(panels, [None], labels, _looks(layers), "layer", w=3.1, h=2.6, sharey=True)
+    fig, axes = _line_panels(panels, [None], labels, _looks(layers), "layer", w=3.1, h=2.9, sharey=True)
     for (_, lab), ax in axes.items():
         ax.set_ylim(0, 1.05)
         ax.set_title(_title(lab, 2.9))
@@ -749,7 +749,7 @@ def singular_values(sv: pd.DataFrame):
     tasks = sorted({int(t) for t in sv["task"]})
     colors = dict(zip(tasks, sns.color_palette("viridis", len(tasks))))
     extra = _legend_w(["after task"], 0.3)
-    fig, axes = _grid([None], labels, 3.0, 3.0, extra, sharey=True)
+    fig, axes = _grid([None], labels, 3.4, 3.0, extra, sharey=True)
     for (_, lab), ax in axes.items():
         for t, g in sv[sv["label"] == lab].groupby("task"):
             ax.plot(g["i"], g["sigma_rel"], color=colors[int(t)], lw=1.2)
