@@ -384,6 +384,29 @@ def test_identical_runs_share_one_line_and_one_legend_entry():
     plt.close(fig)
 
 
+def test_figure_size_depends_on_the_labels_not_on_the_values():
+    """nbval compares the stored ``<Figure size WxH with N Axes>`` of a cell: runs that share a line on one
+    numeric path and not on another must give the same figure size."""
+    same, apart = ns_table(), ns_table()
+    same["null_dim"] = 700
+    apart["null_dim"] = np.arange(len(apart))
+    sizes = set()
+    for frame in (same, apart):
+        fig = plots.null_space_dims(frame, label="method")
+        sizes.add((tuple(fig.get_size_inches()), len(fig.axes)))
+        plt.close(fig)
+    cap = capacity_frame(CAPACITY_LABELS[:4], tasks=6, seeds=(0,))
+    for frame in (cap, cap.assign(value=cap["value"] + np.arange(len(cap)) * 1e-3)):
+        fig = plots.capacity_curve(frame)
+        sizes.add((tuple(fig.get_size_inches()), len(fig.axes)))
+        plt.close(fig)
+    for r in (7, 34567):
+        fig = plots.spectrum_cut(np.logspace(-16, 2, 784), {f"a=10: r = {r}": 1e-9})
+        sizes.add((tuple(fig.get_size_inches()), len(fig.axes)))
+        plt.close(fig)
+    assert len(sizes) == 3, sizes
+
+
 def test_capacity_curve_draws_one_line_per_energy_on_the_first_layer():
     """06: on layers.0 every label at one energy has the same r/d: two lines (0.9 and 0.99), all labelled."""
     fig = plots.capacity_curve(capacity_frame(CAPACITY_LABELS, tasks=8, seeds=(0,)))
