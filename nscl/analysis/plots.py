@@ -894,10 +894,11 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
     return fig
 
 
-#: width of :func:`fronts` (inches): under 960 px at the package's dpi (100-110)
+#: width of :func:`fronts` (inches): under 960 px at :data:`DISPLAY_DPI`
 FRONTS_WIDTH_IN = 8.6
 
 
+@_readable
 def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
     """Each method's front (issue 24): top, plasticity over the last tasks (x) against BWT (y), one line
     per curve through its knob values in order, mean ± std over seeds (error bars), anchors (knob-less
@@ -910,8 +911,9 @@ def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
     cols = min(n, 2)
     rows = -(-n // cols)
     with sns.axes_style(STYLE):
-        fig = plt.figure(figsize=(FRONTS_WIDTH_IN, 3.4 + 2.6 * rows))
-        grid = fig.add_gridspec(1 + rows, cols, height_ratios=[3.4] + [2.6] * rows)
+        fig = plt.figure(figsize=(FRONTS_WIDTH_IN, 5.6 + 3.4 * rows))
+        # row 1 is left empty: the front's legend sits there, under its panel
+        grid = fig.add_gridspec(2 + rows, cols, height_ratios=[3.8, 1.4] + [3.4] * rows)
         top = fig.add_subplot(grid[0, :])
         for c in curves:
             d = front[front["curve"] == c].sort_values("x")
@@ -922,7 +924,7 @@ def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
                 yerr=d["bwt_std"].fillna(0),
                 marker="o",
                 ms=4,
-                capsize=2,
+                capsize=0,
                 color=colours[c],
                 label=f"{c} ({d['knob'].iloc[0]})",
             )
@@ -940,21 +942,21 @@ def fronts(front: pd.DataFrame, title: str | None = None, last: int = 10):
             )
         top.set_xlabel(f"plasticity: accuracy just after training, mean of the last {last} (%)")
         top.set_ylabel("BWT (points)")
-        top.set_title("front: up and right is better", fontsize=10)
-        top.legend(fontsize=8, frameon=False, loc="best")
+        top.set_title("front: up and right is better")
+        top.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         for i, c in enumerate(curves):
-            ax = fig.add_subplot(grid[1 + i // cols, i % cols])
+            ax = fig.add_subplot(grid[2 + i // cols, i % cols])
             d = front[front["curve"] == c].sort_values("x")
             ax.errorbar(
-                d["x"], d["acc_mean"], yerr=d["acc_std"].fillna(0), marker="o", ms=4, capsize=2, color=colours[c]
+                d["x"], d["acc_mean"], yerr=d["acc_std"].fillna(0), marker="o", ms=4, capsize=0, color=colours[c]
             )
             knob = d["knob"].iloc[0]
             if knob == "sgp_scale" and (d["x"] > 0).all():
                 ax.set_xscale("log")
             ax.set_xlabel("mean rank budget" if knob == "rank_schedule" else knob)
             ax.set_ylabel("ACC (%)")
-            ax.set_title(c, fontsize=9)
+            ax.set_title(_title(c, FRONTS_WIDTH_IN / 2))
     if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+        fig.suptitle(title)
+    _layout(fig)
     return fig
