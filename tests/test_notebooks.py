@@ -121,6 +121,22 @@ def test_quickstart_adam_nscl_forgets_less_than_finetuning_on_both_streams(suite
 
 
 @pytest.mark.slow
+def test_your_model_protected_loop_keeps_old_tasks_and_finetuning_forgets(suite):
+    """Notebook 07: nscl.protect on a user CNN in a plain loop, against the same loop unprotected."""
+    rec = record(suite, "07_your_model")
+    ft, ns = rec["methods"]["finetune"], rec["methods"]["adam_nscl"]
+    assert ft["metrics"]["tasks_done"] == ns["metrics"]["tasks_done"] == rec["params"]["n_tasks"] == 3
+    assert ft["acc"][0][0] == ns["acc"][0][0]  # same init and data order; no projection before end_task
+    assert ns["metrics"]["bwt"] >= -1.0  # the old tasks keep their accuracy to within a point
+    assert ft["metrics"]["bwt"] < ns["metrics"]["bwt"] - 2  # the unprotected loop forgets
+    report = rec["extra"]["report"]  # cl.report() after the last task: the heads are excluded
+    assert set(report) == set(ns["null_space"]) == {"conv1", "conv2", "fc"}
+    for layer, r in report.items():
+        assert 0 < r["null"] < r["d"] and 0 <= r["kept_energy"] <= 0.1, layer  # energy rule 0.9
+        assert ns["null_space"][layer]["dims"][-1] == r["null"] and len(ns["null_space"][layer]["dims"]) == 3
+
+
+@pytest.mark.slow
 def test_no_notebook_shows_a_null_space_method_at_chance(suite):
     recs = {p.stem: record(suite, p.stem) for p in NOTEBOOKS}
     assert suite_app.chance_failures(recs) == []
@@ -128,7 +144,7 @@ def test_no_notebook_shows_a_null_space_method_at_chance(suite):
         stem: [label for label, m in rec["methods"].items() if m.get("method") in null_space_methods()]
         for stem, rec in recs.items()
     }
-    for stem in ("00_quickstart", "01_adam_nscl", "02_pruning", "03_low_rank", "05_compare_methods"):
+    for stem in ("00_quickstart", "01_adam_nscl", "02_pruning", "03_low_rank", "05_compare_methods", "07_your_model"):
         assert checked[stem], f"{stem} records no null-space run"
         for label in checked[stem]:
             assert recs[stem]["methods"][label]["at_chance"] == [], (stem, label)
