@@ -76,21 +76,21 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
             "run": str(nb),
             "params": TINY,
             "out": str(tmp_path / "sweep"),
-            "cell_timeout_s": 300,
+            "cell_timeout_s": 1800,  # the limits here are safety nets only
             "grid": [
                 {"method": ["finetune", "adam_nscl"], "seed": [0]},
                 {"method": ["finetune"], "seed": [0], "lr": [1.0e30]},
             ],  # valid value, NaN at run time
             "executor": {
                 "kind": "slurm",
-                "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10, "array_parallelism": 2},
+                "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 30, "array_parallelism": 2},
             },
         }
         path = tmp_path / "sweep.yaml"
         path.write_text(yaml.safe_dump(doc))
         sweep_dir = tmp_path / "sweep"
 
-        res = sweep.run(path, timeout_s=600)  # executor from the file: slurm
+        res = sweep.run(path, timeout_s=1800)  # executor from the file: slurm
         assert len(res["submitted"]) == 3
         sub = json.loads((sweep_dir / "submitted.json").read_text())
         array = sub["array_job_id"]
