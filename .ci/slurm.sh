@@ -2,10 +2,11 @@
 # A real single-node SLURM (munge + slurmctld + slurmd) on this machine, for the sweep tests
 # (tests/test_sweep_slurm.py) and for trying `python -m nscl sweep run FILE --executor slurm`.
 #
-#   .ci/slurm.sh start    install slurm-wlm + munge if missing (root, Debian/Ubuntu), write a one-node
-#                         config, start the daemons, wait until the node is idle. Idempotent: a SLURM
-#                         already up is reused, a node left DOWN/DRAINED by an earlier run is resumed,
-#                         daemons that do not answer are restarted.
+#   .ci/slurm.sh start    install slurmd, slurmctld and munge if missing (root, Debian: .ci/packages.sh),
+#                         write a one-node config, start the daemons, wait until the node is idle.
+#                         Idempotent, one start at a time (a lock file): a SLURM already up is reused,
+#                         a node left DOWN/DRAINED by an earlier run is resumed, daemons that do not
+#                         answer are restarted.
 #   .ci/slurm.sh status   exit 0 when `sinfo` answers, else 1
 #   .ci/slurm.sh stop     stop the three daemons this script starts
 #
@@ -57,11 +58,12 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  echo "installing slurm-wlm and munge (Debian packages)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
-fi
+# One start at a time (make test starts SLURM in the background, and each SLURM test asks for it too):
+# the others wait here, then find it up.
+exec 9>/var/lock/nscl-slurm-start.lock
+flock 9
+
+bash "$(dirname "$0")/packages.sh" slurm  # slurmd, slurmctld, munge when missing
 
 host=$(hostname -s)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,14 +33,11 @@ TINY = {**conftest.TINY, "samples_per_task": 200, "test_samples_per_task": 100, 
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A SLURM that answers. make test may run the two tests here on two workers at once, so each test
-    cancels only its own jobs (:func:`own_jobs`), never the other's."""
-    if os.geteuid() == 0:  # idempotent: reuses a running SLURM, resumes a drained node
-        import fcntl
-
-        with open(Path(tempfile.gettempdir()) / "nscl-slurm-start.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one start at a time: two workers may get here at once
-            r = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    """A SLURM that answers, started here when root (make test starts it in the background as soon as
+    the packages are in; this waits for that start). make test may run the tests here on several workers
+    at once, so each test cancels only its own jobs (:func:`own_jobs`), never another's."""
+    if os.geteuid() == 0:  # idempotent, one at a time: reuses a running SLURM, resumes a drained node
+        r = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=1800)
         if r.returncode != 0:
             pytest.fail(f"{SCRIPT} start failed:\n{r.stdout}\n{r.stderr}")
     r = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60)
