@@ -2,10 +2,11 @@
 # `make flaky`: the tests that could depend on timing, FLAKY_N times (default 10) under make test's load;
 # each test's pass count in results/flaky/counts.txt, each iteration's seconds in results/flaky/iterations.txt.
 #
-#   the tests:  markers slow, slurm, slurm_timelimit, browser (SLURM jobs, a browser, subprocesses, sweeps,
-#               notebooks through papermill), and every other test whose name says sweep, signal, stop,
-#               interrupt, Ctrl-C, lock, kill or resume; not the notebook tests (nbval_records: they read
-#               files nbval wrote) nor gpu. One pytest run per iteration, a worker per core + 1, as make test.
+#   the tests:  marker `timing` (set by tests/conftest.py): markers slow, slurm, slurm_timelimit, browser
+#               (SLURM jobs, a browser, subprocesses, sweeps, notebooks through papermill), and every test
+#               whose file or name says sweep, signal, stop, interrupt, Ctrl-C, lock, kill or resume; not
+#               the notebook tests (nbval_records: they read files nbval wrote) nor gpu. One pytest run
+#               per iteration, a worker per core + 1, as in make test.
 #   the load:   nbval of the committed notebooks in a loop on both of make test's numeric paths, in the
 #               background for the whole check (as in make test, where both run beside the tests).
 # Exit status 0 only when every test passed FLAKY_N of FLAKY_N. PY: the project's python.
@@ -17,13 +18,9 @@ WORKERS=${TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) + 1 ))}
 rm -rf "$OUT" && mkdir -p "$OUT"
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 
-echo "collecting the tests (list: $OUT/tests.txt)"
-collect() { "${PYTEST[@]}" --collect-only "$@" | grep '::' ; }
-{
-  collect -m '(slow or slurm or slurm_timelimit or browser) and not nbval_records and not gpu'
-  collect -m 'not nbval_records and not gpu' \
-    -k 'sweep or signal or stop or interrupt or ctrl_c or lock or kill or resum'
-} | sort -u > "$OUT/tests.txt"
+# the tests: marker `timing` (tests/conftest.py sets it), not the notebook tests nor gpu
+SELECT='timing and not nbval_records and not gpu'
+"${PYTEST[@]}" --collect-only -m "$SELECT" | grep '::' > "$OUT/tests.txt"
 n_tests=$(wc -l < "$OUT/tests.txt")
 [ "$n_tests" -gt 0 ] || { echo "error: no tests collected"; exit 1; }
 
@@ -50,8 +47,8 @@ echo "$n_tests tests, $N times, while nbval loads the cores (log: $OUT/load.txt)
 echo "# iteration  seconds  pytest-rc" > "$OUT/iterations.txt"
 for i in $(seq 1 "$N"); do
   start=$EPOCHREALTIME
-  OMP_NUM_THREADS=1 "${PYTEST[@]}" -rA -m 'not gpu' -n "$WORKERS" --dist load --maxschedchunk 1 \
-    $(cat "$OUT/tests.txt") > "$OUT/iteration-$i.log" 2>&1
+  OMP_NUM_THREADS=1 "${PYTEST[@]}" -rA -m "$SELECT" -n "$WORKERS" --dist load --maxschedchunk 1 \
+    > "$OUT/iteration-$i.log" 2>&1
   rc=$?
   seconds=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.0f", e - s }')
   echo "$i $seconds $rc" >> "$OUT/iterations.txt"

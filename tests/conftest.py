@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configurations that train in seconds on CPU."""
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ def pytest_collection_modifyitems(config, items):
     --maxschedchunk 1``), so the longest start at once on different workers instead of ending the run
     alone while the other workers idle. (Without ``--maxschedchunk``, xdist hands each worker a quarter
     of its share in one consecutive block: all the long tests went to one worker.) Tests using the ``suite`` fixture get the
-    ``nbval_records`` marker (scripts/test.sh runs them after nbval)."""
+    ``nbval_records`` marker (scripts/test.sh runs them after nbval); the tests that could depend on timing
+    get ``timing`` (:data:`TIMING_MARKERS`, :data:`TIMING_NAMES`: what ``make flaky`` repeats)."""
 
     def rank(item):
         marks = {m.name for m in item.iter_markers()}
@@ -38,6 +40,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:  # make test runs these once its nbval run has written the records they read
         if "suite" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.nbval_records)
+        marks = {m.name for m in item.iter_markers()}
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if marks & TIMING_MARKERS or TIMING_NAMES.search(name):
+            item.add_marker(pytest.mark.timing)
+
+
+#: the tests ``make flaky`` repeats under load (marker ``timing``, set here): those that start processes,
+#: SLURM jobs or a browser, and those whose file or name says they stop, signal, lock, kill or resume runs
+TIMING_MARKERS = {"slow", "slurm", "slurm_timelimit", "browser"}
+TIMING_NAMES = re.compile(r"sweep|signal|stop|interrupt|ctrl_c|(?<!b)lock|kill|resum")
 
 
 @pytest.fixture
