@@ -13,12 +13,11 @@ KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
 venv: $(STAMP) $(KERNEL)
 
-# torch first, pinned to the wheels on this machine's disk; then the package with its dev extras
-# (pyproject.toml is the one dependency list; environment.yml installs the same thing for conda).
+# torch pinned to the wheels on this machine's disk, and the package with its dev extras, in one pip call
+# (one resolution; pyproject.toml is the one dependency list; environment.yml installs the same for conda).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
 	@touch $@
 
 # The notebooks' kernel "Python (nscl)", installed into this clone's own .venv (not the user's
