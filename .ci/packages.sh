@@ -55,8 +55,10 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
 fi
 
 echo "installing ${want[*]} (Debian packages, for: ${why[*]})"
+# one nscl apt call at a time (make test's background install, make data, .ci/slurm.sh start); apt does
+# not inherit the lock (9>&-): a daemon a package's script starts would hold it for good
 exec 9>/var/lock/nscl-apt.lock
-flock 9  # one nscl apt call at a time (make test's background install, make data, .ci/slurm.sh start)
+flock -w 1800 9 || { echo "error: another nscl apt call holds /var/lock/nscl-apt.lock for 30 min" >&2; exit 1; }
 apt=(apt-get -qq -o DPkg::Lock::Timeout=600)  # another program's apt/dpkg: wait for it, do not fail
-"${apt[@]}" update
-DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${want[@]}" >/dev/null
+"${apt[@]}" update 9>&-
+DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${want[@]}" >/dev/null 9>&-
