@@ -144,11 +144,11 @@ def limit_sweep(tmp_path, gate, name: str, slurm_opts: dict) -> tuple[Path, dict
     return path, doc, spec, g
 
 
-def check_stopped_then_resumed(path: Path, spec: dict, first: dict) -> None:
+def check_stopped_then_resumed(path: Path, doc: dict, spec: dict, first: dict) -> None:
     """The first submission left the run ``stopped`` by SIGUSR2 after exactly task 1 (no error.txt); the
-    same sweep resubmitted resumes it from its checkpoint to the numbers of an uninterrupted run, the
-    finished task's accuracy row and measured timing carried over (a retrained task would never repeat a
-    wall-clock time)."""
+    same runs resubmitted (with a time limit of 30 min: the rest fits in it on any machine) resume from
+    the checkpoint to the numbers of an uninterrupted run, the finished task's accuracy row and measured
+    timing carried over (a retrained task would never repeat a wall-clock time)."""
     from nscl.experiment import records, trainer
 
     d = Path(spec["out_dir"])
@@ -157,6 +157,8 @@ def check_stopped_then_resumed(path: Path, spec: dict, first: dict) -> None:
     stopped = records.load(d)
     assert stopped["status"] == "stopped" and stopped["metrics"]["tasks_done"] == 1
     assert (d / records.CHECKPOINT).exists()
+    doc["executor"]["slurm"]["timeout_min"] = 30
+    path.write_text(yaml.safe_dump(doc))
     second = sweep.run(path, timeout_s=900)  # the gate was reached once: this run passes through it
     assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete", second
     done = records.load(d)
@@ -178,7 +180,7 @@ def test_slurms_warning_signal_stops_the_run_and_a_resubmission_completes_it(slu
         job = json.loads((Path(doc["out"]) / "submitted.json").read_text())["jobs"][spec["name"]]
         subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True, timeout=60)
         first = waiting.result()
-        check_stopped_then_resumed(path, spec, first)
+        check_stopped_then_resumed(path, doc, spec, first)
 
 
 @pytest.mark.slurm_timelimit
@@ -192,4 +194,4 @@ def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(s
     with own_jobs(LIMIT_NAME):
         first = sweep.run(path, timeout_s=900)
         assert g.reached.exists()  # it was stopped at the gate, by SLURM's warning
-        check_stopped_then_resumed(path, spec, first)
+        check_stopped_then_resumed(path, doc, spec, first)
