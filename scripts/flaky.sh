@@ -47,7 +47,7 @@ echo "$n_tests tests, $N times, while nbval loads the cores (log: $OUT/load.txt)
 echo "# iteration  seconds  pytest-rc" > "$OUT/iterations.txt"
 for i in $(seq 1 "$N"); do
   start=$EPOCHREALTIME
-  OMP_NUM_THREADS=1 "${PYTEST[@]}" -rA -m "$SELECT" -n "$WORKERS" --dist load --maxschedchunk 1 \
+  OMP_NUM_THREADS=1 "${PYTEST[@]}" -rA --durations=15 -m "$SELECT" -n "$WORKERS" --dist load --maxschedchunk 1 \
     > "$OUT/iteration-$i.log" 2>&1
   rc=$?
   seconds=$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.0f", e - s }')
