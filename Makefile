@@ -89,6 +89,9 @@ compare: venv data
 # and E1's joint reference on seeds 0, 1, 2, JOBS runs at once on 1 thread each (complete runs are skipped,
 # so it resumes); then the capacity section of docs/results.md (the rest of the page is left as it is) and
 # notebook 06 on E1's sweep. About 70 min on 2 cores (validation 5 + 13 min, E3 17, E1 12, E2 7, joint 12).
+# Then the fronts of issue 24 (one knob per method on E3 and E1, their validation seeds 100, 101, and the small
+# CNN on the partition stream; 241 runs): about 2.75 h more on 2 cores (estimated: E3 52 + 34 min, E1 31 + 20,
+# CNN 28), and the fronts section after the capacity section.
 capacity: venv data
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e3_validation.yaml -j $(JOBS)
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_validation.yaml -j $(JOBS)
@@ -96,13 +99,18 @@ capacity: venv data
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1.yaml -j $(JOBS)
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e2.yaml -j $(JOBS)
 	-$(PY) -m nscl sweep run params/sweeps/capacity_e1_joint.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/fronts_e3_validation.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/fronts_e1_validation.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/fronts_e3.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/fronts_e1.yaml -j $(JOBS)
+	-$(PY) -m nscl sweep run params/sweeps/fronts_cnn.yaml -j $(JOBS)
 	$(MAKE) capacity-page
 	$(VENV)/bin/papermill -k python3 notebooks/06_capacity.ipynb results/sweeps/capacity_e1/06_capacity.ipynb \
 	  -p sweep_dir $(CURDIR)/results/sweeps/capacity_e1 -p output_dir $(CURDIR)/results/sweeps/capacity_e1/notebook
 
 # Only the capacity section of docs/results.md, from the capacity sweeps present (a sub-make: they exist now)
 capacity-page: venv
-	$(PY) -m nscl results -o docs/results.md $(CAPACITY_PAGE)
+	$(PY) -m nscl results -o docs/results.md $(CAPACITY_PAGE) $(FRONTS_PAGE)
 
 # The one prepared GPU check (<= 8 min on one H100/H200): pytest -m gpu, the projection and e2e benchmarks
 # on CUDA, notebook 00 with device=cuda; JSON in results/gpu_check/. Without a GPU it says so and fails.
@@ -123,6 +131,10 @@ wheelhouse:
 # cores. Commit the page it writes. With the capacity sweeps present (make capacity), their section too:
 CAPACITY_PAGE = $(foreach s,e1 e1_joint e3 e2,$(if $(wildcard results/sweeps/capacity_$(s)/sweep.json),--capacity $(firstword $(subst _, ,$(s)))=results/sweeps/capacity_$(s))) \
   $(foreach s,e1 e3,$(if $(wildcard results/sweeps/capacity_$(s)_validation/sweep.json),--validation $(s)=results/sweeps/capacity_$(s)_validation))
+# the fronts section (issue 24), after the capacity section: E1, E3 (knob values chosen on their validation sweeps)
+# and the small CNN on the partition stream
+FRONTS_PAGE = $(foreach s,e1 e3 cnn,$(if $(wildcard results/sweeps/fronts_$(s)/sweep.json),--fronts $(s)=results/sweeps/fronts_$(s))) \
+  $(foreach s,e1 e3,$(if $(wildcard results/sweeps/fronts_$(s)_validation/sweep.json),--fronts-validation $(s)=results/sweeps/fronts_$(s)_validation))
 results: venv data
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist.yaml
 	-$(PY) -m nscl sweep run params/sweeps/compare_fmnist_full.yaml

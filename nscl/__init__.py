@@ -13,11 +13,16 @@ Layers (imports only point down this list; ``tests/test_layers.py`` holds the ru
 
 
 def __getattr__(name: str):
-    """``nscl.__version__``, kept in :mod:`nscl.util` (the root imports nothing at module level)."""
+    """``nscl.__version__`` (kept in :mod:`nscl.util`) and the library entry point ``nscl.protect``
+    (:mod:`nscl.core.protect`), loaded on first use (the root imports nothing at module level)."""
     if name == "__version__":
         from .util import __version__
 
         return __version__
+    if name in ("protect", "Protection", "NullSpaceRule"):  # the library entry point (docs/library.md)
+        from .core import nullspace, protect
+
+        return getattr(nullspace if name == "NullSpaceRule" else protect, name)
     raise AttributeError(f"module 'nscl' has no attribute {name!r}")
 
 

@@ -8,7 +8,9 @@ process umask allows (like ``open``), so collaborators on shared storage can rea
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +78,67 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
+#: a record (results.json, sweep.json, params.yaml, job.json, ...) larger than this is not read
+MAX_RECORD_BYTES = 256 << 20
+
+
+class UnreadableFile(OSError):
+    """A file a reader will not open: a FIFO, a device, a socket, a symbolic-link loop, or a regular
+    file over the reader's size bound. Its message names the file and what it is."""
+
+    def __str__(self) -> str:
+        return f"{self.filename} is {self.strerror}, not a file nscl wrote; remove it or use another folder"
+
+
+def open_regular(path: str | os.PathLike, limit: int | None = MAX_RECORD_BYTES):
+    """Open ``path`` for binary reading only if it is a regular file (links followed) of at most
+    ``limit`` bytes (None: any size), else :class:`UnreadableFile`: every reader of a run or sweep
+    folder goes through here, so a FIFO planted there never blocks it (the open does not wait for a
+    writer) and ``/dev/zero`` never fills the memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnreadableFile(errno.ELOOP, "a symbolic link loop", str(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(st.st_mode)
+                else "not a regular file"
+            )
+            raise UnreadableFile(errno.EINVAL, kind, str(path))
+        if limit is not None and st.st_size > limit:
+            raise UnreadableFile(errno.EFBIG, f"larger than {limit >> 20} MiB ({st.st_size} bytes)", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (:func:`open_regular`)."""
+    with open_regular(path, limit) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew since it was checked
+        raise UnreadableFile(errno.EFBIG, f"larger than {limit >> 20} MiB", str(path))
+    return data
+
+
+def read_text(path: str | os.PathLike, limit: int = MAX_RECORD_BYTES, errors: str = "strict") -> str:
+    """:func:`read_regular` decoded as UTF-8 (``UnicodeDecodeError`` unless ``errors`` says otherwise)."""
+    return read_regular(path, limit).decode("utf-8", errors=errors)
+
+
 def jsonable(obj: Any) -> Any:
     """Plain JSON types from numpy / torch values and containers; non-finite floats become None."""
     if isinstance(obj, dict):
@@ -89,15 +152,21 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def env_flag(name: str) -> bool:
+    """Whether the switch ``$name`` is on: set to anything but empty, ``0``, ``false``, ``no`` or ``off``
+    (any case), so that ``NAME=0`` means off, as a reader expects."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def progress(iterable: Iterable, quiet: bool = False, **kw):
     """A text tqdm bar unless ``quiet``: on stderr in a terminal, on stdout in a Jupyter kernel.
 
     In a notebook the bar is plain text, not a widget: a widget's state is not saved with the
     notebook, so a reopened notebook would show "model not found" where the bar was; text survives.
-    ``$NSCL_QUIET`` (any non-empty value) turns bars off whatever ``quiet`` says: ``make test`` and
+    ``$NSCL_QUIET`` (on: :func:`env_flag`) turns bars off whatever ``quiet`` says: ``make test`` and
     ``make notebooks`` set it so that the notebooks' stored outputs hold no progress bars.
     """
-    if quiet or os.environ.get("NSCL_QUIET"):
+    if quiet or env_flag("NSCL_QUIET"):
         return iterable
     import sys
 

@@ -32,6 +32,11 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 FMNIST_DIR=${FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  echo "gpu-check: $PY cannot import torch, so it cannot tell whether a GPU is here. Nothing was run." >&2
+  echo "gpu-check: give PY a Python with a CUDA build of torch (e.g. a node's own Python or module; docs/gpu.md)." >&2
+  exit 2
+fi
 case $DEVICE in
   cuda)
     if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then

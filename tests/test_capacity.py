@@ -160,10 +160,10 @@ def test_capacity_curve_panels_ticks_and_bands():
         f"{m}{s}": fake_run(
             m,
             s,
-            [80.0 - t * (s + 1) for t in range(T)],
-            {"backbone.layers.0": [1 - t / 10 for t in range(T)], "backbone.layers.1": [0.8] * T},
+            [80.0 - t * (s + 1) - 5 * k for t in range(T)],
+            {"backbone.layers.0": [1 - t / 10 for t in range(T)], "backbone.layers.1": [0.8 - 0.1 * k] * T},
         )
-        for m in ("adam_nscl", "finetune")
+        for k, m in enumerate(("adam_nscl", "finetune"))
         for s in (0, 1)
     }
     fig = plots.capacity_curve(tables.capacity_frame(runs))
@@ -174,10 +174,15 @@ def test_capacity_curve_panels_ticks_and_bands():
         "null-space fraction r/d",
     ]
     assert all(a.get_xlabel() == "task" and isinstance(a.xaxis.get_major_locator(), MaxNLocator) for a in axes)
-    assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["adam_nscl", "finetune"]
     # one mean line per method, and a shaded ± std band where seeds differ (accuracy panel)
     assert len([ln for ln in axes[0].get_lines() if len(ln.get_xdata()) == T]) == 2
     assert len(axes[0].collections) == 2
+    # layers.0: both methods have the same r/d, so one line, labelled with both in the panel's legend
+    assert len([ln for ln in axes[1].get_lines() if len(ln.get_xdata()) == T]) == 1
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["adam_nscl, finetune"]
+    # the panels without shared lines share the figure's legend
+    assert axes[2].get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["adam_nscl", "finetune"]
 
 
 def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
@@ -192,7 +197,11 @@ def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
 
     T, frac = 4, {"backbone.layers.0": [0.9] * 4}
     methods = ("adam_nscl", "nscl_prune", "nscl_lowrank", "nscl_sgp", "finetune", "lowrank", "joint")
-    runs = {f"{m}{e}": fake_run(m, 0, [80.0] * T, frac, energy=e) for m in methods for e in (0.9, 0.99)}
+    runs = {
+        f"{m}{e}": fake_run(m, 0, [80.0 - k - 20 * (e > 0.9)] * T, frac, energy=e)
+        for k, m in enumerate(methods)
+        for e in (0.9, 0.99)
+    }
     frame = tables.capacity_frame(runs)
     labels = list(dict.fromkeys(frame["label"]))
     looks = {k: (to_hex(c), str(d)) for k, (c, d) in plots.label_styles(labels).items()}
@@ -200,8 +209,61 @@ def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
     assert len({c for c, _ in looks.values()}) == len(methods)  # one colour per method
     assert looks["adam_nscl"][0] == looks["adam_nscl energy=0.99"][0] and looks["adam_nscl"][1] == ""
     fig = plots.capacity_curve(frame)
-    legend = fig.axes[-1].get_legend()
+    # the accuracy panel's fourteen lines differ: the shared legend names them (in the empty slot or below it)
+    legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
     shown = {t.get_text(): to_hex(ln.get_color()) for t, ln in zip(legend.get_texts(), legend.get_lines())}
     assert shown == {k: c for k, (c, _) in looks.items()}
+    drawn = {ln.get_label(): to_hex(ln.get_color()) for ln in fig.axes[0].get_lines()}
+    assert drawn == shown
     styles = {ln.get_linestyle() for ln in legend.get_lines()}
     assert styles == {"-", "--"}  # solid defaults, dashed variants
+    # every label has the same r/d on layers.0: one line there, its legend naming all fourteen
+    (line,) = [ln for ln in fig.axes[1].get_lines() if len(ln.get_xdata()) == T]
+    assert sorted(line.get_label().replace("\n", " ").split(", ")) == sorted(looks)
+
+
+def test_capacity_rows_are_settings_never_pooled_and_a_repeated_seed_counts_once():
+    """Issue 27, defect 2: runs that differ in any parameter but the seed are separate rows (here the task
+    count and the stream), as in every other table; a seed given twice is one seed."""
+    from nscl.analysis import tables
+
+    def run(seed, plast, **params):
+        r = fake_run("adam_nscl", seed, plast, {"backbone.layers.1": [0.9] * len(plast)})
+        r["params"].update(params)
+        return r
+
+    runs = {
+        "two0": run(0, [60.0] * 2, n_tasks=2),
+        "two1": run(1, [62.0] * 2, n_tasks=2),
+        "three0": run(0, [50.0] * 3, n_tasks=3),
+        "three0again": run(0, [40.0] * 3, n_tasks=3),  # the same seed once more (a copied sweep)
+        "perm2": run(2, [90.0] * 3, n_tasks=3, benchmark="permuted_fmnist"),
+    }
+    stats = tables.capacity_stats(runs).set_index("method")
+    assert stats["n"].to_dict() == {
+        "adam_nscl n_tasks=2": 2,
+        "adam_nscl n_tasks=3": 1,
+        "adam_nscl benchmark=permuted_fmnist n_tasks=3": 1,
+    }
+    assert stats.loc["adam_nscl n_tasks=3", "seeds"] == "0" and stats.loc["adam_nscl n_tasks=3", "duplicates"] == 1
+    assert stats.loc["adam_nscl n_tasks=3", "acc_mean"] == runs["three0"]["metrics"]["acc"]  # the first, alone
+    assert stats.loc["adam_nscl n_tasks=2", "acc_mean"] == pytest.approx(
+        (runs["two0"]["metrics"]["acc"] + runs["two1"]["metrics"]["acc"]) / 2
+    )
+    assert set(tables.capacity_frame(runs)["label"]) == set(stats.index)  # the curves use the same rows
+
+
+def test_a_run_without_a_capacity_record_is_a_row_without_exhaustion_and_one_warning():
+    """Issue 27, minor: a record from before the capacity record existed crashed the table (KeyError)."""
+    from nscl.analysis import tables
+
+    runs = {
+        "new": fake_run("adam_nscl", 0, [80.0, 70.0], {"backbone.layers.1": [0.9, 0.1]}),
+        "old": fake_run("adam_nscl", 1, [60.0, 50.0], {"backbone.layers.1": [0.9, 0.9]}),
+    }
+    del runs["old"]["capacity"]
+    with pytest.warns(UserWarning, match="has no capacity record"):
+        tab = tables.capacity_table(runs).set_index("method")
+    assert tab.loc["adam_nscl", "n"] == 2
+    assert tab.loc["adam_nscl", "plasticity last 10"] == "65.00 ± 14.14"  # 75 and 55: the old one from A[t][t]
+    assert tab.loc["adam_nscl", "exhausted backbone.layers.1"] == "2"

@@ -381,3 +381,36 @@ def test_cli_nan_rejected_as_a_process(tmp_path):
         "tasks too unless lr_projected)"
     ]
     assert not out.exists()
+
+
+# ---- issue 27: the suite's --hook and -o never reach outside their folders ------------------------------
+def test_suite_hook_that_is_missing_or_leaves_params_is_one_error_line(tmp_path, capsys):
+    from pathlib import Path
+
+    from nscl.apps import cli
+
+    root = Path(__file__).resolve().parents[1]
+    for hook, needle in (
+        ("no_such_{stem}.yaml", "--hook 'no_such_{stem}.yaml': no such file"),
+        ("no_such.yaml", "--hook 'no_such.yaml': no such file"),
+        ("../pyproject.toml", "outside the parameter folder"),
+        ("../../{stem}.yaml", "outside the parameter folder"),
+    ):
+        assert cli.main(["suite", "-o", str(tmp_path / "out"), "--only", "00", "--hook", hook]) == 2, hook
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    assert not (root / "00_quickstart").exists()
+
+
+def test_suite_output_folder_above_the_project_is_refused(tmp_path, capsys):
+    from pathlib import Path
+
+    from nscl.apps import cli
+
+    root = Path(__file__).resolve().parents[1]
+    for out in (root / "no_results_here" / "..", root.parent, root / "notebooks"):
+        assert cli.main(["suite", "-o", str(out), "--only", "00", "--hook", ""]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: -o ") and "give a folder of its own" in err and err.count("\n") == 1
+    assert not (root / "summary.md").exists() and not (root / "00_quickstart").exists()

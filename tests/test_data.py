@@ -548,3 +548,24 @@ def test_download_goes_to_the_explicit_root_else_the_cache(tmp_path, monkeypatch
     assert _one_line(ei.value).startswith(
         f"Fashion-MNIST: download into {tmp_path / 'other'} failed (OSError: network is unreachable)"
     )
+
+
+# ---- issue 27: damaged files are one DataError whatever the stream ------------------------------------
+def test_idx_header_whose_dimensions_overflow_is_a_data_error(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(
+        struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF) + b"\0" * 16
+    )
+    with pytest.raises(D.CorruptDataError, match=r"header says \(4294967295, 4294967295, 4294967295\)"):
+        fmnist.read_idx(bad)
+
+
+@pytest.mark.parametrize("benchmark", ["split_fmnist", "permuted_fmnist", "partition_fmnist"])
+def test_out_of_range_label_bytes_are_a_data_error_on_every_stream(benchmark, tmp_path):
+    arrays = make_fmnist_dir(tmp_path, n_train=60, n_test=20)
+    labels = arrays["t10k-labels-idx1-ubyte"].copy()
+    labels[3] = 12  # Fashion-MNIST has classes 0..9
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels, compress=False)
+    with pytest.raises(D.CorruptDataError, match=r"test label 12 .*outside 0\.\.9"):
+        make_stream(benchmark, data_root=str(tmp_path), n_tasks=2, val_fraction=0.2)

@@ -95,3 +95,19 @@ def test_lab_packages_are_declared_in_both_files():
     for name in ("ipywidgets", "playwright"):
         assert name in listed, f"environment.yml does not list {name}"
         assert listed[name].specifier == declared[name].specifier, name
+
+
+def test_gpu_check_with_a_python_without_torch_says_torch_is_missing(tmp_path):
+    """Issue 27, minor: ``make gpu-check PY=python3`` on a Python without torch said "NO GPU PRESENT"."""
+    import os
+    import subprocess
+    import sys
+
+    no_torch = tmp_path / "python-without-torch"
+    no_torch.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')  # -S: no site-packages, so no torch
+    no_torch.chmod(0o755)
+    env = {**os.environ, "PY": str(no_torch), "GPU_CHECK_OUT": str(tmp_path / "out")}
+    r = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "NO GPU PRESENT" not in r.stderr
+    assert r.stderr.startswith(f"gpu-check: {no_torch} cannot import torch")
+    assert not (tmp_path / "out").exists()  # nothing was run

@@ -569,3 +569,14 @@ def test_one_run_per_method_keeps_the_longest_first_run_of_each_method_and_strea
         "03/nscl_lowrank b": res("split_fmnist", "nscl_lowrank", 5),  # more tasks: replaces a
     }
     assert list(tables.one_run_per_method(runs)) == ["00/split/adam_nscl", "00/permuted/adam_nscl", "03/nscl_lowrank b"]
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "off", ""])
+def test_strict_claims_set_to_a_false_value_is_off(value, capsys, monkeypatch):
+    """Issue 27, minor: ``NSCL_STRICT_CLAIMS=0`` turned strict mode on (any non-empty value did)."""
+    monkeypatch.setenv("NSCL_STRICT_CLAIMS", value)
+    nb.expect(False, "BWT is about zero", bwt=-3.2)
+    assert capsys.readouterr().out.startswith("does not hold with these parameters: BWT is about zero")
+    monkeypatch.setenv("NSCL_STRICT_CLAIMS", "yes")
+    with pytest.raises(nb.ClaimError):
+        nb.expect(False, "BWT is about zero", bwt=-3.2)

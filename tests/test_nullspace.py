@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from nscl.core.nullspace import (
+    make_projector,
     NullSpace,
     NullSpaceRule,
     NullSpaceTracker,
@@ -399,3 +400,27 @@ def test_sgp_importance_formula_and_limits():
     torch.testing.assert_close(sgp_importance(ev, 2, alpha=0.0), torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64))
     assert (sgp_importance(ev, 1, alpha=1e9) - 1).abs().max() < 1e-6
     assert sgp_importance(ev, 5, alpha=10.0).numel() == 0
+
+
+@pytest.mark.parametrize("alpha", [1e154, 1e308, 1.7e308])
+def test_sgp_importance_of_a_huge_scale_is_the_hard_projection_not_nan(alpha):
+    """Issue 27, minor: ``sgp_scale=1e308`` overflowed (inf / inf = NaN), and the NaN loss blamed the learning rate."""
+    ev = 100 * torch.tensor([0.0, 0.0, 0.04, 0.25, 1.0], dtype=torch.float64)
+    s = sgp_importance(ev, 1, alpha=alpha)  # protected: sigma = 0, 2, 5, 10 (alpha sigma > the largest float)
+    torch.testing.assert_close(s, torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def test_make_projector_builds_both_kinds():
+    """The one builder: ``hard`` is U2 U2^T, ``scaled`` is I - U1 diag(s) U1^T with SGP's importance,
+    an unknown kind is refused."""
+    ns = random_space(10, 4, seed=1)
+    eye = torch.eye(10, dtype=torch.float64)
+    hard = make_projector(ns, "hard", dtype=torch.float64)
+    torch.testing.assert_close(hard.matrix(), ns.null_basis @ ns.null_basis.T, rtol=0, atol=1e-12)
+    s = sgp_importance(ns.eigvals, ns.r, 3.0)
+    scaled = make_projector(ns, "scaled", sgp_scale=3.0, dtype=torch.float64)
+    u1 = ns.range_basis
+    torch.testing.assert_close(scaled.matrix(), eye - u1 @ torch.diag(s) @ u1.T, rtol=0, atol=1e-12)
+    assert not torch.allclose(scaled.matrix(), hard.matrix())
+    with pytest.raises(ValueError, match="unknown projector 'soft'"):
+        make_projector(ns, "soft")

@@ -346,7 +346,7 @@ def test_results_cli_capacity_section_reads_several_sweeps_under_one_label(tmp_p
     from nscl.apps import cli
 
     suite = _fake_sweep(tmp_path, "suite")
-    first, second = _fake_capacity_sweep(tmp_path / "a"), _fake_capacity_sweep(tmp_path / "b")
+    first, second = _fake_capacity_sweep(tmp_path / "a"), _fake_capacity_sweep(tmp_path / "b", seeds=(3, 4, 5))
     page = tmp_path / "r.md"
     argv = ["results", str(suite), "-o", str(page), "--capacity", f"E1={first}", "--capacity", f"E1={second}"]
     assert cli.main(argv) == 0
@@ -391,7 +391,8 @@ def test_results_cli_rewrites_only_the_capacity_section_of_an_existing_page(tmp_
     assert cli.main(["results", "-o", str(page), "--capacity", f"E1={d}"]) == 2  # no page to keep yet
     assert "does not exist" in capsys.readouterr().err
     page.write_text("# Results\n\nkept as it is\n\n" + results_page.CAPACITY_HEADING + "\n\nstale table\n")
-    assert cli.main(["results", "-o", str(page), "--capacity", f"E1={d}", "--validation", f"E1={d}"]) == 0
+    v = _fake_capacity_sweep(tmp_path, seeds=(100, 101, 102), name="val")
+    assert cli.main(["results", "-o", str(page), "--capacity", f"E1={d}", "--validation", f"E1={v}"]) == 0
     text = page.read_text()
     assert text.startswith("# Results\n\nkept as it is\n\n" + results_page.CAPACITY_HEADING)
     assert "stale table" not in text and "| nscl_prune | 3 | 0,1,2 | 75.50 ± 0.50 |" in text
@@ -425,3 +426,26 @@ def test_worth_in_parameters_from_the_width_curve(tmp_path):
     assert any(
         ln.startswith("- `nscl_lowrank hidden=64-64` (75.00): above the measured `adam_nscl` widths") for ln in lines
     )
+
+
+def test_a_capacity_label_with_a_slash_names_a_figure_beside_the_page(tmp_path):
+    """Issue 27, minor: ``--capacity E1/a=DIR`` made a figure name with a folder in it (ValueError)."""
+    d = _fake_capacity_sweep(tmp_path)
+    text = "\n".join(results_page.capacity_lines({"E1/a b": d}, tmp_path / "results.md"))
+    assert "### E1/a b:" in text and "![capacity curve, E1/a b](results_capacity_E1_a_b.png)" in text
+    assert (tmp_path / "results_capacity_E1_a_b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_test_sweep_is_refused_as_its_own_validation_sweep(tmp_path, capsys):
+    """Issue 27, minor: settings chosen on the seeds they are judged on would be chosen on the test set."""
+    from nscl.apps import cli
+
+    d = _fake_capacity_sweep(tmp_path)
+    same_seeds = _fake_capacity_sweep(tmp_path, name="copy")
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n")
+    for v in (d, same_seeds):
+        assert cli.main(["results", "-o", str(page), "--capacity", f"E1={d}", "--validation", f"E1={v}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --validation E1") and "seeds 0, 1, 2" in err and err.count("\n") == 1
+    assert page.read_text() == "# Results\n"

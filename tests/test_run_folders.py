@@ -216,3 +216,99 @@ def test_a_folder_holding_an_unfinished_run_with_other_parameters_is_refused(tmp
     assert records.reusable(tmp_path, small(tiny_cfg, seed=1)) is None  # not complete
     res = trainer.run(small(tiny_cfg, seed=1, threads=2), tmp_path)  # threads: the same run (see README)
     assert res["status"] == "complete" and records.reusable(tmp_path, small(tiny_cfg, seed=1)) is not None
+
+
+# ---- planted files never hang or exhaust a reader (issue 27, defect 3) -------------------------------
+class Hung(Exception):
+    pass
+
+
+def within(seconds: int = 10):
+    """A context in which a blocking read raises :class:`Hung` after ``seconds`` instead of hanging."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        def alarm(*_):
+            raise Hung(f"blocked for {seconds} s")
+
+        old = signal.signal(signal.SIGALRM, alarm)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+
+    return guard()
+
+
+def test_fifo_device_and_link_loop_results_are_skipped_with_one_warning_each(tmp_path, write_run, recwarn):
+    write_run(tmp_path / "good", 80.0)
+    for name in ("fifo", "zero", "loop"):
+        (tmp_path / name).mkdir()
+    os.mkfifo(tmp_path / "fifo" / records.RESULTS)
+    os.symlink("/dev/zero", tmp_path / "zero" / records.RESULTS)
+    os.symlink(records.RESULTS, tmp_path / "loop" / records.RESULTS)  # a link to itself
+    with within(10):
+        runs = records.load_runs(tmp_path)
+    assert [Path(r["_dir"]).name for r in runs] == ["good"]
+    said = sorted(str(w.message) for w in recwarn if "skipped" in str(w.message))
+    assert len(said) == 3
+    assert "fifo" in said[0] and "a FIFO" in said[0]
+    assert "loop" in said[1] and "symbolic link loop" in said[1]
+    assert "zero" in said[2] and "a device" in said[2]
+
+
+def test_a_regular_file_over_the_bound_is_refused_unread(tmp_path, monkeypatch):
+    (tmp_path / records.RESULTS).write_text("{}" + " " * 100)
+    with pytest.raises(util.UnreadableFile, match=r"larger than"):
+        util.read_regular(tmp_path / records.RESULTS, limit=64)
+    assert util.read_regular(tmp_path / records.RESULTS, limit=1 << 20).startswith(b"{}")
+
+
+def test_a_fifo_checkpoint_is_a_one_line_error_not_a_hang(tmp_path, tiny_cfg):
+    os.mkfifo(tmp_path / records.CHECKPOINT)
+    with within(10), pytest.raises(records.RunDirError, match=r"checkpoint\.pt is a FIFO"):
+        records.load_checkpoint(tmp_path)
+    with within(30), pytest.raises(records.RunDirError, match=r"checkpoint\.pt is a FIFO"):
+        trainer.run(small(tiny_cfg), tmp_path)
+
+
+def test_a_stop_while_the_checkpoint_loads_leaves_the_record_stopped_with_its_tasks(
+    tmp_path, tiny_cfg, kill_at_task, monkeypatch
+):
+    """Issue 27, minor: SIGTERM during the checkpoint load left results.json ``running`` and the run said
+    it stopped after 0 tasks; now the record says ``stopped`` and both keep the tasks done (2 of 3)."""
+    cfg = small(tiny_cfg)
+    with pytest.raises(kill_at_task.Killed):
+        kill_at_task(trainer.Trainer(cfg, tmp_path)).fit()
+    assert records.load(tmp_path)["status"] == "running"
+
+    def sigterm(run_dir):
+        raise trainer.RunStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(records, "load_checkpoint", sigterm)
+    tr = trainer.Trainer(cfg, tmp_path)
+    with pytest.raises(trainer.RunStopped):
+        tr.fit()
+    res = records.load(tmp_path)
+    assert res["status"] == "stopped" and res["metrics"]["tasks_done"] == 2 and tr.tasks_done == 2
+    assert (tmp_path / records.CHECKPOINT).exists()
+    monkeypatch.undo()
+    assert trainer.Trainer(cfg, tmp_path).fit()["status"] == "complete"  # and it resumes
+
+
+def test_widths_too_large_for_the_memory_are_a_config_error_before_allocating(tmp_path, tiny_cfg):
+    """Issue 27, minor: ``hidden=[100000000]`` ended in the allocator's traceback (two such layers here:
+    more than any machine has, so the test never allocates them where the check would let them pass)."""
+    cfg = small(tiny_cfg, hidden=[100_000_000] * 2)
+    with pytest.raises(config.ConfigError, match=r"parameter 'hidden': \[100000000, 100000000\] needs at least \d+ GB"):
+        trainer.Trainer(cfg, tmp_path)
+    assert not (tmp_path / records.RESULTS).exists()
+
+
+def test_a_fifo_spectra_file_is_no_spectra_and_one_warning(tmp_path):
+    os.mkfifo(tmp_path / records.SPECTRA)
+    with within(10), pytest.warns(UserWarning, match=r"spectra\.npz is a FIFO"):
+        assert records.load_spectra(tmp_path) == {}

@@ -338,3 +338,113 @@ def test_sweep_and_suite_layer_files_like_the_command_line(tmp_path):
     assert config.resolve(overrides={k: v for k, v in nb_params.items() if k in config.PARAMS}) == config.resolve(
         files, {"seed": 1}
     )
+
+
+# ---- a sweep folder is read where it is, whatever path wrote it (issue 27, defect 1) ----------------
+def test_a_copied_sweep_reads_its_own_runs_never_the_originals(tmp_path, monkeypatch, write_run):
+    import shutil
+
+    from nscl.apps import results_page
+
+    d = Path(
+        fake_sweep(
+            tmp_path,
+            monkeypatch,
+            write_run,
+            {"method": ["finetune"], "seed": [0, 1]},
+            lambda c: (70.0, "complete", None),
+        )
+    )
+    copy = tmp_path / "laptop" / "sweep"
+    shutil.copytree(d, copy)
+    names = [r["name"] for r in sweep.status(copy)]
+    # the copy's own folders, not the paths sweep.json was written with
+    assert all(Path(r["out_dir"]).is_relative_to(copy) for r in sweep.status(copy))
+    # while the original exists, a run removed from the copy is not reported from the original
+    shutil.rmtree(copy / "runs" / names[1])
+    assert [r["state"] for r in sweep.status(copy)] == ["complete", "pending"]
+    df = sweep.collect(copy, write=False)
+    assert list(df["state"]) == ["complete", "pending"] and str(copy) in df["run"][0]
+    # the original moved away: the copy still reads its complete run
+    d.rename(tmp_path / "moved")
+    assert [r["state"] for r in sweep.status(copy)] == ["complete", "pending"]
+    page = results_page.collect({"copy": copy})
+    assert list(page["state"]) == ["complete", "pending"] and page["acc"][0] == 70.0
+
+
+def test_a_fifo_sweep_json_or_results_never_hangs_status(tmp_path, monkeypatch, write_run):
+    from test_run_folders import within
+
+    d = Path(
+        fake_sweep(
+            tmp_path,
+            monkeypatch,
+            write_run,
+            {"method": ["finetune"], "seed": [0, 1]},
+            lambda c: (70.0, "complete", None),
+        )
+    )
+    name = sweep.status(d)[0]["name"]
+    res = d / "runs" / name / "results.json"
+    res.unlink()
+    os.mkfifo(res)
+    with within(10):
+        rows = sweep.status(d)
+        with pytest.warns(UserWarning, match="a FIFO"):
+            df = sweep.collect(d, write=False)
+    assert rows[0]["state"] == "failed" and "is a FIFO" in rows[0]["detail"] and rows[1]["state"] == "complete"
+    assert list(df["state"]) == ["failed", "complete"]
+    (d / "sweep.json").unlink()
+    os.mkfifo(d / "sweep.json")
+    with within(10), pytest.raises(sweep.SweepError, match="sweep.json is corrupted .*a FIFO"):
+        sweep.status(d)
+
+
+def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_path, capsys):
+    """Issue 27, minor: ``--timeout 0`` / ``-5`` were accepted and an expired one ended in a raw TimeoutError."""
+    from nscl.apps import cli
+
+    path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0]})
+    for bad in ("0", "-5", "nan"):
+        assert cli.main(["sweep", "run", str(path), "--timeout", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --timeout must be a number of seconds > 0") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+    assert cli.main(["sweep", "run", str(path), "--executor", "local", "--timeout", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --timeout of 0.2 s reached") and "resubmit" in err and err.count("\n") == 1
+    assert sweep.status(tmp_path / "out")[0]["state"] in ("stopped", "pending")
+
+
+# ---- one configuration, one run (issue 27, minor) -------------------------------------------------------
+GRID_ONE_CONFIG = [
+    {"method": ["finetune"], "seed": [0], "lr": [0.001, "1e-3"]},  # YAML 1.1 reads 1e-3 as a string
+    {"method": ["finetune"], "seed": [0], "bias": [False]},  # the default, given
+    {"method": ["finetune"], "seed": [0]},  # the same run, the default left out
+]
+
+
+def test_one_configuration_written_several_ways_is_one_run(tmp_path):
+    sw = sweep.load({"name": "one", "params": dict(TINY), "out": str(tmp_path / "out"), "grid": GRID_ONE_CONFIG})
+    specs = sweep.expand(sw)
+    assert len(specs) == 1 and specs[0]["cfg"]["lr"] == 0.001
+    assert specs[0]["name"] == sweep.run_name(specs[0]["cfg"], [], "cli")  # the hash of the resolved parameters
+
+
+def test_a_run_named_from_the_parameters_as_written_is_still_found(tmp_path, write_run):
+    """Runs made when the hash was of the parameters as written (``lr: '1e-3'``) keep their folder: the sweep
+    reuses the complete run there (the "same run?" rule compares resolved parameters) instead of retraining."""
+    doc = {
+        "name": "old",
+        "params": dict(TINY),
+        "out": str(tmp_path / "out"),
+        "grid": {"method": ["finetune"], "lr": ["1e-3"]},
+    }
+    (spec,) = sweep.expand(sweep.load(doc))
+    legacy = sweep.run_name({**TINY, "method": "finetune", "lr": "1e-3"}, [], "cli")  # how it was named then
+    assert legacy != spec["name"]
+    write_run(tmp_path / "out" / "runs" / legacy, 75.0, **spec["cfg"])
+    (spec,) = sweep.expand(sweep.load(doc))
+    assert spec["name"] == legacy and sweep.run_state(spec)[0] == "complete"
+    res = sweep.run(doc, executor="debug", dry_run=True)
+    assert res["submitted"] == [] and res["skipped"] == [(legacy, "complete")]

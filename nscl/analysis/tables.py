@@ -19,6 +19,9 @@ CLI and sweeps all read runs through the same code.
   per task plasticity and r/d per layer; per method ACC, BWT, plasticity over the last tasks, exhaustion;
   :func:`validation_choice` (a method's setting chosen on validation seeds), :func:`width_curve` and
   :func:`matching_parameters` (how many parameters a method needs to match an ACC: "worth x k").
+* :func:`front_table`, :func:`front_above` — the fronts (issue 24): per method and knob value ACC, BWT,
+  plasticity over the last tasks; where one front lies above another; :func:`reuse_table` — how long
+  freed units last and how much learning lands in them (pruning).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -528,21 +532,42 @@ def method_labels(results: Mapping[str, Mapping], keys: Iterable[str]) -> dict[s
 CAPACITY_COLUMNS = ["label", "method", "seed", "task", "quantity", "layer", "value"]
 
 
+def setting_keys(params: Iterable[Mapping], first: Iterable[str] = ()) -> list[str]:
+    """The one "same setting" rule of the tables: ``first`` plus every other parameter (in the schema's
+    order) whose value differs between ``params``, except the seed and what never changes a result
+    (:data:`nscl.experiment.records.NON_SEMANTIC`) and the method (named anyway). Runs that agree on
+    all of them are seeds of one setting (:func:`seed_summary` applies the same rule to a frame)."""
+    base, params, first = defaults(), list(params), list(first)
+    skip = {*records.NON_SEMANTIC, "method", *first}
+    varying = [
+        k
+        for k in base
+        if k not in skip and len({json.dumps(p.get(k, base[k]), sort_keys=True, default=str) for p in params}) > 1
+    ]
+    return first + varying
+
+
+def capacity_labels(results: Mapping[str, Mapping], keys: Iterable[str] = LABEL_KEYS) -> dict[str, str]:
+    """:func:`method_label` of each run naming the ``keys`` that vary, then every other parameter that
+    varies (:func:`setting_keys`): runs with one label are seeds of one setting, never pooled across
+    task counts, streams or any other differing parameter."""
+    params = [r.get("params") or {} for r in results.values()]
+    return method_labels(results, setting_keys(params, keys))
+
+
 def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
     """Long table of the capacity curves: one row per run, task and quantity, ``new-task accuracy``
     (``A[t][t]``, %) and ``r/d`` of each layer's input null space (a factorised layer's ``.B``; its
-    bottleneck ``.A`` is left out). ``label``: :func:`method_label` with the ``keys`` that vary between
-    the runs (seeds share it)."""
+    bottleneck ``.A`` is left out). ``label``: :func:`capacity_labels` (seeds of one setting share it)."""
     rows = []
     results = results_by_label(runs_or_results)
-    labels = method_labels(results, keys)
+    labels = capacity_labels(results, keys)
     for key, res in results.items():
         p = res.get("params") or {}
-        cap = res.get("capacity") or {}
         common = dict(label=labels[key], method=p.get("method"), seed=p.get("seed"))
-        for t, a in enumerate(cap.get("plasticity", [])):
+        for t, a in enumerate(_plasticity(res)):
             rows.append({**common, "task": t + 1, "quantity": "new-task accuracy", "layer": None, "value": a})
-        for layer, rec in (cap.get("layers") or {}).items():
+        for layer, rec in ((res.get("capacity") or {}).get("layers") or {}).items():
             base, space = _space(layer)
             if space != "input":
                 continue
@@ -551,32 +576,66 @@ def capacity_frame(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.Data
     return pd.DataFrame(rows, columns=CAPACITY_COLUMNS)
 
 
+def _plasticity(res: Mapping) -> list[float]:
+    """``A[t][t]`` per task done: the capacity record's, else the accuracy matrix's diagonal (a run
+    recorded before the capacity record existed)."""
+    cap = (res.get("capacity") or {}).get("plasticity")
+    if cap is not None:
+        return list(cap)
+    acc = res.get("acc") or []
+    return [row[t] for t, row in enumerate(acc) if t < len(row) and row[t] is not None]
+
+
 def capacity_stats(runs_or_results, keys: Iterable[str] = LABEL_KEYS) -> pd.DataFrame:
-    """One row per method label (:func:`capacity_frame`'s), complete runs only: ``n``, ``seeds``, mean
-    and std over seeds (``<m>_mean``, ``<m>_std``) of ``acc``, ``bwt`` and ``plasticity_last``
-    (mean ``A[t][t]`` over the last :data:`LAST_TASKS` tasks), and per input layer ``exhausted <layer>``:
-    the task after which its null space first held less than a quarter of d, one per seed (None: never)."""
-    groups: dict[str, list] = {}
+    """One row per setting (:func:`capacity_labels`), complete runs only, one run per distinct seed (the
+    first; ``duplicates`` counts the repeats left out): ``n``, ``seeds``, mean and std over seeds
+    (``<m>_mean``, ``<m>_std``) of ``acc``, ``bwt`` and ``plasticity_last`` (mean ``A[t][t]`` over the last
+    :data:`LAST_TASKS` tasks), and per input layer ``exhausted <layer>``: the task after which its null
+    space first held less than a quarter of d, one per seed (None: never). A run without a capacity record
+    has no exhaustion to give: left out of those lists, with one warning."""
+    import warnings
+
+    groups: dict[str, dict] = {}
+    duplicates: dict[str, int] = {}
     results = results_by_label(runs_or_results)
-    labels = method_labels(results, keys)
+    labels = capacity_labels(results, keys)
     for key, res in results.items():
         if res.get("status") == "complete":
-            groups.setdefault(labels[key], []).append(res)
+            seeds = groups.setdefault(labels[key], {})
+            seed = (res.get("params") or {}).get("seed")
+            if seed in seeds:
+                duplicates[labels[key]] = duplicates.get(labels[key], 0) + 1
+            else:
+                seeds[seed] = res
     rows = []
-    for label, runs in groups.items():
-        row = {"method": label, "n": len(runs), "seeds": ",".join(str(r["params"]["seed"]) for r in runs)}
+    for label, by_seed in groups.items():
+        runs = list(by_seed.values())
+        row = {
+            "method": label,
+            "n": len(runs),
+            "seeds": ",".join(str(s) for s in by_seed),
+            "duplicates": duplicates.get(label, 0),
+        }
         values = {
             "acc": [r["metrics"]["acc"] for r in runs],
             "bwt": [r["metrics"]["bwt"] for r in runs],
             "plasticity_last": [
-                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)
+                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) if p else float("nan") for p in map(_plasticity, runs)
             ],
         }
         for m, v in values.items():
             v = pd.Series(v, dtype=float)
             row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
         for r in runs:
-            for layer, rec in r["capacity"]["layers"].items():
+            layers = (r.get("capacity") or {}).get("layers")
+            if layers is None:
+                warnings.warn(
+                    f"{r.get('_dir') or label} has no capacity record (a run from before it was recorded): "
+                    f"its exhaustion is left out of the capacity table; rerun it to have it",
+                    stacklevel=2,
+                )
+                continue
+            for layer, rec in layers.items():
                 base, space = _space(layer)
                 if space == "input":
                     row.setdefault(f"exhausted {base}", []).append(rec["exhausted_at"])
@@ -673,3 +732,175 @@ def matching_parameters(curve: pd.DataFrame, acc: float) -> float | None:
             f = (acc - a0) / (a1 - a0)
             return math.exp(math.log(p0) + f * (math.log(p1) - math.log(p0)))
     return None
+
+
+# ---- fronts: the trade-off each knob controls (issue 24) -----------------------------------------
+#: the knob each front sweeps: ``{curve: parameter}`` (:func:`front_curve` names the curves)
+FRONT_KNOBS = {
+    "adam_nscl": "energy",
+    "scaled": "sgp_scale",
+    "nscl_lowrank": "rank_schedule",
+    "nscl_prune": "prune_margin",
+}
+
+FRONT_COLUMNS = [
+    "curve",
+    "knob",
+    "value",
+    "x",
+    "n",
+    "seeds",
+    "acc_mean",
+    "acc_std",
+    "bwt_mean",
+    "bwt_std",
+    "plasticity_last_mean",
+    "plasticity_last_std",
+]
+
+
+def front_curve(params: Mapping) -> tuple[str, str | None]:
+    """``(curve, knob)`` of a run: which front it is a point of and the parameter that moves it along.
+
+    ``adam_nscl`` (hard projector): the energy threshold; ``scaled`` (``nscl_sgp``, or ``adam_nscl``
+    with ``projector: scaled``): ``sgp_scale``; ``nscl_lowrank``: the rank budget schedule;
+    ``nscl_prune``: the pruning margin. A scaled projector or a capacity-reuse variant
+    (``prune_reclaim``, ``free_projector``) of nscl_prune / nscl_lowrank is a curve of its own
+    (``nscl_prune scaled reclaim``). Other methods are anchor points (knob None).
+    """
+    m = params.get("method")
+    scaled = params.get("projector") == "scaled"
+    if m == "nscl_sgp" or (m == "adam_nscl" and scaled):
+        return "scaled", "sgp_scale"
+    if m == "adam_nscl":
+        return "adam_nscl", "energy"
+    if m in ("nscl_lowrank", "nscl_prune"):
+        extra = ["scaled"] if scaled else []
+        if m == "nscl_prune":
+            extra += ["reclaim"] if params.get("prune_reclaim") else []
+            fp = params.get("free_projector", "none")
+            extra += [f"free={fp}"] if fp != "none" else []
+        return " ".join([m, *extra]), FRONT_KNOBS[m]
+    return str(m), None
+
+
+def mean_budget(schedule: list, n_tasks: int) -> float:
+    """Mean active rank fraction of a ``rank_schedule`` over ``n_tasks`` (entry t, the last repeats):
+    one number that orders schedules along the rank front."""
+    sched = list(schedule) or [1.0]
+    return sum(sched[min(t, len(sched) - 1)] for t in range(n_tasks)) / max(n_tasks, 1)
+
+
+def _knob_x(knob: str | None, params: Mapping, n_tasks: int) -> float | None:
+    if knob is None:
+        return None
+    v = params.get(knob, defaults()[knob])
+    return mean_budget(v, n_tasks) if knob == "rank_schedule" else float(v)
+
+
+def front_table(runs_or_results) -> pd.DataFrame:
+    """The fronts of a sweep: one row per (curve, knob value), complete runs only, mean and std over
+    seeds of ``acc``, ``bwt`` and ``plasticity_last`` (mean ``A[t][t]`` over the last
+    :data:`LAST_TASKS` tasks). ``value``: the knob as written (a schedule joined by ``-``), ``x``: it as
+    a number (a schedule's :func:`mean_budget`). Rows sorted by curve, then ``x``."""
+    groups: dict[tuple, list] = {}
+    for res in results_by_label(runs_or_results).values():
+        if res.get("status") != "complete":
+            continue
+        p = res.get("params") or {}
+        curve, knob = front_curve(p)
+        v = p.get(knob, defaults()[knob]) if knob else None
+        value = "-".join(map(str, v)) if isinstance(v, list) else ("" if v is None else str(v))
+        groups.setdefault((curve, knob, value), []).append(res)
+    rows = []
+    for (curve, knob, value), runs in groups.items():
+        T = len(runs[0]["capacity"]["plasticity"])
+        row = {
+            "curve": curve,
+            "knob": knob,
+            "value": value,
+            "x": _knob_x(knob, runs[0]["params"], T),
+            "n": len(runs),
+            "seeds": ",".join(str(r["params"]["seed"]) for r in runs),
+        }
+        values = {
+            "acc": [r["metrics"]["acc"] for r in runs],
+            "bwt": [r["metrics"]["bwt"] for r in runs],
+            "plasticity_last": [
+                sum(p[-LAST_TASKS:]) / len(p[-LAST_TASKS:]) for p in (r["capacity"]["plasticity"] for r in runs)
+            ],
+        }
+        for m, v in values.items():
+            v = pd.Series(v, dtype=float)
+            row[f"{m}_mean"], row[f"{m}_std"] = v.mean(), (v.std(ddof=1) if len(v) > 1 else float("nan"))
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=FRONT_COLUMNS)
+    return out.sort_values(["curve", "x"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def front_above(front: pd.DataFrame, curve: str, reference: str) -> pd.DataFrame:
+    """Where ``curve`` lies above ``reference`` in the (BWT, plasticity) plane: per point of ``curve``,
+    the reference front's plasticity at the same BWT (linear interpolation between its points sorted
+    by BWT; NaN outside its BWT range), ``gap`` = the point's plasticity minus it (> 0: above), and
+    ``dominated``: whether some reference point is at least as good in both BWT and plasticity.
+    Columns: ``value, bwt, plasticity, reference_plasticity, gap, dominated``."""
+    cols = ["value", "bwt", "plasticity", "reference_plasticity", "gap", "dominated"]
+    ref = front[front["curve"] == reference].sort_values("bwt_mean")
+    pts = front[front["curve"] == curve]
+    rb, rp = ref["bwt_mean"].to_numpy(float), ref["plasticity_last_mean"].to_numpy(float)
+    rows = []
+    for _, r in pts.iterrows():
+        b, p = float(r["bwt_mean"]), float(r["plasticity_last_mean"])
+        inside = len(rb) > 0 and rb.min() <= b <= rb.max()
+        at = float(np.interp(b, rb, rp)) if inside else None
+        dominated = bool(((rb >= b) & (rp >= p)).any()) if len(rb) else False
+        rows.append([r["value"], b, p, at, (p - at) if at is not None else None, dominated])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def reuse_table(runs_or_results) -> pd.DataFrame:
+    """Pruned units' capacity per nscl_prune curve and knob value (complete runs, means over seeds):
+    ``free_last`` (share of units free after the last task, all layers), ``freed_used_up`` (first task
+    after which no layer had a free unit, None: never), ``lifetime`` (mean number of tasks a unit was
+    free before a task kept it), ``reclaimed`` (units re-pruning returned, all tasks and layers) and
+    ``learning_free_last`` (share of the last :data:`LAST_TASKS` tasks' learning in units free at their
+    start, mean over wires)."""
+    groups: dict[tuple, list] = {}
+    for res in results_by_label(runs_or_results).values():
+        p = res.get("params") or {}
+        if res.get("status") != "complete" or p.get("method") != "nscl_prune":
+            continue
+        curve, knob = front_curve(p)
+        groups.setdefault((curve, str(p.get(knob))), []).append(res["capacity"])
+    rows = []
+    for (curve, value), caps in groups.items():
+        free_last, used_up, life, recl, learn = [], [], [], [], []
+        for c in caps:
+            free, size = c.get("free_units") or {}, c.get("units") or {}
+            free_last.append(sum(v[-1] for v in free.values()) / max(sum(size.values()), 1))
+            T = max((len(v) for v in free.values()), default=0)
+            empty = [t + 1 for t in range(T) if all(v[t] == 0 for v in free.values() if len(v) > t)]
+            used_up.append(empty[0] if empty else None)
+            lt = [x for v in (c.get("free_lifetime") or {}).values() for x in v]
+            life.append(sum(lt) / len(lt) if lt else float("nan"))
+            recl.append(sum(sum(v) for v in (c.get("reclaimed_units") or {}).values()))
+            shares = [
+                x for v in (c.get("learning_in_free_units") or {}).values() for x in v[-LAST_TASKS:] if x is not None
+            ]
+            learn.append(sum(shares) / len(shares) if shares else float("nan"))
+        rows.append(
+            {
+                "curve": curve,
+                "value": value,
+                "n": len(caps),
+                "free_last": float(np.mean(free_last)),
+                "freed_used_up": used_up,
+                "lifetime": float(np.nanmean(life)) if not all(x != x for x in life) else float("nan"),
+                "reclaimed": float(np.mean(recl)),
+                "learning_free_last": float(np.nanmean(learn)) if not all(x != x for x in learn) else float("nan"),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["curve", "value", "n", "free_last", "freed_used_up", "lifetime", "reclaimed", "learning_free_last"],
+    )

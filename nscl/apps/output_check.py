@@ -45,15 +45,29 @@ def mask(text: str) -> str:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """``|fresh - stored| <= atol + rtol * |stored|`` for each number of a tagged cell."""
+    """``|fresh - stored| <= atol + rtol * |stored|`` for each number of a tagged cell.
+
+    ``wider`` holds ``(pattern, atol, rtol)`` for the numbers on a line that matches ``pattern`` (a regular
+    expression): the rows of a baseline whose numbers are chaotic by design (fine-tuning forgets, and what
+    it forgets moves with every last bit), measured and justified in the tolerance file.
+    """
 
     atol: float
     rtol: float
+    wider: tuple[tuple[str, float, float], ...] = ()
 
-    def allows(self, stored: float, fresh: float) -> bool:
+    def limits(self, line: str = "") -> tuple[float, float]:
+        """``(atol, rtol)`` for the numbers on ``line``: the first matching ``wider`` entry, else the default."""
+        for pattern, atol, rtol in self.wider:
+            if re.search(pattern, line):
+                return atol, rtol
+        return self.atol, self.rtol
+
+    def allows(self, stored: float, fresh: float, line: str = "") -> bool:
         if math.isnan(stored) or math.isnan(fresh):
             return math.isnan(stored) and math.isnan(fresh)
-        return abs(fresh - stored) <= self.atol + self.rtol * abs(stored)
+        atol, rtol = self.limits(line)
+        return abs(fresh - stored) <= atol + rtol * abs(stored)
 
     @classmethod
     def load(cls, path: str | Path) -> "Tolerance":
@@ -61,9 +75,16 @@ class Tolerance:
 
         data = yaml.safe_load(Path(path).read_text())
         try:
-            return cls(atol=float(data["atol"]), rtol=float(data["rtol"]))
-        except (TypeError, KeyError) as e:
-            raise ValueError(f"{path}: needs numeric 'atol' and 'rtol' keys ({e})") from None
+            wider = tuple((str(w["lines"]), float(w["atol"]), float(w["rtol"])) for w in (data.get("wider") or ()))
+            for pattern, _, _ in wider:
+                re.compile(pattern)
+            return cls(atol=float(data["atol"]), rtol=float(data["rtol"]), wider=wider)
+        except (TypeError, KeyError, AttributeError) as e:
+            raise ValueError(
+                f"{path}: needs numeric 'atol' and 'rtol' keys, and 'wider' entries with 'lines', 'atol', 'rtol' ({e})"
+            ) from None
+        except re.error as e:
+            raise ValueError(f"{path}: a 'wider' entry's 'lines' is not a regular expression ({e})") from None
 
 
 def cell_texts(outputs: Iterable[Mapping]) -> list[str]:
@@ -72,7 +93,8 @@ def cell_texts(outputs: Iterable[Mapping]) -> list[str]:
     texts = []
     for out in outputs:
         if out.get("output_type") == "stream":
-            texts.append(str(out.get("text", "")))
+            text = out.get("text", "")
+            texts.append("".join(text) if isinstance(text, list) else str(text))  # raw .ipynb JSON: a list
         elif out.get("output_type") in ("display_data", "execute_result"):
             data = out.get("data", {})
             for key in ("text/plain", "text/html"):
@@ -89,23 +111,41 @@ def same_text(stored: Iterable[str], fresh: Iterable[str]) -> bool:
     return [mask(s) for s in stored] == [mask(f) for f in fresh]
 
 
+def rows(text: str) -> list[str]:
+    """A text's rows: an HTML table's ``<tr>`` rows (a row's label and its numbers sit on different source
+    lines), else its lines."""
+    return text.split("</tr>") if "<tr" in text else text.splitlines()
+
+
+def line_deviations(stored: Iterable[str], fresh: Iterable[str]) -> list[tuple[str, float, float]]:
+    """``(stored row, stored, fresh)`` for every number that differs, read row by row (:func:`rows`) from
+    texts that agree beyond their numbers (:func:`same_text`)."""
+    return [
+        (la, s, f)
+        for a, b in zip(stored, fresh)
+        for la, lb in zip(rows(a), rows(b))
+        for s, f in zip(numbers(la), numbers(lb))
+        if s != f
+    ]
+
+
 def deviations(stored: Iterable[str], fresh: Iterable[str]) -> list[tuple[float, float]]:
-    """``(stored, fresh)`` pairs of every number that differs, read in order from texts that agree
-    beyond their numbers (:func:`same_text`)."""
-    return [(s, f) for a, b in zip(stored, fresh) for s, f in zip(numbers(a), numbers(b)) if s != f]
+    """``(stored, fresh)`` pairs of every number that differs (:func:`line_deviations` without the lines)."""
+    return [(s, f) for _, s, f in line_deviations(stored, fresh)]
 
 
 def compare_numbers(stored: Iterable[str], fresh: Iterable[str], tol: Tolerance) -> list[str]:
     """Problems between two tagged cells' texts; empty when the masked texts are equal and every number
-    is within ``tol``."""
+    is within ``tol`` (the tolerance of its line)."""
     stored, fresh = list(stored), list(fresh)
     if not same_text(stored, fresh):
         return ["the text differs beyond its numbers"]
-    return [
-        f"{f:g} against {s:g} stored (allowed ±{tol.atol + tol.rtol * abs(s):.3g})"
-        for s, f in deviations(stored, fresh)
-        if not tol.allows(s, f)
-    ]
+    problems = []
+    for line, s, f in line_deviations(stored, fresh):
+        if not tol.allows(s, f, line):
+            atol, rtol = tol.limits(line)
+            problems.append(f"{f:g} against {s:g} stored (allowed ±{atol + rtol * abs(s):.3g})")
+    return problems
 
 
 def tagged(cell: Mapping) -> bool:

@@ -29,7 +29,7 @@ from typing import Iterable, Mapping
 
 from ..analysis import tables
 from ..experiment import records as runs
-from ..util import atomic_write
+from ..util import atomic_write, read_text
 from . import sweep
 from .sweep import spec as sweep_spec
 from .sweep import state as sweep_state
@@ -257,7 +257,7 @@ def sweep_times(sweep_dir: str | os.PathLike) -> dict:
         d = Path(spec["out_dir"])
         if (d / sweep_state.JOB).exists() and (d / runs.RESULTS).exists():
             try:
-                starts.append(json.loads((d / sweep_state.JOB).read_text())["started"])
+                starts.append(json.loads(read_text(d / sweep_state.JOB))["started"])
                 ends.append((d / runs.RESULTS).stat().st_mtime)
                 total += (runs.load(d).get("timing") or {}).get("total_s") or 0.0
             except (OSError, ValueError, KeyError, TypeError):  # a corrupted job.json: left out
@@ -502,6 +502,8 @@ def write(
     note: str | None = None,
     capacity: Mapping[str, str | os.PathLike] | None = None,
     validation: Mapping[str, str | os.PathLike] | None = None,
+    fronts: Mapping[str, str | os.PathLike | list] | None = None,
+    fronts_validation: Mapping[str, str | os.PathLike | list] | None = None,
 ) -> Path:
     """Write the page (and the figure, default ``<page stem>_stability_plasticity.png`` beside it); with
     ``capacity`` (``{label: sweep dir}``) also the capacity section (:func:`capacity_lines`, with the
@@ -524,8 +526,9 @@ def write(
     plots.savefig(fig, tmp)
     plt.close(fig)
     text = render(sweeps, figure=figure, page=page, command=command, note=note, df=df)
-    if capacity:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(capacity_lines(capacity, page, validation)) + "\n"
+    if capacity or fronts:
+        section = capacity_lines(capacity or {}, page, validation, fronts, fronts_validation)
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
     os.replace(tmp, figure)
     atomic_write(page, text)
     return page
@@ -535,8 +538,10 @@ def write_capacity(
     page: str | os.PathLike,
     capacity: Mapping[str, str | os.PathLike],
     validation: Mapping[str, str | os.PathLike] | None = None,
+    fronts: Mapping[str, str | os.PathLike | list] | None = None,
+    fronts_validation: Mapping[str, str | os.PathLike | list] | None = None,
 ) -> Path:
-    """Rewrite only the capacity section of an existing page (from its heading to the end; appended when
+    """Rewrite only the capacity section (with the fronts section after it) of an existing page (from its heading to the end; appended when
     the page has none), leaving the sections built from the comparison sweeps as they are: the capacity
     sweeps can be rerun without rerunning those."""
     page = Path(page)
@@ -544,7 +549,8 @@ def write_capacity(
         raise sweep.SweepError(f"{page} does not exist: build the whole page first (python -m nscl results DIR ...)")
     text = page.read_text()
     head = text.split(CAPACITY_HEADING, 1)[0].rstrip("\n")
-    atomic_write(page, head + "\n\n" + "\n".join(capacity_lines(capacity, page, validation)) + "\n")
+    section = capacity_lines(capacity, page, validation, fronts, fronts_validation)
+    atomic_write(page, head + "\n\n" + "\n".join(section) + "\n")
     return page
 
 
@@ -591,6 +597,17 @@ def _dirs(d) -> list[str]:
     return [str(x) for x in (d if isinstance(d, (list, tuple)) else [d])]
 
 
+def _file_part(label: str) -> str:
+    """``label`` as part of a file name beside the page (``E1/a b`` -> ``E1_a_b``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("._") or "sweep"
+
+
+def _seeds(results: Iterable[Mapping]) -> set:
+    return {(r.get("params") or {}).get("seed") for r in results}
+
+
 def _load_all(dirs) -> dict[str, dict]:
     return {str(p): runs.load(p) for p in runs.find_runs(_dirs(dirs))}
 
@@ -599,8 +616,10 @@ def capacity_lines(
     sweeps: Mapping[str, str | os.PathLike | list],
     page: str | os.PathLike,
     validation: Mapping[str, str | os.PathLike | list] | None = None,
+    fronts: Mapping[str, str | os.PathLike | list] | None = None,
+    fronts_validation: Mapping[str, str | os.PathLike | list] | None = None,
 ) -> list[str]:
-    """The page's capacity section: per label (one sweep directory, or a list of them read as one, e.g. E1 and
+    """The page's capacity section (then, with ``fronts``, the fronts section: :func:`fronts_lines`): per label (one sweep directory, or a list of them read as one, e.g. E1 and
     its joint reference) its table (:func:`nscl.analysis.tables.capacity_table`), its
     capacity curve (a PNG beside the page, ``<page stem>_capacity_<label>.png``), the setting of each
     null-space method chosen on that label's ``validation`` sweep (seeds 100, 101), the goal per candidate
@@ -628,6 +647,15 @@ def capacity_lines(
     ]
     met: dict[str, list[str]] = {}
     loaded = {label: _load_all(d) for label, d in sweeps.items()}
+    validated = {label: _load_all(d) for label, d in (validation or {}).items() if label in sweeps}
+    for label, runs_v in validated.items():  # choosing on the seeds that judge it would choose on the test set
+        shared = _seeds(runs_v.values()) & _seeds(loaded[label].values())
+        if shared:
+            raise sweep.SweepError(
+                f"--validation {label}={_uniq(_dirs(validation[label]))} has seeds {', '.join(map(str, sorted(shared)))}"
+                f" of the --capacity {label} sweep; validate on other seeds (e.g. 100, 101: "
+                f"params/sweeps/capacity_e*_validation.yaml)"
+            )
     for label, d in sweeps.items():
         dirs = _dirs(d)
         results = loaded[label]
@@ -641,13 +669,13 @@ def capacity_lines(
         header = list(tab.columns)
         lines += _md_table(header, tab.astype(str).values.tolist(), ["---"] + ["---:"] * (len(header) - 1))
         fig = plots.capacity_curve(tables.capacity_frame(results), title=label)
-        figure = page.with_name(f"{page.stem}_capacity_{label}.png")
+        figure = page.with_name(f"{page.stem}_capacity_{_file_part(label)}.png")
         plots.savefig(fig, figure)
         plt.close(fig)
         lines += ["", f"![capacity curve, {label}]({figure.name})", ""]
         chosen = []
         if validation and label in validation:
-            choice = tables.validation_choice(_load_all(validation[label]), VALIDATED)
+            choice = tables.validation_choice(validated[label], VALIDATED)
             lines.append(f"Settings chosen on the validation seeds (mean ACC; `{_uniq(_dirs(validation[label]))}`):")
             for m, c in choice.items():
                 options = ", ".join(
@@ -696,6 +724,8 @@ def capacity_lines(
             "setting chosen on validation seeds, beats `adam_nscl` and `nscl_sgp` by the margins above.",
             "",
         ]
+    if fronts:
+        lines += fronts_lines(fronts, page, fronts_validation)
     return lines
 
 
@@ -716,7 +746,7 @@ def worth_lines(results: Mapping[str, dict], pool: Iterable[dict]) -> list[str]:
         for h, a, p in zip(curve["hidden"], curve["acc_mean"], curve["params"])
     )
     lines = [f"Width curve of `adam_nscl` (mean ACC): {sizes}."]
-    labels = tables.method_labels(same, tables.LABEL_KEYS)
+    labels = tables.capacity_labels(same)
     for label, res in tables.capacity_stats(same).set_index("method").iterrows():
         if label.split()[0] not in CAPACITY_CANDIDATES:
             continue
@@ -763,6 +793,21 @@ def add_cli(sub) -> None:
         help="the validation-seed sweep of a capacity label (params/sweeps/capacity_e*_validation.yaml): the "
         "setting of each null-space method is chosen on it; repeatable",
     )
+    p.add_argument(
+        "--fronts",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="a fronts sweep (params/sweeps/fronts_*.yaml) for the fronts section; a label may be given "
+        "several (read as one); repeatable",
+    )
+    p.add_argument(
+        "--fronts-validation",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="the validation-seed sweep of a fronts label: each curve's knob value is chosen on it; repeatable",
+    )
     p.set_defaults(func=cmd_results)
 
 
@@ -773,19 +818,34 @@ def cmd_results(args) -> int:
             for label, d in parse_sweeps([item]).items():
                 capacity.setdefault(label, []).append(d)
         validation = {label: d for item in args.validation for label, d in parse_sweeps([item]).items()}
+        fronts: dict[str, list] = {}
+        for item in args.fronts:
+            for label, d in parse_sweeps([item]).items():
+                fronts.setdefault(label, []).append(d)
+        fronts_validation = {label: d for item in args.fronts_validation for label, d in parse_sweeps([item]).items()}
+        if set(fronts_validation) - set(fronts):
+            bad = sorted(set(fronts_validation) - set(fronts))[0]
+            raise sweep.SweepError(f"--fronts-validation {bad}=...: no --fronts {bad}=DIR to validate")
         unknown = sorted(set(validation) - set(capacity))
         if unknown:
             raise sweep.SweepError(f"--validation {unknown[0]}=...: no --capacity {unknown[0]}=DIR to validate")
         if not args.sweeps:
-            if not capacity:
+            if not capacity and not fronts:
                 raise sweep.SweepError(
                     "give sweep directories, or --capacity LABEL=DIR to rewrite the capacity section"
                 )
-            page = write_capacity(args.out, capacity, validation)
+            page = write_capacity(args.out, capacity, validation, fronts, fronts_validation)
         else:
             sweeps = parse_sweeps(args.sweeps)
             page = write(
-                sweeps, args.out, args.figure, note=args.note, capacity=capacity or None, validation=validation
+                sweeps,
+                args.out,
+                args.figure,
+                note=args.note,
+                capacity=capacity or None,
+                validation=validation,
+                fronts=fronts or None,
+                fronts_validation=fronts_validation,
             )
     except sweep.SweepError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -793,3 +853,211 @@ def cmd_results(args) -> int:
     print(page.read_text())
     print(f"written: {page}")
     return 0
+
+
+# ---- fronts (issue 24) -------------------------------------------------------------------------------
+FRONTS_HEADING = "## Fronts: the trade-off each knob controls"
+#: the goal per stream label: a curve of the seed's ideas, at the knob value chosen on validation seeds,
+#: gains at least this many ACC points over the best of adam_nscl and the scaled projection, with BWT >= that
+FRONT_GOALS = {"e1": (0.5, -2.0), "e3": (1.0, -1.0)}
+#: curves of the seed's ideas (pruning or rank limitation, alone or with the scaled projector)
+SEED_CURVES = ("nscl_prune", "nscl_lowrank")
+RIVAL_CURVES = ("adam_nscl", "scaled")
+
+
+def front_choice(front) -> dict[str, str]:
+    """``{curve: knob value}`` with the highest mean ACC per curve (of a validation-seed front)."""
+    out = {}
+    for c, d in front[front["knob"].notna()].groupby("curve", sort=False):
+        out[c] = d.loc[d["acc_mean"].idxmax(), "value"]
+    return out
+
+
+def rank_verdict(front) -> str:
+    """Whether the rank knob's front (``nscl_lowrank``) lies above the threshold's (``adam_nscl``)
+    anywhere in the (BWT, plasticity) plane, with the numbers (:func:`nscl.analysis.tables.front_above`)."""
+    if not {"nscl_lowrank", "adam_nscl"} <= set(front["curve"]):
+        return "The rank knob's front and the threshold's are not both in this sweep: no verdict."
+    cmp = tables.front_above(front, "nscl_lowrank", "adam_nscl")
+    ref = front[front["curve"] == "adam_nscl"]
+    lo, hi = ref["bwt_mean"].min(), ref["bwt_mean"].max()
+    inside = cmp[cmp["gap"].notna()]
+    above = inside[inside["gap"] > 0]
+    undominated = cmp[~cmp["dominated"]]
+    pts = "; ".join(
+        f"budget {r['value']}: BWT {r['bwt']:.2f}, plasticity {r['plasticity']:.2f}"
+        + (
+            f" vs {r['reference_plasticity']:.2f} ({r['gap']:+.2f})"
+            if r["gap"] == r["gap"] and r["gap"] is not None
+            else " (outside)"
+        )
+        for _, r in cmp.iterrows()
+    )
+    where = f"the threshold front spans BWT {lo:.2f} to {hi:.2f}"
+    if len(above):
+        best = above.loc[above["gap"].idxmax()]
+        head = (
+            f"**Above somewhere**: at rank budget `{best['value']}` the rank front's plasticity is "
+            f"{best['gap']:+.2f} points above the threshold front's at the same BWT ({best['bwt']:.2f})"
+        )
+    elif len(undominated):
+        head = (
+            "**Not above** the threshold front at any BWT within its range "
+            f"({len(cmp) - len(undominated)} of {len(cmp)} rank points are beaten in both BWT and plasticity by "
+            "one threshold point)"
+        )
+    else:
+        head = (
+            "**Nowhere above**: every rank point is matched or beaten in both BWT and plasticity by a threshold point"
+        )
+    return f'{head} ({where}; per budget: {pts}). The seed\'s "better control" claim is {"supported" if len(above) else "refuted"} here.'
+
+
+def fronts_lines(
+    sweeps: Mapping[str, str | os.PathLike | list],
+    page: str | os.PathLike,
+    validation: Mapping[str, str | os.PathLike | list] | None = None,
+) -> list[str]:
+    """The page's fronts section: per label (sweep dirs read as one) the front table
+    (:func:`nscl.analysis.tables.front_table`), its figure (``<page stem>_fronts_<label>.png``), the
+    rank-vs-threshold verdict (:func:`rank_verdict`), pruned units' reuse (:func:`nscl.analysis.tables.reuse_table`),
+    the knob value per curve chosen on the label's ``validation`` sweep, the goal per seed-idea curve
+    (:data:`FRONT_GOALS`) and the sweeps' wall times."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis import plots
+
+    page = Path(page)
+    lines = [
+        FRONTS_HEADING,
+        "",
+        "One knob per method, swept on seeds 0–2: the energy threshold (`adam_nscl`), `sgp_scale` (the scaled "
+        "projection), the rank budget schedule (`nscl_lowrank`, as its mean active fraction) and the pruning "
+        "margin (`nscl_prune`, alone and with the scaled projector or re-pruning). Each front: plasticity (mean "
+        f"accuracy just after training each of the last {tables.LAST_TASKS} tasks) against BWT, and ACC against "
+        "the knob; mean ± std over seeds. Every knob value a goal is judged at is chosen on the validation "
+        "seeds 100 and 101.",
+        "",
+    ]
+    for label, d in sweeps.items():
+        dirs = _dirs(d)
+        results = _load_all(dirs)
+        front = tables.front_table(results)
+        lines += [f"### Fronts {label}", ""]
+        if front.empty:
+            lines += ["No complete run yet.", ""]
+            continue
+
+        def pm(mu, sd):
+            return f"{mu:.2f}" if sd != sd else f"{mu:.2f} ± {sd:.2f}"
+
+        rows = [
+            [
+                f"`{r['curve']}`",
+                r["knob"] if isinstance(r["knob"], str) else "-",
+                r["value"] or "-",
+                str(r["n"]),
+                pm(r["acc_mean"], r["acc_std"]),
+                pm(r["bwt_mean"], r["bwt_std"]),
+                pm(r["plasticity_last_mean"], r["plasticity_last_std"]),
+            ]
+            for _, r in front.iterrows()
+        ]
+        header = ["curve", "knob", "value", "n", "ACC", "BWT", f"plasticity last {tables.LAST_TASKS}"]
+        lines += _md_table(header, rows, ["---", "---", "---:", "---:", "---:", "---:", "---:"])
+        fig = plots.fronts(front, title=f"fronts, {label}", last=tables.LAST_TASKS)
+        figure = page.with_name(f"{page.stem}_fronts_{label}.png")
+        plots.savefig(fig, figure)
+        plt.close(fig)
+        lines += ["", f"![fronts, {label}]({figure.name})", "", rank_verdict(front), ""]
+        reuse = tables.reuse_table(results)
+        if not reuse.empty:
+            lines.append(
+                "Pruned units' capacity (`nscl_prune` curves, means over seeds): share of units free after the last "
+                "task; first task after which no layer had a free unit; mean tasks a unit stayed free before a task "
+                f"kept it; units re-pruning returned; share of the last {tables.LAST_TASKS} tasks' learning in units "
+                "free at their start."
+            )
+            lines.append("")
+            rrows = [
+                [
+                    f"`{r['curve']}`",
+                    r["value"],
+                    f"{r['free_last']:.3f}",
+                    ", ".join("never" if x is None else str(x) for x in r["freed_used_up"]),
+                    f"{r['lifetime']:.2f}",
+                    f"{r['reclaimed']:.0f}",
+                    f"{r['learning_free_last']:.3f}",
+                ]
+                for _, r in reuse.iterrows()
+            ]
+            lines += _md_table(
+                ["curve", "margin", "free at end", "used up after task", "lifetime", "reclaimed", "learning in free"],
+                rrows,
+                ["---", "---:", "---:", "---:", "---:", "---:", "---:"],
+            )
+            lines.append("")
+        chosen = {}
+        if validation and label in validation:
+            vfront = tables.front_table(_load_all(validation[label]))
+            chosen = front_choice(vfront)
+            lines.append(
+                f"Knob values chosen on the validation seeds (highest mean ACC; `{_uniq(_dirs(validation[label]))}`):"
+            )
+            for c, v in chosen.items():
+                lines.append(f"- `{c}`: {v}")
+            lines.append("")
+        lines += front_goal_lines(label, front, chosen)
+        for info in (sweep_times(x) for x in dirs):
+            file = _repo_path(info["file"], sweep_spec.ROOT) if info["file"] else "<sweep file>"
+            lines.append(
+                f"Command: `python -m nscl sweep run {file}` ({info['runs']} runs, {info['executor']} executor, "
+                f"{info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
+                f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])})."
+            )
+        lines.append("")
+    return lines
+
+
+def front_goal_lines(label: str, front, chosen: Mapping[str, str]) -> list[str]:
+    """The goal per seed-idea curve at its validation-chosen knob value (none chosen: not judged):
+    ACC gain over the best rival (adam_nscl / scaled, each at its own chosen value) and BWT, against
+    :data:`FRONT_GOALS` of the label (``e1``, ``e3``: the first word of the label, lower case)."""
+    goal = FRONT_GOALS.get(label.split()[0].lower())
+    if goal is None or not chosen:
+        return []
+    gain, bwt_min = goal
+
+    def row(c):
+        d = front[(front["curve"] == c) & (front["value"] == chosen.get(c))]
+        return d.iloc[0] if len(d) else None
+
+    rivals = [(c, row(c)) for c in RIVAL_CURVES if row(c) is not None]
+    if not rivals:
+        return ["No rival (`adam_nscl`, `scaled`) at a chosen value in this sweep: goal not judged.", ""]
+    best_c, best = max(rivals, key=lambda x: x[1]["acc_mean"])
+    lines = [
+        f"Goal ({label}): ≥ {gain:g} ACC above the best rival at its chosen value (`{best_c}` {best['value']}: "
+        f"{best['acc_mean']:.2f}), BWT ≥ {bwt_min:g}:"
+    ]
+    hits = []
+    for c in sorted(chosen):
+        if c.split()[0] not in SEED_CURVES or row(c) is None:
+            continue
+        r = row(c)
+        why = []
+        if r["acc_mean"] - best["acc_mean"] < gain:
+            why.append(f"ACC {r['acc_mean'] - best['acc_mean']:+.2f} < +{gain:g}")
+        if r["bwt_mean"] < bwt_min:
+            why.append(f"BWT {r['bwt_mean']:.2f} < {bwt_min:g}")
+        if not why:
+            hits.append(c)
+        lines.append(
+            f"- `{c}` at {r['value']}: ACC {r['acc_mean']:.2f} ({r['acc_mean'] - best['acc_mean']:+.2f}), "
+            f"BWT {r['bwt_mean']:.2f}: " + ("**met**." if not why else f"not met ({'; '.join(why)}).")
+        )
+    lines += ["", f"**Goal {label}**: " + (f"met by `{'`, `'.join(hits)}`." if hits else "not met by any curve."), ""]
+    return lines

@@ -33,9 +33,11 @@ place with their own tiny defaults: the stored outputs that ``pytest --nbval`` c
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -43,7 +45,7 @@ from ..core.metrics import CHANCE_MARGIN
 from ..experiment import config as config_mod
 from ..experiment import records
 from ..methods import null_space_methods
-from ..util import atomic_write
+from ..util import atomic_write, read_text
 from . import kernel as kernel_manager
 from .notebook import NOTEBOOK_RESULTS_SCHEMA, project_root
 
@@ -66,6 +68,47 @@ def notebooks(folder: str | Path | None = None, only: Iterable[str] | None = Non
     return found
 
 
+DEFAULT_HOOK = "suite_{stem}.yaml"
+
+
+def hook_path(hook: str, stem: str, params_dir: str | Path | None = None) -> Path:
+    """The hook file of notebook ``stem``: ``hook`` (``{stem}`` filled in) inside the parameter folder;
+    one that leaves it (``..``, an absolute path) is a :class:`ConfigError`."""
+    root = Path(params_dir or project_root() / "params").resolve()
+    path = (root / hook.format(stem=stem)).resolve()
+    if not path.is_relative_to(root):
+        raise config_mod.ConfigError(
+            f"--hook {hook!r} names {path}, outside the parameter folder {root}; give a file name in it "
+            f"(e.g. suite_{{stem}}.yaml), or pass other files with -f"
+        )
+    return path
+
+
+def check_hook(hook: str | None, nbs: Iterable[Path], params_dir: str | Path | None = None) -> None:
+    """A ``--hook`` other than the default must name a file that exists, for at least one of ``nbs`` when
+    it holds ``{stem}`` (the default's files are optional: most notebooks have none)."""
+    if not hook:
+        return
+    paths = [hook_path(hook, nb.stem, params_dir) for nb in nbs]
+    if hook != DEFAULT_HOOK and paths and not any(p.exists() for p in paths):
+        raise config_mod.ConfigError(
+            f"--hook {hook!r}: no such file ({paths[0]}{' ...' if len(set(paths)) > 1 else ''}); "
+            f"give an existing file of {paths[0].parent}, or --hook '' for none"
+        )
+
+
+def check_out(out: Path, folder: str | Path | None = None) -> None:
+    """The suite's output folder must not be the project, a folder above it, or its notebook folder: the
+    notebooks' output folders and summary.md would land among the sources (``-o results/..``)."""
+    root = project_root().resolve()
+    nb_folder = Path(folder or root / "notebooks").resolve()
+    if root.is_relative_to(out) or out == nb_folder or out == root / "params":
+        raise config_mod.ConfigError(
+            f"-o {out} is the project folder, one above it, or its notebooks/params folder; the suite writes a "
+            f"folder per notebook there: give a folder of its own, e.g. -o results/default"
+        )
+
+
 def notebook_parameters(
     nb: Path,
     files: Iterable[str | Path] = (),
@@ -73,14 +116,14 @@ def notebook_parameters(
     output_dir: str | Path | None = None,
     suite_dir: str | Path | None = None,
     params_dir: str | Path | None = None,
-    hook: str | None = "suite_{stem}.yaml",
+    hook: str | None = DEFAULT_HOOK,
 ) -> dict:
     """The papermill parameters of one notebook in the suite (see the module docstring)."""
     import papermill as pm
 
     sources = [config_mod.read_mapping(f) for f in files]  # layered as the command line layers -f files
     if hook:
-        hook_file = Path(params_dir or project_root() / "params") / hook.format(stem=nb.stem)
+        hook_file = hook_path(hook, nb.stem, params_dir)
         if hook_file.exists():
             sources.append(config_mod.read_mapping(hook_file))
     params = config_mod.layer([*sources, dict(overrides or {})])
@@ -165,7 +208,7 @@ def run_suite(
     progress: bool = True,
     log_output: bool = False,
     folder: str | Path | None = None,
-    hook: str | None = "suite_{stem}.yaml",
+    hook: str | None = DEFAULT_HOOK,
     jobs: int = 1,
 ) -> list[dict]:
     """Execute every suite notebook into ``out``; write ``out/summary.md``; return one entry per notebook
@@ -175,11 +218,13 @@ def run_suite(
     import multiprocessing
 
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, folder)
     files = [Path(f) for f in files]
     nbs = notebooks(folder, only)
     if not nbs:
         raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder or project_root() / 'notebooks'}")
+    check_hook(hook, nbs)
+    out.mkdir(parents=True, exist_ok=True)
     overrides = dict(overrides or {})
     jobs = max(1, min(jobs, len(nbs)))
     if jobs > 1:
@@ -237,10 +282,11 @@ def summary_markdown(out: Path, entries: list[dict], total_s: float | None = Non
     for e in entries:
         rec_path = out / e["notebook"] / records.RESULTS
         rec = None
-        if rec_path.exists():
+        if os.path.lexists(rec_path):
             try:
-                rec = json.loads(rec_path.read_text())
-            except ValueError:
+                rec = json.loads(read_text(rec_path))
+            except (OSError, ValueError) as e:
+                warnings.warn(f"skipped {rec_path}: {e}", stacklevel=2)
                 rec = None
         if rec is not None and rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
             by_notebook[e["notebook"]] = rec
@@ -306,8 +352,9 @@ def suite_records(out: str | Path) -> dict[str, dict]:
     recs = {}
     for path in sorted(Path(out).glob(f"*/{records.RESULTS}")):
         try:
-            rec = json.loads(path.read_text())
-        except ValueError:
+            rec = json.loads(read_text(path))
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipped {path}: {e}", stacklevel=2)
             continue
         if rec.get("schema") == NOTEBOOK_RESULTS_SCHEMA:
             recs[path.parent.name] = rec
@@ -452,7 +499,7 @@ def add_cli(sub) -> None:
     p.add_argument("--log-output", action="store_true", help="stream cell output to the log")
     p.add_argument(
         "--hook",
-        default="suite_{stem}.yaml",
+        default=DEFAULT_HOOK,
         help="per-notebook parameter file in params/ (default suite_{stem}.yaml; '' for none)",
     )
     p.add_argument(

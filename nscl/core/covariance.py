@@ -1,7 +1,8 @@
 """Streaming uncentred covariance of each projected layer's input (Adam-NSCL, Eq. 4 / Alg. 2).
 
 For a layer y = W x (W viewed as ``(out, d)``; a conv's input is the im2col patch of its own kernel,
-stride, padding and dilation, in the ``(C, kh, kw)`` order of ``weight.view(out, -1)``), the
+stride, padding and dilation, in the ``(C, kh, kw)`` order of ``weight.view(out, -1)``; a Conv1d is
+a Conv2d of kernel height 1), the
 uncentred covariance of old-task inputs is ``C = (1/n) sum_i x_i x_i^T``. Any update ``dW`` whose
 rows lie in the null space of ``C`` leaves ``W x`` unchanged on those inputs.
 
@@ -39,11 +40,11 @@ import torch.nn.functional as F
 
 
 def input_dim(module: nn.Module) -> int:
-    """Flattened input dimension d of a Linear/Conv2d (+1 for the bias column)."""
+    """Flattened input dimension d of a Linear/Conv1d/Conv2d (+1 for the bias column)."""
     if isinstance(module, nn.Linear):
         d = module.in_features
-    elif isinstance(module, nn.Conv2d):
-        d = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+    elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        d = module.weight[0].numel()
     else:
         raise TypeError(f"cannot project {type(module).__name__}")
     return d + (module.bias is not None)
@@ -62,7 +63,7 @@ def layer_input_rows(
     """
     if mode not in ("per_sample", "batch_mean"):
         raise ValueError(f"unknown covariance mode {mode!r}")
-    if isinstance(module, nn.Conv2d):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.groups != 1 or module.padding_mode != "zeros":
             raise NotImplementedError("only groups=1, zero-padded convolutions are supported")
         if mode == "batch_mean":
@@ -70,9 +71,11 @@ def layer_input_rows(
         padding = module.padding
         if isinstance(padding, str):
             raise NotImplementedError("string padding ('same'/'valid') is not supported; use ints")
-        cols = F.unfold(
-            x, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride
-        )  # (B, d, L)
+        kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+        if isinstance(module, nn.Conv1d):  # a 1-d conv is a 2-d conv on a height-1 map
+            x = x.unsqueeze(-2)
+            kernel, dilation, stride, padding = (1, *kernel), (1, *dilation), (1, *stride), (0, *padding)
+        cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (B, d, L)
         if patches is not None and mode == "per_sample" and patches < cols.shape[2]:
             keys = torch.rand(
                 cols.shape[0],

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .protect import select_layers
+
 
 class MultiHead(nn.Module):
     """Shared backbone + one ``nn.Linear`` head per task (heads carry a bias, as the official code)."""
@@ -176,8 +178,9 @@ def build_model(
 
 
 def projected_layers(model: MultiHead) -> dict[str, nn.Module]:
-    """Backbone ``nn.Linear`` / ``nn.Conv2d`` layers, by qualified name (heads are never projected)."""
-    return {f"backbone.{n}": m for n, m in model.backbone.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    """Backbone ``nn.Linear`` / ``nn.Conv2d`` layers, by qualified name (heads are never projected):
+    :func:`nscl.core.protect.select_layers` with ``exclude=["heads"]``, as ``nscl.protect`` selects."""
+    return select_layers(model, exclude=["heads"])
 
 
 def batchnorm_layers(model: MultiHead) -> dict[str, nn.Module]:

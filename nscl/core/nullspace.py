@@ -265,6 +265,47 @@ def compute(
     return ns
 
 
+def eigh(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of symmetric ``(..., d, d)`` float64 matrices, with a robust path.
+
+    A rank-deficient covariance (fewer rows than d: a small task, a wide layer; torchvision's
+    ResNet-18 ``layer4`` after 64 images has d = 4608 and rank 64) has thousands of (numerically)
+    repeated zero eigenvalues, on which LAPACK's divide-and-conquer ``syevd`` (torch's CPU driver) can
+    fail to converge. Where it fails, each matrix is decomposed on the CPU by the fallbacks in turn:
+    SciPy's MRRR driver (``evr``), its QR-iteration driver (``ev``, the most robust), then the SVD
+    (for a PSD matrix ``C = U S U^T``: the same eigenvectors, eigenvalues ``S``). Results are ascending,
+    as ``eigh``'s.
+    """
+    try:
+        return torch.linalg.eigh(cov)
+    except torch.linalg.LinAlgError:
+        pass
+    flat = cov.reshape(-1, *cov.shape[-2:])
+    vals, vecs = zip(*(_eigh_fallback(c) for c in flat))
+    return (
+        torch.stack(vals).reshape(cov.shape[:-1]).to(cov.device),
+        torch.stack(vecs).reshape(cov.shape).to(cov.device),
+    )
+
+
+def _eigh_fallback(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One symmetric matrix on the CPU: SciPy ``evr``, then ``ev``, then the SVD (see :func:`eigh`)."""
+    c = c.detach().cpu().to(torch.float64)
+    try:
+        import scipy.linalg
+
+        for driver in ("evr", "ev"):
+            try:
+                w, v = scipy.linalg.eigh(c.numpy(), driver=driver, check_finite=True)
+                return torch.from_numpy(w), torch.from_numpy(v)
+            except (scipy.linalg.LinAlgError, ValueError):
+                continue
+    except ImportError:
+        pass
+    u, sv, _ = torch.linalg.svd(c)
+    return sv.flip(0), u.flip(1)
+
+
 def compute_many(covs: list[torch.Tensor], rules: list[NullSpaceRule], batched: bool | None = None) -> list[NullSpace]:
     """:func:`compute` (without held-out data) for many covariances, one batched ``eigh`` per size.
 
@@ -280,7 +321,7 @@ def compute_many(covs: list[torch.Tensor], rules: list[NullSpaceRule], batched: 
     for idx in by_size.values():
         cov = torch.stack([covs[i].to(torch.float64) for i in idx])
         cov = (cov + cov.mT) / 2
-        eigvals, eigvecs = torch.linalg.eigh(cov)
+        eigvals, eigvecs = eigh(cov)
         # A covariance is PSD: negative eigenvalues are rounding noise. Order by |lambda| (= the singular
         # values the official code's SVD returns), so the null space is always a prefix.
         eigvals, order = eigvals.abs().sort(-1)
@@ -300,14 +341,18 @@ def compute_nested(cov: torch.Tensor, previous: NullSpace, rule: NullSpaceRule) 
     """
     cov = cov.to(torch.float64)
     cov = (cov + cov.T) / 2
-    exact = torch.linalg.eigvalsh(cov).abs().sort().values
+    try:
+        exact = torch.linalg.eigvalsh(cov)
+    except torch.linalg.LinAlgError:  # the robust path of eigh
+        exact = eigh(cov)[0]
+    exact = exact.abs().sort().values
     r_full = rule.null_dim(exact)
     u2 = previous.null_basis.to(device=cov.device, dtype=torch.float64)
     if previous.r == 0 or r_full == 0:
         basis = previous.eigvecs.to(device=cov.device, dtype=torch.float64)
         return NullSpace(exact, basis, 0, kept=0.0)
     small = u2.T @ (cov @ u2)
-    theta, w = torch.linalg.eigh((small + small.T) / 2)
+    theta, w = eigh((small + small.T) / 2)
     theta, order = theta.abs().sort()
     w = w[:, order]
     r = int((theta <= rule.threshold(exact)).sum().item())
@@ -356,7 +401,12 @@ def sgp_importance(eigvals: torch.Tensor, r: int, alpha: float) -> torch.Tensor:
     sigma = eigvals[r:].to(torch.float64).clamp_min(0).sqrt()
     if sigma.numel() == 0 or sigma.max().item() <= 0:
         return torch.ones_like(sigma)
-    return ((alpha + 1) * sigma / (alpha * sigma + sigma.max())).clamp(0, 1)
+    s = (alpha + 1) * sigma / (alpha * sigma + sigma.max())
+    if bool(torch.isfinite(s).all()):
+        return s.clamp(0, 1)
+    # alpha sigma overflowed to inf (inf / inf = NaN) for a huge alpha, e.g. 1e308: the same, divided by alpha
+    s = (1 + 1 / alpha) * sigma / (sigma + sigma.max() / alpha)
+    return torch.where(sigma > 0, s, torch.zeros_like(s)).clamp(0, 1)
 
 
 class ScaledProjector:
@@ -382,6 +432,30 @@ class ScaledProjector:
         if not self.basis.shape[1]:
             return u.clone()
         return u - ((u @ self.basis) * self.importance) @ self.basis.T
+
+
+PROJECTORS = ("hard", "scaled")
+
+
+def make_projector(
+    ns: NullSpace,
+    kind: str = "hard",
+    sgp_scale: float = 10.0,
+    dtype: torch.dtype = torch.float32,
+    device=None,
+    scale_sqrt_r: bool = False,
+) -> "Projector | ScaledProjector":
+    """The one place a layer's projector is built from its null space ``ns``.
+
+    ``kind="hard"``: Adam-NSCL's ``U2 U2^T`` (Eq. 6; :class:`Projector`, ``scale_sqrt_r`` the official
+    ``1/sqrt(r)`` step scaling). ``kind="scaled"``: SGP's ``I - U1 diag(s) U1^T`` with
+    ``s = sgp_importance(eigvals, r, sgp_scale)`` (SGP Eq. 2; :class:`ScaledProjector`).
+    """
+    if kind == "hard":
+        return Projector(ns, dtype=dtype, device=device, scale_sqrt_r=scale_sqrt_r)
+    if kind == "scaled":
+        return ScaledProjector(ns, sgp_importance(ns.eigvals, ns.r, sgp_scale), dtype=dtype, device=device)
+    raise ValueError(f"unknown projector {kind!r}; valid: {', '.join(PROJECTORS)}")
 
 
 #: ``eigen_update="nested"`` decomposes ``U2^T C U2`` only where the previous null space is at most this
@@ -509,10 +583,15 @@ class NullSpaceTracker:
         if recompute:
             self.spaces[name] = self.null_space(name)
 
-    def projector(self, name: str, dtype=None, device=None) -> Projector:
+    def projector(
+        self, name: str, dtype=None, device=None, kind: str = "hard", sgp_scale: float = 10.0
+    ) -> "Projector | ScaledProjector":
+        """The projector of one layer's updates (:func:`make_projector` on its null space)."""
         layer = self.layers[name]
-        return Projector(
+        return make_projector(
             self.spaces[name],
+            kind,
+            sgp_scale,
             dtype=dtype or layer.weight.dtype,
             device=device or layer.weight.device,
             scale_sqrt_r=self.scale_sqrt_r,

@@ -133,10 +133,12 @@ class NullSpaceAdam(torch.optim.Optimizer):
         self.stats = {"steps": 0, "projected_steps": 0}
 
     def set_projector(self, weight: torch.Tensor, bias: torch.Tensor | None, projector: Projector) -> None:
-        """Project the joint update ``[dW.view(out, -1), db]`` of one layer with ``projector``."""
+        """Project the joint update ``[dW.view(out, -1), db]`` of one layer with ``projector`` (a layer
+        set again gets the new projector: :class:`nscl.core.protect.Protection` renews them per task)."""
         d = weight[0].numel() + (bias is not None)
         if projector.d != d:
             raise ValueError(f"projector has d={projector.d}, layer needs d={d}")
+        self.layers = [e for e in self.layers if e[0] is not weight]
         self.layers.append((weight, bias, projector))
         self._projected.update({id(weight)} | ({id(bias)} if bias is not None else set()))
         self._plan = None

@@ -321,6 +321,37 @@ class UnitMasks:
         head = self.model.heads[t]
         head.weight[:, self.head_columns_free().to(head.weight.device)] = 0.0
 
+    @torch.no_grad()
+    def outgoing_norms(self, heads) -> dict[str, torch.Tensor]:
+        """Per group, the norm of each unit's outgoing weights: its columns in every wire that reads the
+        group and, for the feature group, in the ``heads`` (indices; the trained ones) (float64, CPU)."""
+        out = {n: torch.zeros(g.size, dtype=torch.float64) for n, g in self.graph.groups.items()}
+        for w in self.graph.wires:
+            if w.in_group is None:
+                continue
+            W = w.module.weight.detach()
+            cols = W.reshape(W.shape[0], -1).double().pow(2).sum(0).cpu()
+            out[w.in_group] += cols.view(-1, w.in_repeat).sum(1)
+        feat = self.graph.feature_group
+        for h in heads:
+            cols = self.model.heads[h].weight.detach().double().pow(2).sum(0).cpu()
+            out[feat] += cols.view(-1, self.graph.feature_repeat).sum(1)
+        return {n: v.sqrt() for n, v in out.items()}
+
+    @torch.no_grad()
+    def release(self, units: dict[str, torch.Tensor], heads) -> None:
+        """Return kept ``units`` to the free pool (re-pruning): dead, owner FREE, their weights into
+        kept units (now interference entries) and their columns in the ``heads`` zeroed for good."""
+        for n, u in units.items():
+            self.owner[n][u] = FREE
+            self.alive[n][u.to(self.device)] = 0.0
+        for w in self.graph.wires:
+            self._zero(w.module, self.interference(w))
+        cols = self.head_columns_free()
+        for h in heads:
+            head = self.model.heads[h]
+            head.weight[:, cols.to(head.weight.device)] = 0.0
+
     @staticmethod
     def _zero(module: nn.Module, entries: torch.Tensor) -> None:
         entries = entries.to(module.weight.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -67,7 +68,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
     offset = 4 + 4 * ndim
-    n = int(np.prod(dims)) if dims else 1
+    n = math.prod(dims)  # Python ints: a damaged header cannot overflow (np.prod would wrap around)
     if len(raw) - offset != n * dtype.itemsize:
         raise CorruptDataError(
             path, f"header says {dims} ({n * dtype.itemsize} bytes) but {len(raw) - offset} bytes follow (truncated?)"

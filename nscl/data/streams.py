@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..util import jsonable
+from .errors import CorruptDataError
 from .registry import BENCHMARKS, DatasetSpec, distinct_halves, load_dataset, spec
 from .sampling import balanced_subset, rng, stratified_split
 
@@ -217,6 +218,14 @@ class _Pools:
         self.mean, self.std = tuple(self.data["mean"]), tuple(self.data["std"])
         self.n_classes = int(self.data["n_classes"])
         self.input_shape = tuple(int(s) for s in self.x_tr.shape[1:])
+        for split, y in (("train", self.y_tr_np), ("test", self.y_te_np)):
+            bad = np.flatnonzero((y < 0) | (y >= self.n_classes))
+            if len(bad):  # damaged label bytes: every benchmark refuses them alike, before any task is cut
+                raise CorruptDataError(
+                    self.data.get("source", "the dataset"),
+                    f"{split} label {int(y[bad[0]])} at row {int(bad[0])} is outside 0..{self.n_classes - 1} "
+                    f"({len(bad)} such label(s))",
+                )
 
     def task(
         self, tr_pos: np.ndarray, te_pos: np.ndarray, y_map: Callable, seed: int, t: int

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..util import progress
+from ..util import env_flag, progress
 from .errors import CorruptDataError
 from .paths import cache_dir
 
@@ -78,7 +78,7 @@ def _decode_images(d: Path, rels: list[str], desc: str) -> np.ndarray:
     workers = min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as ex:
         it = ex.map(lambda r: _read_rgb(d / r), rels, chunksize=64)
-        quiet = bool(os.environ.get("NSCL_QUIET")) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+        quiet = env_flag("NSCL_QUIET") or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
         for i, a in enumerate(progress(it, quiet=quiet, total=len(rels), desc=desc)):
             out[i] = a
     return out

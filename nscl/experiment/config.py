@@ -25,7 +25,7 @@ from ..core.params import Param
 from ..data import BENCHMARKS, benchmark_classes, max_tasks
 from ..data import PARAMS as DATA_PARAMS
 from ..methods import METHODS
-from ..util import ReadableError
+from ..util import ReadableError, open_regular
 
 
 class ConfigError(ReadableError, ValueError):
@@ -515,7 +515,7 @@ def read_yaml(path: str | os.PathLike, what: str = "parameter file") -> Any:
     """Read and parse a YAML file (:func:`parse_yaml`), every problem a one-line :class:`ConfigError`."""
     where = f"{what} {str(path)!r}"
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, limit=None) as f:  # never blocks on a FIFO
             raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{where} not found") from None

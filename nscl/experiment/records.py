@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..util import atomic_write, jsonable
+from ..util import UnreadableFile, atomic_write, jsonable, open_regular, read_text
 from .config import ConfigError
 
 SCHEMA = "nscl.results/1"
@@ -102,10 +102,13 @@ def load_checkpoint(run_dir) -> dict | None:
     before any of it runs, with :class:`RunDirError` naming the file.
     """
     path = Path(run_dir) / CHECKPOINT
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, limit=None) as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except UnreadableFile as e:
+        raise RunDirError(str(e)) from None
     except Exception as e:  # noqa: BLE001 - whatever torch makes of a foreign file: one line naming it
         import re
 
@@ -194,11 +197,10 @@ def load(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir)
     if path.is_dir():
         path = path / RESULTS
-    if not path.exists():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no {RESULTS} at {path}: is this a run directory (python -m nscl run -o DIR)?")
-    try:
-        with open(path, encoding="utf-8") as f:
-            res = json.load(f)
+    try:  # a regular file of bounded size only: a FIFO or /dev/zero planted there is refused (OSError)
+        res = json.loads(read_text(path))
     except (ValueError, UnicodeDecodeError) as e:  # truncated or not text
         raise NotARunRecord(f"{path} is not a run record (not valid JSON: {e})") from None
     if not isinstance(res, dict) or res.get("schema") != SCHEMA:
@@ -217,9 +219,14 @@ def skipped(path, error: Exception) -> None:
 
 def load_spectra(run_dir) -> dict[str, np.ndarray]:
     path = Path(run_dir) / SPECTRA
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
-    with np.load(path) as z:
+    try:
+        f = open_regular(path, limit=None)
+    except UnreadableFile as e:  # a FIFO / device planted there: no spectra, said once
+        skipped(path, e)
+        return {}
+    with f, np.load(f) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -236,9 +243,10 @@ def _scan(paths) -> dict[Path, dict]:
         expanded.extend(sorted(glob.glob(os.path.expanduser(p), recursive=True)) if glob.has_magic(p) else [p])
     candidates = []
     for p in map(Path, expanded):
-        if p.is_dir():
-            candidates.extend(sorted(q.parent for q in p.rglob(RESULTS)))
-        elif p.name == RESULTS and p.exists():
+        if p.is_dir():  # every entry named results.json: a link loop or a FIFO too (warned below, not dropped)
+            found = [Path(root) for root, dirs, files in os.walk(p) if RESULTS in files or RESULTS in dirs]
+            candidates.extend(sorted(found))
+        elif p.name == RESULTS and os.path.lexists(p):
             candidates.append(p.parent)
     out: dict[Path, dict] = {}
     bad: set[Path] = set()
@@ -291,7 +299,7 @@ def differing(saved: dict, cfg: dict) -> set[str]:
 
 def _saved(run_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
     """``(results or None, saved params or None, the file they came from)`` of the run a folder holds."""
-    if (run_dir / RESULTS).exists():
+    if os.path.lexists(run_dir / RESULTS):
         try:
             res = load(run_dir)
         except OSError:
@@ -303,10 +311,10 @@ def _saved(run_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
                 raise RunDirError(f"{e}; use another output directory for this run") from None
         if res is not None:
             return res, res.get("params") or {}, run_dir / RESULTS
-    if (run_dir / PARAMS).exists():
+    if os.path.lexists(run_dir / PARAMS):
         try:
-            params = yaml.safe_load((run_dir / PARAMS).read_text()) or {}
-        except (OSError, yaml.YAMLError):
+            params = yaml.safe_load(read_text(run_dir / PARAMS)) or {}
+        except (OSError, ValueError, yaml.YAMLError):
             params = None
         if isinstance(params, dict):
             return None, params, run_dir / PARAMS
@@ -315,7 +323,7 @@ def _saved(run_dir: Path) -> tuple[dict | None, dict | None, Path | None]:
 
 def _readable_json(path: Path) -> bool:
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        json.loads(read_text(path))
     except (OSError, ValueError):
         return False
     return True

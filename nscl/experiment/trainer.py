@@ -9,6 +9,7 @@ per-task checkpoint ends with the same results as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import signal
@@ -146,6 +147,30 @@ def _stream_to_device(stream, device: torch.device) -> None:
                     setattr(split, attr, moved[id(tensor)])
 
 
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(cfg: dict, input_shape) -> None:
+    """A :class:`ConfigError` naming ``hidden`` when the model's fully connected layers cannot fit this
+    machine's memory: their float32 weights plus the float64 ``d x d`` covariance of each one's input (a
+    lower bound of what a run holds), checked before anything is allocated."""
+    if cfg["model"] not in ("mlp", "cnn"):
+        return
+    hidden = list(cfg["hidden"])
+    dims = ([math.prod(input_shape)] if cfg["model"] == "mlp" else []) + hidden
+    need = sum(4 * a * b + 8 * a * a for a, b in zip(dims, dims[1:]))
+    have = _memory_bytes()
+    if have is not None and need > have:
+        raise config_mod.ConfigError(
+            f"parameter 'hidden': {hidden} needs at least {need / 1e9:.0f} GB (the layers' weights and the "
+            f"covariances of their inputs), more than this machine's {have / 1e9:.0f} GB; use smaller widths"
+        )
+
+
 class Trainer:
     """Holds the stream, model, method and null-space tracker of one run; :meth:`run` trains it."""
 
@@ -175,6 +200,7 @@ class Trainer:
         )
         if self.device.type == "cuda":
             _stream_to_device(self.stream, self.device)
+        _check_fits(cfg, self.stream.input_shape)
         torch.manual_seed(cfg["seed"])
         self.model = build_model(
             cfg["model"],
@@ -361,7 +387,11 @@ class Trainer:
             if done is not None:
                 self.reused = True
                 return done
-        start = max(self._resume(), self.tasks_done)
+        try:
+            start = max(self._resume(), self.tasks_done)
+        except (KeyboardInterrupt, RunStopped):  # stopped while loading: the record keeps its tasks, says stopped
+            self._mark_stopped()
+            raise
         if self.out_dir is not None:
             (self.out_dir / records.ERROR).unlink(missing_ok=True)  # a rerun clears the last failure
             records.write_params(self.out_dir, cfg)
@@ -447,6 +477,18 @@ class Trainer:
         if self.out_dir is None or not self.cfg["checkpoint"]:
             return
         records.save_checkpoint(self.out_dir, self.checkpoint_state(t))
+
+    def _mark_stopped(self) -> None:
+        """Set the status of the run's ``results.json`` to ``stopped``, keeping what it records, and take its
+        task count (a stop before the checkpoint was loaded: nothing of this process is worth writing)."""
+        try:
+            res = records.load(self.out_dir)
+        except (OSError, records.NotARunRecord):
+            return
+        if res.get("status") in ("running", "stopped"):
+            res.pop("_dir", None)
+            records.write_json(self.out_dir / records.RESULTS, {**res, "status": "stopped"})
+        self.tasks_done = max(self.tasks_done, int((res.get("metrics") or {}).get("tasks_done") or 0))
 
     def _resume(self) -> int:
         """Load the checkpoint of the last finished task, if any; return the next task index."""

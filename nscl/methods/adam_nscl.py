@@ -16,6 +16,24 @@ from .base import BN, EWC_LAMBDA, Method, register
 #: the official 1/sqrt(r) step scaling, read wherever a projector is built (also by nscl_prune)
 SCALE_SQRT_R = Param("scale_sqrt_r", False, "bool", "official 1/sqrt(r) step scaling of the projector")
 
+#: which projection every null-space method applies to a layer's steps (adam_nscl, nscl_prune, nscl_lowrank)
+PROJECTOR = Param(
+    "projector",
+    "hard",
+    "str",
+    "null-space projection of a layer's steps: hard (Adam-NSCL Eq. 6, U2 U2^T) or scaled "
+    "(SGP Eq. 2, I - U1 diag(s) U1^T with importance s from sgp_scale); nscl_sgp = adam_nscl with scaled",
+    choices=("hard", "scaled"),
+)
+SGP_SCALE = Param(
+    "sgp_scale",
+    10.0,
+    "float",
+    "projector=scaled (and nscl_sgp): importance scale alpha of SGP Eq. 2, "
+    "s = (alpha+1) sigma / (alpha sigma + sigma_max) (official scale_coff 10; large = hard projection)",
+    range="[0, inf)",
+)
+
 #: Adam-NSCL's own parameters (the null-space rule itself is common: every run records null spaces)
 ADAM_NSCL_PARAMS = (
     BN,
@@ -29,6 +47,8 @@ ADAM_NSCL_PARAMS = (
         choices=("update", "grad"),
     ),
     SCALE_SQRT_R,
+    PROJECTOR,
+    SGP_SCALE,
 )
 
 
@@ -57,9 +77,21 @@ class AdamNSCL(Method):
         self.optimizer = opt
         return opt, self.make_scheduler(opt)
 
+    @classmethod
+    def check_params(cls, cfg):
+        if cfg.get("projector") == "scaled" and cfg.get("scale_sqrt_r"):
+            raise ValueError(
+                f"method {cls.name!r}: scale_sqrt_r scales the hard projector only; "
+                "set scale_sqrt_r: false with projector: scaled"
+            )
+
+    def projection(self) -> str:
+        """``hard`` or ``scaled``: the kind of projector this run builds (the ``projector`` parameter)."""
+        return self.cfg["projector"]
+
     def projector(self, name: str, layer):
-        """The projector of one layer's steps (Eq. 6: the tracker's null-space projector)."""
-        return self.trainer.tracker.projector(name)
+        """The projector of one layer's steps: the tracker's null space made hard (Eq. 6) or scaled (SGP)."""
+        return self.trainer.tracker.projector(name, kind=self.projection(), sgp_scale=self.cfg["sgp_scale"])
 
     def diagnostics(self):
         opt = getattr(self, "optimizer", None)

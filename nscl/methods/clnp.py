@@ -39,6 +39,13 @@ approximate (as Adam-NSCL) with the default ``a_min`` rule. ``C[m, m]`` includes
 ``o(r)`` too (the tracker keeps one sum), which is conservative, never wrong.
 
 Both methods ignore ``bn`` (BN is protected per channel) and always project the final Adam update.
+
+``nscl_prune`` also takes ``projector`` (each owner class's block hard or SGP-scaled, the importance from
+that class's restricted covariance: :func:`nscl.core.nullspace.make_projector`) and two ways of putting
+pruned units' capacity to use (docs/methods.md): ``prune_reclaim`` (re-pruning, :meth:`_UnitPruning.reclaim`:
+kept units no old task needs go back to the free pool, their weights into kept units and heads zeroed) and
+``free_projector`` (free rows projected by the layer's whole old-input null space). The capacity record
+adds ``free_lifetime`` (tasks each kept unit was free before) and ``reclaimed_units`` (per task).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import torch
 from ..core import nullspace, pruning
 from ..core.optim import NullSpaceAdam
 from ..core.params import Param
-from .adam_nscl import SCALE_SQRT_R
+from .adam_nscl import PROJECTOR, SCALE_SQRT_R, SGP_SCALE
 from .base import Method, register
 
 PRUNING_PARAMS = (
@@ -100,6 +107,27 @@ PRUNING_PARAMS = (
 )
 
 
+#: nscl_prune's ways of putting pruned units' capacity to use (docs/methods.md, "Pruned units' capacity")
+REUSE_PARAMS = (
+    Param(
+        "prune_reclaim",
+        False,
+        "bool",
+        "nscl_prune: re-pruning. After each task, units kept by earlier tasks whose removal costs no old task "
+        "(0..t) its val accuracy below min(now, at its pruning - prune_margin) return to the free pool",
+    ),
+    Param(
+        "free_projector",
+        "none",
+        "str",
+        "nscl_prune: free units' incoming rows trained unprojected (none, CLNP) or projected by the layer's "
+        "whole old-input null space, hard or scaled (they then learn less along old inputs, so fewer of them "
+        "become indispensable and more are pruned back)",
+        choices=("none", "hard", "scaled"),
+    ),
+)
+
+
 def _round(xs, digits=5):
     return [float(f"{x:.{digits}g}") for x in xs]
 
@@ -131,6 +159,12 @@ class _UnitPruning(Method):
         # per wire and task: share of the task's squared weight change in rows of units free at its start
         self.learning_share: dict[str, list] = {w.name: [] for w in self.masks.graph.wires}
         self._task_start: dict[str, tuple] = {}
+        # how long freed units last: the first task each unit could train as free, the number of tasks
+        # units stayed free before a task kept them, and the units re-pruning returned per task
+        self.free_since = {n: torch.zeros(g.size, dtype=torch.long) for n, g in self.masks.graph.groups.items()}
+        self.free_lifetime: dict[str, list] = {n: [] for n in self.masks.graph.groups}
+        self.reclaimed: dict[str, list] = {n: [] for n in self.masks.graph.groups}
+        self.val_ref: dict[int, float] = {}  # val accuracy of each task right after its pruning
 
     # ---- hooks ---------------------------------------------------------------------------------
     def before_task(self, t):
@@ -156,11 +190,24 @@ class _UnitPruning(Method):
             rows = (ro == k).nonzero().squeeze(1)
             cols = (co <= k).nonzero().squeeze(1)
             ns = tracker.null_space(wire.name, cols=cols)
-            proj = nullspace.Projector(
-                ns, dtype=weight.dtype, device=weight.device, scale_sqrt_r=self.cfg["scale_sqrt_r"]
+            proj = nullspace.make_projector(
+                ns,
+                self.cfg["projector"],
+                self.cfg["sgp_scale"],
+                dtype=weight.dtype,
+                device=weight.device,
+                scale_sqrt_r=self.cfg["scale_sqrt_r"],
             )
             blocks.append((rows.to(weight.device), cols.to(weight.device), proj))
             log.append({"owner": int(k), "rows": int(rows.numel()), "d": int(cols.numel()), "null": int(ns.r)})
+        kind = self.cfg.get("free_projector", "none")
+        free = (ro == pruning.FREE).nonzero().squeeze(1)
+        if kind != "none" and free.numel():  # free rows: the whole layer's old-input null space
+            ns = tracker.spaces[wire.name]
+            proj = nullspace.make_projector(ns, kind, self.cfg["sgp_scale"], dtype=weight.dtype, device=weight.device)
+            cols = torch.arange(ns.d)
+            blocks.append((free.to(weight.device), cols.to(weight.device), proj))
+            log.append({"owner": "free", "rows": int(free.numel()), "d": int(ns.d), "null": int(ns.r)})
         if not self.finetuning:
             self.projection_log.setdefault(wire.name, []).append(log)
         return blocks
@@ -179,7 +226,8 @@ class _UnitPruning(Method):
             old = self.masks.fixed_rows(wire.out_group, t)
             blocks = []
             if self.project_old:
-                if t > 0 and old.any():
+                free_projected = self.cfg.get("free_projector", "none") != "none"
+                if t > 0 and (old.any() or free_projected):
                     blocks = self._projections(wire, t)
             else:
                 fixed = fixed | old[:, None]
@@ -245,6 +293,14 @@ class _UnitPruning(Method):
         rec = self.prune(t)
         if self.cfg["prune_finetune_epochs"] > 0 and rec["pruned_total"] > 0:
             self.finetune(t, rec)
+        self.val_ref[t] = rec["val_acc"] - rec["val_drop"]
+        for n, o in self.masks.owner.items():  # units task t kept: how many tasks they were free
+            kept = o == t
+            self.free_lifetime[n].extend((t - self.free_since[n][kept] + 1).tolist())
+        if self.project_old and self.cfg["prune_reclaim"] and t > 0:
+            rec["reclaim"] = self.reclaim(t)
+        for n in self.reclaimed:
+            self.reclaimed[n].append(int(rec.get("reclaim", {}).get("reclaimed", {}).get(n, 0)))
         for n, o in self.masks.owner.items():
             u = self.units[n]
             u["frozen"].append(int((o < pruning.FREE).sum()))
@@ -308,6 +364,81 @@ class _UnitPruning(Method):
             "pruned_total": int(sum(int(p.sum()) for p in pruned.values())),
         }
 
+    def reclaim(self, t: int) -> dict:
+        """Re-pruning after task ``t``: return to the free pool the units kept by tasks before ``t``
+        that no old task needs any more (docs/methods.md, "Pruned units' capacity").
+
+        Score of a kept unit = its largest relative activity (:func:`nscl.core.pruning.relative_scores`)
+        over the val inputs of the tasks that read it (its owner's task to ``t``), times the norm of its
+        outgoing weights (:meth:`nscl.core.pruning.UnitMasks.outgoing_norms`) relative to its layer's
+        largest: on a stream whose tasks share their inputs every unit is active on every task, and
+        only what reads it tells a needed unit from an idle one. The threshold is the
+        largest one (log-scale bisection, as pruning's) whose units, masked, leave every task ``s <= t``
+        at a val accuracy of at least ``min(now_s, ref_s - prune_margin)``, ``ref_s`` its val accuracy
+        right after its own pruning: re-pruning never costs a task more than the margin in all, and
+        nothing where drift already took more. The units are then pruned for good: dead, their owner
+        FREE, their weights into kept units and their columns in every head zeroed (they outputted 0
+        in the accepted evaluation, so this changes no old output), re-initialised at the next task.
+        """
+        tr, masks, cfg, model = self.trainer, self.masks, self.cfg, self.model
+        model.eval()
+        tasks = list(range(t + 1))
+        # every old task's val split, loaded once (the search evaluates all of them at every probe)
+        val = {
+            s: [(x, y) for x, y, _ in tr.batches([(self.stream[s].val, s)], cfg["eval_batch_size"], shuffle=False)]
+            for s in tasks
+        }
+        scores = {n: torch.zeros(g.size, dtype=torch.float64) for n, g in masks.graph.groups.items()}
+        for s in tasks:
+            rel = pruning.relative_scores(
+                masks.activity(model.features, (x for x, _ in val[s])), cfg["prune_criterion"], masks.alive
+            )
+            for n, sc in rel.items():
+                reads = masks.owner[n] <= s  # task s reads units kept up to s
+                scores[n] = torch.where(reads, torch.maximum(scores[n], sc), scores[n])
+        out_norm = masks.outgoing_norms(tasks)  # what a unit's output weighs downstream
+        for n, w in out_norm.items():
+            top = w.max().item()
+            scores[n] = scores[n] * (w / top if top > 0 else w)
+        cand = {n: (o < t) & (masks.alive[n].cpu() > 0) for n, o in masks.owner.items()}
+
+        @torch.no_grad()
+        def accuracy(s):  # as Trainer.accuracy(s, "val"), on the batches loaded above
+            correct = sum((model(x, s).argmax(1) == y).sum().item() for x, y in val[s])
+            return 100.0 * correct / max(sum(len(y) for _, y in val[s]), 1)
+
+        now = {s: accuracy(s) for s in tasks}
+        floor = {s: min(now[s], self.val_ref.get(s, now[s]) - cfg["prune_margin"]) for s in tasks}
+        alive0 = {n: a.clone() for n, a in masks.alive.items()}
+        cache: dict[tuple, float] = {}
+
+        def slack(theta):  # min over tasks of acc - floor (>= 0: every task within its floor)
+            ps = pruning.prune_set(scores, cand, theta)
+            key = tuple(int(p.sum()) for p in ps.values())
+            if key not in cache:
+                masks.set_alive({n: alive0[n].cpu() * (~ps[n]).float() for n in ps})
+                try:
+                    cache[key] = min(accuracy(s) - floor[s] for s in tasks)
+                finally:
+                    masks.set_alive(alive0)
+            return cache[key]
+
+        res = pruning.search_threshold(slack, 0.0, 0.0, cfg["prune_theta_min"], 1.0, cfg["prune_search_steps"])
+        out = pruning.prune_set(scores, cand, res["threshold"])
+        masks.release(out, heads=tasks)
+        for n, p in out.items():
+            self.free_since[n][p] = t + 1
+        after = {s: accuracy(s) for s in tasks}
+        return {
+            "threshold": res["threshold"],
+            "candidates": {n: int(c.sum()) for n, c in cand.items()},
+            "reclaimed": {n: int(p.sum()) for n, p in out.items()},
+            "val_before": now,
+            "val_floor": floor,
+            "val_after": after,
+            "evaluations": res["evaluations"],
+        }
+
     def finetune(self, t: int, rec: dict) -> None:
         """A few epochs of the kept sub-network through the trainer's own loop (pruned units dead,
         old units frozen/projected as in training); reverted if the val drop then exceeds the margin."""
@@ -346,6 +477,8 @@ class _UnitPruning(Method):
             "free_units": {n: list(u["free"]) for n, u in self.units.items()},
             "units": {n: u["size"] for n, u in self.units.items()},
             "learning_in_free_units": self.learning_share,
+            "free_lifetime": {n: list(v) for n, v in self.free_lifetime.items()},
+            "reclaimed_units": {n: list(v) for n, v in self.reclaimed.items()},
         }
 
     def state_dict(self):
@@ -357,6 +490,10 @@ class _UnitPruning(Method):
             "activity": self.activity_log,
             "projection": self.projection_log,
             "learning_share": self.learning_share,
+            "free_since": {n: v.clone() for n, v in self.free_since.items()},
+            "free_lifetime": self.free_lifetime,
+            "reclaimed": self.reclaimed,
+            "val_ref": {str(k): v for k, v in self.val_ref.items()},
         }
 
     def load_state_dict(self, state):
@@ -365,6 +502,11 @@ class _UnitPruning(Method):
         self.records, self.units = state["records"], state["units"]
         self.activity_log, self.projection_log = state["activity"], state["projection"]
         self.learning_share = state.get("learning_share", self.learning_share)
+        for n, v in state.get("free_since", {}).items():
+            self.free_since[n].copy_(v)
+        self.free_lifetime = state.get("free_lifetime", self.free_lifetime)
+        self.reclaimed = state.get("reclaimed", self.reclaimed)
+        self.val_ref = {int(k): v for k, v in state.get("val_ref", {}).items()}
 
 
 @register("clnp")
@@ -381,4 +523,14 @@ class NSCLPrune(_UnitPruning):
 
     project_old = True
     null_space = True
-    params = PRUNING_PARAMS + (SCALE_SQRT_R,)  # its optimizer projects per owner block (no bn/lr_projected/project)
+    # its optimizer projects per owner block (no bn/lr_projected/project)
+    params = PRUNING_PARAMS + (SCALE_SQRT_R, PROJECTOR, SGP_SCALE) + REUSE_PARAMS
+
+    @classmethod
+    def check_params(cls, cfg):
+        super().check_params(cfg)
+        if cfg["projector"] == "scaled" and cfg["scale_sqrt_r"]:
+            raise ValueError(
+                "method 'nscl_prune': scale_sqrt_r scales the hard projector only; "
+                "set scale_sqrt_r: false with projector: scaled"
+            )

@@ -40,6 +40,10 @@ by ``M B^T C_x B M`` (current ``B`` and mask ``M``; exact, since ``A``'s input r
 permuted_fmnist, grow schedule, 3 seeds): BWT unchanged (-2.4 vs -2.3), ACC 4.7 points lower, so it is
 off by default. A relative ``a * lambda_min`` cut on the refreshed covariance still admits the
 fresh components' small eigenvalues, which may be why it cannot help there.
+
+``projector: scaled`` (``nscl_lowrank``) scales both factors' steps by SGP's importance on their own
+inputs (``x`` for ``B``, ``z`` for ``A``) instead of removing them; new components' ``B`` columns still
+start in the hard null space of ``C_x``, so their ``A`` columns begin as fresh capacity.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ of the accumulated covariance's eigenvalues; :func:`nscl.core.nullspace.sgp_impo
 (``sgp_scale``; the official code's ``scale_coff``, default 10) sets how fast importance saturates:
 large ``alpha`` is Adam-NSCL's hard projection, ``alpha = 0`` scales by ``sigma_i / sigma_max``.
 
+This is ``adam_nscl`` with ``projector: scaled`` (:data:`nscl.methods.adam_nscl.PROJECTOR`; the
+projector itself is built by :func:`nscl.core.nullspace.make_projector`), kept as a name of its own.
+
 Differences from the official code: the update projected is Adam's step (as Adam-NSCL, not SGD's
 gradient), and the importance is recomputed from the accumulated covariance at every task boundary
 instead of being accumulated task by task from per-task representations.
@@ -17,28 +20,16 @@ instead of being accumulated task by task from per-task representations.
 
 from __future__ import annotations
 
-from ..core.nullspace import ScaledProjector, sgp_importance
-from ..core.params import Param
 from .adam_nscl import ADAM_NSCL_PARAMS, AdamNSCL
 from .base import register
-
-SGP_SCALE = Param(
-    "sgp_scale",
-    10.0,
-    "float",
-    "nscl_sgp: importance scale alpha of SGP Eq. 2, s = (alpha+1) sigma / (alpha sigma + sigma_max) "
-    "(official scale_coff 10; large = hard projection)",
-    range="[0, inf)",
-)
 
 
 @register("nscl_sgp")
 class ScaledNSCL(AdamNSCL):
-    """Adam-NSCL whose projector scales the protected directions by their SGP importance."""
+    """``adam_nscl`` with ``projector: scaled`` under its own name (the runs and pages recorded with it
+    stay the same runs: its parameters are adam_nscl's minus ``projector`` and ``scale_sqrt_r``)."""
 
-    params = (*(p for p in ADAM_NSCL_PARAMS if p.name != "scale_sqrt_r"), SGP_SCALE)
+    params = tuple(p for p in ADAM_NSCL_PARAMS if p.name not in ("scale_sqrt_r", "projector"))
 
-    def projector(self, name: str, layer) -> ScaledProjector:
-        ns = self.trainer.tracker.spaces[name]
-        s = sgp_importance(ns.eigvals, ns.r, self.cfg["sgp_scale"])
-        return ScaledProjector(ns, s, dtype=layer.weight.dtype, device=layer.weight.device)
+    def projection(self) -> str:
+        return "scaled"

@@ -14,11 +14,10 @@
 
 from __future__ import annotations
 
-import os
 
-from ...util import ReadableError
+from ...util import ReadableError, env_flag
 
-STRICT_ENV = "NSCL_STRICT_CLAIMS"  # set (non-empty): a claim that does not hold raises
+STRICT_ENV = "NSCL_STRICT_CLAIMS"  # on (util.env_flag: not empty, 0, false, no, off): a failed claim raises
 
 
 class ClaimError(ReadableError, AssertionError):
@@ -41,7 +40,7 @@ def expect(condition: bool, claim: str, **numbers) -> None:
         print(f"holds: {claim}")
         return
     shown = f" ({', '.join(f'{k} = {_show(v)}' for k, v in numbers.items())})" if numbers else ""
-    if os.environ.get(STRICT_ENV):
+    if env_flag(STRICT_ENV):
         raise ClaimError(
             f"the notebook says {claim!r}, but the numbers no longer do{shown}. Rewrite that sentence, "
             "or find the change (parameters, defaults, code) that moved the numbers."

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 
 from ...analysis.chance import at_chance
 from ...experiment import records
+from ...util import read_text
 
 NOTEBOOK_RESULTS_SCHEMA = "nscl.notebook/1"
 
@@ -84,8 +85,7 @@ def load_results(path: str | os.PathLike) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / records.RESULTS
-    with open(p) as f:
-        return json.load(f)
+    return json.loads(read_text(p))
 
 
 def metrics_record(results: Mapping[str, dict], digits: int = 4) -> dict:

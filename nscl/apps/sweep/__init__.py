@@ -27,7 +27,8 @@ A sweep file (see ``params/sweeps/*.yaml``)::
               timeout_min: 120, array_parallelism: 16}
 
 Expansion gives explicit run specs with stable names ``<benchmark>/<method>/[<hp>_]s<seed>-<hash>``
-(the hash covers every explicitly set parameter, base-file contents included), so resubmitting the
+(the hash covers every parameter of the resolved configuration that differs from its default, so
+one configuration written two ways -- ``1e-3`` / ``0.001``, a default given or left out -- is one run), so resubmitting the
 same sweep maps every run to the same directory ``<out>/runs/<name>``. Every spec is validated with
 :mod:`nscl.experiment.config` before anything is submitted (a bad key or type fails fast, naming the run and
 the key). Values that are valid but fail at run time (e.g. an ``lr`` that makes the loss NaN) fail

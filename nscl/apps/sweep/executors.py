@@ -17,6 +17,7 @@ from typing import Any
 
 from ...experiment import records
 from ...experiment.trainer import RunStopped, stop_on_signals
+from ...util import read_text
 from .spec import EXECUTORS, ROOT, SLURM_KEYS, SweepError, expand, load
 from .state import MANIFEST, OUTCOME, SPEC, SUBMITTED, _last_line, run_one, run_state
 
@@ -113,9 +114,9 @@ def _wait_slurm(specs: list[dict], jobs: list, timeout_s: float | None) -> list[
                     )
                     del pending[i]
         if pending and timeout_s is not None and time.time() - t0 > timeout_s:
-            raise TimeoutError(
-                f"{len(pending)} SLURM runs not finished after {timeout_s:.0f} s: "
-                + ", ".join(specs[i]["name"] for i in pending)
+            raise SweepError(
+                f"--timeout of {timeout_s:g} s reached with {len(pending)} SLURM run(s) not finished; they keep "
+                f"running (python -m nscl sweep status DIR): " + ", ".join(specs[i]["name"] for i in pending)
             )
         if pending:
             time.sleep(1.0)
@@ -182,7 +183,7 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
             finally:
                 running.pop(spec["name"], None)
         try:
-            return json.loads(outcome.read_text())
+            return json.loads(read_text(outcome))
         except (OSError, ValueError):
             return _lost(spec, f"process exited with code {proc.returncode} without a result; log: {log}")
 
@@ -207,6 +208,11 @@ def _run_local(sw: dict, specs: list[dict], logs: Path, timeout_s: float | None)
         if isinstance(e, (KeyboardInterrupt, RunStopped)):
             started = {r["name"] for r in done}
             raise SweepInterrupted(done, [s["name"] for s in specs if s["name"] not in started]) from None
+        if isinstance(e, TimeoutError):
+            raise SweepError(
+                f"--timeout of {timeout_s:g} s reached: {len(done)} of {len(specs)} run(s) ended, the runs in "
+                f"progress were stopped (resumable); resubmit the same command to finish the sweep"
+            ) from None
         raise
     pool.shutdown()
     return out
@@ -250,6 +256,8 @@ def run(
     Only runs that are neither complete nor failed (unless ``retry_failed``) are executed; a
     resubmission of a finished sweep therefore executes nothing.
     """
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < float("inf")):
+        raise SweepError(f"--timeout must be a number of seconds > 0, got {timeout_s!r}")
     sw = load(path)
     if out is not None:
         sw["out"] = str(Path(out).expanduser().resolve())
@@ -276,7 +284,9 @@ def run(
             "specs": specs,
         }
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    records.write_json(sweep_dir / MANIFEST, {"sweep": {k: v for k, v in sw.items()}, "specs": specs})
+    # run folders relative to the sweep folder: a copy of it reads its own runs (state.manifest)
+    stored = [{**s, "out_dir": os.path.relpath(s["out_dir"], sweep_dir)} for s in specs]
+    records.write_json(sweep_dir / MANIFEST, {"sweep": {k: v for k, v in sw.items()}, "specs": stored})
     logs = sweep_dir / "logs"
     results: list[dict] = []
     if todo:

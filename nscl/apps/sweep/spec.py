@@ -185,21 +185,27 @@ def _slug(v: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "", s.replace(",", "-"))[:24]
 
 
-def run_name(params: dict, varying: Iterable[str], run: str) -> str:
-    """``<benchmark>/<method>/[<k><v>_...]s<seed>-<hash>``: stable for the same explicit parameters.
-
-    The hash covers the parameters that differ from their registered defaults (so a parameter
-    registered later, or one set explicitly to its default, does not move a run elsewhere)."""
+def _key(params: dict, run: str) -> str:
+    """What a run's hash covers: the parameters that differ from their registered defaults (so a parameter
+    registered later, or one set explicitly to its default, does not move a run elsewhere), and the runner."""
     _defaults = config.defaults()
     key = {
         k: v for k, v in params.items() if k not in records.RUN_INVARIANT and not (k in _defaults and v == _defaults[k])
     }
     key["_run"] = "cli" if run == "cli" else Path(run).stem
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    hp = "".join(f"{k}{_slug(params[k])}_" for k in varying if k not in NAME_KEYS and k in params)
-    return (
-        f"{params.get('benchmark', 'default')}/{params.get('method', 'default')}/{hp}s{params.get('seed', 0)}-{digest}"
-    )
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def run_name(cfg: dict, varying: Iterable[str], run: str, explicit: Iterable[str] | None = None) -> str:
+    """``<benchmark>/<method>/[<k><v>_...]s<seed>-<hash>``: stable for the same configuration.
+
+    ``cfg`` is the resolved configuration (:func:`nscl.experiment.config.resolve`) and the hash is of it
+    (:func:`_key`), so ``lr: 1e-3`` and ``lr: 0.001`` give one hash. ``<k><v>`` names each of ``varying``
+    that the run's grid point sets (``explicit``; default: all)."""
+    explicit = set(cfg if explicit is None else explicit)
+    hp = "".join(f"{k}{_slug(cfg[k])}_" for k in varying if k not in NAME_KEYS and k in cfg and k in explicit)
+    digest = hashlib.sha1(_key(cfg, run).encode()).hexdigest()[:8]
+    return f"{cfg.get('benchmark', 'default')}/{cfg.get('method', 'default')}/{hp}s{cfg.get('seed', 0)}-{digest}"
 
 
 def expand(sw: dict) -> list[dict]:
@@ -223,23 +229,27 @@ def expand(sw: dict) -> list[dict]:
                 if _matches(rule.get("when") or {}, params):
                     params = config.layer([params, rule.get("set") or {}])
             points.append((params, list(grid)))
-    # grid keys whose value is not the same in every run go into the names
-    all_keys = {k for _, keys in points for k in keys}
-    varying = [
-        k
-        for k in dict.fromkeys(k for _, keys in points for k in keys)
-        if len({json.dumps(p.get(k, "<unset>"), sort_keys=True, default=str) for p, _ in points}) > 1
-    ]
-    specs, seen = [], set()
+    resolved = []
     for params, keys in points:
-        name = run_name(params, [k for k in varying if k in all_keys], sw["run"])
-        if name in seen:
-            continue
-        seen.add(name)
         try:
-            cfg = config.resolve(overrides=params)
+            resolved.append(config.resolve(overrides=params))
         except config.ConfigError as e:
-            raise SweepError(f"run {name}: {e}") from None
+            raise SweepError(f"run {run_name(params, keys, sw['run'])}: {e}") from None
+    # grid keys whose resolved value is not the same in every run go into the names
+    grid_keys = list(dict.fromkeys(k for _, keys in points for k in keys))
+    varying = [k for k in grid_keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in resolved}) > 1]
+    runs_dir = Path(sw["out"]) / "runs"
+    specs, seen = [], set()
+    for (params, keys), cfg in zip(points, resolved):
+        key = _key(cfg, sw["run"])
+        if key in seen:  # one configuration written twice (1e-3 / 0.001, a default given or left out): one run
+            continue
+        seen.add(key)
+        name = run_name(cfg, varying, sw["run"], explicit=params)
+        # a run made when the hash was of the parameters as written (a '1e-3' string, not 0.001) keeps its folder
+        legacy = run_name(params, varying, sw["run"])
+        if legacy != name and not (runs_dir / name).exists() and (runs_dir / legacy).exists():
+            name = legacy
         specs.append(
             {
                 "name": name,
@@ -247,7 +257,7 @@ def expand(sw: dict) -> list[dict]:
                 "run": sw["run"],
                 "params": params,
                 "cfg": cfg,
-                "out_dir": str(Path(sw["out"]) / "runs" / name),
+                "out_dir": str(runs_dir / name),
                 "cell_timeout_s": sw.get("cell_timeout_s"),
                 "kernel": sw.get("kernel"),
                 "timeout_min": (

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from ...experiment import records
-from ...util import atomic_write
+from ...util import atomic_write, read_text
 from .spec import SweepError
 
 #: files in a run directory written by the sweep machinery
@@ -158,7 +158,7 @@ def _alive(job: dict, run_dir: Path) -> bool | None:
 def _job(run_dir: Path) -> dict | None:
     """``job.json`` of a started run; a corrupted one counts as written by a process now gone."""
     try:
-        job = json.loads((run_dir / JOB).read_text())
+        job = json.loads(read_text(run_dir / JOB))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -170,15 +170,18 @@ def run_state(spec: dict) -> tuple[str, str | None]:
     """``(state, detail)``: complete | failed (error's last line) | running | stopped | pending."""
     d = Path(spec["out_dir"])
     res = None
-    if (d / records.RESULTS).exists():
+    if os.path.lexists(d / records.RESULTS):  # a dangling link or a link loop too: said, never skipped silently
         try:
             res = records.load(d)
         except (records.NotARunRecord, OSError) as e:  # truncated or foreign: said once, never resumed as is
             return "failed", str(e)
     if res is not None and records.reusable(d, spec["cfg"]) is not None:
         return "complete", None
-    if (d / ERROR).exists():
-        return "failed", _last_line((d / ERROR).read_text(errors="replace"))
+    if os.path.lexists(d / ERROR):
+        try:
+            return "failed", _last_line(read_text(d / ERROR, errors="replace"))
+        except OSError as e:
+            return "failed", str(e)
     if res is not None and res.get("status") == "failed":
         return "failed", res.get("error")
     job = _job(d)
@@ -197,19 +200,36 @@ def run_state(spec: dict) -> tuple[str, str | None]:
     return "pending", None
 
 
+def run_dir(sweep_dir: str | os.PathLike, name: str) -> Path:
+    """The folder of run ``name`` in a sweep: ``<sweep_dir>/runs/<name>``, whatever path the sweep
+    was written under (a copied or moved sweep folder reads its own runs, never the original's)."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        raise SweepError(f"run name {name!r} in {Path(sweep_dir) / MANIFEST} is not a path inside the sweep folder")
+    return Path(sweep_dir) / "runs" / name
+
+
 def manifest(sweep_dir: str | os.PathLike) -> dict:
+    """``sweep.json`` of a sweep folder, each spec's ``out_dir`` the run's folder inside ``sweep_dir``
+    (:func:`run_dir`; the file stores it relative to the sweep folder, older ones an absolute path,
+    which is not used)."""
     path = Path(sweep_dir) / MANIFEST
-    if not path.exists():
+    if not os.path.lexists(path):
         raise SweepError(f"{path} not found: is {sweep_dir} a sweep directory (python -m nscl sweep run FILE)?")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(read_text(path))
     except (OSError, ValueError) as e:
         doc = e
-    if not isinstance(doc, dict) or not isinstance(doc.get("specs"), list):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("specs"), list)
+        or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in doc["specs"])
+    ):
         raise SweepError(
             f"{path} is corrupted ({doc if isinstance(doc, Exception) else 'no list of specs'}); "
             f"run 'python -m nscl sweep run FILE -o {sweep_dir}' again to rewrite it (finished runs are kept)"
         )
+    doc["specs"] = [{**s, "out_dir": str(run_dir(sweep_dir, s["name"]))} for s in doc["specs"]]
     return doc
 
 
@@ -246,7 +266,7 @@ def collect(sweep_dir: str | os.PathLike, write: bool = True):
     for spec in manifest(sweep_dir)["specs"]:
         state, detail = run_state(spec)
         d = Path(spec["out_dir"])
-        frame = tables.runs_frame([d]) if (d / records.RESULTS).exists() else pd.DataFrame()
+        frame = tables.runs_frame([d]) if os.path.lexists(d / records.RESULTS) else pd.DataFrame()
         if len(frame):
             row = frame.iloc[0].to_dict()
         else:
