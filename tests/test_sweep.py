@@ -400,9 +400,12 @@ def test_a_fifo_sweep_json_or_results_never_hangs_status(tmp_path, monkeypatch, 
         sweep.status(d)
 
 
-def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_path, capsys):
-    """Issue 27, minor: ``--timeout 0`` / ``-5`` were accepted and an expired one ended in a raw TimeoutError."""
+def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_path, capsys, gate, monkeypatch):
+    """Issue 27, minor: ``--timeout 0`` / ``-5`` were accepted and an expired one ended in a raw TimeoutError.
+    The run waits at the start of its task 2 (``gate``): the timeout expires first on any machine."""
     from nscl.apps import cli
+
+    monkeypatch.setenv("PYTHONPATH", gate(task=1).env["PYTHONPATH"])  # the sweep's run starts with the gate
 
     path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0]})
     for bad in ("0", "-5", "nan"):
