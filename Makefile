@@ -53,7 +53,7 @@ browser:
 test:
 	PY=$(PY) MAKE="$(MAKE)" bash scripts/test.sh
 
-# The timing-sensitive tests (SLURM, browser, sweeps, signals, subprocesses: markers slow, slurm, browser)
+# The tests that could depend on timing (marker timing: SLURM, a browser, subprocesses, sweeps, signals, locks)
 # FLAKY_N times while nbval loads the cores; each test's pass count in results/flaky/counts.txt.
 FLAKY_N ?= 10
 flaky: venv packages slurm
