@@ -9,16 +9,15 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser test run notebooks compare capacity capacity-page results lab clean gpu-check wheelhouse
+.PHONY: venv data slurm browser packages test flaky slurm-timelimit-check run notebooks compare capacity capacity-page results lab clean gpu-check wheelhouse
 
 venv: $(STAMP) $(KERNEL)
 
-# torch first, pinned to the wheels on this machine's disk; then the package with its dev extras
-# (pyproject.toml is the one dependency list; environment.yml installs the same thing for conda).
+# torch pinned to the wheels on this machine's disk, and the package with its dev extras, in one pip call
+# (one resolution; pyproject.toml is the one dependency list; environment.yml installs the same for conda).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
 	@touch $@
 
 # The notebooks' kernel "Python (nscl)", installed into this clone's own .venv (not the user's
@@ -28,15 +27,11 @@ $(KERNEL): $(STAMP)
 
 # Real Fashion-MNIST: a user's $$NSCL_DATA_ROOT first, else the Debian package (installed when root).
 data:
-	@if [ -n "$$NSCL_DATA_ROOT" ] || ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
-	  true; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
-	else \
-	  echo "Fashion-MNIST not found in $(FMNIST_DIR). Run 'sudo apt-get install dataset-fashion-mnist'," \
-	       "or set NSCL_DATA_ROOT to a folder with the IDX files (or with internet: -p download=true)."; exit 1; \
-	fi
+	@bash .ci/packages.sh data
+
+# Every Debian package the tests use (Fashion-MNIST, SLURM, Chromium), missing ones in one apt-get install
+packages:
+	@bash .ci/packages.sh data slurm browser
 
 # A real single-node SLURM for tests/test_sweep_slurm.py (installed + started when root; idempotent).
 slurm:
@@ -47,23 +42,26 @@ slurm:
 
 # Debian's Chromium for tests/test_lab_browser.py (installed when root; nothing downloads a browser).
 browser:
-	@if [ -n "$$NSCL_CHROMIUM" ] || command -v chromium >/dev/null 2>&1; then true; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Chromium (Debian package chromium) for tests/test_lab_browser.py"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else \
-	  echo "WARNING: no chromium and not root: tests/test_lab_browser.py will FAIL." \
-	       "Install it with 'sudo apt-get install chromium' (or set NSCL_CHROMIUM to a Chromium binary)."; fi
+	@bash .ci/packages.sh browser
 
-# Lint and format check (ruff); then scripts/test.sh: the committed notebooks' stored outputs (nbval;
-# exact, except the numbers of `training-numbers` cells, held within notebooks/output_tolerance.yaml) on
-# two numeric paths at once, this machine's kernels and ATen's portable ones on one thread (another
-# machine's floating-point sums); then every test on every core (the notebook tests read the first nbval
-# run's records). Each notebook executes once per path.
-test: venv data slurm browser
-	$(PY) -m ruff check nscl tests
-	$(PY) -m ruff format --check nscl tests
-	PY=$(PY) bash scripts/test.sh
+# scripts/test.sh, set-up included: the venv and, at once, the missing Debian packages; ruff; then the
+# committed notebooks' stored outputs (nbval; exact, except the numbers of `training-numbers` cells, held
+# within notebooks/output_tolerance.yaml) on two numeric paths at once, this machine's kernels and ATen's
+# portable ones on one thread (another machine's floating-point sums), beside every test on every core
+# (SLURM started in the background); then the notebook tests on the first nbval run's records. Each
+# notebook executes once per path. Phase timings: results/make-test/timings.txt.
+test:
+	PY=$(PY) MAKE="$(MAKE)" bash scripts/test.sh
+
+# The tests that could depend on timing (marker timing: SLURM, a browser, subprocesses, sweeps, signals, locks)
+# FLAKY_N times while nbval loads the cores; each test's pass count in results/flaky/counts.txt.
+FLAKY_N ?= 10
+flaky: venv packages slurm
+	PY=$(PY) FLAKY_N=$(FLAKY_N) bash scripts/flaky.sh
+
+# SLURM's own time-limit clock stopping a run (about 2 min; make test sends SLURM's warning itself)
+slurm-timelimit-check: venv slurm
+	$(PY) -m pytest -p no:cacheprovider -m slurm_timelimit tests/test_sweep_slurm.py
 
 # The notebook suite on real Split Fashion-MNIST (params/suite.yaml; GPU when present): executed
 # notebooks, results.json, figures and summary.md in results/$(NAME)/. E.g. make run NAME=try2 ARGS="-p seed=1"

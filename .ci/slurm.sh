@@ -2,10 +2,11 @@
 # A real single-node SLURM (munge + slurmctld + slurmd) on this machine, for the sweep tests
 # (tests/test_sweep_slurm.py) and for trying `python -m nscl sweep run FILE --executor slurm`.
 #
-#   .ci/slurm.sh start    install slurm-wlm + munge if missing (root, Debian/Ubuntu), write a one-node
-#                         config, start the daemons, wait until the node is idle. Idempotent: a SLURM
-#                         already up is reused, a node left DOWN/DRAINED by an earlier run is resumed,
-#                         daemons that do not answer are restarted.
+#   .ci/slurm.sh start    install slurmd, slurmctld and munge if missing (root, Debian: .ci/packages.sh),
+#                         write a one-node config, start the daemons, wait until the node is idle.
+#                         Idempotent, one start at a time (a lock file): a SLURM already up is reused,
+#                         a node left DOWN/DRAINED by an earlier run is resumed, daemons that do not
+#                         answer are restarted.
 #   .ci/slurm.sh status   exit 0 when `sinfo` answers, else 1
 #   .ci/slurm.sh stop     stop the three daemons this script starts
 #
@@ -19,6 +20,8 @@ CONF=/etc/slurm/slurm.conf
 MARK="# written by nscl .ci/slurm.sh"
 
 answers() { timeout 10 sinfo -h -o %t >/dev/null 2>&1; }
+# before restarting daemons that seem dead: a loaded machine may answer slowly (a restart kills running jobs)
+answers_patiently() { for _ in 1 2 3; do timeout 30 sinfo -h -o %t >/dev/null 2>&1 && return 0; sleep 2; done; return 1; }
 node_state() { timeout 10 sinfo -h -N -o %t 2>/dev/null | head -1; }
 pid_of() { pgrep -x "$1" || true; }
 
@@ -35,7 +38,7 @@ stop_daemons() {
 
 case "$cmd" in
   status)
-    answers && { sinfo; exit 0; }
+    answers_patiently && { sinfo; exit 0; }
     echo "SLURM does not answer (sinfo)"; exit 1 ;;
   stop)
     stop_daemons; exit 0 ;;
@@ -57,11 +60,13 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  echo "installing slurm-wlm and munge (Debian packages)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
-fi
+# One start at a time (make test starts SLURM in the background, and each SLURM test asks for it too):
+# the others wait here, then find it up. Nothing started below may inherit the lock (9>&-): a daemon
+# holding it would block every later start.
+exec 9>/var/lock/nscl-slurm.lock
+flock -w 900 9 || { echo "error: another .ci/slurm.sh start holds /var/lock/nscl-slurm.lock for 15 min" >&2; exit 1; }
+
+bash "$(dirname "$0")/packages.sh" slurm 9>&-  # slurmd, slurmctld, munge when missing
 
 host=$(hostname -s)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge
@@ -98,18 +103,18 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
 # Changed configuration (other host name, CPU count) or daemons that do not answer: restart.
-if ! cmp -s "$new" "$CONF" 2>/dev/null || { [ -n "$(pid_of slurmctld)" ] && ! answers; }; then
+if ! cmp -s "$new" "$CONF" 2>/dev/null || { [ -n "$(pid_of slurmctld)" ] && ! answers_patiently; }; then
   stop_daemons
   cp "$new" "$CONF"
 fi
 rm -f "$new"
 
-[ -n "$(pid_of munged)" ] || su -s /bin/sh munge -c /usr/sbin/munged
-[ -n "$(pid_of slurmctld)" ] || slurmctld
-[ -n "$(pid_of slurmd)" ] || slurmd
+[ -n "$(pid_of munged)" ] || su -s /bin/sh munge -c /usr/sbin/munged 9>&-
+[ -n "$(pid_of slurmctld)" ] || slurmctld 9>&-
+[ -n "$(pid_of slurmd)" ] || slurmd 9>&-
 
 state=""
-for _ in $(seq 1 40); do
+for _ in $(seq 1 240); do  # up to 2 min or more: a safety net for a loaded machine
   state=$(node_state || true)
   case "$state" in
     idle*|mix*|alloc*) break ;;

@@ -1,6 +1,10 @@
 """Shared fixtures: tiny configurations that train in seconds on CPU."""
 
+import os
+import re
 import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +29,8 @@ def pytest_collection_modifyitems(config, items):
     --maxschedchunk 1``), so the longest start at once on different workers instead of ending the run
     alone while the other workers idle. (Without ``--maxschedchunk``, xdist hands each worker a quarter
     of its share in one consecutive block: all the long tests went to one worker.) Tests using the ``suite`` fixture get the
-    ``nbval_records`` marker (scripts/test.sh runs them after nbval)."""
+    ``nbval_records`` marker (scripts/test.sh runs them after nbval); the tests that could depend on timing
+    get ``timing`` (:data:`TIMING_MARKERS`, :data:`TIMING_NAMES`: what ``make flaky`` repeats)."""
 
     def rank(item):
         marks = {m.name for m in item.iter_markers()}
@@ -35,6 +40,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:  # make test runs these once its nbval run has written the records they read
         if "suite" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.nbval_records)
+        marks = {m.name for m in item.iter_markers()}
+        name = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
+        if marks & TIMING_MARKERS or TIMING_NAMES.search(name):
+            item.add_marker(pytest.mark.timing)
+
+
+#: the tests ``make flaky`` repeats under load (marker ``timing``, set here): those that start processes,
+#: SLURM jobs or a browser, and those whose file or name says they stop, signal, lock, kill or resume runs
+TIMING_MARKERS = {"slow", "slurm", "slurm_timelimit", "browser"}
+TIMING_NAMES = re.compile(r"sweep|signal|stop|interrupt|ctrl_c|(?<!b)lock|kill|resum")
 
 
 @pytest.fixture
@@ -131,5 +146,74 @@ def write_run():
         }
         (d / records.RESULTS).write_text(json.dumps(res))
         return d
+
+    return make
+
+
+#: the start-up module of a gated run (see :func:`gate`); filled in with the folder's paths
+GATE_SITE = """\"\"\"A test's gate (tests/conftest.py, fixture ``gate``): every Python started with this folder on
+PYTHONPATH trains until task {task} (0-based) starts, writes {reached!r} (its pid) and waits there for a
+signal to stop it. Once the gate was reached, later runs pass through it (a resubmission completes).\"\"\"
+
+import os
+import time
+from pathlib import Path
+
+from nscl.experiment import trainer
+
+_train_task = trainer.Trainer.train_task
+
+
+def train_task(self, t, *args, **kwargs):
+    reached = Path({reached!r})
+    if t == {task} and not reached.exists():
+        tmp = reached.with_name(reached.name + ".tmp")
+        tmp.write_text(str(os.getpid()))
+        tmp.rename(reached)  # atomic: the test reads a whole pid
+        time.sleep({wait_s})  # a stop signal raises here (the run's handlers are installed by now)
+        raise RuntimeError("the test's gate waited {wait_s} s and no signal came")
+    return _train_task(self, t, *args, **kwargs)
+
+
+trainer.Trainer.train_task = train_task
+"""
+
+
+class Gate:
+    """A run that waits at a known point: see :func:`gate`."""
+
+    def __init__(self, folder: Path, task: int, wait_s: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.reached = folder, folder / "reached"
+        (folder / "sitecustomize.py").write_text(GATE_SITE.format(task=task, reached=str(self.reached), wait_s=wait_s))
+        path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+        #: the environment for a subprocess started by the test (os.environ plus the gate)
+        self.env = {**os.environ, "PYTHONPATH": path}
+        #: the same as lines of a SLURM job's script (the sweep file's ``executor.slurm.setup``)
+        self.setup = [f"export PYTHONPATH={path}"]
+
+    def wait(self, process=None, timeout_s: float = 900) -> int:
+        """Block until a run reached the gate; its pid. ``timeout_s`` is only a safety net (a run that
+        never gets there, e.g. a failed start): far above any plausible start-up time."""
+        deadline = time.monotonic() + timeout_s
+        while not self.reached.exists():
+            if process is not None and process.poll() is not None:
+                pytest.fail(f"the gated process exited with code {process.returncode} before reaching the gate")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no run reached the gate {self.reached} in {timeout_s:.0f} s")
+            time.sleep(0.1)
+        return int(self.reached.read_text())
+
+
+@pytest.fixture
+def gate(tmp_path_factory):
+    """``gate(task)``: a :class:`Gate` that makes a run started in ANOTHER Python process (a SLURM job,
+    a local sweep's run, a CLI subprocess: give it ``gate.env`` or ``gate.setup``) wait as task ``task``
+    (0-based) starts, after the previous task's checkpoint, until a signal stops it. The test waits
+    for that point (``gate.wait()``) and then delivers the signal itself: a stop at a known point, never
+    a race between a run and a clock. ``wait_s``: how long the run waits at most (then it fails)."""
+
+    def make(task: int = 1, wait_s: int = 1800) -> Gate:
+        return Gate(tmp_path_factory.mktemp("gate"), task, wait_s)
 
     return make

@@ -255,7 +255,8 @@ def test_two_runs_started_at_once_into_one_folder_never_both_succeed(tmp_path):
         )
         for seed in (0, 1)
     }
-    done = {seed: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for seed, p in procs.items()}
+    done = {seed: (p.communicate(timeout=1800), p.returncode) for seed, p in procs.items()}  # a safety net only
+    done = {seed: (rc, out, err) for seed, ((out, err), rc) in done.items()}
     winners = [seed for seed, (rc, _, _) in done.items() if rc == 0]
     assert len(winners) == 1, {s: (rc, err[-500:]) for s, (rc, _, err) in done.items()}
     rc, _, err = done[1 - winners[0]]

@@ -15,7 +15,7 @@ JupyterLab's autosave). In the browser it:
 
 Chromium is Debian's package (``make test`` installs it when root), driven through the ``playwright``
 package with ``executable_path``: nothing downloads a browser. Without Chromium the test fails and
-says how to install it. Runtime about a minute on 2 loaded cores (the limit is 3).
+says how to install it. Runtime about a minute on 2 loaded cores.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ NOTEBOOK = ROOT / "notebooks" / "00_quickstart.ipynb"
 KERNEL_DISPLAY_NAME = "Python (nscl)"
 # small enough for seconds of training, the same notebook code paths as the defaults
 SMALL = {"samples_per_task": 100, "test_samples_per_task": 100, "hidden": [32], "quiet": False}
-RUN_TIMEOUT_S = 150
+#: failure-safety nets only, far above any plausible time (a run takes seconds, the server starts in ~10 s):
+#: the test waits on conditions (a prompt, a status, a selector), never passes or fails by a clock
+RUN_TIMEOUT_S = 900
+START_TIMEOUT_S = 600
 
 
 def chromium() -> str:
@@ -138,7 +141,7 @@ def serve_lab(tmp_path: Path):
         server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
+        deadline = time.time() + START_TIMEOUT_S
         while True:
             try:
                 urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
@@ -147,7 +150,7 @@ def serve_lab(tmp_path: Path):
                 if server.poll() is not None or time.time() > deadline:
                     pytest.fail(f"JupyterLab did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        kernels = json.loads(urllib.request.urlopen(f"{url}/api/kernelspecs?token={token}", timeout=10).read())
+        kernels = json.loads(urllib.request.urlopen(f"{url}/api/kernelspecs?token={token}", timeout=120).read())
         assert "nscl" in kernels["kernelspecs"], (
             f"the project's kernel 'nscl' is not installed in {sys.prefix} (make venv installs it): "
             f"{sorted(kernels['kernelspecs'])}"
@@ -172,7 +175,7 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
         browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.set_default_timeout(60_000)
+            page.set_default_timeout(RUN_TIMEOUT_S * 1000)
             page.goto(f"{url}/lab/tree/notebooks/{NOTEBOOK.name}?token={token}")
             panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
             panel.locator(".jp-Notebook .jp-Cell").first.wait_for()

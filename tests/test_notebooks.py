@@ -407,7 +407,12 @@ def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(
-        notebook, kernel_name="python3", allow_errors=True, timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+        notebook,
+        kernel_name="python3",
+        allow_errors=True,
+        timeout=1800,
+        startup_timeout=600,
+        resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
     out = [c.outputs for c in notebook.cells]
     assert out[1][0]["text"] == "epochs 2\n"
@@ -521,7 +526,12 @@ def test_user_errors_render_as_one_error_line_in_a_kernel(tmp_path):
     cells = ["epoch = 3\nhidden = [8]", "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())"]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(
-        notebook, kernel_name="python3", allow_errors=True, timeout=120, resources={"metadata": {"path": str(tmp_path)}}
+        notebook,
+        kernel_name="python3",
+        allow_errors=True,
+        timeout=1800,
+        startup_timeout=600,
+        resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
     err = notebook.cells[1].outputs[0]
     assert err["output_type"] == "error" and err["ename"] == "ConfigError"

@@ -107,7 +107,11 @@ def test_quickstart_with_the_projection_switched_off_fails_the_check(tmp_path, m
     monkeypatch.setenv("NSCL_OUTPUT_ROOT", str(tmp_path))
     monkeypatch.setenv("NSCL_QUIET", "1")
     NotebookClient(
-        broken, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}
+        broken,
+        kernel_name="python3",
+        timeout=1800,
+        startup_timeout=600,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
     ).execute()
     failing = []
     for stored, fresh in zip(committed.cells, broken.cells[1:]):

@@ -26,7 +26,7 @@ def write_sweep(tmp_path: Path, name="tiny", run="cli", grid=None, **extra) -> P
         "params": dict(TINY),
         "out": str(tmp_path / "out"),
         "grid": grid or {"method": ["finetune", "adam_nscl"], "seed": [0, 1]},
-        "executor": {"kind": "local", "parallel": 2, "timeout_min": 5},
+        "executor": {"kind": "local", "parallel": 2, "timeout_min": 30},  # a safety net only
         **extra,
     }
     path = tmp_path / f"{name}.yaml"
@@ -144,7 +144,7 @@ def write_run_notebook(path: Path) -> Path:
 @pytest.mark.slow
 def test_notebook_run_through_papermill_is_idempotent(tmp_path):
     nb = write_run_notebook(tmp_path / "one_run.ipynb")
-    path = write_sweep(tmp_path, run=str(nb), grid={"method": ["finetune"], "seed": [3]}, cell_timeout_s=300)
+    path = write_sweep(tmp_path, run=str(nb), grid={"method": ["finetune"], "seed": [3]}, cell_timeout_s=1800)
     spec = sweep.expand(sweep.load(path))[0]
     out = sweep.run_one(spec)
     assert out["status"] == "complete", out
@@ -400,9 +400,12 @@ def test_a_fifo_sweep_json_or_results_never_hangs_status(tmp_path, monkeypatch, 
         sweep.status(d)
 
 
-def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_path, capsys):
-    """Issue 27, minor: ``--timeout 0`` / ``-5`` were accepted and an expired one ended in a raw TimeoutError."""
+def test_sweep_timeout_must_be_positive_and_its_expiry_is_one_error_line(tmp_path, capsys, gate, monkeypatch):
+    """Issue 27, minor: ``--timeout 0`` / ``-5`` were accepted and an expired one ended in a raw TimeoutError.
+    The run waits at the start of its task 2 (``gate``): the timeout expires first on any machine."""
     from nscl.apps import cli
+
+    monkeypatch.setenv("PYTHONPATH", gate(task=1).env["PYTHONPATH"])  # the sweep's run starts with the gate
 
     path = write_sweep(tmp_path, grid={"method": ["finetune"], "seed": [0]})
     for bad in ("0", "-5", "nan"):

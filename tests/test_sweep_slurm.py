@@ -1,6 +1,8 @@
-"""A sweep on a real single-node SLURM (started by .ci/slurm.sh, which `make test` runs as root):
+"""Sweeps on a real single-node SLURM (started by .ci/slurm.sh when the tests run as root):
 3 tiny notebook runs submitted as ONE job array through submitit; one of them has a learning rate
 that makes the loss NaN and must fail alone, reported with its name; resubmitting runs nothing.
+SLURM's time-limit warning (SIGUSR2) stops a run, and resubmitting completes it: delivered by the test
+to a run waiting at a known point (``make test``), and by SLURM's own clock (``make slurm-timelimit-check``).
 
 Not skipped when SLURM is missing: the test fails and says how to start it."""
 
@@ -9,7 +11,7 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import conftest
@@ -22,22 +24,20 @@ from test_sweep import write_run_notebook  # the same one-run sweep notebook as 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "slurm.sh"
-NAME = "pytest_slurm"  # the job array test's sweep; the time-limit test's is LIMIT_NAME
+NAME = "pytest_slurm"  # the job array test's sweep; the stop tests' are STOP_NAME and LIMIT_NAME
 JOB_NAME = f"nscl-{NAME}"
+STOP_NAME = "pytest_slurm_stop"
 LIMIT_NAME = "pytest_slurm_limit"
 TINY = {**conftest.TINY, "samples_per_task": 200, "test_samples_per_task": 100, "threads": 1}
 
 
 @pytest.fixture(scope="module")
 def slurm():
-    """A SLURM that answers. make test may run the two tests here on two workers at once, so each test
-    cancels only its own jobs (:func:`own_jobs`), never the other's."""
-    if os.geteuid() == 0:  # idempotent: reuses a running SLURM, resumes a drained node
-        import fcntl
-
-        with open(Path(tempfile.gettempdir()) / "nscl-slurm-start.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one start at a time: two workers may get here at once
-            r = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    """A SLURM that answers, started here when root (make test starts it in the background as soon as
+    the packages are in; this waits for that start). make test may run the tests here on several workers
+    at once, so each test cancels only its own jobs (:func:`own_jobs`), never another's."""
+    if os.geteuid() == 0:  # idempotent, one at a time: reuses a running SLURM, resumes a drained node
+        r = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=1800)
         if r.returncode != 0:
             pytest.fail(f"{SCRIPT} start failed:\n{r.stdout}\n{r.stderr}")
     r = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True, text=True, timeout=60)
@@ -72,21 +72,21 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
             "run": str(nb),
             "params": TINY,
             "out": str(tmp_path / "sweep"),
-            "cell_timeout_s": 300,
+            "cell_timeout_s": 1800,  # the limits here are safety nets only
             "grid": [
                 {"method": ["finetune", "adam_nscl"], "seed": [0]},
                 {"method": ["finetune"], "seed": [0], "lr": [1.0e30]},
             ],  # valid value, NaN at run time
             "executor": {
                 "kind": "slurm",
-                "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 10, "array_parallelism": 2},
+                "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 30, "array_parallelism": 2},
             },
         }
         path = tmp_path / "sweep.yaml"
         path.write_text(yaml.safe_dump(doc))
         sweep_dir = tmp_path / "sweep"
 
-        res = sweep.run(path, timeout_s=600)  # executor from the file: slurm
+        res = sweep.run(path, timeout_s=1800)  # executor from the file: slurm
         assert len(res["submitted"]) == 3
         sub = json.loads((sweep_dir / "submitted.json").read_text())
         array = sub["array_job_id"]
@@ -126,72 +126,72 @@ def test_slurm_job_array_sweep(slurm, tmp_path):
         assert stamps == {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("results.json")}
 
 
-def epochs_for(params: dict, seconds: float) -> int:
-    """Epochs per task that make a run of ``params`` train for about ``seconds`` on this machine now, so
-    that the test neither ends before SLURM's warning on a fast machine nor lasts longer than it must on
-    a slow one. Timed on the second task (10 epochs): from there on, a projected update costs more than
-    the first task's plain one."""
-    import time
-
-    from nscl.experiment import config, trainer
-
-    tr = trainer.Trainer(config.resolve(overrides={**params, "epochs": 10}))
-    tr.train_task(0)
-    tr.end_task(0)
-    t0 = time.perf_counter()
-    tr.train_task(1)
-    return max(10, int(10 * seconds / params["n_tasks"] / (time.perf_counter() - t0)))
-
-
-def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(slurm, tmp_path):
-    """SLURM's warning before the limit (SIGUSR2, sent by slurmctld's 30-s time-limit check once less than
-    signal_delay_s + 30 s are left: with a 1-minute limit and signal_delay_s=10, 20-50 s after the start)
-    must leave the run ``stopped`` (no error.txt), and resubmitting the same sweep must resume it from its
-    checkpoint to completion. The run is sized to train for about 90 s (10 tasks of about 9 s; epochs timed
-    on this machine now): its first task ends before the warning can come, and it still trains when the
-    window closes even if the job gets twice the CPU the timing got (make test runs this beside nbval).
-    Resumed, not retrained: the tasks finished before the stop keep their accuracy rows and their measured
-    timings (wall-clock times a retrained task would never repeat). That a resumed run ends on the numbers
-    of an uninterrupted one is held for every method by tests/test_train.py and tests/test_run_folders.py
-    (the same trainer code, run here by a SLURM job)."""
-    from nscl.experiment import records
-
-    params = {
-        **TINY,
-        "benchmark": "permuted_fmnist",
-        "n_tasks": 10,
-        "samples_per_task": 300,
-        "hidden": [256, 256],
-        "method": "adam_nscl",
-    }
-    params["epochs"] = epochs_for(params, 90.0)
+def limit_sweep(tmp_path, gate, name: str, slurm_opts: dict) -> tuple[Path, dict, dict, conftest.Gate]:
+    """A one-run sweep on SLURM whose run (3 tasks, null-space Adam, so the projection state is checkpointed)
+    waits at the start of task 2 (:func:`conftest.gate`) until a signal stops it: (sweep file, doc, spec, gate)."""
+    g = gate(task=1)
     doc = {
-        "name": LIMIT_NAME,
+        "name": name,
         "run": "cli",
-        "params": params,
+        "params": {**TINY, "method": "adam_nscl"},
         "out": str(tmp_path / "sweep"),
         "grid": {"seed": [0]},
-        "executor": {
-            "kind": "slurm",
-            "slurm": {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 1, "signal_delay_s": 10},
-        },
+        "executor": {"kind": "slurm", "slurm": {"cpus_per_task": 1, "mem_gb": 1, "setup": g.setup, **slurm_opts}},
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(doc))
+    (spec,) = sweep.expand(sweep.load(path))
+    return path, doc, spec, g
+
+
+def check_stopped_then_resumed(path: Path, doc: dict, spec: dict, first: dict) -> None:
+    """The first submission left the run ``stopped`` by SIGUSR2 after exactly task 1 (no error.txt); the
+    same runs resubmitted (with a time limit of 30 min: the rest fits in it on any machine) resume from
+    the checkpoint to the numbers of an uninterrupted run, the finished task's accuracy row and measured
+    timing carried over (a retrained task would never repeat a wall-clock time)."""
+    from nscl.experiment import records, trainer
+
+    d = Path(spec["out_dir"])
+    assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"], first
+    assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
+    stopped = records.load(d)
+    assert stopped["status"] == "stopped" and stopped["metrics"]["tasks_done"] == 1
+    assert (d / records.CHECKPOINT).exists()
+    doc["executor"]["slurm"]["timeout_min"] = 30
+    path.write_text(yaml.safe_dump(doc))
+    second = sweep.run(path, timeout_s=900)  # the gate was reached once: this run passes through it
+    assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete", second
+    done = records.load(d)
+    assert done["status"] == "complete" and done["metrics"]["tasks_done"] == 3
+    assert done["acc"][0] == stopped["acc"][0] and done["timing"]["per_task"][:1] == stopped["timing"]["per_task"]
+    whole = trainer.run(dict(spec["cfg"]))  # the same run uninterrupted, in memory, one thread
+    assert done["acc"] == whole["acc"]
+
+
+def test_slurms_warning_signal_stops_the_run_and_a_resubmission_completes_it(slurm, tmp_path, gate):
+    """What SLURM sends before a time limit (SIGUSR2 to the job's processes: ``--signal=USR2@delay``,
+    which submitit asks for) delivered by the test itself (``scancel --signal=USR2``) while the job
+    waits at a known point, the start of task 2: deterministic, whatever the load. SLURM's own clock
+    sending it is the slower check ``make slurm-timelimit-check`` (the test below)."""
+    path, doc, spec, g = limit_sweep(tmp_path, gate, STOP_NAME, {"timeout_min": 30})
+    with own_jobs(STOP_NAME), ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(sweep.run, path, timeout_s=900)  # submits, then waits for the result
+        g.wait()
+        job = json.loads((Path(doc["out"]) / "submitted.json").read_text())["jobs"][spec["name"]]
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, capture_output=True, timeout=60)
+        first = waiting.result()
+        check_stopped_then_resumed(path, doc, spec, first)
+
+
+@pytest.mark.slurm_timelimit
+def test_a_one_minute_time_limit_stops_the_run_and_a_resubmission_completes_it(slurm, tmp_path, gate):
+    """SLURM's real time-limit warning: slurmctld's time-limit check (every 30 s) sends SIGUSR2 once less
+    than signal_delay_s + 30 s are left, so with a 1-minute limit and signal_delay_s=10 about 20-50 s after
+    the start. The run waits at the start of task 2 until a signal stops it, so the warning always finds it
+    running: it must leave it ``stopped``, and a resubmission completes it. Not in ``make test`` (about a
+    minute of waiting for SLURM's clock): ``make slurm-timelimit-check``."""
+    path, doc, spec, g = limit_sweep(tmp_path, gate, LIMIT_NAME, {"timeout_min": 1, "signal_delay_s": 10})
     with own_jobs(LIMIT_NAME):
-        first = sweep.run(path, timeout_s=240)
-        (spec,) = sweep.expand(sweep.load(path))
-        d = Path(spec["out_dir"])
-        assert first["results"][0]["status"] == "stopped" and "SIGUSR2" in first["results"][0]["error"]
-        assert sweep.run_state(spec)[0] == "stopped" and not (d / records.ERROR).exists()
-        stopped = records.load(d)
-        k = stopped["metrics"]["tasks_done"]
-        assert stopped["status"] == "stopped" and 0 < k < 10, k
-        doc["executor"]["slurm"]["timeout_min"] = 5  # the same runs; a limit the rest fits in
-        path.write_text(yaml.safe_dump(doc))
-        second = sweep.run(path, timeout_s=240)
-        assert second["submitted"] == [spec["name"]] and second["results"][0]["status"] == "complete"
-        done = records.load(d)
-        assert done["status"] == "complete" and done["metrics"]["tasks_done"] == 10
-        assert done["acc"][:k] == stopped["acc"][:k]
-        assert done["timing"]["per_task"][:k] == stopped["timing"]["per_task"][:k]
+        first = sweep.run(path, timeout_s=900)
+        assert g.reached.exists()  # it was stopped at the gate, by SLURM's warning
+        check_stopped_then_resumed(path, doc, spec, first)
