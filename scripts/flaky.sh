@@ -2,7 +2,7 @@
 # `make flaky`: the tests that could depend on timing, FLAKY_N times (default 10) under make test's load;
 # each test's pass count in results/flaky/counts.txt, each iteration's seconds in results/flaky/iterations.txt.
 #
-#   the tests:  marker `timing` (set by tests/conftest.py): markers slow, slurm, slurm_timelimit, browser
+#   the tests:  marker `timing` (set by tests/conftest.py): markers slow, slurm, browser
 #               (SLURM jobs, a browser, subprocesses, sweeps, notebooks through papermill), and every test
 #               whose file or name says sweep, signal, stop, interrupt, Ctrl-C, lock, kill or resume; not
 #               the notebook tests (nbval_records: they read files nbval wrote) nor gpu. One pytest run
@@ -18,8 +18,9 @@ WORKERS=${TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 2) + 1 ))}
 rm -rf "$OUT" && mkdir -p "$OUT"
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
 
-# the tests: marker `timing` (tests/conftest.py sets it), not the notebook tests nor gpu
-SELECT='timing and not nbval_records and not gpu'
+# the tests: marker `timing` (tests/conftest.py sets it), not the notebook tests nor gpu, nor SLURM's own
+# time-limit clock (make slurm-timelimit-check: outside make test, three minutes an iteration)
+SELECT='timing and not nbval_records and not gpu and not slurm_timelimit'
 "${PYTEST[@]}" --collect-only -m "$SELECT" | grep '::' > "$OUT/tests.txt"
 n_tests=$(wc -l < "$OUT/tests.txt")
 [ "$n_tests" -gt 0 ] || { echo "error: no tests collected"; exit 1; }

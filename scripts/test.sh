@@ -4,7 +4,7 @@
 #
 #   set-up, at once:  the venv (make venv: pip)            the Debian packages that are missing
 #                     then ruff check + format --check     (.ci/packages.sh: Fashion-MNIST, SLURM,
-#                                                           Chromium; one apt-get update + install)
+#                     beside Avalanche's import path        Chromium; one apt-get update + install)
 #   then SLURM starts in the background (root; the SLURM tests wait for it), and at once:
 #            nbval on this machine's numeric path      (the committed notebooks' stored outputs,
 #            nbval on OMP_NUM_THREADS=1                  exact except `training-numbers` cells,
@@ -51,7 +51,7 @@ write_timings() {
     installed=$(sed -n 's/^installing \(.*\) (Debian packages.*/\1/p' "$OUT/packages.log" 2>/dev/null | head -1)
     echo "apt      ${installed:-nothing to install (all present)}"
     printf "%-16s %7s %8s %3s\n" phase start seconds rc
-    for p in packages venv ruff slurm-start nbval-default nbval-portable tests notebook-tests total; do
+    for p in packages venv avalanche ruff slurm-start nbval-default nbval-portable tests notebook-tests total; do
       cat "$OUT/phases/$p" 2>/dev/null
     done
   } > "$OUT/timings.txt"
@@ -65,11 +65,16 @@ echo "set-up: the venv, and at once the missing Debian packages (log: $OUT/packa
 timed packages bash .ci/packages.sh data slurm browser > "$OUT/packages.log" 2>&1 &
 packages=$!
 timed venv "$MAKE" --no-print-directory venv || exit 1
+# Avalanche's import path for tests/test_avalanche.py (25 pinned packages, --no-deps; docs/library.md),
+# in the background while ruff runs and apt finishes
+timed avalanche "$PY" -m pip install -q --no-deps -r requirements/avalanche-min.txt > "$OUT/avalanche.log" 2>&1 &
+avalanche=$!
 timed ruff bash -c "'$PY' -m ruff check nscl tests && '$PY' -m ruff format --check nscl tests" || exit 1
 wait $packages
 packages=$?
 cat "$OUT/packages.log"
 [ $packages = 0 ] || { echo "error: .ci/packages.sh failed (log above): the tests need its packages"; exit 1; }
+wait $avalanche || { cat "$OUT/avalanche.log"; echo "error: installing requirements/avalanche-min.txt failed"; exit 1; }
 if [ "$(id -u)" = 0 ]; then  # no CPU: it waits for daemons while the tests start (the SLURM tests wait for it)
   timed slurm-start bash .ci/slurm.sh start > "$OUT/slurm-start.log" 2>&1 &
 elif ! bash .ci/slurm.sh status >/dev/null 2>&1; then
