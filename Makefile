@@ -9,7 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.nscl-installed
 KERNEL := $(VENV)/share/jupyter/kernels/nscl/kernel.json
 
-.PHONY: venv data slurm browser packages test flaky slurm-timelimit-check run notebooks compare capacity capacity-page results lab clean gpu-check wheelhouse
+.PHONY: venv data slurm browser packages avalanche test flaky slurm-timelimit-check run notebooks compare capacity capacity-page results lab clean gpu-check wheelhouse
 
 venv: $(STAMP) $(KERNEL)
 
@@ -56,8 +56,12 @@ test:
 # The tests that could depend on timing (marker timing: SLURM, a browser, subprocesses, sweeps, signals, locks)
 # FLAKY_N times while nbval loads the cores; each test's pass count in results/flaky/counts.txt.
 FLAKY_N ?= 10
-flaky: venv packages slurm
+flaky: venv packages slurm avalanche
 	PY=$(PY) FLAKY_N=$(FLAKY_N) bash scripts/flaky.sh
+
+# Avalanche's import path for nscl.apps.avalanche (tests/test_avalanche.py): 25 pinned packages, --no-deps
+avalanche: venv
+	$(PY) -m pip install -q --no-deps -r requirements/avalanche-min.txt
 
 # SLURM's own time-limit clock stopping a run (about 2 min; make test sends SLURM's warning itself)
 slurm-timelimit-check: venv slurm
