@@ -93,6 +93,8 @@ def test_make_run_suite_writes_summary_and_chance_check(tmp_path, capfd):
     text = (tmp_path / "summary.md").read_text()
     for e in entries:
         assert f"[{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | complete" in text
+        # CPU time of the notebook's kernel (trained runs): at least a second, and shown in the summary
+        assert e["cpu_seconds"] >= 1.0 and f"| {e['cpu_seconds']:.0f} |" in text, e
     ns = nb.load_results(tmp_path / "00_quickstart")["methods"]["permuted_fmnist/adam_nscl"]["metrics"]
     assert f"| 00_quickstart | permuted_fmnist/adam_nscl | {ns['acc']:.2f} | {ns['bwt']:+.2f} |" in text
     assert "no null-space method at chance on any task: passed**" in text
