@@ -184,6 +184,34 @@ def test_adam_nscl_notebook_invariance_and_null_space_vs_a(suite):
 
 
 @pytest.mark.slow
+def test_capacity_notebook_answers_its_question_at_its_defaults(suite):
+    """06 at its committed defaults (issue 27): on Permuted the first layer's null space runs out at
+    energy 0.99 for every projecting method, at the same task (pruning and rank limitation act on
+    units, not on a layer's input), and neither gains 2 ACC points; on Partition pruning gains >= 2."""
+    root, declared = suite
+    rec = record(suite, "06_capacity")
+    out = root / "results" / "notebooks" / "06_capacity"
+    strict = ("adam_nscl", "nscl_sgp", "nscl_prune", "nscl_lowrank")
+    labels = {f"{b}/{m} energy=0.99" for b in ("permuted_fmnist", "partition_fmnist") for m in strict}
+    assert labels <= set(rec["methods"]), sorted(rec["methods"])
+    runs = {label: records.load(out / rec["methods"][label]["run_dir"]) for label in labels}
+
+    def first_layer_out(label):
+        layers = runs[label]["capacity"]["layers"]
+        return (layers.get("backbone.layers.0") or layers["backbone.layers.0.B"])["exhausted_at"]
+
+    def acc(label):
+        return runs[label]["metrics"]["acc"]
+
+    permuted = {m: first_layer_out(f"permuted_fmnist/{m} energy=0.99") for m in strict}
+    assert None not in permuted.values() and len(set(permuted.values())) == 1, permuted
+    assert max(permuted.values()) < int(ast.literal_eval(declared["06_capacity"]["n_tasks"]["default"]))
+    for m in ("nscl_prune", "nscl_lowrank"):
+        assert acc(f"permuted_fmnist/{m} energy=0.99") < acc("permuted_fmnist/adam_nscl energy=0.99") + 2
+    assert acc("partition_fmnist/nscl_prune energy=0.99") >= acc("partition_fmnist/adam_nscl energy=0.99") + 2
+
+
+@pytest.mark.slow
 def test_analysis_notebook_reads_the_suite_runs_without_training(suite):
     root, _ = suite
     rec = record(suite, "04_null_space_analysis")
