@@ -276,8 +276,12 @@ def test_a_lab_sitting_leaves_the_repository_clean(tmp_path):
             page.goto(f"{url}/lab/tree/notebooks/{name}?token={token}")
             panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
             panel.locator(".jp-Notebook .jp-Cell").first.wait_for()
-            wait_idle(page)
+            start_kernel(page)
             run_all(page)
+            page.wait_for_function(  # Run All has started (training takes seconds: a cell shows [*])
+                "() => [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputArea-prompt')]"
+                ".some(p => p.textContent.includes('*'))"
+            )
             wait_for_run(page, panel, timeout_s=HYGIENE_TIMEOUT_S)
             text = panel.inner_text().replace("\u2007", " ")
             assert re.search(r"adam_nscl on split_fmnist: 100%", text), "the sitting showed no progress bar"
@@ -324,6 +328,25 @@ def test_a_lab_sitting_leaves_the_repository_clean(tmp_path):
 
 
 # ---- driving the UI -------------------------------------------------------------------------------
+def start_kernel(page) -> None:
+    """The project's kernel running and idle; on a slow machine JupyterLab may ask which kernel to
+    start (a dialog offering "Python (nscl)"): accept its choice, as a user would."""
+    deadline = time.time() + RUN_TIMEOUT_S
+    dialog = page.locator(".jp-Dialog .jp-mod-accept")
+    idle = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']")
+    while idle.count() == 0:
+        if dialog.count():
+            dialog.first.click()
+        if time.time() > deadline:
+            pytest.fail(f"the kernel did not start in {RUN_TIMEOUT_S} s")
+        time.sleep(0.5)
+    page.wait_for_function(
+        "() => document.querySelector('.jp-NotebookPanel .jp-Toolbar-kernelName')"
+        f"?.textContent.trim() === {json.dumps(KERNEL_DISPLAY_NAME)}"
+    )
+
+
+# ------------------------------------------------------------------------
 def wait_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
     """The kernel status indicator in the notebook toolbar says idle."""
     page.wait_for_selector(
