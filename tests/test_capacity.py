@@ -160,10 +160,10 @@ def test_capacity_curve_panels_ticks_and_bands():
         f"{m}{s}": fake_run(
             m,
             s,
-            [80.0 - t * (s + 1) for t in range(T)],
-            {"backbone.layers.0": [1 - t / 10 for t in range(T)], "backbone.layers.1": [0.8] * T},
+            [80.0 - t * (s + 1) - 5 * k for t in range(T)],
+            {"backbone.layers.0": [1 - t / 10 for t in range(T)], "backbone.layers.1": [0.8 - 0.1 * k] * T},
         )
-        for m in ("adam_nscl", "finetune")
+        for k, m in enumerate(("adam_nscl", "finetune"))
         for s in (0, 1)
     }
     fig = plots.capacity_curve(tables.capacity_frame(runs))
@@ -174,10 +174,15 @@ def test_capacity_curve_panels_ticks_and_bands():
         "null-space fraction r/d",
     ]
     assert all(a.get_xlabel() == "task" and isinstance(a.xaxis.get_major_locator(), MaxNLocator) for a in axes)
-    assert [t.get_text() for t in axes[-1].get_legend().get_texts()] == ["adam_nscl", "finetune"]
     # one mean line per method, and a shaded ± std band where seeds differ (accuracy panel)
     assert len([ln for ln in axes[0].get_lines() if len(ln.get_xdata()) == T]) == 2
     assert len(axes[0].collections) == 2
+    # layers.0: both methods have the same r/d, so one line, labelled with both in the panel's legend
+    assert len([ln for ln in axes[1].get_lines() if len(ln.get_xdata()) == T]) == 1
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["adam_nscl, finetune"]
+    # the panels without shared lines share the figure's legend
+    assert axes[2].get_legend() is None
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["adam_nscl", "finetune"]
 
 
 def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
@@ -192,7 +197,11 @@ def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
 
     T, frac = 4, {"backbone.layers.0": [0.9] * 4}
     methods = ("adam_nscl", "nscl_prune", "nscl_lowrank", "nscl_sgp", "finetune", "lowrank", "joint")
-    runs = {f"{m}{e}": fake_run(m, 0, [80.0] * T, frac, energy=e) for m in methods for e in (0.9, 0.99)}
+    runs = {
+        f"{m}{e}": fake_run(m, 0, [80.0 - k - 20 * (e > 0.9)] * T, frac, energy=e)
+        for k, m in enumerate(methods)
+        for e in (0.9, 0.99)
+    }
     frame = tables.capacity_frame(runs)
     labels = list(dict.fromkeys(frame["label"]))
     looks = {k: (to_hex(c), str(d)) for k, (c, d) in plots.label_styles(labels).items()}
@@ -200,8 +209,13 @@ def test_capacity_curve_tells_every_label_apart_by_colour_and_dashes():
     assert len({c for c, _ in looks.values()}) == len(methods)  # one colour per method
     assert looks["adam_nscl"][0] == looks["adam_nscl energy=0.99"][0] and looks["adam_nscl"][1] == ""
     fig = plots.capacity_curve(frame)
-    legend = fig.axes[-1].get_legend()
+    legend = fig.legends[0]  # the accuracy panel's fourteen lines differ: the figure's legend names them
     shown = {t.get_text(): to_hex(ln.get_color()) for t, ln in zip(legend.get_texts(), legend.get_lines())}
     assert shown == {k: c for k, (c, _) in looks.items()}
+    drawn = {ln.get_label(): to_hex(ln.get_color()) for ln in fig.axes[0].get_lines()}
+    assert drawn == shown
     styles = {ln.get_linestyle() for ln in legend.get_lines()}
     assert styles == {"-", "--"}  # solid defaults, dashed variants
+    # every label has the same r/d on layers.0: one line there, its legend naming all fourteen
+    (line,) = [ln for ln in fig.axes[1].get_lines() if len(ln.get_xdata()) == T]
+    assert sorted(line.get_label().replace("\n", " ").split(", ")) == sorted(looks)

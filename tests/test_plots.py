@@ -273,10 +273,9 @@ def line_clashes(fig) -> list[str]:
 
 def readability_problems(fig) -> list[str]:
     """What makes a figure hard to read, as sentences (empty: readable)."""
-    fig.canvas.draw()
+    problems = display_problems(fig) + line_clashes(fig)  # display_problems draws the figure
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]
-    problems = display_problems(fig) + line_clashes(fig)
     for k, ax in enumerate(axes):
         name = f"panel {k} ({ax.get_title()!r})"
         if not ax.get_xlabel():

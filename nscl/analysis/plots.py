@@ -48,6 +48,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import transforms
 from matplotlib.textpath import TextPath
+from matplotlib.ticker import MaxNLocator
 
 STYLE = "whitegrid"
 
@@ -275,6 +276,7 @@ def _layout(fig) -> None:
     handles, title = getattr(fig, "_nscl_legend", ((), None))
     if not handles:
         fig.tight_layout()
+        _drop_empty(fig)
         return
     width, height = fig.get_size_inches()
     need = 0.35 + 0.2 * len(handles) + (0.2 if title else 0)
@@ -283,6 +285,7 @@ def _layout(fig) -> None:
         fig.tight_layout()
         box = empty[0].get_position()
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(box.x0, box.y1), title=title, frameon=False)
+        _drop_empty(fig)
         return
     label_w = _legend_w([h.get_label() for h in handles], 1.0)
     ncol = max(1, min(len(handles), int((width - 0.3) // label_w)))
@@ -291,6 +294,13 @@ def _layout(fig) -> None:
     bottom = extra_h / (height + extra_h)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, bottom), ncol=ncol, title=title, frameon=False)
+    _drop_empty(fig)
+
+
+def _drop_empty(fig) -> None:
+    """Remove the empty slots of a wrapped grid of panels (``fig.axes`` is then the panels)."""
+    for ax in [ax for ax in fig.axes if not ax.get_visible()]:
+        fig.delaxes(ax)
 
 
 def _first_col(ax) -> bool:
@@ -302,6 +312,7 @@ def _legend_fig_right(fig, handles, title: str, extra_w: float) -> None:
     right = 1 - extra_w / fig.get_figwidth()
     fig.tight_layout(rect=(0, 0, right, 1))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(right, 0.98), title=title, frameon=False)
+    _drop_empty(fig)
 
 
 def _legend_w(labels, pad: float = 0.75) -> float:
@@ -318,7 +329,7 @@ def _legend_right(ax, title: str) -> None:
 
 
 #: heatmap layout (inches): room for the y tick labels and label, the gap between panels, the title
-_HEAT_LEFT, _HEAT_GAP, _HEAT_TOP, _HEAT_BOTTOM = 0.75, 0.3, 0.6, 0.6
+_HEAT_LEFT, _HEAT_GAP, _HEAT_TOP, _HEAT_BOTTOM = 0.55, 0.2, 0.6, 0.55
 
 
 @_readable
@@ -331,7 +342,7 @@ def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str =
     n = len(results)
     T_max = max(len(res["acc"]) for res in results.values())
     fmt = fmt if T_max <= 6 else ".0f"
-    cell = _text_in(format(100.0, fmt)) + 0.14  # the widest number, "100.0", and a margin
+    cell = _text_in(format(100.0, fmt)) + 0.1  # the widest number, "100.0", and a margin
     annotate = bool(T_max * cell + _HEAT_LEFT + _HEAT_GAP <= FIG_WIDTH_IN)
     extra = 0.0
     if not annotate:  # a colour bar instead of the numbers; two columns of panels when there are several
@@ -349,26 +360,26 @@ def accuracy_heatmaps(results: Mapping[str, dict], fmt: str = ".1f", cmap: str =
         ax.set_visible(False)
     every = int(np.ceil(0.26 / cell))  # tick labels at least 0.26 in apart ("30" is 0.15 in wide)
     every = next(s for s in (1, 2, 5, 10, every) if s >= every)
-    mesh = None
+    mesh, cm = None, plt.get_cmap(cmap)
     for ax, (label, res) in zip(axes.flat, results.items()):
         a = _acc_array(res["acc"])
         T = a.shape[0]
         ticks = [str(t) if t % every == 0 or every == 1 else "" for t in range(1, T + 1)]
-        sns.heatmap(
-            a,
-            annot=annotate,
-            fmt=fmt,
-            vmin=0,
-            vmax=100,
-            cmap=cmap,
-            cbar=False,
-            square=True,
-            xticklabels=ticks,
-            yticklabels=ticks,
-            annot_kws={"fontsize": SMALL},
-            ax=ax,
+        mesh = ax.imshow(
+            np.ma.masked_invalid(a), cmap=cm, vmin=0, vmax=100, extent=(0.5, T + 0.5, T + 0.5, 0.5), aspect="equal"
         )
-        mesh = ax.collections[0]
+        if annotate:  # dark text on light cells, light on dark (relative luminance)
+            for (i, j), v in np.ndenumerate(a):
+                if not np.isnan(v):
+                    r, g, b, _ = cm(v / 100)
+                    ink = "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 else "white"
+                    ax.text(j + 1, i + 1, format(v, fmt), ha="center", va="center", fontsize=SMALL, color=ink)
+        ax.set_xticks(range(1, T + 1), ticks)
+        ax.set_yticks(range(1, T + 1), ticks)
+        ax.tick_params(length=0)
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         ax.tick_params(axis="y", rotation=0)
         m = res.get("metrics") or {}
         sub = f"ACC {m['acc']:.2f}  BWT {m['bwt']:+.2f}" if m.get("bwt") is not None else ""
@@ -465,14 +476,15 @@ def null_space_dims(ns: pd.DataFrame, label: str = "label", row: str | None = No
     ns, rows, layers, labels = _layer_facets(ns, label, row)
     y = "null_frac" if frac else "null_dim"
     panels = _layer_series(ns, label, row, y, rows, layers)
-    fig, axes = _line_panels(panels, rows, layers, _looks(labels), label if label != "label" else "run")
+    h = 2.6 if row is None else 3.0  # room for the two-line titles
+    fig, axes = _line_panels(panels, rows, layers, _looks(labels), label if label != "label" else "run", h=h)
     for (r, layer), ax in axes.items():
         sub = ns[(ns["layer"] == layer) & ((ns[row] == r) if row else True)]
         d = ", ".join(f"d = {v}" for v in sorted(sub["d"].unique())) if len(sub) else ""
         ax.set_title(f"{layer} ({d})" if r is None else f"{r}\n{layer} ({d})")
         _task_axis(ax, sub["task"] if len(sub) else [1])
         if not frac:
-            ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(("null-space fraction r / d" if frac else "null-space dim r") if _first_col(ax) else "")
     _layout(fig)
     return fig
@@ -585,7 +597,15 @@ def kept_energy(ns: pd.DataFrame, label: str = "label", row: str | None = None):
     ns, rows, layers, labels = _layer_facets(ns, label, row)
     ns["kept_energy"] = ns["kept_energy"].astype(float).clip(lower=KEPT_ENERGY_FLOOR)
     panels = _layer_series(ns, label, row, "kept_energy", rows, layers)
-    fig, axes = _line_panels(panels, rows, layers, _looks(labels), label if label != "label" else "run", sharey=True)
+    fig, axes = _line_panels(
+        panels,
+        rows,
+        layers,
+        _looks(labels),
+        label if label != "label" else "run",
+        h=2.6 if row is None else 3.0,
+        sharey=True,
+    )
     vals = ns["kept_energy"].to_numpy(dtype=float)
     ylab = "kept energy R"
     if len(vals) and vals.min() <= KEPT_ENERGY_FLOOR:
@@ -773,6 +793,8 @@ def stability_plasticity(
     cols = list(dict.fromkeys(df[col]))
     rows = list(dict.fromkeys(df[row])) if row else [None]
     extra = _legend_w(order, 0.5)
+    if _cols(len(cols), 3.9, extra) < _cols(len(cols), 3.9):  # a legend on the right would cost a column
+        extra = 0.0
     fig, axes = _grid(rows, cols, 3.9, 3.5, extra)
     for (r, c), ax in axes.items():
         d = df[(df[col] == c) & ((df[row] == r) if row else True)]
@@ -802,7 +824,11 @@ def stability_plasticity(
             )
         ax.axhline(0, color="k", lw=0.8)
     handles = [plt.Line2D([], [], marker="o", ls="", color=palette[m], label=m) for m in order]
-    _legend_fig_right(fig, handles, "", extra)
+    if extra:
+        _legend_fig_right(fig, handles, "", extra)
+    else:  # in an empty panel slot, or below the panels
+        fig._nscl_legend = (handles, None)
+        _layout(fig)
     return fig
 
 
@@ -837,7 +863,7 @@ def capacity_curve(frame: pd.DataFrame, order: list | None = None, title: str | 
         ]
     fig, axes = _line_panels(panels, [None], keys, looks, "method", w=4.5, h=3.0, band=True)
     for (_, (quantity, layer)), ax in axes.items():
-        _task_axis(ax, frame["task"])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("task")
         if layer is None:
             ax.set_ylabel("new-task accuracy (%)")
