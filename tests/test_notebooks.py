@@ -589,3 +589,17 @@ def test_one_run_per_method_keeps_the_longest_first_run_of_each_method_and_strea
         "03/nscl_lowrank b": res("split_fmnist", "nscl_lowrank", 5),  # more tasks: replaces a
     }
     assert list(tables.one_run_per_method(runs)) == ["00/split/adam_nscl", "00/permuted/adam_nscl", "03/nscl_lowrank b"]
+
+
+def test_make_notebooks_executes_on_the_stored_numeric_path(monkeypatch):
+    """`make notebooks` stores outputs on ATen's AVX2 kernels where the CPU has them (the path that
+    notebooks/output_tolerance.yaml is measured around); a path the user chose is left alone."""
+    import re
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    suite_app.stored_path()
+    assert os.environ["ATEN_CPU_CAPABILITY"] == "default"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    suite_app.stored_path()
+    has_avx2 = bool(re.search(r"^flags\s*:.*\bavx2\b", Path("/proc/cpuinfo").read_text(), re.M))
+    assert os.environ.get("ATEN_CPU_CAPABILITY") == ("avx2" if has_avx2 else None)
