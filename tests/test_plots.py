@@ -179,9 +179,11 @@ def figures() -> dict:
         "kept_energy": lambda: plots.kept_energy(ns04, label="method", row="benchmark"),
         "null_space_vs_metrics": lambda: plots.null_space_vs_metrics(summary, style="benchmark"),
         "pruning_activity": lambda: plots.pruning_activity(act, th),
-        "units_used": lambda: plots.units_used(units),
+        "units_used[4 runs, 3 layers]": lambda: plots.units_used(units),
+        "units_used[02: 2 runs]": lambda: plots.units_used(units[units["label"].isin(["clnp", "nscl_prune"])]),
         "lowrank_tradeoff": lambda: plots.lowrank_tradeoff(grid),
-        "singular_values": lambda: plots.singular_values(sv),
+        "singular_values[3 runs]": lambda: plots.singular_values(sv),
+        "singular_values[1 run]": lambda: plots.singular_values(sv[sv["label"] == "nscl_lowrank full lam=0"]),
         "null_space_by_rule": lambda: plots.null_space_by_rule(ns[ns["method"].isin(METHODS[3:6])]),
         "stability_plasticity[results page]": lambda: plots.stability_plasticity(sweep, col="benchmark", row="size"),
         "stability_plasticity[05: one benchmark]": lambda: plots.stability_plasticity(
@@ -273,7 +275,8 @@ def line_clashes(fig) -> list[str]:
 
 def readability_problems(fig) -> list[str]:
     """What makes a figure hard to read, as sentences (empty: readable)."""
-    problems = display_problems(fig) + line_clashes(fig)  # display_problems draws the figure
+    problems = display_problems(fig) + line_clashes(fig)
+    fig.canvas.draw()  # the layout as drawn on screen (the tight-box PNG leaves some extents stale)
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]
     for k, ax in enumerate(axes):
@@ -379,6 +382,29 @@ def test_identical_runs_share_one_line_and_one_legend_entry():
     assert entries == ["finetune, ewc, joint, adam_nscl, lowrank, nscl_prune, nscl_sgp", "nscl_lowrank, clnp"]
     assert len(fig.axes[1].get_lines()) == 3  # layers.1: three groups (k % 3)
     plt.close(fig)
+
+
+def test_figure_size_depends_on_the_labels_not_on_the_values():
+    """nbval compares the stored ``<Figure size WxH with N Axes>`` of a cell: runs that share a line on one
+    numeric path and not on another must give the same figure size."""
+    same, apart = ns_table(), ns_table()
+    same["null_dim"] = 700
+    apart["null_dim"] = np.arange(len(apart))
+    sizes = set()
+    for frame in (same, apart):
+        fig = plots.null_space_dims(frame, label="method")
+        sizes.add((tuple(fig.get_size_inches()), len(fig.axes)))
+        plt.close(fig)
+    cap = capacity_frame(CAPACITY_LABELS[:4], tasks=6, seeds=(0,))
+    for frame in (cap, cap.assign(value=cap["value"] + np.arange(len(cap)) * 1e-3)):
+        fig = plots.capacity_curve(frame)
+        sizes.add((tuple(fig.get_size_inches()), len(fig.axes)))
+        plt.close(fig)
+    for r in (7, 34567):
+        fig = plots.spectrum_cut(np.logspace(-16, 2, 784), {f"a=10: r = {r}": 1e-9})
+        sizes.add((tuple(fig.get_size_inches()), len(fig.axes)))
+        plt.close(fig)
+    assert len(sizes) == 3, sizes
 
 
 def test_capacity_curve_draws_one_line_per_energy_on_the_first_layer():

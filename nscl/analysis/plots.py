@@ -258,22 +258,27 @@ def _line_panels(panels: Mapping, rows, cols, looks, title=None, w=4.4, h=2.6, b
     ``w`` x ``h`` inches; returns the figure and the axes. Finish it with :func:`_layout`.
 
     A panel where runs share a line gets its own legend below it, which says which; the other panels
-    share one legend of every label (in an empty panel slot, else below the figure)."""
+    share one legend of every label (in an empty panel slot, else below the first of them). Every panel
+    has room below it for a legend of every label, so the figure's size depends on the number of
+    labels, never on their values (nbval compares the ``<Figure size ...>`` of the stored outputs)."""
     merged = {key for key, s in panels.items() if any(len(g[0]) > 1 for g in _groups(s))}
-    legend_h = 0.6 + 0.19 * _legend_lines({k: panels[k] for k in merged}, w, len(extra)) + 0.2 if merged else 0.0
+    worst = sum(len(_label_lines([lab], w).splitlines()) for lab in looks) + len(extra)
+    legend_h = 0.6 + 0.19 * worst + (0.2 if title else 0)
     fig, axes = _grid(rows, cols, w, h + legend_h, **kw)
     for key, ax in axes.items():
         _lines(ax, panels.get(key, []), looks, w, title, band, extra, legend=key in merged)
-    if len(merged) < len(axes):
+    unmerged = [ax for key, ax in axes.items() if key not in merged]
+    if unmerged:
         handles = [plt.Line2D([], [], label=lab, **_look(looks, lab, k)) for k, lab in enumerate(looks)]
-        fig._nscl_legend = ([*handles, *extra], title)
+        fig._nscl_legend = ([*handles, *extra], title, unmerged[0])
     return fig, axes
 
 
 def _layout(fig) -> None:
-    """``tight_layout``, and the shared legend of :func:`_line_panels`: in the first empty panel slot when
-    it fits there, else in rows below the panels."""
-    handles, title = getattr(fig, "_nscl_legend", ((), None))
+    """``tight_layout``, and the shared legend (:func:`_line_panels`, or ``(handles, title, None)``): in the
+    first empty panel slot when it fits there, else below the given panel, else in rows below the panels
+    (the figure grows)."""
+    handles, title, below = getattr(fig, "_nscl_legend", ((), None, None))
     if not handles:
         fig.tight_layout()
         _drop_empty(fig)
@@ -285,6 +290,15 @@ def _layout(fig) -> None:
         fig.tight_layout()
         box = empty[0].get_position()
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(box.x0, box.y1), title=title, frameon=False)
+        _drop_empty(fig)
+        return
+    if below is not None:
+        offset = transforms.offset_copy(below.transAxes, fig=fig, y=-0.5, units="inches")
+        below.legend(
+            handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=offset, title=title,
+            frameon=False, handlelength=2.6,
+        )  # fmt: skip
+        fig.tight_layout()
         _drop_empty(fig)
         return
     label_w = _legend_w([h.get_label() for h in handles], 1.0)
@@ -560,7 +574,7 @@ def spectrum_cut(eigvals, cuts: Mapping[str, float], title: str | None = None):
     labels = [f"{lab}: r = {int((ev <= thr).sum())}" for lab, thr in cuts.items()]
     extra = _legend_w([*labels, "rank tolerance"], 0.9)
     with sns.axes_style(STYLE):
-        fig, ax = plt.subplots(figsize=(min(4.6 + extra, FIG_WIDTH_IN), 3.6))
+        fig, ax = plt.subplots(figsize=(8.6, 3.6))  # not from the labels: their r values come from training
     pos = ev[ev > 0]
     low = min([*cuts.values(), *(pos[-1:] if pos.size else [floor])], key=lambda v: v if v > 0 else np.inf)
     handles = ax.plot(np.arange(1, d + 1), np.clip(ev, low / 10, None), color="k", lw=1.6, label="eigenvalues")
@@ -698,7 +712,7 @@ def units_used(units: pd.DataFrame):
         ]
         for lab in labels
     }
-    fig, axes = _line_panels(panels, [None], labels, _looks(layers), "layer", w=3.1, h=2.6, sharey=True)
+    fig, axes = _line_panels(panels, [None], labels, _looks(layers), "layer", w=3.1, h=2.9, sharey=True)
     for (_, lab), ax in axes.items():
         ax.set_ylim(0, 1.05)
         ax.set_title(_title(lab, 2.9))
@@ -749,7 +763,7 @@ def singular_values(sv: pd.DataFrame):
     tasks = sorted({int(t) for t in sv["task"]})
     colors = dict(zip(tasks, sns.color_palette("viridis", len(tasks))))
     extra = _legend_w(["after task"], 0.3)
-    fig, axes = _grid([None], labels, 3.0, 3.0, extra, sharey=True)
+    fig, axes = _grid([None], labels, 3.4, 3.0, extra, sharey=True)
     for (_, lab), ax in axes.items():
         for t, g in sv[sv["label"] == lab].groupby("task"):
             ax.plot(g["i"], g["sigma_rel"], color=colors[int(t)], lw=1.2)
@@ -827,7 +841,7 @@ def stability_plasticity(
     if extra:
         _legend_fig_right(fig, handles, "", extra)
     else:  # in an empty panel slot, or below the panels
-        fig._nscl_legend = (handles, None)
+        fig._nscl_legend = (handles, None, None)
         _layout(fig)
     return fig
 
