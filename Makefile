@@ -150,7 +150,7 @@ results: venv data
 # as root; any further flags in LAB_ARGS, e.g. make lab LAB_ARGS="--port 8899 --ip 0.0.0.0 --no-browser"
 LAB_ARGS ?=
 lab: venv
-	JUPYTER_PREFER_ENV_PATH=1 $(PY) -m jupyterlab --ServerApp.root_dir="$(CURDIR)" \
+	JUPYTER_PREFER_ENV_PATH=1 $(PY) -m nscl.apps.notebook.lab --ServerApp.root_dir="$(CURDIR)" \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:

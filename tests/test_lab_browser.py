@@ -13,6 +13,12 @@ JupyterLab's autosave). In the browser it:
 3. types ``epoch`` for ``epochs``, runs all again in the same kernel, and asserts the error naming
    the misspelled parameter.
 
+A second test, :func:`test_a_lab_sitting_leaves_the_repository_clean`, clones the repository, starts
+JupyterLab on the clone as ``make lab`` does (with its pre-save hook), opens the committed
+``00_quickstart`` at its own defaults, runs all, saves and closes it: ``git status`` must stay clean,
+and nbval must pass on the saved file.
+
+Both start JupyterLab as ``make lab`` does (:func:`nscl.apps.notebook.lab.command`).
 Chromium is Debian's package (``make test`` installs it when root), driven through the ``playwright``
 package with ``executable_path``: nothing downloads a browser. Without Chromium the test fails and
 says how to install it. Runtime about a minute on 2 loaded cores.
@@ -99,11 +105,16 @@ def notebook_list(name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def serve_lab(tmp_path: Path):
-    """A JupyterLab server on a temporary copy of the notebook: (base url, token, log path)."""
-    work = tmp_path / "project"
-    (work / "notebooks").mkdir(parents=True)
-    shutil.copy(NOTEBOOK, work / "notebooks" / NOTEBOOK.name)
+def serve_lab(tmp_path: Path, work: Path | None = None):
+    """A JupyterLab server on ``work`` (default: a temporary copy of the notebook), started as
+    ``make lab`` starts it (:func:`nscl.apps.notebook.lab.command`: with its pre-save hook):
+    (base url, token, log path)."""
+    from nscl.apps.notebook import lab
+
+    if work is None:
+        work = tmp_path / "project"
+        (work / "notebooks").mkdir(parents=True)
+        shutil.copy(NOTEBOOK, work / "notebooks" / NOTEBOOK.name)
     settings = tmp_path / "lab-settings"
     for plugin, values in {
         "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
@@ -125,16 +136,15 @@ def serve_lab(tmp_path: Path):
     env.pop("NSCL_QUIET", None)  # the lab shows progress bars
     port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        "--ip=127.0.0.1",
-        f"--port={port}",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={work}",
-    ]
+    cmd = lab.command(
+        [
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={work}",
+        ]
+    )
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     with open(log, "w") as out:
@@ -245,7 +255,101 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
         print(f"browser test: {time.time() - t0:.0f} s in the browser")
 
 
+HYGIENE_TIMEOUT_S = 400  # notebook 00 at its committed defaults, on 2 loaded cores
+
+
+@pytest.mark.browser
+def test_a_lab_sitting_leaves_the_repository_clean(tmp_path):
+    """Open a committed notebook in a clone, Run All with its defaults, save, close: `git status` is
+    clean (make lab's pre-save hook writes an unedited committed notebook back as committed, not
+    with the sitting's progress bars and round-off), and nbval passes on the saved file."""
+    from playwright.sync_api import sync_playwright
+
+    browser_path = chromium()
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    status = ["git", "-C", str(clone), "status", "--porcelain", "--untracked-files=all"]
+    assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == ""
+    name = NOTEBOOK.name
+    with serve_lab(tmp_path, work=clone) as (url, token, log), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/lab/tree/notebooks/{name}?token={token}")
+            panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+            panel.locator(".jp-Notebook .jp-Cell").first.wait_for()
+            start_kernel(page)
+            run_all(page)
+            page.wait_for_function(  # Run All has started (training takes seconds: a cell shows [*])
+                "() => [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputArea-prompt')]"
+                ".some(p => p.textContent.includes('*'))"
+            )
+            wait_for_run(page, panel, timeout_s=HYGIENE_TIMEOUT_S)
+            text = panel.inner_text().replace("\u2007", " ")
+            assert re.search(r"adam_nscl on split_fmnist: 100%", text), "the sitting showed no progress bar"
+            menu(page, "File", "docmanager:save")
+            tab = page.locator(f".lm-TabBar-tab:has-text('{name}')")
+            page.wait_for_function(
+                "() => ![...document.querySelectorAll('.lm-TabBar-tab')].some("
+                f"t => t.textContent.includes({json.dumps(name)}) && t.classList.contains('jp-mod-dirty'))"
+            )
+            tab.locator(".lm-TabBar-tabCloseIcon").click()
+            page.wait_for_function(
+                f"() => ![...document.querySelectorAll('.lm-TabBar-tab')].some(t => t.textContent.includes({json.dumps(name)}))"
+            )
+        except Exception:
+            try:
+                page.screenshot(path=str(log.parent / "lab.png"))
+            finally:
+                print(f"JupyterLab log:\n{log.read_text()[-4000:]}\nscreenshot: {log.parent / 'lab.png'}")
+            raise
+        finally:
+            browser.close()
+    assert subprocess.run(status, capture_output=True, text=True, check=True).stdout == "", (
+        "the sitting dirtied the clone"
+    )
+    env = dict(os.environ, NSCL_QUIET="1", NSCL_OUTPUT_ROOT=str(tmp_path / "nbval"), OMP_NUM_THREADS="1")
+    nbval = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--nbval",
+            "--nbval-current-env",
+            f"notebooks/{name}",
+        ],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert nbval.returncode == 0, nbval.stdout[-4000:]
+
+
 # ---- driving the UI -------------------------------------------------------------------------------
+def start_kernel(page) -> None:
+    """The project's kernel running and idle; on a slow machine JupyterLab may ask which kernel to
+    start (a dialog offering "Python (nscl)"): accept its choice, as a user would."""
+    deadline = time.time() + RUN_TIMEOUT_S
+    dialog = page.locator(".jp-Dialog .jp-mod-accept")
+    idle = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator[data-status='idle']")
+    while idle.count() == 0:
+        if dialog.count():
+            dialog.first.click()
+        if time.time() > deadline:
+            pytest.fail(f"the kernel did not start in {RUN_TIMEOUT_S} s")
+        time.sleep(0.5)
+    page.wait_for_function(
+        "() => document.querySelector('.jp-NotebookPanel .jp-Toolbar-kernelName')"
+        f"?.textContent.trim() === {json.dumps(KERNEL_DISPLAY_NAME)}"
+    )
+
+
+# ------------------------------------------------------------------------
 def wait_idle(page, timeout_s: float = RUN_TIMEOUT_S) -> None:
     """The kernel status indicator in the notebook toolbar says idle."""
     page.wait_for_selector(
@@ -279,10 +383,10 @@ def prompts(panel) -> list[str]:
     return [p.strip() for p in panel.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()]
 
 
-def wait_for_run(page, panel, allow_unrun: bool = False) -> None:
+def wait_for_run(page, panel, allow_unrun: bool = False, timeout_s: float = RUN_TIMEOUT_S) -> None:
     """Run All is over: none is queued or running ([*]), and every code cell ran (a number in its
     prompt) or an error stopped the run (``allow_unrun``: expected; else a failure showing the error)."""
-    deadline = time.time() + RUN_TIMEOUT_S
+    deadline = time.time() + timeout_s
     errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     while True:
         p = prompts(panel)
@@ -295,6 +399,6 @@ def wait_for_run(page, panel, allow_unrun: bool = False) -> None:
                     break
                 pytest.fail(f"Run All stopped at an error: {errors.first.inner_text()[:3000]}")
         if time.time() > deadline:
-            pytest.fail(f"Run All did not finish in {RUN_TIMEOUT_S} s; prompts: {p}")
+            pytest.fail(f"Run All did not finish in {timeout_s:.0f} s; prompts: {p}")
         time.sleep(0.5)
     wait_idle(page)

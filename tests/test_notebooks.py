@@ -93,6 +93,8 @@ def test_make_run_suite_writes_summary_and_chance_check(tmp_path, capfd):
     text = (tmp_path / "summary.md").read_text()
     for e in entries:
         assert f"[{e['notebook']}]({e['notebook']}/{e['notebook']}.ipynb) | complete" in text
+        # CPU time of the notebook's kernel (trained runs): at least a second, and shown in the summary
+        assert e["cpu_seconds"] >= 1.0 and f"| {e['cpu_seconds']:.0f} |" in text, e
     ns = nb.load_results(tmp_path / "00_quickstart")["methods"]["permuted_fmnist/adam_nscl"]["metrics"]
     assert f"| 00_quickstart | permuted_fmnist/adam_nscl | {ns['acc']:.2f} | {ns['bwt']:+.2f} |" in text
     assert "no null-space method at chance on any task: passed**" in text
@@ -195,6 +197,34 @@ def test_adam_nscl_notebook_invariance_and_null_space_vs_a(suite):
     dims = rec["methods"]["adam_nscl"]["null_space"]
     for layer, h in dims.items():
         assert len(h["dims"]) == ns["tasks_done"] and all(0 <= r <= h["d"] for r in h["dims"]), layer
+
+
+@pytest.mark.slow
+def test_capacity_notebook_answers_its_question_at_its_defaults(suite):
+    """06 at its committed defaults (issue 27): on Permuted the first layer's null space runs out at
+    energy 0.99 for every projecting method, at the same task (pruning and rank limitation act on
+    units, not on a layer's input), and neither gains 2 ACC points; on Partition pruning gains >= 2."""
+    root, declared = suite
+    rec = record(suite, "06_capacity")
+    out = root / "results" / "notebooks" / "06_capacity"
+    strict = ("adam_nscl", "nscl_sgp", "nscl_prune", "nscl_lowrank")
+    labels = {f"{b}/{m} energy=0.99" for b in ("permuted_fmnist", "partition_fmnist") for m in strict}
+    assert labels <= set(rec["methods"]), sorted(rec["methods"])
+    runs = {label: records.load(out / rec["methods"][label]["run_dir"]) for label in labels}
+
+    def first_layer_out(label):
+        layers = runs[label]["capacity"]["layers"]
+        return (layers.get("backbone.layers.0") or layers["backbone.layers.0.B"])["exhausted_at"]
+
+    def acc(label):
+        return runs[label]["metrics"]["acc"]
+
+    permuted = {m: first_layer_out(f"permuted_fmnist/{m} energy=0.99") for m in strict}
+    assert None not in permuted.values() and len(set(permuted.values())) == 1, permuted
+    assert max(permuted.values()) < int(ast.literal_eval(declared["06_capacity"]["n_tasks"]["default"]))
+    for m in ("nscl_prune", "nscl_lowrank"):
+        assert acc(f"permuted_fmnist/{m} energy=0.99") < acc("permuted_fmnist/adam_nscl energy=0.99") + 2
+    assert acc("partition_fmnist/nscl_prune energy=0.99") >= acc("partition_fmnist/adam_nscl energy=0.99") + 2
 
 
 @pytest.mark.slow
@@ -596,3 +626,17 @@ def test_strict_claims_set_to_a_false_value_is_off(value, capsys, monkeypatch):
     monkeypatch.setenv("NSCL_STRICT_CLAIMS", "yes")
     with pytest.raises(nb.ClaimError):
         nb.expect(False, "BWT is about zero", bwt=-3.2)
+
+
+def test_make_notebooks_executes_on_the_stored_numeric_path(monkeypatch):
+    """`make notebooks` stores outputs on ATen's AVX2 kernels where the CPU has them (the path that
+    notebooks/output_tolerance.yaml is measured around); a path the user chose is left alone."""
+    import re
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    suite_app.stored_path()
+    assert os.environ["ATEN_CPU_CAPABILITY"] == "default"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    suite_app.stored_path()
+    has_avx2 = bool(re.search(r"^flags\s*:.*\bavx2\b", Path("/proc/cpuinfo").read_text(), re.M))
+    assert os.environ.get("ATEN_CPU_CAPABILITY") == ("avx2" if has_avx2 else None)

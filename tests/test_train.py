@@ -357,3 +357,22 @@ def test_progress_bar_per_task_unless_quiet_or_nscl_quiet(tiny_cfg, capsys, monk
     silent = train.run(cfg)
     assert capsys.readouterr().err == ""
     assert silent["acc"] == shown["acc"]
+
+
+def test_progress_bar_label_names_the_method_the_stream_and_only_parameters_it_reads():
+    """A bar says which run it is in a few words: never a sweep folder's name, never a parameter the
+    method does not read (issue 27: adam_nscl's bar named nuclear_lambda)."""
+    from nscl.experiment import config as config_mod
+    from nscl.experiment.trainer import Trainer
+
+    def label(**over):
+        t = Trainer.__new__(Trainer)  # the label reads only the config
+        t.cfg = config_mod.resolve(overrides={"benchmark": "permuted_fmnist", **over})
+        return t._bar_label()
+
+    assert label(method="adam_nscl") == "adam_nscl on permuted_fmnist"
+    assert label(method="adam_nscl", energy=0.99, nuclear_lambda=0.01) == "adam_nscl energy=0.99 on permuted_fmnist"
+    assert label(method="finetune", energy=0.99) == "finetune on permuted_fmnist"  # finetune does not project
+    assert label(method="lowrank", nuclear_lambda=0.001) == "lowrank nuclear_lambda=0.001 on permuted_fmnist"
+    long = label(method="nscl_lowrank", nuclear_lambda=0.001, rank_schedule=[0.25, 0.5, 0.75, 1.0], energy=0.99)
+    assert long.startswith("nscl_lowrank ") and long.endswith(" on permuted_fmnist") and len(long) <= 64

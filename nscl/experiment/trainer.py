@@ -372,11 +372,22 @@ class Trainer:
             return self._fit(until)
 
     def _bar_label(self) -> str:
-        """``method on benchmark``, plus the run folder's name when it says more (a sweep's runs of one
-        method differ by it), so that every bar of a notebook names its own run."""
-        label = f"{self.cfg['method']} on {self.cfg['benchmark']}"
-        name = self.out_dir.name if self.out_dir is not None else ""
-        return f"{label} ({name})" if name and name != self.cfg["method"] else label
+        """``method on benchmark``, plus the parameters of the method's own (and, for a projecting method,
+        the null-space rule's) set away from their defaults: short enough to leave the bar room, and
+        never a parameter the method does not read (a sweep's folder name may hold those)."""
+        cfg, d = self.cfg, config_mod.defaults()
+        own = [p.name for p in METHODS[cfg["method"]].params]
+        if "project" in own or "scale_sqrt_r" in own:  # the methods that project read the rule
+            own += ["nullspace_rule", "a", "energy", "energy_step"]
+
+        def show(v) -> str:
+            return (
+                "-".join(map(show, v)) if isinstance(v, (list, tuple)) else f"{v:g}" if isinstance(v, float) else str(v)
+            )
+
+        shown = "".join(f" {k}={show(cfg[k])}" for k in own if k in cfg and cfg[k] != d.get(k))
+        shown = shown if len(shown) <= 30 else shown[:29] + "…"
+        return f"{cfg['method']}{shown} on {cfg['benchmark']}"
 
     def _fit(self, until: int | None) -> dict:
         cfg = self.cfg

@@ -91,8 +91,9 @@ def run_sweep(spec: Mapping, workers: int | None = None) -> dict:
     """Run a sweep (a mapping as in a sweep file) on this machine, ``workers`` runs at once.
 
     ``workers`` > 1: the sweep's ``fork`` executor, each run a process forked from this one with one
-    torch thread and no progress bar (``threads=1, quiet=True`` in its parameters: run-invariant keys,
-    so complete runs are still reused). ``workers`` = 1: the runs one after the other in this process
+    torch thread (``threads=1`` in its parameters: a run-invariant key, so complete runs are still
+    reused); each shows its progress bar, labelled by method and stream, unless ``quiet``.
+    ``workers`` = 1: the runs one after the other in this process
     (the ``debug`` executor). Default: :func:`default_workers`.
     Returns what :func:`nscl.apps.sweep.run` returns.
     """
@@ -102,7 +103,7 @@ def run_sweep(spec: Mapping, workers: int | None = None) -> dict:
     workers = default_workers(n) if workers is None else max(1, int(workers))
     if workers == 1:
         return sweep.run({**spec, "executor": {"kind": "debug"}})
-    params = {**(spec.get("params") or {}), "threads": 1, "quiet": True}
+    params = {**(spec.get("params") or {}), "threads": 1}
     return sweep.run({**spec, "params": params, "executor": {"kind": "fork", "parallel": workers, "threads": 1}})
 
 
