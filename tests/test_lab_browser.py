@@ -205,7 +205,7 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
             # 2. small parameters typed into the parameters cell, then Run > Run All Cells
             params = parameters_source()
             edit_cell(page, panel, 1, small_parameters_cell(params, **SMALL))
-            run_all(page)
+            run_all(page, panel)
             wait_for_run(page, panel)
             errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             assert errors.count() == 0, f"error output: {errors.first.inner_text()[:2000]}"
@@ -236,7 +236,7 @@ def test_quickstart_runs_in_jupyterlab_and_a_misspelling_fails(tmp_path):
 
             # 3. a misspelled parameter in the same, live kernel: the error, and nothing trained
             edit_cell(page, panel, 1, small_parameters_cell(params, **SMALL).replace("epochs =", "epoch ="))
-            run_all(page)
+            run_all(page, panel)
             wait_for_run(page, panel, allow_unrun=True)
             errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             assert errors.count() == 1, "the misspelled parameter ran through without an error in the live kernel"
@@ -280,7 +280,7 @@ def test_a_lab_sitting_leaves_the_repository_clean(tmp_path):
             panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
             panel.locator(".jp-Notebook .jp-Cell").first.wait_for()
             start_kernel(page)
-            run_all(page)
+            run_all(page, panel)
             page.wait_for_function(  # Run All has started (training takes seconds: a cell shows [*])
                 "() => [...document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell .jp-InputArea-prompt')]"
                 ".some(p => p.textContent.includes('*'))"
@@ -363,9 +363,16 @@ def menu(page, top: str, command: str) -> None:
     page.locator(f".lm-Menu-item[data-command='{command}']").click()
 
 
-def run_all(page) -> None:
-    """Edit > Clear Outputs of All Cells (prompts back to [ ]), then Run > Run All Cells."""
+def run_all(page, panel, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    """Edit > Clear Outputs of All Cells, wait until the clear has landed (no prompt keeps an execution
+    count, no output is left: else :func:`wait_for_run` could read the previous run's finished prompts
+    and outputs as this run's), then Run > Run All Cells."""
     menu(page, "Edit", "editmenu:clear-all")
+    deadline = time.time() + timeout_s  # a safety net, never a pass criterion
+    while any(re.search(r"\d", s) for s in prompts(panel)) or panel.locator(".jp-OutputArea-output").count():
+        if time.time() > deadline:
+            pytest.fail(f"Clear Outputs of All Cells did not clear the notebook; prompts: {prompts(panel)}")
+        time.sleep(0.2)
     menu(page, "Run", "runmenu:run-all")
 
 
