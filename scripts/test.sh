@@ -89,7 +89,7 @@ OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default NSCL_OUTPUT_ROOT=$PWD/$OUT/portabl
   timed nbval-portable "$PY" "${NBVAL[@]}" > "$OUT/nbval-portable.log" 2>&1 &
 portable=$!
 OMP_NUM_THREADS=1 timed tests "$PY" "${PYTEST[@]}" -m 'not gpu and not nbval_records and not slurm_timelimit' \
-  -n "$WORKERS" --dist load --maxschedchunk 1
+  -n "$WORKERS" --dist load --maxschedchunk 1 --durations=25
 tests=$?
 wait $own
 own=$?
