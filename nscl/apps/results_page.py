@@ -706,13 +706,7 @@ def capacity_lines(
             )
             lines.append(f"- `{g['candidate']}`{how}: ACC {vs}; BWT {g['bwt']:.2f}. Goal {verdict}.")
         lines.append("")
-        for info in infos:
-            file = _repo_path(info["file"], sweep_spec.ROOT) if info["file"] else "<sweep file>"
-            lines.append(
-                f"Command: `python -m nscl sweep run {file}` ({info['runs']} runs, {info['executor']} executor, "
-                f"{info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
-                f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])})."
-            )
+        lines += [command_line(info) for info in infos]
         lines.append("")
         lines += worth_lines(results, [r for other in loaded.values() for r in other.values()])
     hits = [f"{label} (`{'`, `'.join(c)}`)" for label, c in met.items() if c]
@@ -1011,15 +1005,19 @@ def fronts_lines(
                 lines.append(f"- `{c}`: {v}")
             lines.append("")
         lines += front_goal_lines(label, front, chosen)
-        for info in (sweep_times(x) for x in dirs):
-            file = _repo_path(info["file"], sweep_spec.ROOT) if info["file"] else "<sweep file>"
-            lines.append(
-                f"Command: `python -m nscl sweep run {file}` ({info['runs']} runs, {info['executor']} executor, "
-                f"{info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
-                f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])})."
-            )
+        lines += [command_line(sweep_times(x)) for x in dirs]
         lines.append("")
     return lines
+
+
+def command_line(info: Mapping) -> str:
+    """The page's line for one sweep: the command that ran it, its size and its wall and run times."""
+    file = _repo_path(info["file"], sweep_spec.ROOT) if info["file"] else "<sweep file>"
+    return (
+        f"Command: `python -m nscl sweep run {file}` ({info['runs']} runs, {info['executor']} executor, "
+        f"{info['parallel'] or 1} at a time, {info['threads'] or '-'} thread(s); "
+        f"wall {_fmt_time(info['wall_s'])}, run time {_fmt_time(info['run_s'])})."
+    )
 
 
 def front_goal_lines(label: str, front, chosen: Mapping[str, str]) -> list[str]:
