@@ -420,12 +420,27 @@ def test_parameters_papermill_injected_cell_and_fresh_kernel():
         nb.parameters(ns)
 
 
-@pytest.mark.slow
-def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
-    """The real thing: one kernel, cells executed in order as JupyterLab's "Run All" does."""
+def run_in_kernel(cells: list[str], folder: Path):
+    """A notebook of ``cells`` executed in one live kernel in ``folder``, every cell run as JupyterLab's
+    Run All does (errors kept as outputs)."""
     import nbformat
     from nbclient import NotebookClient
 
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(
+        notebook,
+        kernel_name="python3",
+        allow_errors=True,
+        timeout=1800,
+        startup_timeout=600,
+        resources={"metadata": {"path": str(folder)}},
+    ).execute()
+    return notebook
+
+
+@pytest.mark.slow
+def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
+    """The real thing: one kernel, cells executed in order as JupyterLab's "Run All" does."""
     cells = [
         "epochs = 2\nhidden = [8]",
         "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
@@ -435,15 +450,7 @@ def test_parameters_catch_a_misspelling_in_a_live_kernel(tmp_path):
         "epochs = 3\nhidden = [8]",
         "cfg = nb.parameters(globals())\nprint('epochs', cfg['epochs'])",
     ]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(
-        notebook,
-        kernel_name="python3",
-        allow_errors=True,
-        timeout=1800,
-        startup_timeout=600,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    notebook = run_in_kernel(cells, tmp_path)
     out = [c.outputs for c in notebook.cells]
     assert out[1][0]["text"] == "epochs 2\n"
     assert out[4][0]["output_type"] == "error" and out[4][0]["ename"] == "ConfigError"
@@ -550,19 +557,8 @@ def test_expect_prints_a_held_claim_and_names_a_broken_one(capsys, monkeypatch):
 
 def test_user_errors_render_as_one_error_line_in_a_kernel(tmp_path):
     """IPython shows a parameter error as `error: <message>` (no traceback, no list of every key)."""
-    import nbformat
-    from nbclient import NotebookClient
-
     cells = ["epoch = 3\nhidden = [8]", "from nscl.apps import notebook as nb\ncfg = nb.parameters(globals())"]
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(
-        notebook,
-        kernel_name="python3",
-        allow_errors=True,
-        timeout=1800,
-        startup_timeout=600,
-        resources={"metadata": {"path": str(tmp_path)}},
-    ).execute()
+    notebook = run_in_kernel(cells, tmp_path)
     err = notebook.cells[1].outputs[0]
     assert err["output_type"] == "error" and err["ename"] == "ConfigError"
     assert len(err["traceback"]) == 1 and err["traceback"][0].startswith("error: unknown notebook parameter 'epoch'.")

@@ -341,20 +341,18 @@ def test_sweep_and_suite_layer_files_like_the_command_line(tmp_path):
 
 
 # ---- a sweep folder is read where it is, whatever path wrote it (issue 27, defect 1) ----------------
+def two_complete_runs(tmp_path, monkeypatch, write_run) -> Path:
+    """A fake sweep of two complete finetune runs (seeds 0, 1) at ACC 70."""
+    grid = {"method": ["finetune"], "seed": [0, 1]}
+    return Path(fake_sweep(tmp_path, monkeypatch, write_run, grid, lambda c: (70.0, "complete", None)))
+
+
 def test_a_copied_sweep_reads_its_own_runs_never_the_originals(tmp_path, monkeypatch, write_run):
     import shutil
 
     from nscl.apps import results_page
 
-    d = Path(
-        fake_sweep(
-            tmp_path,
-            monkeypatch,
-            write_run,
-            {"method": ["finetune"], "seed": [0, 1]},
-            lambda c: (70.0, "complete", None),
-        )
-    )
+    d = two_complete_runs(tmp_path, monkeypatch, write_run)
     copy = tmp_path / "laptop" / "sweep"
     shutil.copytree(d, copy)
     names = [r["name"] for r in sweep.status(copy)]
@@ -375,15 +373,7 @@ def test_a_copied_sweep_reads_its_own_runs_never_the_originals(tmp_path, monkeyp
 def test_a_fifo_sweep_json_or_results_never_hangs_status(tmp_path, monkeypatch, write_run):
     from test_run_folders import within
 
-    d = Path(
-        fake_sweep(
-            tmp_path,
-            monkeypatch,
-            write_run,
-            {"method": ["finetune"], "seed": [0, 1]},
-            lambda c: (70.0, "complete", None),
-        )
-    )
+    d = two_complete_runs(tmp_path, monkeypatch, write_run)
     name = sweep.status(d)[0]["name"]
     res = d / "runs" / name / "results.json"
     res.unlink()
