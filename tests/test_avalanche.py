@@ -68,20 +68,26 @@ def features(net, x):
     return outs
 
 
-def train(stream, plugin):
+def naive_strategy(net, plugins):
+    """Avalanche's ``Naive`` on ``net``: Adam lr 1e-3, batch 32, 2 epochs, no loggers, ``plugins``."""
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive
 
-    net = model()
-    strategy = Naive(
+    return Naive(
         model=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
         criterion=nn.CrossEntropyLoss(),
         train_mb_size=32,
         train_epochs=2,
         evaluator=EvaluationPlugin(loggers=[]),
-        plugins=[plugin] if plugin else [],
+        plugins=plugins,
     )
+
+
+def train(stream, plugin):
+
+    net = model()
+    strategy = naive_strategy(net, [plugin] if plugin else [])
     x1 = torch.stack([stream.train_stream[0].dataset.eval()[i][0] for i in range(200)])
     before = None
     for t, exp in enumerate(stream.train_stream):
@@ -142,23 +148,13 @@ def test_plugin_matches_nscls_own_loop(stream):
     0.012, hence the tolerances 0.02 and 0.025. Without the plugin the first experiences are forgotten
     (BWT <= -0.49), so its BWT falls far outside; its ACC is higher (the later experiences learn freely).
     """
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.supervised import Naive
 
     from nscl import protect
     from nscl.apps.avalanche import NullSpacePlugin
 
     def avalanche(plugins):
         net, rows = model(), []
-        strategy = Naive(
-            model=net,
-            optimizer=torch.optim.Adam(net.parameters(), lr=1e-3),
-            criterion=nn.CrossEntropyLoss(),
-            train_mb_size=32,
-            train_epochs=2,
-            evaluator=EvaluationPlugin(loggers=[]),
-            plugins=plugins,
-        )
+        strategy = naive_strategy(net, plugins)
         torch.manual_seed(0)
         for exp in stream.train_stream:
             strategy.train(exp)
